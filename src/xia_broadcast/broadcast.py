@@ -1,0 +1,303 @@
+"""The original ``Broadcaster`` API, on the fan-out engine.
+
+Every member of the original keeps its name, signature, default and async-ness. What changed is inside:
+
+* each subclass has its own connection library (``active_connections``) and engine;
+* subscribers sharing (scope, catalog, show_hidden, ACL) form one view, computed once per change;
+* ``document_sent_async`` only queues: each websocket has a bounded outbound queue drained by its own
+  task, so a slow or failing client never delays, stops or breaks the delivery to the others;
+* a subscriber with a later ``start_seq`` skips older changes for itself only; a closed socket is
+  never written to; one bad document or one failing view is logged and skipped;
+* invalid scopes, catalogs and ACLs are refused at ``subscribe`` time (:class:`SubscriptionError`).
+
+Transport hooks for a framework: override ``accept``, ``send_message_async`` and
+``subscriber_is_connected`` (as the original), and optionally ``close_async`` so that a subscriber cut off
+for overflowing its queue is told so with close code 4409 (``docs/protocol.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from .core.schema import OPS, DocSchema
+from .core.seq import SeqClock
+from .document import Document
+from .errors import DocumentError, OutOfScopeError
+from .fanout import (
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_MAX_QUEUE_MESSAGES,
+    Change,
+    Connection,
+    FanoutEngine,
+    Outgoing,
+    encode_json,
+)
+
+log = logging.getLogger("xia_broadcast")
+
+#: Close code sent to a subscriber whose outbound queue overflowed (see docs/protocol.md).
+CLOSE_TOO_SLOW = 4409
+
+
+class Broadcaster:
+    """Broadcasting documents to subscribers (via websocket)."""
+
+    active_connections: dict[str, dict[Any, dict[str, Any]]] = {}  #: Connection library, by doc class
+
+    #: Bound of each websocket's outbound queue, in messages. Set on a subclass before the first subscribe.
+    max_queue_messages: ClassVar[int] = DEFAULT_MAX_QUEUE_MESSAGES
+    #: Bound of each websocket's outbound queue, in bytes (encoded messages).
+    max_queue_bytes: ClassVar[int] = DEFAULT_MAX_QUEUE_BYTES
+    #: Document classes known by name (schemas): scopes and catalogs are checked against them at subscribe.
+    document_classes: ClassVar[dict[str, DocSchema]] = {}
+
+    _engine: ClassVar[FanoutEngine | None] = None
+    _seq_clocks: ClassVar[dict[str, SeqClock]] = {}
+    _background: ClassVar[set[asyncio.Task[Any]]] = set()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.active_connections = {}
+        cls.document_classes = dict(cls.document_classes)
+        cls._engine = None
+        cls._seq_clocks = {}
+        cls._background = set()
+
+    def __init__(self) -> None:
+        pass
+
+    # -- state of this class ------------------------------------------------------------------------------
+
+    @classmethod
+    def engine(cls) -> FanoutEngine:
+        """This class's fan-out engine (created on first use, with this class's queue bounds)."""
+        eng = cls.__dict__.get("_engine")
+        if eng is None:
+            eng = FanoutEngine(cls._connection_ready, cls._connection_overflow,
+                               cls.max_queue_messages, cls.max_queue_bytes)
+            cls._engine = eng
+        return eng
+
+    @classmethod
+    def register_class(cls, schema: DocSchema | type[Document]) -> DocSchema:
+        """Make a document class known by name, from a :class:`DocSchema` or a :class:`Document` subclass."""
+        if isinstance(schema, type) and issubclass(schema, Document):
+            schema = schema.doc_schema()
+        cls.document_classes[schema.name] = schema
+        return schema
+
+    @classmethod
+    def _uses_default_checks(cls) -> bool:
+        return (cls.get_message_body.__func__ is Broadcaster.get_message_body.__func__  # type: ignore[attr-defined]
+                and cls.check_subscriber_acl.__func__  # type: ignore[attr-defined]
+                is Broadcaster.check_subscriber_acl.__func__)  # type: ignore[attr-defined]
+
+    # -- the original API ---------------------------------------------------------------------------------
+
+    @classmethod
+    async def accept(cls, websocket: Any) -> None:
+        """Accept event of a websocket (transport hook).
+
+        Args:
+            websocket: websocket object
+        """
+
+    @classmethod
+    async def subscribe(cls,
+                        websocket: Any,
+                        class_name: str,
+                        data_scope: list[dict[str, Any]] | None = None,
+                        catalog: dict[str, Any] | None = None,
+                        show_hidden: bool = False,
+                        start_seq: str = "",
+                        acl: Any = None,
+                        **kwargs: Any) -> dict[str, Any]:
+        """Subscribe a websocket to a document class; returns the subscription params.
+
+        Args:
+            websocket: websocket object (hashable)
+            class_name: Document class name
+            data_scope: the subset of documents to be sent (None: all)
+            catalog: the fields to be sent (None: all non-hidden fields)
+            show_hidden: send hidden fields or not
+            start_seq: not interested in changes before this sequence
+            acl: the subscriber's access control list (None: unrestricted)
+
+        Raises:
+            SubscriptionError: the scope, catalog or ACL is invalid (the websocket keeps its other
+                subscriptions; a previous subscription to the same class stays in place).
+        """
+        sub_params = {
+            "data_scope": data_scope,
+            "catalog": catalog,
+            "show_hidden": show_hidden,
+            "start_seq": start_seq,
+            "acl": acl,
+            **kwargs,
+        }
+        cls.engine().subscribe(websocket, class_name, sub_params, cls.document_classes.get(class_name))
+        cls.active_connections.setdefault(class_name, {})[websocket] = sub_params
+        return sub_params
+
+    @classmethod
+    def disconnect(cls, websocket: Any) -> None:
+        """Remove the websocket from every class; what was queued for it is dropped."""
+        for class_name in list(cls.active_connections):
+            subscribers = cls.active_connections[class_name]
+            subscribers.pop(websocket, None)
+            if not subscribers:
+                del cls.active_connections[class_name]
+        conn = cls.engine().remove(websocket)
+        if conn is not None and conn.task is not None and conn.task is not _current_task():
+            conn.task.cancel()
+
+    @classmethod
+    async def send_message_async(cls, websocket: Any, message: str) -> None:
+        """Send a message to the target websocket (transport hook).
+
+        Args:
+            websocket: websocket object
+            message: message content
+        """
+
+    @classmethod
+    async def send_json_async(cls, websocket: Any, content: dict[str, Any]) -> None:
+        """Serialise ``content`` as JSON and send it with ``send_message_async``."""
+        await cls.send_message_async(websocket, encode_json(content).decode())
+
+    @classmethod
+    def get_message_body(cls, doc: Any, data_scope: list[dict[str, Any]] | None,
+                         catalog: dict[str, Any] | None, show_hidden: bool) -> dict[str, Any] | None:
+        """The projected document if it is in ``data_scope``, else None."""
+        try:
+            doc.check_scope(data_scope)
+        except OutOfScopeError:
+            return None
+        body: dict[str, Any] = doc.get_display_data(catalog=catalog, show_hidden=show_hidden)
+        return body
+
+    @classmethod
+    def subscriber_is_connected(cls, websocket: Any) -> bool:
+        """True while the websocket can be written to (transport hook)."""
+        return True
+
+    @classmethod
+    def check_subscriber_acl(cls, doc: Any, acl: Any) -> bool:
+        """True if ``acl`` may read ``doc``."""
+        return bool(doc.check_acl(acl, "read", doc, False))
+
+    @classmethod
+    async def document_sent_async(cls, /, doc: Any, op: str, seq: str) -> None:
+        """Fan one change out to every matching subscriber.
+
+        Returns once the change is queued for every subscriber that may see it; sending happens in each
+        websocket's own task, so no subscriber waits for another.
+
+        Args:
+            doc: the document (a :class:`Document`, or any object with the original document protocol)
+            op: operation type (``I``, ``U``, ``D``)
+            seq: sequence of the change
+        """
+        cls.engine().fanout(*cls._change_of(doc, op, seq))
+
+    # -- beyond the original ------------------------------------------------------------------------------
+
+    @classmethod
+    def publish(cls, class_name: str, op: str, data: Mapping[str, Any], seq: str | None = None) -> str:
+        """Fan out a change given as plain data (a JSON-ready dict with ``_id``); returns its seq.
+
+        The data is checked against the class schema when one is registered. A seq is assigned when none is
+        given (sortable, increasing per class).
+        """
+        if op not in OPS:
+            raise DocumentError(f"unknown op {op!r}, expected one of {sorted(OPS)}")
+        schema = cls.document_classes.get(class_name)
+        if schema is not None:
+            schema.validate(data)
+        elif not isinstance(data, Mapping) or "_id" not in data:
+            raise DocumentError(f"{class_name}: a document must be a JSON object with an '_id'")
+        if seq is None:
+            seq = cls._seq_clocks.setdefault(class_name, SeqClock()).next()
+        cls.engine().fanout(Change(class_name, op, seq, data, schema))
+        return seq
+
+    @classmethod
+    def _change_of(cls, doc: Any, op: str, seq: str) -> tuple[Change, Any]:
+        class_name = type(doc).__name__
+        if isinstance(doc, Document) and cls._uses_default_checks():
+            return Change(class_name, op, seq, doc.stored_data(), doc.doc_schema()), None
+        return Change(class_name, op, seq, doc=doc), (cls.check_subscriber_acl, cls.get_message_body)
+
+    @classmethod
+    async def close_async(cls, websocket: Any, code: int, reason: str) -> None:
+        """Close a websocket with a code and reason (transport hook; the default does nothing)."""
+
+    @classmethod
+    async def flush(cls, timeout: float = 5.0) -> bool:
+        """Wait until every queued message has been handed to the transport; False on timeout."""
+        deadline = time.monotonic() + timeout
+        engine = cls.engine()
+        while any(c.scheduled for c in engine.connections.values()):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.001)
+        return True
+
+    # -- draining queues ----------------------------------------------------------------------------------
+
+    @classmethod
+    async def send_batch_async(cls, websocket: Any, messages: list[Outgoing]) -> None:
+        """Send queued messages, oldest first (transport hook; default: one ``send_message_async`` each).
+
+        A transport that can write several messages at once overrides this.
+        """
+        for out in messages:
+            await cls.send_message_async(websocket, out.text)
+
+    @classmethod
+    def _connection_ready(cls, conn: Connection) -> None:
+        conn.task = cls._spawn(cls._drain(conn))
+
+    @classmethod
+    async def _drain(cls, conn: Connection) -> None:
+        ws = conn.websocket
+        try:
+            while conn.queue and not conn.closed:
+                if not cls.subscriber_is_connected(ws):
+                    log.info("subscriber closed; removed")
+                    cls.disconnect(ws)
+                    return
+                await cls.send_batch_async(ws, conn.take())
+        except Exception as exc:  # a failing send affects this websocket only
+            log.warning("send failed (%s: %s); subscriber removed", type(exc).__name__, exc)
+            cls.disconnect(ws)
+        finally:
+            conn.scheduled = False
+            conn.task = None
+
+    @classmethod
+    def _connection_overflow(cls, conn: Connection) -> None:
+        reason = (f"too slow: outbound queue over {conn.max_messages} messages "
+                  f"or {conn.max_bytes} bytes")
+        log.warning("subscriber overflowed its queue; disconnected (%s)", reason)
+        ws = conn.websocket
+        cls.disconnect(ws)
+        cls._spawn(cls.close_async(ws, CLOSE_TOO_SLOW, reason))
+
+    @classmethod
+    def _spawn(cls, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        cls._background.add(task)
+        task.add_done_callback(cls._background.discard)
+        return task
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None

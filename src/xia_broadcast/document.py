@@ -1,0 +1,150 @@
+"""Typed documents on pydantic v2.
+
+:class:`Document` is a pydantic model with an ``_id`` (attribute ``id``), key fields, privilege keys,
+hidden fields, embedded documents (:class:`EmbeddedDocument`) and lists of them. It offers the original
+document protocol (``check_scope``, ``get_display_data``, ``check_acl``) so that it works wherever an
+original document does, and a :class:`~xia_broadcast.core.schema.DocSchema` derived from its fields so that
+the broadcaster can compile scopes and catalogs once per view::
+
+    class Line(EmbeddedDocument):
+        sku: str
+        cost: float = field(0.0, hidden=True)
+
+    class Order(Document):
+        privilege_keys: ClassVar[dict[str, list[str]]] = {"customer": ["customer"]}
+        order_id: str = field(key=True)
+        customer: str = ""
+        margin: float = field(0.0, hidden=True)
+        lines: list[Line] = []
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+import uuid
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any, ClassVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from .core.acl import Acl, subjects_of
+from .core.catalog import compile_catalog
+from .core.schema import DocSchema, FieldSpec
+from .core.scope import compile_scope
+from .errors import AuthorizationError, OutOfScopeError, SchemaError
+
+_MARK = "xia"
+
+
+def field(default: Any = ..., *, hidden: bool = False, key: bool = False, **kwargs: Any) -> Any:
+    """A pydantic ``Field`` that may be marked ``hidden`` (left out unless show_hidden) or ``key``."""
+    extra = dict(kwargs.pop("json_schema_extra", None) or {})
+    extra[_MARK] = {"hidden": hidden, "key": key}
+    return Field(default, json_schema_extra=extra, **kwargs)
+
+
+_SIMPLE_TYPES = {str: "str", int: "int", float: "float", bool: "bool", dict: "dict", list: "list"}
+
+
+def _field_spec(name: str, annotation: Any, extra: Any) -> FieldSpec:
+    marks = extra.get(_MARK, {}) if isinstance(extra, dict) else {}
+    hidden, key = bool(marks.get("hidden", False)), bool(marks.get("key", False))
+    ann, many = annotation, False
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):  # Optional[X] -> X
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        ann = args[0] if len(args) == 1 else Any
+        origin = typing.get_origin(ann)
+    if origin in (list, tuple, set, frozenset):
+        args = typing.get_args(ann)
+        inner = args[0] if args else Any
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            ann, many = inner, True
+        else:
+            return FieldSpec(name, "list", hidden, key)
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return FieldSpec(name, "embedded", hidden, key, many, schema_of_model(ann, embedded=True))
+    ftype = _SIMPLE_TYPES.get(origin or ann, "any") if isinstance(origin or ann, type) else "any"
+    return FieldSpec(name, ftype, hidden, key)
+
+
+@lru_cache(maxsize=None)
+def schema_of_model(model: type[BaseModel], embedded: bool = False) -> DocSchema:
+    """The :class:`DocSchema` of a pydantic model (cached per class)."""
+    fields: dict[str, FieldSpec] = {}
+    for name, info in model.model_fields.items():
+        out_name = info.alias or name
+        if out_name == "_id":
+            continue
+        fields[out_name] = _field_spec(out_name, info.annotation, info.json_schema_extra)
+    keys = tuple(n for n, f in fields.items() if f.key)
+    priv = {k: tuple(v) for k, v in (getattr(model, "privilege_keys", None) or {}).items()}
+    for pname, pfields in priv.items():
+        for n in pfields:
+            if n not in fields:
+                raise SchemaError(f"{model.__name__}: privilege key {pname!r} names unknown field {n!r}")
+    return DocSchema(model.__name__, fields, keys, priv, embedded)
+
+
+@lru_cache(maxsize=4096)
+def _compiled_scope(schema: DocSchema, scope_json: bytes) -> Any:
+    return compile_scope(orjson.loads(scope_json), schema)
+
+
+@lru_cache(maxsize=4096)
+def _compiled_catalog(schema: DocSchema, catalog_json: bytes, show_hidden: bool) -> Any:
+    return compile_catalog(orjson.loads(catalog_json), schema, show_hidden)
+
+
+class EmbeddedDocument(BaseModel):
+    """An embedded document: a typed part of a document, with no ``_id`` of its own."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+
+class Document(EmbeddedDocument):
+    """A typed document with an ``_id``. Subclasses declare fields; see the module docstring."""
+
+    #: privilege key name -> the fields whose values make the subject ``Class/<name>/<values>``
+    privilege_keys: ClassVar[dict[str, list[str]]] = {}
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex, alias="_id")
+
+    @classmethod
+    def doc_schema(cls) -> DocSchema:
+        """This class's :class:`DocSchema` (hidden fields, keys, embedded documents)."""
+        return schema_of_model(cls)
+
+    def stored_data(self) -> dict[str, Any]:
+        """The document as JSON-ready data, ``_id`` included and nothing left out (hidden fields too)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    # -- the original document protocol ---------------------------------------------------------------
+
+    def check_scope(self, data_scope: list[dict[str, Any]] | None) -> None:
+        """Raise :class:`OutOfScopeError` unless the document is in ``data_scope``."""
+        pred = _compiled_scope(self.doc_schema(), orjson.dumps(data_scope or []))
+        if not pred(self.stored_data()):
+            raise OutOfScopeError(f"{type(self).__name__} {self.id} is out of scope")
+
+    def get_display_data(
+        self, catalog: Mapping[str, Any] | None = None, show_hidden: bool = False, **_: Any
+    ) -> dict[str, Any]:
+        """The document projected through ``catalog`` (hidden fields left out unless ``show_hidden``)."""
+        project = _compiled_catalog(self.doc_schema(), orjson.dumps(catalog or {}), bool(show_hidden))
+        return dict(project(self.stored_data()))
+
+    def check_acl(self, acl: Any, act: str = "read", doc: Any = None, raise_error: bool = True) -> bool:
+        """True when ``acl`` grants ``act`` on this document; raise or return False otherwise."""
+        acl_obj = Acl.coerce(acl)
+        if acl_obj is None:
+            return True
+        subjects = subjects_of(type(self).__name__, self.stored_data(), self.doc_schema())
+        if acl_obj.allows(subjects, act):
+            return True
+        if raise_error:
+            raise AuthorizationError(f"{act} on {type(self).__name__} {self.id} is not granted")
+        return False
