@@ -1,17 +1,22 @@
 #!/usr/bin/env node
-// Synthetic sender: measures the load generator's own receive capacity.
+// Synthetic sender: measures the load generator's own limits.
 //
 // A minimal WebSocket server on ws://127.0.0.1:PORT/ws speaking the benchmark
 // protocol (subscription message -> confirmation -> document frames) that does
-// as little work per delivery as possible: all --messages document frames are
-// encoded and framed ONCE before any client connects, and once --clients
-// clients are subscribed the same pre-built bytes are written, --frames-per-write
-// frames per socket write, to every socket (each socket is pumped independently,
-// waiting for 'drain' when its buffer is full). Whatever deliveries/s the
-// loadgen reports against it is the loadgen's ceiling, not a server's.
+// as little work per delivery as possible. It starts sending once --clients
+// clients are subscribed, in one of two modes:
+//
+// * full speed (default): all --messages document frames are encoded and framed
+//   ONCE beforehand, and the same bytes are written, --frames-per-write frames
+//   per socket write, to every socket (each socket pumped independently, waiting
+//   for 'drain' when its buffer is full). The deliveries/s the loadgen reports
+//   is the loadgen's receive ceiling. Documents carry no "ts".
+// * --rate R: one document every 1/R s, framed once with "ts" (CLOCK_MONOTONIC,
+//   microseconds) and written to every socket. The latency the loadgen reports is
+//   its own latency floor for that fan-out width.
 //
 // Documents are {"doc_class": "Order", "op": "I", "seq": <20-digit counter>,
-// "message": {...--doc, "_id": "synthetic-<n>"}}; they carry no "ts", so no latency.
+// "message": {...--doc, "_id": "synthetic-<n>"}}.
 //
 // stdout carries JSON lines: {"event":"listening"}, then {"event":"sent", ...}
 // once every socket accepted every frame. The process exits on SIGTERM/SIGINT
@@ -19,7 +24,7 @@
 //
 // Usage (from bench/):
 //   node synthetic_server.js --port 8790 --clients 100 --messages 2000 \
-//     --doc '{"status": "open", "amount": 12.5}' [--frames-per-write 16] [--timeout 300]
+//     --doc '{"status": "open", "amount": 12.5}' [--frames-per-write 16 | --rate 20] [--timeout 300]
 'use strict';
 
 const crypto = require('node:crypto');
@@ -37,24 +42,28 @@ function parseCommandLine() {
       messages: { type: 'string' },
       doc: { type: 'string', default: '{}' },
       'frames-per-write': { type: 'string', default: '16' },
+      rate: { type: 'string' },
       timeout: { type: 'string', default: '300' },
     },
     strict: true,
   });
-  const integer = (name) => {
+  const check = (name, valid, what) => {
     const value = Number(values[name]);
-    if (!Number.isInteger(value) || value < 1) {
-      process.stderr.write(`synthetic_server: --${name} must be an integer >= 1\n`);
+    if (!valid(value)) {
+      process.stderr.write(`synthetic_server: --${name} must be ${what}\n`);
       process.exit(2);
     }
     return value;
   };
+  const integer = (name) => check(name, (v) => Number.isInteger(v) && v >= 1, 'an integer >= 1');
+  const positive = (name) => check(name, (v) => Number.isFinite(v) && v > 0, 'a number > 0');
   return {
     port: integer('port'),
     clients: integer('clients'),
     messages: integer('messages'),
     doc: JSON.parse(values.doc),
     framesPerWrite: integer('frames-per-write'),
+    ratePerS: values.rate === undefined ? null : positive('rate'),
     timeoutS: integer('timeout'),
   };
 }
@@ -103,18 +112,26 @@ function readClientFrame(buffer) {
   return { payload, rest: buffer.subarray(offset + 4 + length) };
 }
 
+/** CLOCK_MONOTONIC in microseconds (the loadgen's latency clock). */
+function nowUs() {
+  return Number(process.hrtime.bigint() / 1000n);
+}
+
+/** The frame of document number `n`; `ts` (microseconds) is included unless undefined. */
+function documentFrame(n, doc, ts) {
+  const envelope = {
+    doc_class: 'Order',
+    op: 'I',
+    seq: String(n).padStart(20, '0'),
+    message: { ...doc, _id: `synthetic-${n}`, ts },
+  };
+  return textFrame(Buffer.from(JSON.stringify(envelope)));
+}
+
 /** All document frames, grouped into Buffers of `framesPerWrite` frames each. */
 function buildChunks(config) {
   const frames = [];
-  for (let n = 1; n <= config.messages; n++) {
-    const envelope = {
-      doc_class: 'Order',
-      op: 'I',
-      seq: String(n).padStart(20, '0'),
-      message: { ...config.doc, _id: `synthetic-${n}` },
-    };
-    frames.push(textFrame(Buffer.from(JSON.stringify(envelope))));
-  }
+  for (let n = 1; n <= config.messages; n++) frames.push(documentFrame(n, config.doc, undefined));
   const chunks = [];
   for (let i = 0; i < frames.length; i += config.framesPerWrite) {
     chunks.push(Buffer.concat(frames.slice(i, i + config.framesPerWrite)));
@@ -130,25 +147,46 @@ async function pump(socket, chunks) {
   }
 }
 
+/** Write document n to every socket at n / ratePerS seconds; returns the bytes of one frame. */
+async function sendPaced(sockets, config) {
+  const startUs = nowUs();
+  let frameBytes = 0;
+  for (let n = 1; n <= config.messages; n++) {
+    const waitMs = (startUs + ((n - 1) * 1e6) / config.ratePerS - nowUs()) / 1000;
+    if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, waitMs));
+    const frame = documentFrame(n, config.doc, nowUs());
+    for (const socket of sockets) socket.write(frame);
+    frameBytes = frame.length;
+  }
+  return frameBytes;
+}
+
 function emit(record) {
   process.stdout.write(`${JSON.stringify(record)}\n`);
 }
 
 function main() {
   const config = parseCommandLine();
-  const chunks = buildChunks(config);
+  const chunks = config.ratePerS === null ? buildChunks(config) : null;
   const subscribed = [];
 
   const startSending = async () => {
     const startNs = process.hrtime.bigint();
     const cpuBefore = process.cpuUsage();
-    await Promise.all(subscribed.map((socket) => pump(socket, chunks)));
+    let frameBytes;
+    if (chunks === null) {
+      frameBytes = await sendPaced(subscribed, config);
+    } else {
+      await Promise.all(subscribed.map((socket) => pump(socket, chunks)));
+      frameBytes = chunks.reduce((sum, chunk) => sum + chunk.length, 0) / config.messages;
+    }
     const cpu = process.cpuUsage(cpuBefore);
     emit({
       event: 'sent',
+      mode: chunks === null ? `rate ${config.ratePerS}/s` : 'full speed',
       clients: subscribed.length,
       messages: config.messages,
-      frame_bytes: chunks.reduce((sum, chunk) => sum + chunk.length, 0) / config.messages,
+      frame_bytes: frameBytes,
       seconds: Number(process.hrtime.bigint() - startNs) / 1e9,
       cpu_ms: (cpu.user + cpu.system) / 1000,
     });

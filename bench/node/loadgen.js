@@ -215,7 +215,8 @@ class LoadGen {
     this.lastSeq[i] = message.seq;
     const ts = message.message && message.message.ts;
     if (typeof ts === 'number') this.latency.add(Math.max(0, now - ts));
-    if (++this.received[i] === this.config.expect && ++this.completed === this.config.connections) {
+    // Before "ready" (documents racing the last confirmations) main() does the final check.
+    if (++this.received[i] === this.config.expect && ++this.completed === this.config.connections && this.readyUs > 0) {
       this.finish('complete');
     }
   }

@@ -49,37 +49,71 @@ def field(default: Any = ..., *, hidden: bool = False, key: bool = False, **kwar
 _SIMPLE_TYPES = {str: "str", int: "int", float: "float", bool: "bool", dict: "dict", list: "list"}
 
 
-def _field_spec(name: str, annotation: Any, extra: Any) -> FieldSpec:
+def _strip_optional(ann: Any) -> Any:
+    """``Optional[X]`` -> ``X``; any other union -> ``Any`` (no one schema describes it)."""
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        return args[0] if len(args) == 1 else Any
+    return ann
+
+
+def _is_model(ann: Any) -> bool:
+    return isinstance(ann, type) and issubclass(ann, BaseModel)
+
+
+def _models_in(ann: Any) -> list[type[BaseModel]]:
+    """Every pydantic model named anywhere in a type annotation."""
+    if _is_model(ann):
+        return [ann]
+    return [m for arg in typing.get_args(ann) for m in _models_in(arg)]
+
+
+def _field_spec(owner: str, name: str, annotation: Any, extra: Any) -> FieldSpec:
     marks = extra.get(_MARK, {}) if isinstance(extra, dict) else {}
     hidden, key = bool(marks.get("hidden", False)), bool(marks.get("key", False))
-    ann, many = annotation, False
+    ann = _strip_optional(annotation)
     origin = typing.get_origin(ann)
-    if origin in (typing.Union, types.UnionType):  # Optional[X] -> X
-        args = [a for a in typing.get_args(ann) if a is not type(None)]
-        ann = args[0] if len(args) == 1 else Any
-        origin = typing.get_origin(ann)
     if origin in (list, tuple, set, frozenset):
-        args = typing.get_args(ann)
-        inner = args[0] if args else Any
-        if isinstance(inner, type) and issubclass(inner, BaseModel):
-            ann, many = inner, True
-        else:
-            return FieldSpec(name, "list", hidden, key)
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return FieldSpec(name, "embedded", hidden, key, many, schema_of_model(ann, embedded=True))
-    ftype = _SIMPLE_TYPES.get(origin or ann, "any") if isinstance(origin or ann, type) else "any"
+        inner = {_strip_optional(a) for a in typing.get_args(ann) if a is not Ellipsis}
+        (element,) = inner if len(inner) == 1 else (Any,)
+        if _is_model(element):
+            return FieldSpec(name, "embedded", hidden, key, True, schema_of_model(element, embedded=True))
+        ftype = "list"
+    elif _is_model(ann):
+        return FieldSpec(name, "embedded", hidden, key, False, schema_of_model(ann, embedded=True))
+    else:
+        ftype = _SIMPLE_TYPES.get(origin or ann, "any") if isinstance(origin or ann, type) else "any"
+    # Below a free-form field nothing is described, so nothing hidden could be left out there: refuse a
+    # model with hidden fields in a place no schema describes (a dict of models, a union of models...).
+    for model in _models_in(annotation):
+        if schema_of_model(model, embedded=True).has_hidden():
+            raise SchemaError(f"{owner}.{name}: {model.__name__} has hidden fields, which cannot be left out "
+                              f"inside {annotation!r}; use {model.__name__} or list[{model.__name__}]")
     return FieldSpec(name, ftype, hidden, key)
+
+
+_IN_PROGRESS: set[type[BaseModel]] = set()
 
 
 @lru_cache(maxsize=None)
 def schema_of_model(model: type[BaseModel], embedded: bool = False) -> DocSchema:
-    """The :class:`DocSchema` of a pydantic model (cached per class)."""
+    """The :class:`DocSchema` of a pydantic model (cached per class).
+
+    Raises :class:`SchemaError` for a recursive model (its hidden fields could not be found at every depth)
+    and for a model with hidden fields used where no schema describes it (``dict[str, Model]``, unions).
+    """
+    if model in _IN_PROGRESS:
+        raise SchemaError(f"{model.__name__} contains itself: recursive documents are not supported")
+    _IN_PROGRESS.add(model)
     fields: dict[str, FieldSpec] = {}
-    for name, info in model.model_fields.items():
-        out_name = info.alias or name
-        if out_name == "_id":
-            continue
-        fields[out_name] = _field_spec(out_name, info.annotation, info.json_schema_extra)
+    try:
+        for name, info in model.model_fields.items():
+            out_name = info.alias or name
+            if out_name == "_id":
+                continue
+            fields[out_name] = _field_spec(model.__name__, out_name, info.annotation, info.json_schema_extra)
+    finally:
+        _IN_PROGRESS.discard(model)
     keys = tuple(n for n, f in fields.items() if f.key)
     priv = {k: tuple(v) for k, v in (getattr(model, "privilege_keys", None) or {}).items()}
     for pname, pfields in priv.items():

@@ -16,6 +16,7 @@ Memory: each connection may hold up to ``max_messages`` queued messages and ``ma
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,9 +59,11 @@ class Outgoing:
     ``frame`` is free for a transport to cache the message's wire frame in, so that it is built once.
     """
 
-    __slots__ = ("data", "frame", "seq", "text")
+    __slots__ = ("born", "data", "frame", "seq", "text")
 
     def __init__(self, data: bytes, seq: str = "") -> None:
+        #: when the message was made (``time.perf_counter()``), for publish-to-send latency
+        self.born = time.perf_counter()
         self.data = data
         self.text = data.decode()
         self.seq = seq
@@ -262,6 +265,18 @@ class FanoutEngine:
             self._leave(member)
         conn.members.clear()
         return conn
+
+    def send_first(self, websocket: Any, data: bytes) -> None:
+        """Queue a message for one websocket (e.g. a confirmation), ahead of any change queued later."""
+        conn = self.connections.get(websocket)
+        if conn is None:
+            conn = self.connections[websocket] = Connection(websocket, self.max_queue_messages,
+                                                            self.max_queue_bytes)
+        conn.queue.append(Outgoing(data))
+        conn.queued_bytes += len(data)
+        if not conn.scheduled:
+            conn.scheduled = True
+            self.on_ready(conn)
 
     def view_count(self, class_name: str | None = None) -> int:
         if class_name is not None:

@@ -26,7 +26,7 @@ def _pattern_regex(pattern: str) -> str:
     return ".*".join(re.escape(part) for part in pattern.split("*"))
 
 
-def _act_grants(act: str, action: str) -> bool:
+def act_grants(act: str, action: str) -> bool:
     for item in act.split(","):
         item = item.strip()
         if item and re.fullmatch(_pattern_regex(item), action):
@@ -101,7 +101,7 @@ class Acl:
         try:
             return self._matchers[action]
         except KeyError:
-            pats = sorted({_pattern_regex(i.obj) for i in self.content if _act_grants(i.act, action)})
+            pats = sorted({_pattern_regex(i.obj) for i in self.content if act_grants(i.act, action)})
             m = re.compile("|".join(f"(?:{p})" for p in pats)) if pats else None
             self._matchers[action] = m
             return m

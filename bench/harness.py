@@ -1,0 +1,627 @@
+"""Benchmark harness: run a fan-out server and the Node.js load generator on separate cores.
+
+Building blocks, all bounded in count and time and all cleaning up their child processes:
+
+* :class:`Target` -- a server under test: ``start()``, ``publish_batch(changes)``, ``stop()``.
+  :class:`HttpPublishTarget` implements publishing as ``POST /publish`` with body
+  ``{"changes": [{"class": ..., "op": ..., "doc": {...}}, ...]}`` and header
+  ``X-Publisher-Key``, which is the API of both :class:`ReferenceTarget` and
+  xia-broadcast, so a target for xia-broadcast only needs its command line.
+* :class:`FullSpeed` and :class:`FixedRate` -- publish profiles, run by :func:`drive`.
+  Every published document carries ``"ts"``: CLOCK_MONOTONIC in microseconds at
+  publish time, from which the loadgen computes publish-to-receipt latency.
+* :class:`Loadgen` -- ``bench/node/loadgen.js`` as a child process.
+* Scenarios: :func:`run_publish_scenario`, :func:`measure_idle_rss`,
+  :func:`measure_loadgen_capacity`.
+
+By default the server is pinned to CPU 0 and the loadgen to CPU 1 with ``taskset``.
+The publish driver runs in the calling Python process, unpinned; it sends one HTTP
+request per batch, so its own cost is small next to the fan-out it triggers.
+"""
+
+from __future__ import annotations
+
+import atexit
+import http.client
+import json
+import math
+import os
+import queue
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self, TypedDict
+
+BENCH_DIR = Path(__file__).resolve().parent
+NODE_DIR = BENCH_DIR / "node"
+SERVER_CPU = 0
+"""CPU the server under test is pinned to."""
+LOADGEN_CPU = 1
+"""CPU the load generator (and the synthetic sender's clients) is pinned to."""
+
+DEFAULT_HANDSHAKE: dict[str, Any] = {
+    "Order": {"data_scope": [], "catalog": {}, "show_hidden": False, "start_seq": ""}
+}
+"""Subscription sent by every loadgen connection unless a scenario gives its own list."""
+
+STOP_GRACE_S = 10.0
+"""Seconds a child process gets to exit after SIGTERM before it is killed."""
+
+Change = TypedDict("Change", {"class": str, "op": str, "doc": dict[str, Any]})
+"""One document change, as ``POST /publish`` takes it."""
+
+
+class BenchError(RuntimeError):
+    """A benchmark step failed or exceeded its time bound."""
+
+
+def monotonic_us() -> int:
+    """CLOCK_MONOTONIC in microseconds; the clock of the ``"ts"`` field (shared with the loadgen)."""
+    return time.monotonic_ns() // 1000
+
+
+def make_change(n: int, ts_us: int) -> Change:
+    """The ``n``-th benchmark change: an ``Order`` insert whose document carries ``ts`` (microseconds)."""
+    doc = {
+        "_id": f"order-{n:08d}",
+        "ts": ts_us,
+        "customer": f"customer-{n % 997:04d}",
+        "status": "open",
+        "amount": round(10 + (n % 1000) * 1.25, 2),
+        "currency": "EUR",
+        "region": ("eu-west", "us-east", "ap-south")[n % 3],
+        "lines": n % 7 + 1,
+    }
+    return {"class": "Order", "op": "I", "doc": doc}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size (VmRSS) of process ``pid``, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time consumed so far by process ``pid`` (its threads included), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def fd_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (children inherit it); return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+_live: set[subprocess.Popen[bytes]] = set()
+
+
+def _kill_all_live() -> None:
+    for proc in list(_live):
+        proc.kill()
+
+
+atexit.register(_kill_all_live)
+
+
+class Child:
+    """A child process, optionally pinned to one CPU, with stderr in a log file.
+
+    With ``capture_stdout`` its stdout must be JSON lines, read with :meth:`next_event`;
+    otherwise stdout goes to the log file too.
+    """
+
+    def __init__(
+        self, name: str, argv: Sequence[str], *, cpu: int | None, log_dir: Path, capture_stdout: bool = False
+    ) -> None:
+        fd_limit()
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log: IO[bytes] = self.log_path.open("wb")
+        prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
+        self.proc = subprocess.Popen(
+            [*prefix, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if capture_stdout else self._log,
+            stderr=self._log,
+        )
+        _live.add(self.proc)
+        self._lines: queue.Queue[bytes] = queue.Queue()
+        if capture_stdout:
+            threading.Thread(target=self._read_stdout, daemon=True).start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                self._lines.put(line)
+        self._lines.put(b"")
+
+    def next_event(self, kind: str, timeout_s: float) -> dict[str, Any]:
+        """The next JSON line of stdout (at most ``timeout_s`` seconds away); it must be a ``kind`` event."""
+        try:
+            line = self._lines.get(timeout=timeout_s)
+        except queue.Empty:
+            raise BenchError(f"{self.name} silent for {timeout_s} s:\n{self.log_tail()}") from None
+        if not line:
+            self.proc.wait(STOP_GRACE_S)
+            raise BenchError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+        event: dict[str, Any] = json.loads(line)
+        if event.get("event") != kind:
+            raise BenchError(f"{self.name}: expected a {kind!r} event, got {event}")
+        return event
+
+    @property
+    def pid(self) -> int:
+        """Process id (taskset execs the command, so it is the server's own pid)."""
+        return self.proc.pid
+
+    def check_alive(self) -> None:
+        """Raise BenchError with the log's tail if the process has exited."""
+        if self.proc.poll() is not None:
+            raise BenchError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The last ``chars`` characters of the process log."""
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s`` seconds; idempotent."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        _live.discard(self.proc)
+        self._log.close()
+
+
+def wait_for_port(port: int, child: Child, timeout_s: float) -> None:
+    """Wait until 127.0.0.1:``port`` accepts TCP connections, at most ``timeout_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        child.check_alive()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise BenchError(f"{child.name}: port {port} not open after {timeout_s} s") from None
+            time.sleep(0.05)
+
+
+class Target(ABC):
+    """A server under test. Use as a context manager, or call :meth:`start` and :meth:`stop`."""
+
+    name: str
+
+    @property
+    @abstractmethod
+    def ws_url(self) -> str:
+        """WebSocket URL clients subscribe at."""
+
+    @property
+    @abstractmethod
+    def pid(self) -> int:
+        """Pid of the server process (for RSS and CPU readings)."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Launch the server and return once it accepts connections."""
+
+    @abstractmethod
+    def publish_batch(self, changes: Sequence[Change]) -> None:
+        """Publish ``changes`` in order; return once the server has accepted them."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop the server; idempotent."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class HttpPublishTarget(Target):
+    """A server process publishing through ``POST /publish`` (batch body, ``X-Publisher-Key`` header).
+
+    Subclasses give the command line in :meth:`argv`. ``ws_port`` and ``http_port``
+    may be equal for a server with one listener.
+    """
+
+    def __init__(
+        self,
+        *,
+        ws_port: int | None = None,
+        http_port: int | None = None,
+        ws_path: str = "/ws",
+        publisher_key: str = "bench",
+        cpu: int | None = SERVER_CPU,
+        log_dir: Path | None = None,
+        start_timeout_s: float = 30.0,
+        publish_timeout_s: float = 120.0,
+    ) -> None:
+        self.ws_port = ws_port or free_port()
+        self.http_port = http_port or free_port()
+        self.ws_path = ws_path
+        self.publisher_key = publisher_key
+        self.cpu = cpu
+        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="xia-bench-"))
+        self.start_timeout_s = start_timeout_s
+        self.publish_timeout_s = publish_timeout_s
+        self._child: Child | None = None
+        self._http: http.client.HTTPConnection | None = None
+
+    @abstractmethod
+    def argv(self) -> list[str]:
+        """Command line of the server, listening on ``self.ws_port`` and ``self.http_port``."""
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}{self.ws_path}"
+
+    @property
+    def pid(self) -> int:
+        if self._child is None:
+            raise BenchError(f"{self.name} is not running")
+        return self._child.pid
+
+    def start(self) -> None:
+        self._child = Child(self.name, self.argv(), cpu=self.cpu, log_dir=self.log_dir)
+        for port in {self.ws_port, self.http_port}:
+            wait_for_port(port, self._child, self.start_timeout_s)
+        self._http = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=self.publish_timeout_s)
+
+    def publish_batch(self, changes: Sequence[Change]) -> None:
+        if self._http is None or self._child is None:
+            raise BenchError(f"{self.name} is not running")
+        body = json.dumps({"changes": list(changes)}).encode()
+        headers = {"Content-Type": "application/json", "X-Publisher-Key": self.publisher_key}
+        self._http.request("POST", "/publish", body=body, headers=headers)
+        response = self._http.getresponse()
+        reply = response.read()
+        if response.status != 200:
+            self._child.check_alive()
+            raise BenchError(f"{self.name}: POST /publish -> {response.status} {reply[:500]!r}")
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+        if self._child is not None:
+            self._child.stop()
+            self._child = None
+
+
+class ReferenceTarget(HttpPublishTarget):
+    """``bench/reference_server.py``: plain ``websockets`` broadcast to every client, no filtering."""
+
+    name = "reference"
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable,
+            str(BENCH_DIR / "reference_server.py"),
+            "--ws-port",
+            str(self.ws_port),
+            "--http-port",
+            str(self.http_port),
+        ]
+
+
+@dataclass(frozen=True)
+class FullSpeed:
+    """Publish ``count`` changes as fast as the target accepts them, ``batch`` changes per request.
+
+    The driver waits for each request's response before sending the next, so the
+    server never runs more than one batch ahead of the driver.
+    """
+
+    count: int
+    batch: int = 100
+
+
+@dataclass(frozen=True)
+class FixedRate:
+    """Publish ``rate_per_s`` changes per second for ``duration_s`` seconds.
+
+    Each change is sent when due (one request per change at low rates); changes
+    that fell due together while the driver was busy go in one request.
+    """
+
+    rate_per_s: float
+    duration_s: float
+
+    @property
+    def count(self) -> int:
+        """Number of changes the profile publishes."""
+        return math.ceil(self.rate_per_s * self.duration_s)
+
+
+@dataclass(frozen=True)
+class PublishStats:
+    """What :func:`drive` did: ``published`` changes in ``seconds`` (wall time of the driver)."""
+
+    published: int
+    seconds: float
+
+
+def drive(target: Target, profile: FullSpeed | FixedRate, timeout_s: float) -> PublishStats:
+    """Publish ``profile`` to ``target``; raise BenchError if it takes longer than ``timeout_s`` seconds."""
+    start = time.monotonic()
+    deadline = start + timeout_s
+    sent = 0
+    while sent < profile.count:
+        now = time.monotonic()
+        if now > deadline:
+            raise BenchError(f"publishing stopped by the {timeout_s} s bound after {sent} changes")
+        if isinstance(profile, FullSpeed):
+            due = min(profile.count, sent + profile.batch)
+        else:
+            due = min(profile.count, math.floor((now - start) * profile.rate_per_s) + 1)
+            if due <= sent:
+                time.sleep(max(0.0, start + sent / profile.rate_per_s - now))
+                continue
+        ts_us = monotonic_us()
+        target.publish_batch([make_change(n, ts_us) for n in range(sent, due)])
+        sent = due
+    return PublishStats(published=sent, seconds=time.monotonic() - start)
+
+
+class Loadgen:
+    """``bench/node/loadgen.js`` as a child process; see that file for its result fields."""
+
+    def __init__(
+        self,
+        url: str,
+        connections: int,
+        *,
+        handshakes: Sequence[dict[str, Any]] = (DEFAULT_HANDSHAKE,),
+        expect: int = 0,
+        timeout_s: float = 120.0,
+        connect_timeout_s: float = 120.0,
+        cpu: int | None = LOADGEN_CPU,
+        log_dir: Path,
+    ) -> None:
+        """Start the loadgen: ``connections`` clients, each expecting ``expect`` documents (0: none).
+
+        It reports after every client got ``expect`` documents, ``timeout_s`` seconds after
+        being ready, or when stopped.
+        """
+        node = shutil.which("node")
+        if node is None:
+            raise BenchError("node is not on PATH")
+        if not (NODE_DIR / "node_modules" / "ws").is_dir():
+            raise BenchError(f"run `npm ci` in {NODE_DIR} first")
+        if connections + 64 > fd_limit():
+            raise BenchError(f"{connections} connections need a higher `ulimit -n` than {fd_limit()}")
+        self.connect_timeout_s = connect_timeout_s
+        argv = [
+            node,
+            str(NODE_DIR / "loadgen.js"),
+            "--url",
+            url,
+            "--connections",
+            str(connections),
+            "--handshakes",
+            json.dumps(list(handshakes)),
+            "--expect",
+            str(expect),
+            "--timeout",
+            str(timeout_s),
+            "--connect-timeout",
+            str(connect_timeout_s),
+        ]
+        self._child = Child("loadgen", argv, cpu=cpu, log_dir=log_dir, capture_stdout=True)
+
+    @property
+    def pid(self) -> int:
+        """Pid of the Node.js process."""
+        return self._child.pid
+
+    def wait_ready(self) -> dict[str, Any]:
+        """Wait until every connection is confirmed; return the ``ready`` event."""
+        return self._child.next_event("ready", self.connect_timeout_s + STOP_GRACE_S)
+
+    def wait_result(self, timeout_s: float) -> dict[str, Any]:
+        """Wait at most ``timeout_s`` seconds for the ``result`` event and return it."""
+        return self._child.next_event("result", timeout_s)
+
+    def stop_for_result(self) -> dict[str, Any]:
+        """Ask the loadgen to report now (SIGTERM) and return its ``result`` event."""
+        self._child.proc.send_signal(signal.SIGTERM)
+        return self._child.next_event("result", STOP_GRACE_S)
+
+    def stop(self) -> None:
+        """Terminate the loadgen; idempotent."""
+        self._child.stop()
+
+
+@dataclass
+class ScenarioResult:
+    """One publish scenario: the loadgen's ``result`` event plus server-side readings.
+
+    ``server_cpu_s`` is the server's CPU time from the first publish to the loadgen's
+    result (seconds); RSS values are in KiB.
+    """
+
+    target: str
+    connections: int
+    profile: str
+    publish: PublishStats
+    loadgen: dict[str, Any]
+    server_cpu_s: float
+    server_rss_kib_idle: int
+    server_rss_kib_after: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_publish_scenario(
+    target: Target,
+    connections: int,
+    profile: FullSpeed | FixedRate,
+    *,
+    handshakes: Sequence[dict[str, Any]] = (DEFAULT_HANDSHAKE,),
+    expect: int | None = None,
+    timeout_s: float = 300.0,
+    log_dir: Path,
+) -> ScenarioResult:
+    """Subscribe ``connections`` clients to the started ``target``, publish ``profile``, collect results.
+
+    ``expect`` is the number of documents each client should receive (default: all of
+    ``profile``, right for a target that does not filter). The scenario is bounded by
+    ``timeout_s`` seconds for publishing and as much again for delivery.
+    """
+    loadgen = Loadgen(
+        target.ws_url,
+        connections,
+        handshakes=handshakes,
+        expect=profile.count if expect is None else expect,
+        timeout_s=timeout_s,
+        log_dir=log_dir,
+    )
+    try:
+        loadgen.wait_ready()
+        rss_idle = rss_kib(target.pid)
+        cpu_before = cpu_seconds(target.pid)
+        stats = drive(target, profile, timeout_s)
+        result = loadgen.wait_result(timeout_s + STOP_GRACE_S)
+        return ScenarioResult(
+            target=target.name,
+            connections=connections,
+            profile=repr(profile),
+            publish=stats,
+            loadgen=result,
+            server_cpu_s=cpu_seconds(target.pid) - cpu_before,
+            server_rss_kib_idle=rss_idle,
+            server_rss_kib_after=rss_kib(target.pid),
+        )
+    finally:
+        loadgen.stop()
+
+
+@dataclass(frozen=True)
+class IdleRss:
+    """Server RSS (KiB) before and after ``connections`` idle subscribed clients."""
+
+    connections: int
+    rss_kib_before: int
+    rss_kib_after: int
+
+    @property
+    def kib_per_connection(self) -> float:
+        """RSS growth per idle connection, in KiB."""
+        return (self.rss_kib_after - self.rss_kib_before) / self.connections
+
+
+def measure_idle_rss(
+    target: Target,
+    connections: int,
+    *,
+    handshakes: Sequence[dict[str, Any]] = (DEFAULT_HANDSHAKE,),
+    settle_s: float = 2.0,
+    log_dir: Path,
+) -> IdleRss:
+    """Server RSS of the started ``target`` before, and ``settle_s`` s after, ``connections`` subscribe."""
+    time.sleep(settle_s)
+    before = rss_kib(target.pid)
+    loadgen = Loadgen(target.ws_url, connections, handshakes=handshakes, timeout_s=600.0, log_dir=log_dir)
+    try:
+        loadgen.wait_ready()
+        time.sleep(settle_s)
+        after = rss_kib(target.pid)
+        loadgen.stop_for_result()
+    finally:
+        loadgen.stop()
+    return IdleRss(connections=connections, rss_kib_before=before, rss_kib_after=after)
+
+
+def measure_loadgen_capacity(
+    connections: int,
+    count: int,
+    *,
+    frames_per_write: int = 16,
+    rate_per_s: float | None = None,
+    timeout_s: float = 300.0,
+    log_dir: Path,
+) -> dict[str, Any]:
+    """Loadgen ``result`` against ``bench/synthetic_server.js`` (server on CPU 0, loadgen on CPU 1).
+
+    The synthetic server sends ``count`` documents shaped like :func:`make_change`'s
+    to each of ``connections`` clients. At full speed (``rate_per_s`` None) they are
+    pre-built, carry no ``ts`` and go out ``frames_per_write`` per socket write, so the
+    reported deliveries/s is the loadgen's own receive ceiling. With ``rate_per_s``
+    (documents per second) each carries ``ts``, so the reported latency is the
+    loadgen's own latency floor at that fan-out width. The synthetic server's ``sent``
+    event is added under ``"sender"``.
+    """
+    node = shutil.which("node")
+    if node is None:
+        raise BenchError("node is not on PATH")
+    port = free_port()
+    doc = {k: v for k, v in make_change(0, monotonic_us())["doc"].items() if k not in ("_id", "ts")}
+    argv = [
+        node,
+        str(BENCH_DIR / "synthetic_server.js"),
+        "--port",
+        str(port),
+        "--clients",
+        str(connections),
+        "--messages",
+        str(count),
+        "--doc",
+        json.dumps(doc),
+        "--frames-per-write",
+        str(frames_per_write),
+        "--timeout",
+        str(math.ceil(2 * timeout_s)),
+    ]
+    if rate_per_s is not None:
+        argv += ["--rate", str(rate_per_s)]
+    server = Child("synthetic", argv, cpu=SERVER_CPU, log_dir=log_dir, capture_stdout=True)
+    try:
+        server.next_event("listening", STOP_GRACE_S)
+        loadgen = Loadgen(
+            f"ws://127.0.0.1:{port}/ws", connections, expect=count, timeout_s=timeout_s, log_dir=log_dir
+        )
+        try:
+            loadgen.wait_ready()
+            result = loadgen.wait_result(timeout_s + STOP_GRACE_S)
+        finally:
+            loadgen.stop()
+        result["sender"] = server.next_event("sent", STOP_GRACE_S)
+        return result
+    finally:
+        server.stop()

@@ -1,0 +1,205 @@
+"""Server settings: defaults, a TOML file, ``XIA_BROADCAST_*`` environment variables, command-line flags.
+
+Later sources override earlier ones in that order. Every setting is documented in ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..core.schema import DocSchema, load_schemas
+from ..errors import SchemaError
+
+
+class ConfigError(ValueError):
+    """The configuration file or an environment variable is invalid."""
+
+
+@dataclass
+class ApiKey:
+    """An API key as the original's listener sends it in ``_header`` (``X-Api-Key``, ``X-App-Name``)."""
+
+    user_name: str
+    acl: dict[str, Any] | None
+    app_name: str | None = None
+
+
+@dataclass
+class Settings:
+    """Everything the server needs. Units: seconds for times, bytes for sizes."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    path: str = "/ws"
+    handshake_timeout: float = 10.0
+    #: largest inbound WebSocket message; a larger one closes the connection with 1009
+    max_message_size: int = 64 * 1024
+    #: largest body of a POST /publish
+    max_publish_size: int = 8 * 1024 * 1024
+    max_connections: int = 20_000
+    max_subscriptions: int = 32
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    #: each connection's outbound queue bound, in messages and in bytes
+    queue_messages: int = 1000
+    queue_bytes: int = 8 * 1024 * 1024
+    shutdown_timeout: float = 5.0
+    log_format: str = "json"
+    log_level: str = "INFO"
+    #: API key value -> ApiKey
+    api_keys: dict[str, ApiKey] = field(default_factory=dict)
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_algorithms: list[str] = field(default_factory=lambda: ["HS256", "RS256"])
+    jwt_acl_claim: str = "acl"
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    #: keys that may POST /publish; empty: publishing is open when the server runs without authentication
+    publish_keys: list[str] = field(default_factory=list)
+    classes: dict[str, DocSchema] = field(default_factory=dict)
+    #: accept subscriptions to classes that no schema declares (checked at delivery, as the original)
+    allow_undeclared_classes: bool = False
+    demo: bool = False
+    demo_rate: float = 5.0
+
+    @property
+    def authenticated(self) -> bool:
+        """True when subscribers must authenticate (API keys or JWT configured)."""
+        return bool(self.api_keys or self.jwt_secret or self.jwt_public_key)
+
+
+_SECTIONS = {
+    "server": {"host", "port", "path", "handshake_timeout", "max_message_size", "max_publish_size",
+               "max_connections", "max_subscriptions", "ping_interval", "ping_timeout", "queue_messages",
+               "queue_bytes", "shutdown_timeout", "log_format", "log_level", "allow_undeclared_classes"},
+    "jwt": {"secret", "public_key", "public_key_file", "algorithms", "acl_claim", "audience", "issuer"},
+    "publish": {"keys"},
+    "demo": {"enabled", "rate"},
+}
+
+
+def _coerce(name: str, current: Any, value: Any) -> Any:
+    """Convert a raw value (TOML or environment string) to the type of the setting it replaces."""
+    try:
+        if isinstance(current, bool):
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off", ""):
+                    return False
+                raise ValueError(value)
+            if isinstance(value, bool):
+                return value
+            raise ValueError(value)
+        if isinstance(current, int) and not isinstance(current, bool):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+        if isinstance(current, list):
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return value
+            raise ValueError(value)
+        if current is None or isinstance(current, str):
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: invalid value {value!r}") from exc
+    raise ConfigError(f"{name}: cannot be set this way")
+
+
+def _set(settings: Settings, name: str, value: Any) -> None:
+    setattr(settings, name, _coerce(name, getattr(settings, name), value))
+
+
+def apply_toml(settings: Settings, data: Mapping[str, Any]) -> None:
+    """Apply a parsed config file (see ``docs/configuration.md``) onto ``settings``."""
+    known = set(_SECTIONS) | {"api_keys", "classes"}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown config sections {sorted(unknown)}; known: {sorted(known)}")
+    for section, names in _SECTIONS.items():
+        table = data.get(section, {})
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"[{section}] must be a table")
+        extra = set(table) - names
+        if extra:
+            raise ConfigError(f"[{section}]: unknown settings {sorted(extra)}")
+        for k, v in table.items():
+            if section == "server":
+                _set(settings, k, v)
+            elif section == "jwt":
+                if k == "public_key_file":
+                    try:
+                        settings.jwt_public_key = Path(v).read_text(encoding="utf-8")
+                    except (OSError, TypeError) as exc:
+                        raise ConfigError(f"[jwt] public_key_file: cannot read {v!r}: {exc}") from exc
+                else:
+                    _set(settings, f"jwt_{k}", v)
+            elif section == "publish":
+                _set(settings, "publish_keys", v)
+            elif section == "demo":
+                _set(settings, "demo" if k == "enabled" else "demo_rate", v)
+    keys = data.get("api_keys", {})
+    if not isinstance(keys, Mapping):
+        raise ConfigError("[api_keys] must be a table of key -> {user_name, acl, app_name}")
+    for key, spec in keys.items():
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("user_name"), str):
+            raise ConfigError(f"[api_keys.{key!r}] needs a string user_name")
+        acl = spec.get("acl")
+        if acl is not None and not (isinstance(acl, Mapping) and isinstance(acl.get("content"), list)):
+            raise ConfigError(f"[api_keys.{key!r}] acl must be {{content = [{{obj, act}}, ...]}}")
+        settings.api_keys[key] = ApiKey(spec["user_name"], dict(acl) if acl is not None else None,
+                                        spec.get("app_name"))
+    if "classes" in data:
+        try:
+            settings.classes.update(load_schemas({"classes": data["classes"]}))
+        except SchemaError as exc:
+            raise ConfigError(f"[classes]: {exc}") from exc
+
+
+_ENV_NAMES = {f.name for f in fields(Settings)} - {"api_keys", "classes"}
+
+
+def apply_env(settings: Settings, environ: Mapping[str, str]) -> None:
+    """Apply ``XIA_BROADCAST_<SETTING>`` variables (e.g. ``XIA_BROADCAST_PORT=9000``)."""
+    for key, value in environ.items():
+        if not key.startswith("XIA_BROADCAST_") or key == "XIA_BROADCAST_CONFIG":
+            continue
+        name = key.removeprefix("XIA_BROADCAST_").lower()
+        if name not in _ENV_NAMES:
+            raise ConfigError(f"{key}: unknown setting (known: {', '.join(sorted(_ENV_NAMES))})")
+        _set(settings, name, value)
+
+
+def load_settings(config_file: str | Path | None = None, environ: Mapping[str, str] | None = None,
+                  **overrides: Any) -> Settings:
+    """Defaults, then the TOML file (``config_file`` or ``$XIA_BROADCAST_CONFIG``), then the environment,
+    then ``overrides`` (command-line flags; a None value means "not given")."""
+    env = os.environ if environ is None else environ
+    settings = Settings()
+    path = config_file or env.get("XIA_BROADCAST_CONFIG")
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        apply_toml(settings, raw)
+    apply_env(settings, env)
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(settings, k, v)
+    if not settings.path.startswith("/"):
+        raise ConfigError(f"path must start with '/': {settings.path!r}")
+    return settings

@@ -1,0 +1,62 @@
+"""Prometheus metrics of a running service, read from the engine at scrape time.
+
+Counters and gauges are collected when ``/metrics`` is scraped, from the engine's own counters, so the
+fan-out path pays nothing for them. The one histogram, publish-to-send latency, is observed once per
+socket write (the age of the oldest message in that write), not once per delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .service import Service
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _ServiceCollector(Collector):
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        svc = self.service
+        engine = svc.broadcaster.engine()
+        stats = engine.stats
+        yield GaugeMetricFamily("xia_connections", "Open WebSocket connections", value=svc.connection_count)
+        yield GaugeMetricFamily("xia_subscriptions", "Active subscriptions (connection x class)",
+                                value=sum(len(c.members) for c in engine.connections.values()))
+        yield GaugeMetricFamily("xia_views", "Distinct views (subscribers sharing scope, catalog, ACL)",
+                                value=engine.view_count())
+        yield GaugeMetricFamily("xia_queue_depth", "Messages waiting in outbound queues",
+                                value=sum(len(c.queue) for c in engine.connections.values()))
+        yield CounterMetricFamily("xia_changes", "Changes published", value=stats.changes)
+        yield CounterMetricFamily("xia_deliveries", "Messages queued to subscribers", value=stats.deliveries)
+        yield CounterMetricFamily("xia_encodings", "Messages encoded (once per view and change)",
+                                  value=stats.encodings)
+        yield CounterMetricFamily("xia_drops", "Subscribers cut off for overflowing their queue",
+                                  value=stats.overflows)
+        yield CounterMetricFamily("xia_view_errors", "Changes a view failed to evaluate", value=stats.view_errors)
+        yield CounterMetricFamily("xia_refusals", "Connections refused or closed with an error code",
+                                  value=svc.refusals)
+
+
+class Metrics:
+    """The registry of one service: collected counters plus the latency histogram."""
+
+    def __init__(self, service: Service) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_ServiceCollector(service))
+        self.send_latency = Histogram(
+            "xia_publish_to_send_seconds", "Time from publish to the socket write carrying the message",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,176 @@
+"""The service behind every transport: handshake, authentication, subscriptions, publishing, health.
+
+A transport (native or ASGI) owns sockets and bytes; it calls :meth:`Service.open_session` with the first
+message of a WebSocket, :meth:`Service.publish_http` with the body of a ``POST /publish``, and reads
+:meth:`Service.health`/:meth:`Service.ready`/:meth:`Service.metrics_text` for the operations endpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..broadcast import Broadcaster
+from ..core.protocol import (
+    CLOSE_AUTH_FAILED,
+    CLOSE_CLASS_FORBIDDEN,
+    CLOSE_NO_CLASS,
+    Handshake,
+    Refusal,
+    acl_may_read_class,
+    parse_handshake,
+)
+from ..core.schema import OPS
+from ..errors import DocumentError, SubscriptionError
+from ..fanout import encode_json
+from .auth import Authenticator, AuthError, Principal
+from .config import Settings
+from .metrics import Metrics
+
+log = logging.getLogger("xia_broadcast.server")
+
+
+class PublishError(Exception):
+    """A refused ``POST /publish``: HTTP ``status``, a stable ``error`` code and a message naming the problem."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+
+    def body(self) -> bytes:
+        return orjson.dumps({"error": self.error, "message": str(self)})
+
+
+@dataclass
+class Session:
+    """An accepted WebSocket: who it is and what it asked for."""
+
+    principal: Principal
+    handshake: Handshake
+    classes: list[str]
+
+
+class Service:
+    """One server's state: settings, the broadcaster class it fans out with, authentication, metrics."""
+
+    def __init__(self, settings: Settings, broadcaster: type[Broadcaster]) -> None:
+        self.settings = settings
+        self.broadcaster = broadcaster
+        broadcaster.max_queue_messages = settings.queue_messages
+        broadcaster.max_queue_bytes = settings.queue_bytes
+        for schema in settings.classes.values():
+            broadcaster.register_class(schema)
+        self.auth = Authenticator(settings)
+        self.metrics = Metrics(self)
+        self.connection_count = 0
+        self.refusals = 0
+        self.shutting_down = False
+        self.started = False
+
+    # -- subscribers --------------------------------------------------------------------------------------
+
+    def class_known(self, class_name: str) -> bool:
+        return self.settings.allow_undeclared_classes or class_name in self.broadcaster.document_classes
+
+    async def open_session(self, websocket: Any, message: str | bytes,
+                           upgrade_headers: Mapping[str, Any] | None = None) -> Session:
+        """Authenticate and subscribe a websocket from its first message, and queue the confirmation.
+
+        The confirmation ``{class_name: accepted params}`` is queued ahead of any change, so it is always
+        the first message the client receives. Raises :class:`Refusal` (nothing stays subscribed then).
+        """
+        handshake = parse_handshake(message, self.settings.max_subscriptions)
+        try:
+            principal = self.auth.subscriber(handshake.header, upgrade_headers)
+        except AuthError as exc:
+            raise Refusal(CLOSE_AUTH_FAILED, str(exc)) from exc
+        known = [c for c in handshake.requests if self.class_known(c)]
+        if not known:
+            raise Refusal(CLOSE_NO_CLASS, "Class requested Not Found")
+        if principal.acl is not None:
+            for c in known:
+                if not acl_may_read_class(principal.acl.content, c):
+                    raise Refusal(CLOSE_CLASS_FORBIDDEN, f"class {c} not permitted for {principal.user_name}")
+        subscribed: dict[str, Any] = {}
+        try:
+            for c in known:
+                subscribed[c] = await self.broadcaster.subscribe(
+                    websocket, c, **handshake.requests[c], acl=principal.acl, user_name=principal.user_name)
+        except SubscriptionError as exc:
+            self.broadcaster.disconnect(websocket)
+            raise Refusal(exc.code, exc.reason) from exc
+        self.broadcaster.engine().send_first(websocket, encode_json(subscribed))
+        log.info("subscribed", extra={"user": principal.user_name, "classes": known})
+        return Session(principal, handshake, known)
+
+    def close_session(self, websocket: Any) -> None:
+        self.broadcaster.disconnect(websocket)
+
+    # -- publishers ---------------------------------------------------------------------------------------
+
+    def publish_http(self, headers: Mapping[str, Any], body: bytes) -> list[str]:
+        """Apply a ``POST /publish`` body (one change or ``{"changes": [...]}``); returns the seqs.
+
+        Every change is checked before any is applied, so a refused batch applies nothing.
+        Raises :class:`PublishError`.
+        """
+        try:
+            self.auth.publisher(headers)
+        except AuthError as exc:
+            raise PublishError(401, "unauthorized", str(exc)) from exc
+        if len(body) > self.settings.max_publish_size:
+            raise PublishError(413, "too_large", f"body over {self.settings.max_publish_size} bytes")
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise PublishError(400, "bad_json", f"body is not JSON: {exc}") from exc
+        if isinstance(obj, dict) and "changes" in obj:
+            if set(obj) != {"changes"} or not isinstance(obj["changes"], list) or not obj["changes"]:
+                raise PublishError(400, "bad_request", "a batch is {\"changes\": [change, ...]} (not empty)")
+            changes = obj["changes"]
+        else:
+            changes = [obj]
+        checked = [self._check_change(i, c) for i, c in enumerate(changes)]
+        return [self.broadcaster.publish(cls, op, doc) for cls, op, doc in checked]
+
+    def _check_change(self, index: int, change: Any) -> tuple[str, str, dict[str, Any]]:
+        where = f"change {index}"
+        if not isinstance(change, dict):
+            raise PublishError(400, "bad_request", f"{where}: a change is an object {{class, op, doc}}")
+        extra = set(change) - {"class", "op", "doc", "previous"}
+        if extra:
+            raise PublishError(400, "bad_request", f"{where}: unknown keys {sorted(extra)}")
+        class_name, op, doc = change.get("class"), change.get("op"), change.get("doc")
+        if not isinstance(class_name, str) or not self.class_known(class_name):
+            raise PublishError(404, "unknown_class", f"{where}: unknown class {class_name!r}")
+        if op not in OPS:
+            raise PublishError(422, "invalid_change", f"{where}: op must be one of {sorted(OPS)}, not {op!r}")
+        schema = self.broadcaster.document_classes.get(class_name)
+        try:
+            if schema is not None:
+                schema.validate(doc)
+                if change.get("previous") is not None:
+                    schema.validate(change["previous"])
+            elif not isinstance(doc, dict) or "_id" not in doc:
+                raise DocumentError(f"{class_name}: a document must be a JSON object with an '_id'")
+        except DocumentError as exc:
+            raise PublishError(422, "invalid_change", f"{where}: {exc}") from exc
+        return class_name, op, doc
+
+    # -- operations ---------------------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        return self.started and not self.shutting_down
+
+    def health(self) -> dict[str, Any]:
+        engine = self.broadcaster.engine()
+        return {"status": "ok", "connections": self.connection_count, "views": engine.view_count(),
+                "shutting_down": self.shutting_down}
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.render()
