@@ -6,13 +6,16 @@ Every member of the original keeps its name, signature, default and async-ness. 
 * subscribers sharing (scope, catalog, show_hidden, ACL) form one view, computed once per change;
 * ``document_sent_async`` only queues: each websocket has a bounded outbound queue drained by its own
   task, so a slow or failing client never delays, stops or breaks the delivery to the others;
+* every change goes into a journal first: ``start_seq`` replays it (gapless, then live), and a subscriber
+  whose queue overflows continues from the journal once it reads again instead of losing anything;
+* an update that takes a document out of a view sends that view's members ``X`` with its ``_id``;
 * a subscriber with a later ``start_seq`` skips older changes for itself only; a closed socket is
   never written to; one bad document or one failing view is logged and skipped;
 * invalid scopes, catalogs and ACLs are refused at ``subscribe`` time (:class:`SubscriptionError`).
 
 Transport hooks for a framework: override ``accept``, ``send_message_async`` and
-``subscriber_is_connected`` (as the original), and optionally ``close_async`` so that a subscriber cut off
-for overflowing its queue is told so with close code 4409 (``docs/protocol.md``).
+``subscriber_is_connected`` (as the original), and optionally ``close_async`` so that a subscriber that
+fell behind the journal's retention is told so with close code 4409 (``docs/protocol.md``).
 """
 
 from __future__ import annotations
@@ -23,24 +26,23 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from .core.change import Change
+from .core.protocol import CLOSE_TOO_SLOW
 from .core.schema import OPS, DocSchema
-from .core.seq import SeqClock
+from .core.versions import LastVersions
 from .document import Document
 from .errors import DocumentError, OutOfScopeError
 from .fanout import (
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_MAX_QUEUE_MESSAGES,
-    Change,
     Connection,
     FanoutEngine,
     Outgoing,
     encode_json,
 )
+from .journal import Journal, MemoryJournal, SeqOrderError
 
 log = logging.getLogger("xia_broadcast")
-
-#: Close code sent to a subscriber whose outbound queue overflowed (see docs/protocol.md).
-CLOSE_TOO_SLOW = 4409
 
 
 class Broadcaster:
@@ -54,9 +56,17 @@ class Broadcaster:
     max_queue_bytes: ClassVar[int] = DEFAULT_MAX_QUEUE_BYTES
     #: Document classes known by name (schemas): scopes and catalogs are checked against them at subscribe.
     document_classes: ClassVar[dict[str, DocSchema]] = {}
+    #: Journal retention per class: changes kept, and their age in seconds.
+    journal_max_count: ClassVar[int] = 100_000
+    journal_max_age: ClassVar[float] = 3600.0
+    #: Last versions remembered per class (for scope exits when a publisher gives no previous state).
+    max_tracked_ids: ClassVar[int] = 100_000
+    #: True: the journal knows nothing from before this class's engine started (a start_seq older than
+    #: that is reported as history gone). False: the journal is taken as complete from its first change.
+    journal_epoch_now: ClassVar[bool] = False
 
     _engine: ClassVar[FanoutEngine | None] = None
-    _seq_clocks: ClassVar[dict[str, SeqClock]] = {}
+    _versions: ClassVar[dict[str, LastVersions]] = {}
     _background: ClassVar[set[asyncio.Task[Any]]] = set()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -64,7 +74,7 @@ class Broadcaster:
         cls.active_connections = {}
         cls.document_classes = dict(cls.document_classes)
         cls._engine = None
-        cls._seq_clocks = {}
+        cls._versions = {}
         cls._background = set()
 
     def __init__(self) -> None:
@@ -77,10 +87,23 @@ class Broadcaster:
         """This class's fan-out engine (created on first use, with this class's queue bounds)."""
         eng = cls.__dict__.get("_engine")
         if eng is None:
-            eng = FanoutEngine(cls._connection_ready, cls._connection_overflow,
-                               cls.max_queue_messages, cls.max_queue_bytes)
+            eng = FanoutEngine(cls._connection_ready, cls._connection_too_slow,
+                               cls.max_queue_messages, cls.max_queue_bytes, cls.make_journal())
+            eng.slow_hooks = (cls.check_subscriber_acl, cls.get_message_body)
+            eng.force_slow = not cls._uses_default_checks()
             cls._engine = eng
         return eng
+
+    @classmethod
+    def make_journal(cls) -> Journal:
+        """The journal of this class's engine (override to use another backend)."""
+        if cls.journal_epoch_now:
+            return MemoryJournal.starting_now(cls.journal_max_count, cls.journal_max_age)
+        return MemoryJournal(cls.journal_max_count, cls.journal_max_age)
+
+    @classmethod
+    def journal(cls) -> Journal:
+        return cls.engine().journal
 
     @classmethod
     def register_class(cls, schema: DocSchema | type[Document]) -> DocSchema:
@@ -202,16 +225,19 @@ class Broadcaster:
             op: operation type (``I``, ``U``, ``D``)
             seq: sequence of the change
         """
-        cls.engine().fanout(*cls._change_of(doc, op, seq))
+        change = cls._change_of(doc, op, seq)
+        cls._record(change)
 
     # -- beyond the original ------------------------------------------------------------------------------
 
     @classmethod
-    def publish(cls, class_name: str, op: str, data: Mapping[str, Any], seq: str | None = None) -> str:
-        """Fan out a change given as plain data (a JSON-ready dict with ``_id``); returns its seq.
+    def publish(cls, class_name: str, op: str, data: Mapping[str, Any], seq: str | None = None,
+                previous: Mapping[str, Any] | None = None) -> str:
+        """Journal and fan out a change given as plain data (a JSON-ready dict with ``_id``); returns its seq.
 
-        The data is checked against the class schema when one is registered. A seq is assigned when none is
-        given (sortable, increasing per class).
+        The data is checked against the class schema when one is registered. The journal assigns the seq
+        when none is given (sortable, increasing per class). ``previous`` is the document before the change;
+        without it, the last version published of the same ``_id`` is used to find scope exits.
         """
         if op not in OPS:
             raise DocumentError(f"unknown op {op!r}, expected one of {sorted(OPS)}")
@@ -220,17 +246,34 @@ class Broadcaster:
             schema.validate(data)
         elif not isinstance(data, Mapping) or "_id" not in data:
             raise DocumentError(f"{class_name}: a document must be a JSON object with an '_id'")
-        if seq is None:
-            seq = cls._seq_clocks.setdefault(class_name, SeqClock()).next()
-        cls.engine().fanout(Change(class_name, op, seq, data, schema))
-        return seq
+        change = Change(class_name, op, seq or "", data, schema, prev=previous)
+        cls._record(change)
+        return change.seq
 
     @classmethod
-    def _change_of(cls, doc: Any, op: str, seq: str) -> tuple[Change, Any]:
+    def _record(cls, change: Change) -> None:
+        """Find the previous state, journal the change, remember its version, fan it out."""
+        engine = cls.engine()
+        doc_id = change.doc_id
+        if change.data is not None:
+            versions = cls._versions.get(change.class_name)
+            if versions is None:
+                versions = cls._versions[change.class_name] = LastVersions(cls.max_tracked_ids)
+            if change.prev is None:
+                change.prev = versions.get(doc_id)
+            versions.record(change.op, doc_id, change.data)
+        try:
+            engine.journal.append(change)
+        except SeqOrderError as exc:  # the original API lets callers choose seqs: deliver live, unjournaled
+            log.warning("not journaled, delivered live only: %s", exc)
+        engine.fanout(change)
+
+    @classmethod
+    def _change_of(cls, doc: Any, op: str, seq: str) -> Change:
         class_name = type(doc).__name__
         if isinstance(doc, Document) and cls._uses_default_checks():
-            return Change(class_name, op, seq, doc.stored_data(), doc.doc_schema()), None
-        return Change(class_name, op, seq, doc=doc), (cls.check_subscriber_acl, cls.get_message_body)
+            return Change(class_name, op, seq, doc.stored_data(), doc.doc_schema())
+        return Change(class_name, op, seq, doc=doc)
 
     @classmethod
     async def close_async(cls, websocket: Any, code: int, reason: str) -> None:
@@ -265,8 +308,16 @@ class Broadcaster:
     @classmethod
     async def _drain(cls, conn: Connection) -> None:
         ws = conn.websocket
+        engine = cls.engine()
         try:
-            while conn.queue and not conn.closed:
+            while not conn.closed:
+                if not conn.queue:
+                    if not conn.replaying:
+                        return
+                    engine.pump(conn)
+                    if not conn.queue:
+                        await asyncio.sleep(0)  # replay found nothing for this subscriber yet: let others run
+                        continue
                 if not cls.subscriber_is_connected(ws):
                     log.info("subscriber closed; removed")
                     cls.disconnect(ws)
@@ -280,10 +331,9 @@ class Broadcaster:
             conn.task = None
 
     @classmethod
-    def _connection_overflow(cls, conn: Connection) -> None:
-        reason = (f"too slow: outbound queue over {conn.max_messages} messages "
-                  f"or {conn.max_bytes} bytes")
-        log.warning("subscriber overflowed its queue; disconnected (%s)", reason)
+    def _connection_too_slow(cls, conn: Connection) -> None:
+        reason = "too slow: fell behind the journal's retention"
+        log.warning("subscriber lagged beyond the journal; disconnected (%s)", reason)
         ws = conn.websocket
         cls.disconnect(ws)
         cls._spawn(cls.close_async(ws, CLOSE_TOO_SLOW, reason))

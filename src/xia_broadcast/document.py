@@ -24,7 +24,7 @@ import types
 import typing
 import uuid
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, ClassVar
 
 import orjson
@@ -95,7 +95,7 @@ def _field_spec(owner: str, name: str, annotation: Any, extra: Any) -> FieldSpec
 _IN_PROGRESS: set[type[BaseModel]] = set()
 
 
-@lru_cache(maxsize=None)
+@cache
 def schema_of_model(model: type[BaseModel], embedded: bool = False) -> DocSchema:
     """The :class:`DocSchema` of a pydantic model (cached per class).
 

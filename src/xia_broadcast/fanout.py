@@ -1,16 +1,25 @@
-"""The fan-out engine: views, members, bounded outbound queues. No I/O of its own.
+"""The fan-out engine: views, members, bounded outbound queues, replay from the journal. No I/O.
 
 Subscribers of a class that share (scope, catalog, show_hidden, ACL) form one :class:`View`. A change is
 checked, projected and JSON-encoded once per view; the one :class:`Outgoing` it yields is appended to the
 queue of every member connection. Nothing here awaits: a fan-out runs from start to end without yielding to
 the event loop, so no subscription changes under it and changes keep their publish order in every queue.
 
-Moving bytes is the transport's business: after a fan-out the engine calls ``on_ready(connection)`` once
-for each connection that went from idle to having queued messages, and ``on_overflow(connection)`` for
-each connection whose queue overflowed.
+Every change is in the journal before it is fanned out. A member is either *live* (it gets changes from
+the fan-out) or *replaying* (it gets them from the journal, through :meth:`FanoutEngine.pump`, which a
+transport calls whenever the connection's queue is empty). Replay ends, with no gap and no duplicate, when
+the pump finds nothing after the member's cursor: being synchronous, the switch cannot miss a change.
 
-Memory: each connection may hold up to ``max_messages`` queued messages and ``max_bytes`` bytes of them
-(a message shared by many connections is stored once and counted for each).
+A member replays when it subscribes with ``start_seq``/``after_seq``, and when its connection's queue
+overflows (it *lags*): the queue is not cut, the member goes on from the journal once the queue drains.
+Only when the journal no longer reaches back is the client told (control message ``history_gone``) or,
+without control messages, closed with 4409 through ``on_too_slow``.
+
+Moving bytes is the transport's business: after a fan-out the engine calls ``on_ready(connection)`` once
+for each connection that went from idle to having work.
+
+Memory: each connection holds at most ``max_messages`` queued messages (``max_bytes`` bytes); a message
+shared by many connections is stored once and counted for each.
 """
 
 from __future__ import annotations
@@ -18,25 +27,31 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from .core.acl import Acl, subjects_of
+from .core.acl import Acl
 from .core.catalog import Projector, compile_catalog, validate_catalog
+from .core.change import Change
 from .core.schema import DocSchema
 from .core.scope import Predicate, compile_scope
 from .core.viewkey import ViewKey, view_key
-from .errors import InvalidScopeError, SubscriptionError
+from .errors import SubscriptionError
+from .journal import HistoryGone, Journal, MemoryJournal
 
 log = logging.getLogger("xia_broadcast.fanout")
+
+__all__ = ["Change", "Connection", "FanoutEngine", "Member", "Outgoing", "View", "encode_json"]
 
 #: Default bound of a connection's outbound queue, in messages.
 DEFAULT_MAX_QUEUE_MESSAGES = 1000
 #: Default bound of a connection's outbound queue, in bytes of encoded messages.
 DEFAULT_MAX_QUEUE_BYTES = 8 * 1024 * 1024
+#: Changes read from the journal at a time while replaying.
+REPLAY_CHUNK = 512
 
 
 def _json_default(obj: Any) -> Any:
@@ -70,33 +85,11 @@ class Outgoing:
         self.frame: bytes | None = None
 
 
-@dataclass(slots=True)
-class Change:
-    """One published change. ``data`` is the document's stored, JSON-ready data (fast path); ``doc`` is
-    the original object, used through its own ``check_scope``/``get_display_data``/``check_acl`` when the
-    engine cannot read it as data (slow path)."""
-
-    class_name: str
-    op: str
-    seq: str
-    data: Mapping[str, Any] | None = None
-    schema: DocSchema | None = None
-    doc: Any = None
-    _subjects: tuple[str, ...] | None = None
-
-    @property
-    def subjects(self) -> tuple[str, ...]:
-        if self._subjects is None:
-            assert self.data is not None
-            self._subjects = subjects_of(self.class_name, self.data, self.schema)
-        return self._subjects
-
-
 class Connection:
     """The outbound state of one websocket: its queue and its subscriptions (one per class)."""
 
     __slots__ = (
-        "closed", "max_bytes", "max_messages", "members", "overflowed", "queue", "queued_bytes",
+        "closed", "control", "max_bytes", "max_messages", "members", "queue", "queued_bytes", "replaying",
         "scheduled", "task", "websocket",
     )
 
@@ -110,17 +103,16 @@ class Connection:
         #: a transport has been told (``on_ready``) and has not finished draining yet
         self.scheduled = False
         self.closed = False
-        self.overflowed = False
+        #: the client asked for control messages
+        self.control = False
+        #: how many members are replaying from the journal
+        self.replaying = 0
         self.task: Any = None
 
     def push(self, out: Outgoing) -> bool:
-        """Queue a message; False (and ``overflowed`` set) when it would exceed a bound.
-
-        A single message larger than ``max_bytes`` is still queued into an empty queue.
-        """
+        """Queue a message; False when it would exceed a bound (an empty queue takes any one message)."""
         size = len(out.data)
         if self.queue and (len(self.queue) >= self.max_messages or self.queued_bytes + size > self.max_bytes):
-            self.overflowed = True
             return False
         self.queue.append(out)
         self.queued_bytes += size
@@ -135,9 +127,10 @@ class Connection:
 
 
 class Member:
-    """One subscription: a connection in a view, with its own start_seq and last delivered seq."""
+    """One subscription: a connection in a view, live or replaying from a journal position."""
 
-    __slots__ = ("class_name", "connection", "params", "start_seq", "view")
+    __slots__ = ("class_name", "connection", "cursor", "inclusive", "lagging", "params", "replaying",
+                 "start_seq", "view")
 
     def __init__(self, connection: Connection, view: View, class_name: str, start_seq: str,
                  params: dict[str, Any]) -> None:
@@ -146,6 +139,12 @@ class Member:
         self.class_name = class_name
         self.start_seq = start_seq
         self.params = params
+        self.replaying = False
+        #: replay position: changes after ``cursor`` (from it, when ``inclusive``); None: from the start
+        self.cursor: str | None = None
+        self.inclusive = False
+        #: replaying because the queue overflowed (not because the client asked)
+        self.lagging = False
 
 
 class View:
@@ -175,6 +174,36 @@ class View:
             p = self._projectors[schema] = compile_catalog(self.catalog, schema, self.show_hidden)
         return p
 
+    def evaluate(self, change: Change, slow: SlowHooks | None) -> tuple[str, Any] | None:
+        """What this view's members get for ``change``: ``(op, message body)``, or None.
+
+        In the view now: the change as published (an update that brings a document in arrives as ``U``).
+        Out of it now but in it before (``change.prev``): ``X`` with ``{"_id"}`` for an update, ``D`` with
+        the previous state for a delete. Being in the view means: the ACL reads it and the scope holds.
+        """
+        if slow is not None or change.data is None:
+            return self._evaluate_slow(change, slow)
+        data, acl = change.data, self.acl
+        if (acl is None or acl.allows(change.subjects)) and self.predicate(data):
+            return change.op, self.projector(change.schema)(data)
+        prev = change.prev
+        if change.op == "I" or prev is None:
+            return None
+        if (acl is None or acl.allows(change.prev_subjects)) and self.predicate(prev):
+            if change.op == "U":
+                return "X", {"_id": data.get("_id")}
+            return change.op, self.projector(change.schema)(prev)
+        return None
+
+    def _evaluate_slow(self, change: Change, slow: SlowHooks | None) -> tuple[str, Any] | None:
+        if slow is None:
+            raise TypeError("a change without data needs the document's own hooks")
+        check_acl, get_body = slow
+        if not check_acl(change.doc, self.acl_param):
+            return None
+        body = get_body(change.doc, self.scope or None, self.catalog or None, self.show_hidden)
+        return None if body is None else (change.op, body)
+
 
 @dataclass
 class EngineStats:
@@ -184,41 +213,78 @@ class EngineStats:
     projections: int = 0
     encodings: int = 0
     deliveries: int = 0
-    overflows: int = 0
+    replayed: int = 0
+    lags: int = 0
+    history_gone: int = 0
     view_errors: int = 0
-    by_class: dict[str, int] = field(default_factory=dict)
 
 
 SlowHooks = tuple[Callable[[Any, Any], bool], Callable[[Any, Any, Any, bool], Any]]
 
 
-class FanoutEngine:
-    """Views and connections of one broadcaster, and the fan-out of changes into connection queues."""
+def envelope(class_name: str, op: str, seq: str, body: Any) -> Outgoing:
+    """The document message, as the original sends it."""
+    return Outgoing(encode_json({"doc_class": class_name, "op": op, "seq": seq, "message": body}), seq)
 
-    def __init__(self, on_ready: Callable[[Connection], None], on_overflow: Callable[[Connection], None],
+
+def control_message(kind: str, **fields: Any) -> Outgoing:
+    """A control message (only for clients that asked for them): ``{"_control": kind, ...}``."""
+    return Outgoing(encode_json({"_control": kind, **fields}))
+
+
+class FanoutEngine:
+    """Views and connections of one broadcaster, and the fan-out of changes into connection queues.
+
+    Args:
+        on_ready: called with a connection that has work (queued messages or a replay) and was idle.
+        on_too_slow: called with a connection that must be closed with 4409 (it lagged beyond the
+            journal and takes no control messages).
+        journal: where changes are kept for replay (default: a :class:`MemoryJournal`).
+    """
+
+    def __init__(self, on_ready: Callable[[Connection], None], on_too_slow: Callable[[Connection], None],
                  max_queue_messages: int = DEFAULT_MAX_QUEUE_MESSAGES,
-                 max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES) -> None:
+                 max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES, journal: Journal | None = None) -> None:
         self.on_ready = on_ready
-        self.on_overflow = on_overflow
+        self.on_too_slow = on_too_slow
         self.max_queue_messages = max_queue_messages
         self.max_queue_bytes = max_queue_bytes
+        self.journal: Journal = journal if journal is not None else MemoryJournal()
         self.channels: dict[str, dict[ViewKey, View]] = {}
         self.connections: dict[Any, Connection] = {}
         self.stats = EngineStats()
+        #: the document hooks used for documents the engine cannot read as data (set by the broadcaster)
+        self.slow_hooks: SlowHooks | None = None
+        #: use the hooks for every document (a broadcaster overrides get_message_body/check_subscriber_acl)
+        self.force_slow = False
 
     # -- subscriptions ------------------------------------------------------------------------------------
 
+    def connection(self, websocket: Any) -> Connection:
+        conn = self.connections.get(websocket)
+        if conn is None:
+            conn = self.connections[websocket] = Connection(websocket, self.max_queue_messages,
+                                                            self.max_queue_bytes)
+        return conn
+
     def subscribe(self, websocket: Any, class_name: str, params: dict[str, Any],
                   schema: DocSchema | None) -> Member:
-        """Validate and compile a subscription, place it in its view. Raises :class:`SubscriptionError`."""
+        """Validate and compile a subscription, place it in its view. Raises :class:`SubscriptionError`.
+
+        With ``start_seq`` (changes from it on) or ``after_seq`` (changes after it), the member first
+        replays the journal, then goes live.
+        """
         if not isinstance(class_name, str) or not class_name:
             raise SubscriptionError("class name must be a non-empty string")
         show_hidden = params.get("show_hidden", False)
         if not isinstance(show_hidden, bool):
             raise SubscriptionError("show_hidden must be true or false", class_name=class_name)
         start_seq = params.get("start_seq") or ""
-        if not isinstance(start_seq, str):
-            raise SubscriptionError("start_seq must be a string", class_name=class_name)
+        after_seq = params.get("after_seq") or ""
+        if not isinstance(start_seq, str) or not isinstance(after_seq, str):
+            raise SubscriptionError("start_seq and after_seq must be strings", class_name=class_name)
+        if start_seq and after_seq:
+            raise SubscriptionError("give start_seq or after_seq, not both", class_name=class_name)
         try:
             predicate = compile_scope(params.get("data_scope"), schema)
             scope = [] if params.get("data_scope") is None else list(params["data_scope"])
@@ -233,18 +299,23 @@ class FanoutEngine:
         if view is None:
             view = views[key] = View(key, class_name, scope, predicate, catalog, show_hidden, acl,
                                      params.get("acl"))
-        conn = self.connections.get(websocket)
-        if conn is None:
-            conn = self.connections[websocket] = Connection(websocket, self.max_queue_messages,
-                                                            self.max_queue_bytes)
+        conn = self.connection(websocket)
+        if params.get("control"):
+            conn.control = True
         old = conn.members.get(class_name)
         if old is not None:
             self._leave(old)
         member = conn.members[class_name] = Member(conn, view, class_name, start_seq, params)
         view.members[conn] = member
+        if start_seq or after_seq:
+            self._start_replay(member, start_seq or after_seq, inclusive=bool(start_seq), lagging=False)
+            self._wake(conn)
         return member
 
     def _leave(self, member: Member) -> None:
+        if member.replaying:
+            member.replaying = False
+            member.connection.replaying -= 1
         view = member.view
         view.members.pop(member.connection, None)
         if not view.members:
@@ -268,13 +339,13 @@ class FanoutEngine:
 
     def send_first(self, websocket: Any, data: bytes) -> None:
         """Queue a message for one websocket (e.g. a confirmation), ahead of any change queued later."""
-        conn = self.connections.get(websocket)
-        if conn is None:
-            conn = self.connections[websocket] = Connection(websocket, self.max_queue_messages,
-                                                            self.max_queue_bytes)
+        conn = self.connection(websocket)
         conn.queue.append(Outgoing(data))
         conn.queued_bytes += len(data)
-        if not conn.scheduled:
+        self._wake(conn)
+
+    def _wake(self, conn: Connection) -> None:
+        if not conn.scheduled and not conn.closed:
             conn.scheduled = True
             self.on_ready(conn)
 
@@ -285,45 +356,40 @@ class FanoutEngine:
 
     # -- fan-out ------------------------------------------------------------------------------------------
 
-    def fanout(self, change: Change, slow: SlowHooks | None = None) -> int:
-        """Queue ``change`` to every member allowed to see it; returns the number of deliveries queued.
+    def _slow_for(self, change: Change) -> SlowHooks | None:
+        return self.slow_hooks if (self.force_slow or change.data is None) else None
 
-        ``slow`` (check_acl, get_message_body) is used instead of the compiled view when given or when the
-        change carries no data. One view raising never stops the others.
+    def fanout(self, change: Change) -> int:
+        """Queue ``change`` to every live member allowed to see it; returns the number of deliveries queued.
+
+        The change must already be in the journal (replaying and lagging members read it from there).
+        One view raising never stops the others.
         """
         stats = self.stats
         stats.changes += 1
         views = self.channels.get(change.class_name)
         if not views:
             return 0
-        seq, op, class_name = change.seq, change.op, change.class_name
+        seq, class_name = change.seq, change.class_name
+        slow = self._slow_for(change)
         ready: list[Connection] = []
-        overflowed: list[Connection] = []
+        lagged: list[Connection] = []
         queued = 0
         for view in list(views.values()):
             try:
-                if slow is not None or change.data is None:
-                    body = self._slow_body(view, change, slow)
-                else:
-                    acl = view.acl
-                    if acl is not None and not acl.allows(change.subjects):
-                        continue
-                    if not view.predicate(change.data):
-                        continue
-                    body = view.projector(change.schema)(change.data)
-                if body is None:
+                result = view.evaluate(change, slow)
+                if result is None:
                     continue
                 stats.projections += 1
-                out = Outgoing(encode_json({"doc_class": class_name, "op": op, "seq": seq, "message": body}),
-                               seq)
+                out = envelope(class_name, result[0], seq, result[1])
                 stats.encodings += 1
             except Exception:
                 stats.view_errors += 1
                 log.exception("change %s %s %s failed for a view of %s; other views go on",
-                              class_name, op, seq, class_name)
+                              class_name, change.op, seq, class_name)
                 continue
             for member in view.members.values():
-                if seq < member.start_seq:
+                if member.replaying or seq < member.start_seq:
                     continue
                 conn = member.connection
                 if conn.push(out):
@@ -331,23 +397,97 @@ class FanoutEngine:
                     if not conn.scheduled:
                         conn.scheduled = True
                         ready.append(conn)
-                elif conn.overflowed:
-                    overflowed.append(conn)
+                else:
+                    lagged.append(conn)
         stats.deliveries += queued
-        for conn in overflowed:
-            if not conn.closed:
-                stats.overflows += 1
-                self.on_overflow(conn)
+        for conn in lagged:
+            self._lag(conn, change)
         for conn in ready:
             if not conn.closed:
                 self.on_ready(conn)
         return queued
 
-    @staticmethod
-    def _slow_body(view: View, change: Change, slow: SlowHooks | None) -> Any:
-        if slow is None:
-            raise InvalidScopeError("no way to read this document: it has no data and no hooks")
-        check_acl, get_body = slow
-        if not check_acl(change.doc, view.acl_param):
-            return None
-        return get_body(change.doc, view.scope or None, view.catalog or None, view.show_hidden)
+    # -- lagging and replay -------------------------------------------------------------------------------
+
+    def _start_replay(self, member: Member, cursor: str | None, *, inclusive: bool, lagging: bool) -> None:
+        if not member.replaying:
+            member.replaying = True
+            member.connection.replaying += 1
+        member.cursor, member.inclusive, member.lagging = cursor, inclusive, lagging
+
+    def _lag(self, conn: Connection, change: Change) -> None:
+        """A connection's queue overflowed at ``change``: its live members continue from the journal."""
+        if conn.closed:
+            return
+        self.stats.lags += 1
+        for member in conn.members.values():
+            if member.replaying:
+                continue
+            if member.class_name == change.class_name:
+                self._start_replay(member, change.seq, inclusive=True, lagging=True)
+            else:
+                self._start_replay(member, self.journal.head(member.class_name), inclusive=False, lagging=True)
+
+    def pump(self, conn: Connection, budget: int = 4 * REPLAY_CHUNK) -> None:
+        """Fill a connection's queue from the journal for its replaying members; transports call this
+        whenever the queue is empty and ``conn.replaying``. Reads at most about ``budget`` journal entries,
+        so one call never holds the event loop for long. A member that reaches the end goes live."""
+        for member in list(conn.members.values()):
+            while member.replaying and not conn.closed and budget > 0:
+                room = conn.max_messages - len(conn.queue)
+                if room <= 0:
+                    return
+                budget -= self._replay_some(member, min(room, budget))
+
+    def _replay_some(self, member: Member, room: int) -> int:
+        """Replay up to ``room`` journal entries into the member's queue; returns how many were read."""
+        conn, view = member.connection, member.view
+        limit = min(room, REPLAY_CHUNK)
+        try:
+            changes = self.journal.read(member.class_name, member.cursor, inclusive=member.inclusive,
+                                        limit=limit)
+        except HistoryGone as gone:
+            self._history_gone(member, gone)
+            return 1
+        stats = self.stats
+        for change in changes:
+            member.cursor, member.inclusive = change.seq, False
+            if change.seq < member.start_seq:
+                continue
+            try:
+                result = view.evaluate(change, self._slow_for(change))
+            except Exception:
+                stats.view_errors += 1
+                log.exception("replay of %s %s failed for one subscriber", member.class_name, change.seq)
+                continue
+            if result is not None:
+                out = envelope(member.class_name, result[0], change.seq, result[1])
+                conn.queue.append(out)
+                conn.queued_bytes += len(out.data)
+                stats.replayed += 1
+        if len(changes) < limit:  # caught up: from here on, the fan-out delivers
+            member.replaying = False
+            conn.replaying -= 1
+            if conn.control:
+                head = self.journal.head(member.class_name)
+                conn.queue.append(control_message("replay_done", **{"class": member.class_name, "seq": head}))
+        return max(len(changes), 1)
+
+    def _history_gone(self, member: Member, gone: HistoryGone) -> None:
+        self.stats.history_gone += 1
+        conn = member.connection
+        requested = member.cursor
+        if conn.control:
+            # the client reloads; from now on it is live
+            member.replaying = False
+            conn.replaying -= 1
+            conn.queue.append(control_message("history_gone", **{"class": member.class_name, "seq": requested,
+                                                                "oldest_seq": gone.oldest}))
+        elif member.lagging:
+            self.on_too_slow(conn)
+        elif gone.oldest is not None:
+            # an original client asked for more than is held: it gets what is held (docs/protocol.md)
+            member.cursor, member.inclusive = gone.oldest, True
+        else:
+            member.replaying = False
+            conn.replaying -= 1

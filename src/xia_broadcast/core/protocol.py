@@ -56,7 +56,7 @@ class Handshake:
         return bool(self.options.get("control"))
 
 
-_SUB_KEYS = frozenset({"data_scope", "catalog", "show_hidden", "start_seq"})
+_SUB_KEYS = frozenset({"data_scope", "catalog", "show_hidden", "start_seq", "after_seq"})
 
 
 def parse_handshake(message: str | bytes, max_subscriptions: int) -> Handshake:

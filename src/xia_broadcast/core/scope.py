@@ -14,7 +14,8 @@ Semantics (``docs/semantics.md`` has worked examples):
   is out, and so is ``"5" != 5``. ``None`` is comparable by ``==``/``!=``/``in``/``not in`` with anything;
   ordering against ``None`` is a mismatch.
 * ``in`` / ``not in`` take a list of scalars; the field value is looked up among the elements of its own
-  kind. When the list is not empty and holds no element of the value's kind, that is a type mismatch.
+  kind. When the list is not empty and holds no element of the value's kind, nor ``None`` (which is
+  comparable with anything), that is a type mismatch: ``"5" in [5, 6]`` is out, ``"x" not in [None]`` is in.
 
 An invalid scope raises :class:`~xia_broadcast.errors.InvalidScopeError` at compile time, never at delivery.
 """
@@ -131,7 +132,7 @@ def _make_test(op: str, val: Any) -> Callable[[Any], bool | None]:
                 return not want_equal
             if kind(v) != vk:
                 return None
-            return (v == val) == want_equal
+            return bool(v == val) == want_equal
         return t_eq
     if op in _ORDERING:
         cmp, vk = _ORDERING[op], kind(val)
@@ -145,14 +146,15 @@ def _make_test(op: str, val: Any) -> Callable[[Any], bool | None]:
     by_kind: dict[str, set[Any]] = {}
     for item in val:
         by_kind.setdefault(kind(item), set()).add(item)
-    nonempty, want_in = bool(val), op == "in"
+    # a value is comparable with the list when it holds an element of the value's kind or a None
+    mismatch_possible, want_in = bool(val) and "none" not in by_kind, op == "in"
 
     def t_in(v: Any) -> bool | None:
         same = by_kind.get(kind(v))
         if same is None:
-            if v is None:
+            if v is None or not mismatch_possible:
                 return not want_in
-            return None if nonempty else not want_in
+            return None
         return (v in same) == want_in
     return t_in
 

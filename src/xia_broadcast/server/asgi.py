@@ -64,7 +64,7 @@ class StarletteBroadcaster(Broadcaster):
 def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] | None = None) -> Starlette:
     """A Starlette app serving the WebSocket endpoint (``settings.path``) and the HTTP endpoints."""
     settings = settings or Settings()
-    bc = broadcaster or type("AppBroadcaster", (StarletteBroadcaster,), {})
+    bc: type[Broadcaster] = broadcaster or type("AppBroadcaster", (StarletteBroadcaster,), {})
     service = Service(settings, bc)
     sockets: set[WebSocket] = set()
 

@@ -49,6 +49,11 @@ class Settings:
     queue_messages: int = 1000
     queue_bytes: int = 8 * 1024 * 1024
     shutdown_timeout: float = 5.0
+    #: journal retention per class: changes kept and their age in seconds
+    journal_max_count: int = 100_000
+    journal_max_age: float = 3600.0
+    #: last versions remembered per class, to find scope exits when a publisher gives no previous state
+    max_tracked_ids: int = 100_000
     log_format: str = "json"
     log_level: str = "INFO"
     #: API key value -> ApiKey
@@ -77,6 +82,7 @@ _SECTIONS = {
     "server": {"host", "port", "path", "handshake_timeout", "max_message_size", "max_publish_size",
                "max_connections", "max_subscriptions", "ping_interval", "ping_timeout", "queue_messages",
                "queue_bytes", "shutdown_timeout", "log_format", "log_level", "allow_undeclared_classes"},
+    "journal": {"max_count", "max_age", "max_tracked_ids"},
     "jwt": {"secret", "public_key", "public_key_file", "algorithms", "acl_claim", "audience", "issuer"},
     "publish": {"keys"},
     "demo": {"enabled", "rate"},
@@ -145,6 +151,8 @@ def apply_toml(settings: Settings, data: Mapping[str, Any]) -> None:
                         raise ConfigError(f"[jwt] public_key_file: cannot read {v!r}: {exc}") from exc
                 else:
                     _set(settings, f"jwt_{k}", v)
+            elif section == "journal":
+                _set(settings, k if k == "max_tracked_ids" else f"journal_{k}", v)
             elif section == "publish":
                 _set(settings, "publish_keys", v)
             elif section == "demo":

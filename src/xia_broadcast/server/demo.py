@@ -51,7 +51,7 @@ class OrderStream:
         if doc["status"] == "delivered" or rng.random() < 0.05:
             del self.open[oid]
             return "D", dict(doc)
-        doc["status"] = _NEXT.get(doc["status"], "delivered")
+        doc["status"] = _NEXT.get(str(doc["status"]), "delivered")
         return "U", dict(doc)
 
 

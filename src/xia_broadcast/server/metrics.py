@@ -39,8 +39,11 @@ class _ServiceCollector(Collector):
         yield CounterMetricFamily("xia_deliveries", "Messages queued to subscribers", value=stats.deliveries)
         yield CounterMetricFamily("xia_encodings", "Messages encoded (once per view and change)",
                                   value=stats.encodings)
-        yield CounterMetricFamily("xia_drops", "Subscribers cut off for overflowing their queue",
-                                  value=stats.overflows)
+        yield CounterMetricFamily("xia_lags", "Times a subscriber's queue overflowed and it went on from the journal",
+                                  value=stats.lags)
+        yield CounterMetricFamily("xia_replayed", "Messages replayed from the journal", value=stats.replayed)
+        yield CounterMetricFamily("xia_history_gone", "Replays that found the journal no longer reaching back",
+                                  value=stats.history_gone)
         yield CounterMetricFamily("xia_view_errors", "Changes a view failed to evaluate", value=stats.view_errors)
         yield CounterMetricFamily("xia_refusals", "Connections refused or closed with an error code",
                                   value=svc.refusals)

@@ -28,7 +28,7 @@ from typing import Any
 
 import h11
 import orjson
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side, State
 
 from ..broadcast import Broadcaster
@@ -183,21 +183,30 @@ class WebSocketConnection(asyncio.Protocol):
             self.transport.write(frames)
 
     def write_queue(self, conn: Connection) -> None:
-        """Write everything queued for this socket in one call (or wait for the transport to drain)."""
+        """Write everything queued for this socket in one call (or wait for the transport to drain);
+        while the connection replays from the journal, refill and write again, a few rounds per loop
+        iteration so that one replay never holds the loop."""
         if not self.is_open():
             conn.take()
             conn.scheduled = False
             return
-        if self.paused:
-            self.pending = conn  # stays scheduled; resume_writing() writes it
-            return
-        batch = conn.take()
-        conn.scheduled = False
-        if not batch:
-            return
         assert self.transport is not None
-        self.transport.write(b"".join([frame_of(o) for o in batch]))
-        self.service.metrics.send_latency.observe(time.perf_counter() - batch[0].born)
+        engine = self.server.broadcaster.engine()
+        for _ in range(4):
+            if self.paused:
+                self.pending = conn  # stays scheduled; resume_writing() writes it
+                return
+            if not conn.queue and conn.replaying:
+                engine.pump(conn)
+            batch = conn.take()
+            if not batch:
+                break
+            self.transport.write(b"".join([frame_of(o) for o in batch]))
+            self.service.metrics.send_latency.observe(time.perf_counter() - batch[0].born)
+        if (conn.replaying or conn.queue) and not conn.closed:
+            asyncio.get_running_loop().call_soon(self.write_queue, conn)
+            return
+        conn.scheduled = False
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake with ``code`` and ``reason``; abort if the peer does not answer."""
@@ -332,13 +341,15 @@ class WebSocketConnection(asyncio.Protocol):
         assert ws is not None
         ws.receive_data(data)
         for frame in ws.events_received():
+            if not isinstance(frame, Frame):
+                continue
             if frame.opcode is Opcode.TEXT or frame.opcode is Opcode.BINARY:
                 if frame.fin:
-                    self._message(frame.data)
+                    self._message(bytes(frame.data))
                 else:
-                    self.fragments = [frame.data]
+                    self.fragments = [bytes(frame.data)]
             elif frame.opcode is Opcode.CONT and self.fragments is not None:
-                self.fragments.append(frame.data)
+                self.fragments.append(bytes(frame.data))
                 if frame.fin:
                     message, self.fragments = b"".join(self.fragments), None
                     self._message(message)
@@ -404,7 +415,7 @@ class NativeServer:
 
     def __init__(self, settings: Settings, broadcaster: type[NativeBroadcaster] | None = None) -> None:
         self.settings = settings
-        self.broadcaster = broadcaster or type("ServerBroadcaster", (NativeBroadcaster,), {})
+        self.broadcaster: type[NativeBroadcaster] = broadcaster or type("ServerBroadcaster", (NativeBroadcaster,), {})
         self.service = Service(settings, self.broadcaster)
         self.sockets: set[WebSocketConnection] = set()
         self._server: asyncio.Server | None = None

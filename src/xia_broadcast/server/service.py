@@ -63,6 +63,10 @@ class Service:
         self.broadcaster = broadcaster
         broadcaster.max_queue_messages = settings.queue_messages
         broadcaster.max_queue_bytes = settings.queue_bytes
+        broadcaster.journal_max_count = settings.journal_max_count
+        broadcaster.journal_max_age = settings.journal_max_age
+        broadcaster.max_tracked_ids = settings.max_tracked_ids
+        broadcaster.journal_epoch_now = True
         for schema in settings.classes.values():
             broadcaster.register_class(schema)
         self.auth = Authenticator(settings)
@@ -99,8 +103,11 @@ class Service:
         subscribed: dict[str, Any] = {}
         try:
             for c in known:
-                subscribed[c] = await self.broadcaster.subscribe(
-                    websocket, c, **handshake.requests[c], acl=principal.acl, user_name=principal.user_name)
+                extra: dict[str, Any] = {"control": True} if handshake.control else {}
+                params = await self.broadcaster.subscribe(
+                    websocket, c, **handshake.requests[c], acl=principal.acl, user_name=principal.user_name,
+                    **extra)
+                subscribed[c] = {**params, "head_seq": self.broadcaster.journal().head(c)}
         except SubscriptionError as exc:
             self.broadcaster.disconnect(websocket)
             raise Refusal(exc.code, exc.reason) from exc
@@ -136,9 +143,9 @@ class Service:
         else:
             changes = [obj]
         checked = [self._check_change(i, c) for i, c in enumerate(changes)]
-        return [self.broadcaster.publish(cls, op, doc) for cls, op, doc in checked]
+        return [self.broadcaster.publish(cls, op, doc, previous=prev) for cls, op, doc, prev in checked]
 
-    def _check_change(self, index: int, change: Any) -> tuple[str, str, dict[str, Any]]:
+    def _check_change(self, index: int, change: Any) -> tuple[str, str, dict[str, Any], dict[str, Any] | None]:
         where = f"change {index}"
         if not isinstance(change, dict):
             raise PublishError(400, "bad_request", f"{where}: a change is an object {{class, op, doc}}")
@@ -153,14 +160,17 @@ class Service:
         schema = self.broadcaster.document_classes.get(class_name)
         try:
             if schema is not None:
-                schema.validate(doc)
+                checked = schema.validate(doc)
                 if change.get("previous") is not None:
                     schema.validate(change["previous"])
-            elif not isinstance(doc, dict) or "_id" not in doc:
+            elif isinstance(doc, dict) and "_id" in doc:
+                checked = doc
+            else:
                 raise DocumentError(f"{class_name}: a document must be a JSON object with an '_id'")
         except DocumentError as exc:
             raise PublishError(422, "invalid_change", f"{where}: {exc}") from exc
-        return class_name, op, doc
+        previous: dict[str, Any] | None = change.get("previous")
+        return class_name, str(op), checked, previous
 
     # -- operations ---------------------------------------------------------------------------------------
 
