@@ -31,6 +31,14 @@ class Journal(ABC):
     ``seq=None`` reads from the first change the journal ever held for the class.
     """
 
+    #: the journal knows nothing from before this seq (None: complete from its first change on)
+    epoch_seq: str | None = None
+
+    def position(self, class_name: str) -> str | None:
+        """Where a subscriber that goes live now stands: resuming ``after_seq`` this position misses
+        nothing. The head, or the epoch when the class has no change yet."""
+        return self.head(class_name) or self.epoch_seq
+
     @abstractmethod
     def append(self, change: Change) -> str:
         """Append a change; assign its seq when it has none. Returns the seq. Raises :class:`SeqOrderError`."""

@@ -107,7 +107,7 @@ class Service:
                 params = await self.broadcaster.subscribe(
                     websocket, c, **handshake.requests[c], acl=principal.acl, user_name=principal.user_name,
                     **extra)
-                subscribed[c] = {**params, "head_seq": self.broadcaster.journal().head(c)}
+                subscribed[c] = {**params, "head_seq": self.broadcaster.journal().position(c)}
         except SubscriptionError as exc:
             self.broadcaster.disconnect(websocket)
             raise Refusal(exc.code, exc.reason) from exc
