@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import http.client
+import itertools
 import json
 import math
 import os
@@ -38,7 +39,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self, TypedDict
@@ -109,6 +110,44 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
+def node_binary() -> str:
+    """Path of the ``node`` executable."""
+    node = shutil.which("node")
+    if node is None:
+        raise BenchError("node is not on PATH")
+    return node
+
+
+def machine_cpu_seconds() -> float:
+    """CPU time spent by all cores so far in user, nice, system and steal time, in seconds.
+
+    Interrupt and softirq time is left out: loopback TCP work partly lands there.
+    """
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = Path("/proc/stat").read_text().split()[1:9]
+    return (int(user) + int(nice) + int(system) + int(steal)) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_quiet(max_busy_cores: float = 0.15, window_s: float = 1.0, timeout_s: float = 120.0) -> float:
+    """Wait until the machine uses at most ``max_busy_cores`` cores' worth of CPU over ``window_s`` s.
+
+    Gives up after ``timeout_s`` seconds. Returns the last busy level measured (in cores),
+    so a caller can record how quiet the machine was when a measurement began.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        before = machine_cpu_seconds()
+        time.sleep(window_s)
+        busy = (machine_cpu_seconds() - before) / window_s
+        if busy <= max_busy_cores or time.monotonic() > deadline:
+            return busy
+
+
+def own_cpu_seconds() -> float:
+    """User + system CPU time of this (harness) process so far, in seconds."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def fd_limit() -> int:
     """Raise this process's soft RLIMIT_NOFILE to its hard limit (children inherit it); return it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -118,6 +157,7 @@ def fd_limit() -> int:
 
 
 _live: set[subprocess.Popen[bytes]] = set()
+_log_numbers = itertools.count(1)
 
 
 def _kill_all_live() -> None:
@@ -131,6 +171,9 @@ atexit.register(_kill_all_live)
 class Child:
     """A child process, optionally pinned to one CPU, with stderr in a log file.
 
+    It is started through ``setpriv --pdeathsig SIGTERM``, so it is terminated if the
+    thread that started it dies, even without cleanup (e.g. the harness is killed).
+
     With ``capture_stdout`` its stdout must be JSON lines, read with :meth:`next_event`;
     otherwise stdout goes to the log file too.
     """
@@ -140,9 +183,11 @@ class Child:
     ) -> None:
         fd_limit()
         self.name = name
-        self.log_path = log_dir / f"{name}.log"
+        self.log_path = log_dir / f"{name}-{next(_log_numbers)}.log"
         self._log: IO[bytes] = self.log_path.open("wb")
-        prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
+        prefix = ["setpriv", "--pdeathsig", "SIGTERM", "--"]
+        if cpu is not None:
+            prefix += ["taskset", "-c", str(cpu)]
         self.proc = subprocess.Popen(
             [*prefix, *argv],
             stdin=subprocess.DEVNULL,
@@ -177,7 +222,7 @@ class Child:
 
     @property
     def pid(self) -> int:
-        """Process id (taskset execs the command, so it is the server's own pid)."""
+        """Process id (setpriv and taskset exec the command, so it is the command's own pid)."""
         return self.proc.pid
 
     def check_alive(self) -> None:
@@ -300,8 +345,12 @@ class HttpPublishTarget(Target):
 
     def start(self) -> None:
         self._child = Child(self.name, self.argv(), cpu=self.cpu, log_dir=self.log_dir)
-        for port in {self.ws_port, self.http_port}:
-            wait_for_port(port, self._child, self.start_timeout_s)
+        try:
+            for port in {self.ws_port, self.http_port}:
+                wait_for_port(port, self._child, self.start_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
         self._http = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=self.publish_timeout_s)
 
     def publish_batch(self, changes: Sequence[Change]) -> None:
@@ -312,7 +361,7 @@ class HttpPublishTarget(Target):
         self._http.request("POST", "/publish", body=body, headers=headers)
         response = self._http.getresponse()
         reply = response.read()
-        if response.status != 200:
+        if not 200 <= response.status < 300:
             self._child.check_alive()
             raise BenchError(f"{self.name}: POST /publish -> {response.status} {reply[:500]!r}")
 
@@ -400,6 +449,25 @@ def drive(target: Target, profile: FullSpeed | FixedRate, timeout_s: float) -> P
     return PublishStats(published=sent, seconds=time.monotonic() - start)
 
 
+class CpuWindow:
+    """CPU seconds used by a server, a loadgen and the rest of the machine from creation to :meth:`close`."""
+
+    def __init__(self, server_pid: int, loadgen_pid: int) -> None:
+        self.server_pid = server_pid
+        self.machine = machine_cpu_seconds()
+        self.own = own_cpu_seconds()
+        self.server = cpu_seconds(server_pid)
+        self.loadgen = cpu_seconds(loadgen_pid)
+
+    def close(self, loadgen_result: dict[str, Any]) -> tuple[float, float, float]:
+        """``(server, loadgen, other)`` CPU seconds; the loadgen's comes from its (final) result."""
+        server = cpu_seconds(self.server_pid) - self.server
+        loadgen_ms = loadgen_result["cpu_ms"]
+        loadgen = (loadgen_ms["user"] + loadgen_ms["system"]) / 1000 - self.loadgen
+        own = own_cpu_seconds() - self.own
+        return server, loadgen, machine_cpu_seconds() - self.machine - server - loadgen - own
+
+
 class Loadgen:
     """``bench/node/loadgen.js`` as a child process; see that file for its result fields."""
 
@@ -420,16 +488,13 @@ class Loadgen:
         It reports after every client got ``expect`` documents, ``timeout_s`` seconds after
         being ready, or when stopped.
         """
-        node = shutil.which("node")
-        if node is None:
-            raise BenchError("node is not on PATH")
         if not (NODE_DIR / "node_modules" / "ws").is_dir():
             raise BenchError(f"run `npm ci` in {NODE_DIR} first")
         if connections + 64 > fd_limit():
             raise BenchError(f"{connections} connections need a higher `ulimit -n` than {fd_limit()}")
         self.connect_timeout_s = connect_timeout_s
         argv = [
-            node,
+            node_binary(),
             str(NODE_DIR / "loadgen.js"),
             "--url",
             url,
@@ -473,8 +538,11 @@ class Loadgen:
 class ScenarioResult:
     """One publish scenario: the loadgen's ``result`` event plus server-side readings.
 
-    ``server_cpu_s`` is the server's CPU time from the first publish to the loadgen's
-    result (seconds); RSS values are in KiB.
+    CPU times are in seconds, from the first publish to the loadgen's result.
+    ``other_cpu_s`` is what the rest of the machine used meanwhile (every process but
+    the server, the loadgen and the harness, plus steal time): well above zero means
+    something else competed for the two cores and the figures are suspect.
+    RSS values are in KiB.
     """
 
     target: str
@@ -483,9 +551,10 @@ class ScenarioResult:
     publish: PublishStats
     loadgen: dict[str, Any]
     server_cpu_s: float
+    loadgen_cpu_s: float
+    other_cpu_s: float
     server_rss_kib_idle: int
     server_rss_kib_after: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def run_publish_scenario(
@@ -515,16 +584,19 @@ def run_publish_scenario(
     try:
         loadgen.wait_ready()
         rss_idle = rss_kib(target.pid)
-        cpu_before = cpu_seconds(target.pid)
+        cpu = CpuWindow(target.pid, loadgen.pid)
         stats = drive(target, profile, timeout_s)
         result = loadgen.wait_result(timeout_s + STOP_GRACE_S)
+        server_cpu_s, loadgen_cpu_s, other_cpu_s = cpu.close(result)
         return ScenarioResult(
             target=target.name,
             connections=connections,
             profile=repr(profile),
             publish=stats,
             loadgen=result,
-            server_cpu_s=cpu_seconds(target.pid) - cpu_before,
+            server_cpu_s=server_cpu_s,
+            loadgen_cpu_s=loadgen_cpu_s,
+            other_cpu_s=other_cpu_s,
             server_rss_kib_idle=rss_idle,
             server_rss_kib_after=rss_kib(target.pid),
         )
@@ -584,16 +656,14 @@ def measure_loadgen_capacity(
     pre-built, carry no ``ts`` and go out ``frames_per_write`` per socket write, so the
     reported deliveries/s is the loadgen's own receive ceiling. With ``rate_per_s``
     (documents per second) each carries ``ts``, so the reported latency is the
-    loadgen's own latency floor at that fan-out width. The synthetic server's ``sent``
-    event is added under ``"sender"``.
+    loadgen's own latency floor at that fan-out width. Added keys: the synthetic
+    server's ``sent`` event under ``"sender"``, and ``sender_cpu_s``, ``loadgen_cpu_s``,
+    ``other_cpu_s`` as in :class:`ScenarioResult` (counted from the loadgen's start).
     """
-    node = shutil.which("node")
-    if node is None:
-        raise BenchError("node is not on PATH")
     port = free_port()
     doc = {k: v for k, v in make_change(0, monotonic_us())["doc"].items() if k not in ("_id", "ts")}
     argv = [
-        node,
+        node_binary(),
         str(BENCH_DIR / "synthetic_server.js"),
         "--port",
         str(port),
@@ -617,8 +687,10 @@ def measure_loadgen_capacity(
             f"ws://127.0.0.1:{port}/ws", connections, expect=count, timeout_s=timeout_s, log_dir=log_dir
         )
         try:
+            cpu = CpuWindow(server.pid, loadgen.pid)
             loadgen.wait_ready()
             result = loadgen.wait_result(timeout_s + STOP_GRACE_S)
+            result["sender_cpu_s"], result["loadgen_cpu_s"], result["other_cpu_s"] = cpu.close(result)
         finally:
             loadgen.stop()
         result["sender"] = server.next_event("sent", STOP_GRACE_S)

@@ -113,8 +113,7 @@ async def server() -> AsyncIterator[NativeServer]:
     await srv.shutdown()
 
 
-async def open_client(srv: NativeServer, name: str, position: dict[str, Any],
-                      **sub: Any) -> tuple[ClientConnection, str]:
+async def open_client(srv: NativeServer, name: str, **sub: Any) -> tuple[ClientConnection, str]:
     ws = await connect(srv.url, max_size=None)
     request = {"Order": {**CLIENTS[name][1], **sub}, "_header": {"X-Api-Key": f"key-{name}"},
                "_options": {"control": True}}
@@ -137,7 +136,7 @@ async def test_clients_dropping_at_random_moments_resume_with_nothing_lost_nor_r
     total = 2000
 
     async def client(name: str) -> None:
-        ws, head = await open_client(server, name, {})
+        ws, head = await open_client(server, name)
         starts[name] = head
         last = head
         deadline = time.monotonic() + 30
@@ -162,7 +161,7 @@ async def test_clients_dropping_at_random_moments_resume_with_nothing_lost_nor_r
                 pass
             ws.transport.abort()  # an abrupt drop, at a random moment
             reconnects[name] += 1
-            ws, _ = await open_client(server, name, {}, after_seq=last)
+            ws, _ = await open_client(server, name, after_seq=last)
         raise AssertionError(f"{name} did not catch up in time")
 
     async def publish() -> None:
@@ -190,8 +189,8 @@ async def test_clients_dropping_at_random_moments_resume_with_nothing_lost_nor_r
 
 async def test_a_stalled_client_delays_no_one_and_gets_everything_once_it_reads(server: NativeServer) -> None:
     bc = server.broadcaster
-    good, _ = await open_client(server, "all", {})
-    stalled, stalled_head = await open_client(server, "all", {})
+    good, _ = await open_client(server, "all")
+    stalled, _ = await open_client(server, "all")
     pad = "x" * 10_000
     count = 1500
     latencies: list[float] = []

@@ -114,6 +114,17 @@ def test_type_mismatch_is_out_of_scope(value: Any, op: str, val: Any) -> None:
     assert in_scope({"f": value}, ("f", op, val)) is False
 
 
+def test_none_in_the_list_is_comparable_with_anything_like_none_with_eq() -> None:
+    # ``not in [None]`` means what ``!= None`` means, for a value of any kind
+    assert in_scope({"f": "x"}, ("f", "!=", None))
+    assert in_scope({"f": "x"}, ("f", "not in", [None]))
+    assert not in_scope({"f": "x"}, ("f", "in", [None]))
+    assert in_scope({"f": "x"}, ("f", "not in", [None, 5]))
+    assert not in_scope({"f": None}, ("f", "not in", [None, 5]))
+    assert in_scope({"f": {"a": 1}}, ("f", "not in", [None]))
+    assert not in_scope({"f": "x"}, ("f", "not in", [5]))  # still a mismatch without None
+
+
 def test_in_with_an_empty_list_is_not_a_mismatch() -> None:
     assert in_scope({"f": "x"}, ("f", "in", [])) is False
     assert in_scope({"f": "x"}, ("f", "not in", [])) is True
