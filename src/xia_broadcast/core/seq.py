@@ -14,9 +14,10 @@ class SeqClock:
 
     __slots__ = ("_counter", "_last_ms")
 
-    def __init__(self) -> None:
-        self._last_ms = 0
-        self._counter = 0
+    def __init__(self, last_ms: int = 0, counter: int = 0) -> None:
+        """Every seq handed out is after ``format_seq(last_ms, counter)``."""
+        self._last_ms = last_ms
+        self._counter = counter
 
     def next(self) -> str:
         ms = time.time_ns() // 1_000_000

@@ -17,13 +17,13 @@ from .base import HistoryGone, Journal, SeqOrderError
 class _ClassLog:
     __slots__ = ("changes", "clock", "last_trimmed", "seqs", "start", "times")
 
-    def __init__(self) -> None:
+    def __init__(self, epoch_ms: int) -> None:
         self.seqs: list[str] = []
         self.changes: list[Change] = []
         self.times: list[float] = []
         self.start = 0  # index of the oldest retained change
         self.last_trimmed: str | None = None
-        self.clock = SeqClock()
+        self.clock = SeqClock(epoch_ms, 0)
 
     def trim(self, max_count: int, max_age: float, now: float) -> None:
         start, n = self.start, len(self.seqs)
@@ -52,6 +52,7 @@ class MemoryJournal(Journal):
         self.max_count = max_count
         self.max_age = max_age
         self.epoch_seq = epoch_seq
+        self._epoch_ms = int(epoch_seq.split("-", 1)[0]) if epoch_seq and epoch_seq[:13].isdigit() else 0
         self._logs: dict[str, _ClassLog] = {}
 
     @classmethod
@@ -62,7 +63,7 @@ class MemoryJournal(Journal):
     def append(self, change: Change) -> str:
         log = self._logs.get(change.class_name)
         if log is None:
-            log = self._logs[change.class_name] = _ClassLog()
+            log = self._logs[change.class_name] = _ClassLog(self._epoch_ms)
         if not change.seq:
             change.seq = log.clock.next()
         elif log.seqs and change.seq <= log.seqs[-1]:
