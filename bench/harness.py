@@ -51,9 +51,7 @@ SERVER_CPU = 0
 LOADGEN_CPU = 1
 """CPU the load generator (and the synthetic sender's clients) is pinned to."""
 
-DEFAULT_HANDSHAKE: dict[str, Any] = {
-    "Order": {"data_scope": [], "catalog": {}, "show_hidden": False, "start_seq": ""}
-}
+DEFAULT_HANDSHAKE: dict[str, Any] = {"Order": {"data_scope": [], "catalog": {}, "show_hidden": False, "start_seq": ""}}
 """Subscription sent by every loadgen connection unless a scenario gives its own list."""
 
 STOP_GRACE_S = 10.0
@@ -119,12 +117,10 @@ def node_binary() -> str:
 
 
 def machine_cpu_seconds() -> float:
-    """CPU time spent by all cores so far in user, nice, system and steal time, in seconds.
-
-    Interrupt and softirq time is left out: loopback TCP work partly lands there.
-    """
-    user, nice, system, _idle, _iowait, _irq, _softirq, steal = Path("/proc/stat").read_text().split()[1:9]
-    return (int(user) + int(nice) + int(system) + int(steal)) / os.sysconf("SC_CLK_TCK")
+    """Non-idle CPU time of all cores so far (user, nice, system, irq, softirq, steal), in seconds."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = Path("/proc/stat").read_text().split()[1:9]
+    busy = int(user) + int(nice) + int(system) + int(irq) + int(softirq) + int(steal)
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def wait_until_quiet(max_busy_cores: float = 0.15, window_s: float = 1.0, timeout_s: float = 120.0) -> float:
@@ -683,9 +679,7 @@ def measure_loadgen_capacity(
     server = Child("synthetic", argv, cpu=SERVER_CPU, log_dir=log_dir, capture_stdout=True)
     try:
         server.next_event("listening", STOP_GRACE_S)
-        loadgen = Loadgen(
-            f"ws://127.0.0.1:{port}/ws", connections, expect=count, timeout_s=timeout_s, log_dir=log_dir
-        )
+        loadgen = Loadgen(f"ws://127.0.0.1:{port}/ws", connections, expect=count, timeout_s=timeout_s, log_dir=log_dir)
         try:
             cpu = CpuWindow(server.pid, loadgen.pid)
             loadgen.wait_ready()

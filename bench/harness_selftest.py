@@ -70,9 +70,7 @@ def latency_row(name: str, result: dict[str, Any], other_cpu_s: float) -> str:
 
 def main() -> None:
     """Run the steps listed in the module docstring."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a fast smoke test")
     args = parser.parse_args()
     sizes = [20, 100] if args.quick else [100, 1000]

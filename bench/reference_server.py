@@ -189,9 +189,7 @@ async def run(ws_port: int, http_port: int) -> None:
 
 def main() -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ws-port", type=int, required=True, help="WebSocket port (endpoint /ws)")
     parser.add_argument("--http-port", type=int, required=True, help="HTTP port of POST /publish")
     args = parser.parse_args()

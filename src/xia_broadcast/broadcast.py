@@ -242,10 +242,15 @@ class Broadcaster:
         if op not in OPS:
             raise DocumentError(f"unknown op {op!r}, expected one of {sorted(OPS)}")
         schema = cls.document_classes.get(class_name)
-        if schema is not None:
-            schema.validate(data)
-        elif not isinstance(data, Mapping) or "_id" not in data:
-            raise DocumentError(f"{class_name}: a document must be a JSON object with an '_id'")
+        for state in (data, previous):
+            if state is None:
+                continue
+            if schema is not None:
+                schema.validate(state)
+            elif not isinstance(state, Mapping) or "_id" not in state:
+                raise DocumentError(f"{class_name}: a document must be a JSON object with an '_id'")
+        if previous is not None and previous.get("_id") != data.get("_id"):
+            raise DocumentError(f"{class_name}: the previous state has another _id than the document")
         change = Change(class_name, op, seq or "", data, schema, prev=previous)
         cls._record(change)
         return change.seq

@@ -21,8 +21,14 @@ from .schema import DocSchema
 Projector = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
 
-def validate_catalog(catalog: Any, schema: DocSchema | None = None, path: str = "catalog") -> dict[str, Any]:
-    """Check a catalog's shape (and its names against ``schema``); return it as a plain dict."""
+def validate_catalog(catalog: Any, schema: DocSchema | None = None, path: str = "catalog",
+                     root: str | None = None) -> dict[str, Any]:
+    """Check a catalog's shape (and its names against ``schema``); return it as a plain dict.
+
+    ``root`` is the name of the document class an error names (default: ``schema``'s).
+    """
+    if root is None and schema is not None:
+        root = schema.name
     if catalog is None:
         return {}
     if not isinstance(catalog, Mapping):
@@ -38,12 +44,12 @@ def validate_catalog(catalog: Any, schema: DocSchema | None = None, path: str = 
         if schema is not None and name != "_id":
             spec = schema.fields.get(name)
             if spec is None:
-                raise InvalidCatalogError(f"{schema.name} has no field {where.removeprefix('catalog.')!r}")
+                raise InvalidCatalogError(f"{root} has no field {where.removeprefix('catalog.')!r}")
             if sub and spec.embedded is None and not spec.free_form:
                 raise InvalidCatalogError(f"{where}: field {name!r} is not an embedded document")
         if name == "_id" and sub:
             raise InvalidCatalogError(f"{where}: '_id' has no sub-fields")
-        out[name] = validate_catalog(sub, spec.embedded if spec else None, where) if sub else None
+        out[name] = validate_catalog(sub, spec.embedded if spec else None, where, root) if sub else None
     return out
 
 

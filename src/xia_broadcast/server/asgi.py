@@ -8,7 +8,10 @@
     app.mount("/realtime", create_app(load_settings("broadcast.toml")))  # ws at /realtime/ws
 
 It speaks the same protocol as the standalone server (handshake, close codes, ``POST /publish``,
-``/healthz``, ``/readyz``, ``/metrics``) on the same core. Sending goes through the ASGI server, one
+``/healthz``, ``/readyz``, ``/metrics``) on the same core. One difference: on shutdown, an ASGI server
+such as uvicorn closes the websockets itself (uvicorn: 1012) before the app's lifespan ends; for the
+documented 1001 after a flush, call ``await app.state.shutdown()`` before stopping the ASGI server.
+Sending goes through the ASGI server, one
 awaited ``send_text`` per message in each websocket's own task; the inbound size limit is the ASGI
 server's (uvicorn: ``--ws-max-size``). The in-process publisher is ``app.state.broadcaster.publish(...)``.
 """
@@ -21,6 +24,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -80,12 +84,16 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
                 await bc.close_async(websocket, CLOSE_TOO_MANY_CONNECTIONS, "too many connections")
                 return
             try:
-                message = await asyncio.wait_for(websocket.receive_text(), settings.handshake_timeout)
+                first = await asyncio.wait_for(websocket.receive(), settings.handshake_timeout)
             except TimeoutError:
+                service.refusals += 1
                 await bc.close_async(websocket, CLOSE_BAD_HANDSHAKE, "Need connection information")
                 return
-            except (WebSocketDisconnect, KeyError, RuntimeError):
+            if first["type"] == "websocket.disconnect":
                 return
+            message = first.get("text")
+            if message is None:
+                message = first.get("bytes") or b""
             try:
                 await service.open_session(websocket, message, dict(websocket.headers))
             except Refusal as exc:
@@ -136,13 +144,22 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
 
     service.started = True  # a mounted app's lifespan does not run: it is ready once built
 
+    async def upgrade_required(_: Request) -> Response:
+        return JSONResponse({"error": "upgrade_required", "message": "WebSocket endpoint"}, status_code=426)
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": code, "message": str(exc.detail)}, status_code=exc.status_code)
+
     app = Starlette(routes=[
         WebSocketRoute(settings.path, ws_endpoint),
+        Route(settings.path, upgrade_required),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         Route("/publish", publish, methods=["POST"]),
-    ], lifespan=lifespan)
+    ], lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.service = service
     app.state.broadcaster = bc
     app.state.shutdown = shutdown

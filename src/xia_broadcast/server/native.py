@@ -35,6 +35,7 @@ from ..broadcast import Broadcaster
 from ..core.protocol import (
     CLOSE_BAD_HANDSHAKE,
     CLOSE_GOING_AWAY,
+    CLOSE_MESSAGE_TOO_BIG,
     CLOSE_TOO_MANY_CONNECTIONS,
     Refusal,
 )
@@ -213,7 +214,7 @@ class WebSocketConnection(asyncio.Protocol):
         if self.ws is None or self.transport is None:
             return
         if self.ws.state is State.OPEN:
-            if code >= 4000 or code in (1009,):
+            if code >= 4000:
                 self.service.refusals += 1
             self.ws.send_close(code, reason)
             self._send_pending()
@@ -339,7 +340,10 @@ class WebSocketConnection(asyncio.Protocol):
     def _ws_received(self, data: bytes) -> None:
         ws = self.ws
         assert ws is not None
+        was_open = ws.state is State.OPEN
         ws.receive_data(data)
+        if was_open and ws.close_sent is not None and ws.close_sent.code == CLOSE_MESSAGE_TOO_BIG:
+            self.service.refusals += 1  # the protocol refused an oversized message itself
         for frame in ws.events_received():
             if not isinstance(frame, Frame):
                 continue

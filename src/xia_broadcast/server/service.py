@@ -159,17 +159,18 @@ class Service:
             raise PublishError(422, "invalid_change", f"{where}: op must be one of {sorted(OPS)}, not {op!r}")
         schema = self.broadcaster.document_classes.get(class_name)
         try:
-            if schema is not None:
-                checked = schema.validate(doc)
-                if change.get("previous") is not None:
-                    schema.validate(change["previous"])
-            elif isinstance(doc, dict) and "_id" in doc:
-                checked = doc
-            else:
-                raise DocumentError(f"{class_name}: a document must be a JSON object with an '_id'")
+            previous: dict[str, Any] | None = change.get("previous")
+            states = [doc] if previous is None else [doc, previous]
+            for state in states:
+                if schema is not None:
+                    schema.validate(state)
+                elif not isinstance(state, dict) or "_id" not in state:
+                    raise DocumentError(f"{class_name}: a document must be a JSON object with an '_id'")
+            checked: dict[str, Any] = doc  # type: ignore[assignment]  # validated just above
+            if previous is not None and previous.get("_id") != checked.get("_id"):
+                raise DocumentError("the previous state has another _id than the document")
         except DocumentError as exc:
             raise PublishError(422, "invalid_change", f"{where}: {exc}") from exc
-        previous: dict[str, Any] | None = change.get("previous")
         return class_name, str(op), checked, previous
 
     # -- operations ---------------------------------------------------------------------------------------

@@ -1,0 +1,207 @@
+"""The Starlette app (``create_app``) under a real uvicorn on 127.0.0.1, with a real WebSocket client.
+
+docs/protocol.md: "The standalone server and the ASGI app speak the same protocol."
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import uvicorn
+
+from conftest import CLASSES, order, read_until_closed, recv_json, recv_until, refused, subscribe
+from xia_broadcast.server.asgi import create_app
+from xia_broadcast.server.config import ApiKey, Settings
+
+
+class AsgiServer:
+    """create_app(settings) served by uvicorn in this event loop, on a socket bound to 127.0.0.1:0."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = create_app(settings)
+        self.broadcaster = self.app.state.broadcaster
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"ws://127.0.0.1:{self.port}{settings.path}"
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.uvicorn = uvicorn.Server(uvicorn.Config(self.app, lifespan="on", log_level="warning"))
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> AsgiServer:
+        self.task = asyncio.get_running_loop().create_task(self.uvicorn.serve(sockets=[self.sock]))
+        for _ in range(500):
+            if self.uvicorn.started or self.task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert self.uvicorn.started, "uvicorn did not start"
+        return self
+
+    async def stop(self) -> None:
+        self.uvicorn.should_exit = True
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 15)
+        self.sock.close()
+
+
+@pytest.fixture
+async def asgi_server() -> AsyncIterator[Callable[..., Awaitable[AsgiServer]]]:
+    servers: list[AsgiServer] = []
+
+    async def factory(**settings: Any) -> AsgiServer:
+        settings.setdefault("classes", dict(CLASSES))
+        settings.setdefault("ping_interval", 0.0)
+        server = await AsgiServer(Settings(**settings)).start()
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        await server.stop()
+
+
+async def publish(http: Any, server: AsgiServer, body: Any, headers: dict[str, str] | None = None) -> Any:
+    return await http.post(f"{server.base}/publish", content=json.dumps(body), headers=headers or {})
+
+
+def change(i: int, **fields: Any) -> dict[str, Any]:
+    return {"class": "Order", "op": "I", "doc": order(i, **fields)}
+
+
+async def test_handshake_publish_receive(asgi_server, http) -> None:
+    server = await asgi_server()
+    scoped, confirmation = await subscribe(server.url, {"Order": {
+        "data_scope": [{"fn": "region", "op": "==", "val": "EU"}], "catalog": {"amount": None, "margin": None}}})
+    everything, _ = await subscribe(server.url, {"Order": {}})
+    async with scoped, everything:
+        resp = await publish(http, server, {"changes": [change(1, region="US"), change(2, region="EU"),
+                                                        change(3, region="EU")]})
+        in_process = server.broadcaster.publish("Order", "U", order(3, region="EU", amount=9.5))
+        scoped_got = await recv_until(scoped, "O-000003")
+        scoped_got += [await recv_json(scoped)]
+        all_got = [await recv_json(everything) for _ in range(4)]
+    assert resp.status_code == 200
+    seqs = resp.json()["seqs"]
+    assert confirmation["Order"]["user_name"] == "Anonymous"
+    assert confirmation["Order"]["catalog"] == {"amount": None, "margin": None}
+    # the hidden field stays out even when the catalog names it, unless show_hidden
+    assert [(m["op"], m["seq"], m["message"]) for m in scoped_got] == [
+        ("I", seqs[1], {"_id": "O-000002", "amount": 2.0}),
+        ("I", seqs[2], {"_id": "O-000003", "amount": 3.0}),
+        ("U", in_process, {"_id": "O-000003", "amount": 9.5})]
+    assert [m["seq"] for m in all_got] == [*seqs, in_process]
+    assert all(set(m) == {"doc_class", "op", "seq", "message"} and "margin" not in m["message"] for m in all_got)
+
+
+async def test_refusals_while_a_good_client_keeps_receiving(asgi_server) -> None:
+    server = await asgi_server(max_subscriptions=2, handshake_timeout=0.5)
+    good, _ = await subscribe(server.url, {"Order": {}})
+    cases = [
+        (None, 4400, "Need connection information"),
+        ("Order please", 4400, "Connection information should be a Json string"),
+        (json.dumps({"Invoice": {}}), 4404, "Class requested Not Found"),
+        (json.dumps({"Order": {"data_scope": [{"fn": "region", "op": "~", "val": 1}]}}), 4420,
+         "Order: data_scope[0]: unknown operator '~'"),
+        (json.dumps({"Order": {"catalog": {"colour": None}}}), 4421, "Order: Order has no field 'colour'"),
+        (json.dumps({"Order": {}, "Customer": {}, "Invoice": {}}), 4429, "too many subscriptions: 3 > 2"),
+    ]
+    seqs = []
+    async with good:
+        for i, (message, code, reason) in enumerate(cases):
+            seqs.append(server.broadcaster.publish("Order", "I", order(i)))
+            got = await refused(server.url, message)
+            assert got[:2] == (code, got[1]) and got[1].startswith(reason), (message, got)
+        seqs.append(server.broadcaster.publish("Order", "I", order(99)))
+        received = await recv_until(good, "O-000099")
+    assert [m["seq"] for m in received] == seqs
+
+
+async def test_api_key_acl_and_publish_key(asgi_server, http) -> None:
+    server = await asgi_server(api_keys={"k-alice": ApiKey("alice", {"content": [
+        {"obj": "Order/customer/acme", "act": "read"}]})}, publish_keys=["p-1"])
+    code, reason, _ = await refused(server.url, json.dumps({"Order": {}, "_header": {"X-Api-Key": "k-bad"}}))
+    alice, confirmation = await subscribe(server.url, {"Order": {}, "_header": {"X-Api-Key": "k-alice"}})
+    customers = ["globex", "acme", "initech", "acme"]
+    async with alice:
+        unauthorized = await publish(http, server, change(0))
+        resp = await publish(http, server, {"changes": [change(i, customer=c) for i, c in enumerate(customers)]},
+                             {"X-Publisher-Key": "p-1"})
+        got = await recv_until(alice, "O-000003")
+    assert (code, reason) == (4401, "Authentication Error: unknown API key")
+    assert confirmation["Order"]["user_name"] == "alice"
+    assert unauthorized.status_code == 401 and unauthorized.json()["error"] == "unauthorized"
+    seqs = resp.json()["seqs"]
+    assert [(m["seq"], m["message"]["customer"]) for m in got] == [(seqs[1], "acme"), (seqs[3], "acme")]
+
+
+async def test_publish_errors_and_operations_endpoints(asgi_server, http) -> None:
+    server = await asgi_server(max_publish_size=2000)
+    ws, _ = await subscribe(server.url, {"Order": {}})
+    async with ws:
+        bad_json = await http.post(f"{server.base}/publish", content=b"{nope")
+        invalid = await publish(http, server, {"changes": [change(1), change(2, amount="x")]})
+        unknown = await publish(http, server, {"class": "Invoice", "op": "I", "doc": {"_id": "1"}})
+        too_big = await publish(http, server, change(3, note="n" * 3000))
+        ok = await publish(http, server, change(4))
+        got = await recv_json(ws)
+        health = (await http.get(f"{server.base}/healthz")).json()
+        ready = await http.get(f"{server.base}/readyz")
+        metrics = (await http.get(f"{server.base}/metrics")).text
+    assert (bad_json.status_code, bad_json.json()["error"]) == (400, "bad_json")
+    assert (invalid.status_code, invalid.json()) == (422, {
+        "error": "invalid_change", "message": "change 1: Order.amount: expected float, got str"})
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown_class")
+    assert (too_big.status_code, too_big.json()["error"]) == (413, "too_large")
+    assert got["seq"] == ok.json()["seqs"][0] and got["message"]["_id"] == "O-000004"  # nothing refused arrived
+    assert health == {"status": "ok", "connections": 1, "views": 1, "shutting_down": False}
+    assert (ready.status_code, ready.json()) == (200, {"ready": True})
+    assert re.search(r"^xia_changes_total 1\.0$", metrics, re.M)
+    assert re.search(r"^xia_deliveries_total 1\.0$", metrics, re.M)
+    assert re.search(r"^xia_connections 1\.0$", metrics, re.M)
+
+
+async def test_4503_too_many_connections(asgi_server) -> None:
+    server = await asgi_server(max_connections=1)
+    good, _ = await subscribe(server.url, {"Order": {}})
+    async with good:
+        code, reason, _ = await refused(server.url, json.dumps({"Order": {}}))
+        seq = server.broadcaster.publish("Order", "I", order(1))
+        got = await recv_json(good)
+    assert (code, reason) == (4503, "too many connections")
+    assert got["seq"] == seq
+
+
+async def test_http_error_answers_match_the_native_server(asgi_server, http) -> None:
+    server = await asgi_server()
+    get_publish = await http.get(f"{server.base}/publish")
+    plain_ws = await http.get(f"{server.base}/ws")
+    missing = await http.get(f"{server.base}/nope")
+    assert (get_publish.status_code, get_publish.json()["error"]) == (405, "method_not_allowed")
+    assert (plain_ws.status_code, plain_ws.json()["error"]) == (426, "upgrade_required")
+    assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
+
+
+async def test_binary_non_json_handshake_is_refused_with_4400(asgi_server) -> None:
+    server = await asgi_server()
+    code, reason, _ = await refused(server.url, b"\x00\x01garbage")
+    assert (code, reason) == (4400, "Connection information should be a Json string")
+
+
+async def test_shutdown_flushes_and_closes_with_1001_when_the_host_calls_it(asgi_server) -> None:
+    """As documented in asgi.py: the host calls app.state.shutdown() before stopping its ASGI server."""
+    server = await asgi_server()
+    ws, _ = await subscribe(server.url, {"Order": {}})
+    async with ws:
+        seq = server.broadcaster.publish("Order", "I", order(1))
+        reader = asyncio.get_running_loop().create_task(read_until_closed(ws, timeout=10))
+        await server.app.state.shutdown()
+        await server.stop()
+        messages, code, _ = await reader
+    assert [m["seq"] for m in messages] == [seq]
+    assert code == 1001
