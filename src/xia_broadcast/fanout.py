@@ -337,8 +337,8 @@ class FanoutEngine:
         conn.members.clear()
         return conn
 
-    def send_first(self, websocket: Any, data: bytes) -> None:
-        """Queue a message for one websocket (e.g. a confirmation), ahead of any change queued later."""
+    def send_direct(self, websocket: Any, data: bytes) -> None:
+        """Queue a message for one websocket (a confirmation, a control message), after what is queued."""
         conn = self.connection(websocket)
         conn.queue.append(Outgoing(data))
         conn.queued_bytes += len(data)

@@ -35,7 +35,7 @@ from ..core.protocol import CLOSE_BAD_HANDSHAKE, CLOSE_GOING_AWAY, CLOSE_TOO_MAN
 from ..fanout import Outgoing
 from .config import Settings
 from .metrics import CONTENT_TYPE
-from .service import PublishError, Service
+from .service import PublishError, Service, Session
 
 
 class StarletteBroadcaster(Broadcaster):
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
 
     async def ws_endpoint(websocket: WebSocket) -> None:
         await bc.accept(websocket)
+        session: Session | None = None
         service.connection_count += 1
         sockets.add(websocket)
         try:
@@ -95,21 +96,32 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
             if message is None:
                 message = first.get("bytes") or b""
             try:
-                await service.open_session(websocket, message, dict(websocket.headers))
+                session = await service.open_session(websocket, message, dict(websocket.headers))
             except Refusal as exc:
                 service.refusals += 1
                 await bc.close_async(websocket, exc.code, exc.reason)
                 return
-            while True:  # client messages after the handshake are ignored, as the original
+
+            def close(code: int, reason: str) -> None:
+                service.refusals += 1
+                bc._spawn(bc.close_async(websocket, code, reason))
+
+            service.arm_expiry(websocket, session, close)
+            while True:  # client messages: token refresh; anything else is ignored, as the original
                 event = await websocket.receive()
                 if event["type"] == "websocket.disconnect":
                     return
+                try:
+                    service.client_message(websocket, session, event.get("text") or event.get("bytes") or b"",
+                                           close)
+                except Refusal as exc:
+                    close(exc.code, exc.reason)
         except WebSocketDisconnect:
             return
         finally:
             sockets.discard(websocket)
             service.connection_count -= 1
-            service.close_session(websocket)
+            service.close_session(websocket, session)
 
     async def healthz(_: Request) -> Response:
         return JSONResponse(service.health())

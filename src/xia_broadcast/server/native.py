@@ -154,7 +154,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._cancel_timer()
         if self.ws is not None:
             self.service.connection_count -= 1
-            self.service.close_session(self)
+            self.service.close_session(self, self.session)
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
@@ -372,14 +372,21 @@ class WebSocketConnection(asyncio.Protocol):
                 self.transport.close()
 
     def _message(self, message: bytes) -> None:
-        if self.session is not None or self.handshake_timer is None:
-            return  # after the handshake, client messages are ignored (as the original)
+        if self.session is not None:
+            try:
+                self.service.client_message(self, self.session, message, self.close)
+            except Refusal as exc:
+                self.close(exc.code, exc.reason)
+            return
+        if self.handshake_timer is None:
+            return  # the handshake is being processed
         self._cancel_timer()
         asyncio.get_running_loop().create_task(self._open(message))
 
     async def _open(self, message: bytes) -> None:
         try:
             self.session = await self.service.open_session(self, message, self.upgrade_headers)
+            self.service.arm_expiry(self, self.session, self.close)
         except Refusal as exc:
             log.info("refused", extra={"peer": self.peer, "code": exc.code, "reason": exc.reason})
             self.close(exc.code, exc.reason)

@@ -7,9 +7,11 @@ message of a WebSocket, :meth:`Service.publish_http` with the body of a ``POST /
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -48,11 +50,21 @@ class PublishError(Exception):
 
 @dataclass
 class Session:
-    """An accepted WebSocket: who it is and what it asked for."""
+    """An accepted WebSocket: who it is, what it asked for, and the timers of its token's expiry."""
 
     principal: Principal
     handshake: Handshake
     classes: list[str]
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+
+    def cancel_timers(self) -> None:
+        for t in self.timers:
+            t.cancel()
+        self.timers.clear()
+
+
+#: control clients are told this many seconds (at most half the token's remaining life) before expiry
+EXPIRY_WARNING = 30.0
 
 
 class Service:
@@ -111,11 +123,55 @@ class Service:
         except SubscriptionError as exc:
             self.broadcaster.disconnect(websocket)
             raise Refusal(exc.code, exc.reason) from exc
-        self.broadcaster.engine().send_first(websocket, encode_json(subscribed))
+        self.broadcaster.engine().send_direct(websocket, encode_json(subscribed))
         log.info("subscribed", extra={"user": principal.user_name, "classes": known})
         return Session(principal, handshake, known)
 
-    def close_session(self, websocket: Any) -> None:
+    def arm_expiry(self, websocket: Any, session: Session, close: Callable[[int, str], Any]) -> None:
+        """Close with 4401 when the session's token expires; warn a control client before that."""
+        session.cancel_timers()
+        expires_at = session.principal.expires_at
+        if expires_at is None:
+            return
+        loop = asyncio.get_running_loop()
+        left = expires_at - time.time()
+        if session.handshake.control:
+            warn_in = max(0.0, left - min(EXPIRY_WARNING, left / 2))
+            session.timers.append(loop.call_later(warn_in, self.broadcaster.engine().send_direct, websocket,
+                                                  encode_json({"_control": "token_expiring",
+                                                               "expires_at": expires_at})))
+        session.timers.append(loop.call_later(max(0.0, left), close, CLOSE_AUTH_FAILED, "token expired"))
+
+    def client_message(self, websocket: Any, session: Session, message: str | bytes,
+                       close: Callable[[int, str], Any]) -> None:
+        """A message after the handshake. ``{"_control": "refresh", "token": "<jwt>"}`` extends the session
+        with a new token of the same user and ACL; anything else is ignored, as the original does.
+        Raises :class:`Refusal` (4401) for a refresh that fails."""
+        try:
+            obj = orjson.loads(message)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(obj, dict) or obj.get("_control") != "refresh":
+            return
+        token = obj.get("token")
+        if not isinstance(token, str):
+            raise Refusal(CLOSE_AUTH_FAILED, "refresh needs a token")
+        try:
+            principal = self.auth.subscriber({"Authorization": f"Bearer {token}"})
+        except AuthError as exc:
+            raise Refusal(CLOSE_AUTH_FAILED, f"refresh failed: {exc}") from exc
+        old = session.principal
+        if principal.user_name != old.user_name or principal.acl != old.acl:
+            raise Refusal(CLOSE_AUTH_FAILED, "refreshed token changes the user or the ACL: reconnect")
+        session.principal = principal
+        self.arm_expiry(websocket, session, close)
+        if session.handshake.control:
+            self.broadcaster.engine().send_direct(
+                websocket, encode_json({"_control": "token_refreshed", "expires_at": principal.expires_at}))
+
+    def close_session(self, websocket: Any, session: Session | None = None) -> None:
+        if session is not None:
+            session.cancel_timers()
         self.broadcaster.disconnect(websocket)
 
     # -- publishers ---------------------------------------------------------------------------------------

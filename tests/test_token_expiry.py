@@ -1,0 +1,101 @@
+"""A JWT's expiry is enforced while connected; control clients are warned and can refresh."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import jwt
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from xia_broadcast.server.config import Settings
+from xia_broadcast.server.demo import ORDER_SCHEMA
+from xia_broadcast.server.native import NativeServer
+
+SECRET = "s3cret-for-tests-only-0123456789abcdef"
+ACL = {"content": [{"obj": "Order/*", "act": "read"}]}
+
+
+def token(sub: str = "alice", ttl: float = 60.0, acl: dict[str, Any] | None = None) -> str:
+    return jwt.encode({"sub": sub, "exp": int(time.time() + ttl), "acl": acl or ACL}, SECRET, algorithm="HS256")
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[NativeServer]:
+    srv = NativeServer(Settings(port=0, classes={"Order": ORDER_SCHEMA}, jwt_secret=SECRET, ping_interval=0,
+                                log_level="WARNING"))
+    await srv.start()
+    yield srv
+    await srv.shutdown()
+
+
+async def subscribe(srv: NativeServer, tok: str, control: bool) -> Any:
+    ws = await connect(srv.url)
+    msg: dict[str, Any] = {"Order": {}, "_header": {"Authorization": f"Bearer {tok}"}}
+    if control:
+        msg["_options"] = {"control": True}
+    await ws.send(json.dumps(msg))
+    assert "Order" in json.loads(await asyncio.wait_for(ws.recv(), 5))
+    return ws
+
+
+async def recv(ws: Any) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    return result
+
+
+async def test_an_expired_token_closes_the_connection_with_4401(server: NativeServer) -> None:
+    short = await subscribe(server, token(ttl=1.5), control=False)
+    other = await subscribe(server, token(sub="bob"), control=False)
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(short.recv(), 5)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4401, "token expired")
+    seq = server.broadcaster.publish("Order", "I", {"_id": "1", "order_id": "1"})
+    assert (await recv(other))["seq"] == seq  # the other subscriber is untouched
+    await other.close()
+
+
+async def test_a_control_client_is_warned_and_refreshes_its_token(server: NativeServer) -> None:
+    ws = await subscribe(server, token(ttl=2.5), control=True)
+    warning = await recv(ws)
+    assert warning["_control"] == "token_expiring" and warning["expires_at"] > time.time()
+    fresh = token(ttl=60)
+    await ws.send(json.dumps({"_control": "refresh", "token": fresh}))
+    refreshed = await recv(ws)
+    assert refreshed == {"_control": "token_refreshed", "expires_at": jwt.decode(fresh, SECRET, ["HS256"])["exp"]}
+    await asyncio.sleep(2.0)  # past the first token's expiry: still subscribed
+    seq = server.broadcaster.publish("Order", "I", {"_id": "2", "order_id": "2"})
+    assert (await recv(ws))["seq"] == seq
+    await ws.close()
+
+
+@pytest.mark.parametrize("bad", [
+    {"_control": "refresh", "token": "not-a-token"},
+    {"_control": "refresh"},
+    {"_control": "refresh", "token": token(sub="mallory")},
+    {"_control": "refresh", "token": token(acl={"content": [{"obj": "*", "act": "*"}]})},
+    {"_control": "refresh", "token": jwt.encode({"sub": "alice", "exp": 1, "acl": ACL}, SECRET)},
+])
+async def test_a_refresh_that_fails_closes_with_4401(server: NativeServer, bad: dict[str, Any]) -> None:
+    ws = await subscribe(server, token(), control=True)
+    await ws.send(json.dumps(bad))
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+
+
+async def test_other_client_messages_are_ignored_as_the_original(server: NativeServer) -> None:
+    ws = await subscribe(server, token(), control=False)
+    await ws.send("hello")
+    await ws.send(json.dumps({"anything": 1}))
+    seq = server.broadcaster.publish("Order", "I", {"_id": "3", "order_id": "3"})
+    assert (await recv(ws))["seq"] == seq
+    await ws.close()
