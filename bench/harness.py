@@ -386,6 +386,57 @@ class ReferenceTarget(HttpPublishTarget):
         ]
 
 
+BENCH_CLASSES = """
+[classes.Order]
+key = ["customer"]
+[classes.Order.fields]
+ts = "int"
+customer = "str"
+status = "str"
+amount = "float"
+currency = "str"
+region = "str"
+lines = "int"
+"""
+"""The benchmark's document class, as xia-broadcast's config declares it (the fields of :func:`make_change`)."""
+
+
+def _toml_item(item: dict[str, str]) -> str:
+    return f"{{ obj = {json.dumps(item['obj'])}, act = {json.dumps(item['act'])} }}"
+
+
+class XiaTarget(HttpPublishTarget):
+    """``xia-broadcast serve``: one port for WebSocket and HTTP, classes and publish key from a config file.
+
+    ``settings`` are extra ``[server]`` settings (e.g. ``{"queue_messages": 4000}``).
+    """
+
+    name = "xia-broadcast"
+
+    def __init__(self, *, settings: dict[str, Any] | None = None, journal: dict[str, Any] | None = None,
+                 api_keys: dict[str, dict[str, Any]] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.http_port = self.ws_port
+        self.settings = {"log_level": "WARNING", **(settings or {})}
+        #: ``[journal]`` settings (e.g. ``{"max_count": 100000}``)
+        self.journal = journal or {}
+        #: API key -> its ACL display dict (``{"content": [...]}``); empty: a public server
+        self.api_keys = api_keys or {}
+
+    def argv(self) -> list[str]:
+        config = self.log_dir / f"xia-{self.ws_port}.toml"
+        server = "\n".join(f"{k} = {json.dumps(v)}" for k, v in self.settings.items())
+        keys = "".join(
+            f'[api_keys.{json.dumps(key)}]\nuser_name = {json.dumps(key)}\n'
+            f'acl = {{ content = [{", ".join(_toml_item(i) for i in acl["content"])}] }}\n'
+            for key, acl in self.api_keys.items())
+        journal = "".join(f"{k} = {json.dumps(v)}\n" for k, v in self.journal.items())
+        config.write_text(f"[server]\n{server}\n[journal]\n{journal}[publish]\n"
+                          f"keys = [{json.dumps(self.publisher_key)}]\n" + keys + BENCH_CLASSES)
+        return [sys.executable, "-m", "xia_broadcast.cli", "serve", "--port", str(self.ws_port),
+                "--config", str(config)]
+
+
 @dataclass(frozen=True)
 class FullSpeed:
     """Publish ``count`` changes as fast as the target accepts them, ``batch`` changes per request.
@@ -464,6 +515,14 @@ class CpuWindow:
         return server, loadgen, machine_cpu_seconds() - self.machine - server - loadgen - own
 
 
+def _write_handshakes(log_dir: Path, handshakes: Sequence[dict[str, Any]]) -> Path:
+    """Write the handshakes for ``loadgen.js --handshakes @FILE`` (a list of thousands exceeds argv limits)."""
+    fd, name = tempfile.mkstemp(prefix="handshakes-", suffix=".json", dir=log_dir)
+    with os.fdopen(fd, "w") as f:
+        json.dump(list(handshakes), f)
+    return Path(name)
+
+
 class Loadgen:
     """``bench/node/loadgen.js`` as a child process; see that file for its result fields."""
 
@@ -497,7 +556,7 @@ class Loadgen:
             "--connections",
             str(connections),
             "--handshakes",
-            json.dumps(list(handshakes)),
+            "@" + str(_write_handshakes(log_dir, handshakes)),
             "--expect",
             str(expect),
             "--timeout",

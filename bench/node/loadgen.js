@@ -47,7 +47,11 @@ function parseCommandLine() {
     return value;
   };
   if (!values.url || !values.handshakes) usage('--url and --handshakes are required');
-  let handshakes = JSON.parse(values.handshakes);
+  // `--handshakes @FILE` reads the JSON from FILE (many distinct handshakes exceed an argument's size limit)
+  const text = values.handshakes.startsWith('@')
+    ? require('node:fs').readFileSync(values.handshakes.slice(1), 'utf8')
+    : values.handshakes;
+  let handshakes = JSON.parse(text);
   if (!Array.isArray(handshakes)) handshakes = [handshakes];
   if (handshakes.length === 0 || !handshakes.every(isSubscription)) {
     usage('--handshakes must be a JSON object {"Class": {...}} or a non-empty array of them');
@@ -69,7 +73,9 @@ function usage(message) {
 }
 
 function isSubscription(value) {
-  return value !== null && typeof value === 'object' && !Array.isArray(value) && Object.keys(value).length === 1;
+  // one class name, plus optional `_header` (credentials) and `_options` entries
+  return value !== null && typeof value === 'object' && !Array.isArray(value)
+    && Object.keys(value).filter((k) => !k.startsWith('_')).length === 1;
 }
 
 /** Monotonic clock (CLOCK_MONOTONIC) in microseconds. */
