@@ -50,6 +50,8 @@ _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: transport buffer high-water mark: above it a connection is paused and messages wait in its queue
 WRITE_HIGH_WATER = 1024 * 1024
 CLOSE_TIMEOUT = 2.0
+#: seconds a kept-alive HTTP connection may stay idle between requests
+HTTP_IDLE_TIMEOUT = 60.0
 
 
 def text_frame(data: bytes) -> bytes:
@@ -146,8 +148,7 @@ class WebSocketConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.server.sockets.add(self)
-        self.handshake_timer = asyncio.get_running_loop().call_later(
-            self.service.settings.handshake_timeout, self._handshake_timeout)
+        self._arm_timer(self.service.settings.handshake_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.sockets.discard(self)
@@ -240,6 +241,7 @@ class WebSocketConnection(asyncio.Protocol):
                 if isinstance(event, h11.Request):
                     self.request = event
                     self.body.clear()
+                    self._arm_timer(self.service.settings.handshake_timeout)  # to finish this request
                 elif isinstance(event, h11.Data):
                     self.body += event.data
                     if len(self.body) > self.service.settings.max_publish_size:
@@ -275,6 +277,8 @@ class WebSocketConnection(asyncio.Protocol):
         if close or self.http.our_state is h11.MUST_CLOSE:
             self.transport.close()
             self.http = None
+        else:
+            self._arm_timer(HTTP_IDLE_TIMEOUT)  # a kept-alive connection may wait for its next request
 
     def _handle_request(self) -> None:
         req = self.request
@@ -402,6 +406,12 @@ class WebSocketConnection(asyncio.Protocol):
             return
         if self.session is None:
             self.close(CLOSE_BAD_HANDSHAKE, "Need connection information")
+
+    def _arm_timer(self, seconds: float) -> None:
+        """(Re)start the one timer of this socket: the request or the WebSocket handshake must be done in
+        ``seconds``; a kept-alive HTTP connection is closed after ``seconds`` without a request."""
+        self._cancel_timer()
+        self.handshake_timer = asyncio.get_running_loop().call_later(seconds, self._handshake_timeout)
 
     def _cancel_timer(self) -> None:
         if self.handshake_timer is not None:
