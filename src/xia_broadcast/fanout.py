@@ -74,15 +74,22 @@ class Outgoing:
     ``frame`` is free for a transport to cache the message's wire frame in, so that it is built once.
     """
 
-    __slots__ = ("born", "data", "frame", "seq", "text")
+    __slots__ = ("_text", "born", "data", "frame", "seq")
 
     def __init__(self, data: bytes, seq: str = "") -> None:
         #: when the message was made (``time.perf_counter()``), for publish-to-send latency
         self.born = time.perf_counter()
         self.data = data
-        self.text = data.decode()
         self.seq = seq
         self.frame: bytes | None = None
+        self._text: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The message as a string (decoded once, for transports that send text)."""
+        if self._text is None:
+            self._text = self.data.decode()
+        return self._text
 
 
 class Connection:

@@ -34,6 +34,37 @@ def act_grants(act: str, action: str) -> bool:
     return False
 
 
+class _Matcher:
+    """The ``obj`` patterns granting one action, compiled: literal patterns are a set lookup, patterns with
+    one trailing ``*`` a ``str.startswith`` over a tuple, anything else one regular expression."""
+
+    __slots__ = ("exact", "prefixes", "regex")
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        exact, prefixes, other = set(), set(), set()
+        for p in patterns:
+            star = p.find("*")
+            if star < 0:
+                exact.add(p)
+            elif star == len(p) - 1:
+                prefixes.add(p[:-1])
+            else:
+                other.add(_pattern_regex(p))
+        self.exact = frozenset(exact)
+        self.prefixes = tuple(sorted(prefixes))
+        self.regex = re.compile("|".join(f"(?:{r})" for r in sorted(other))).fullmatch if other else None
+
+    def any_of(self, subjects: Sequence[str]) -> bool:
+        exact, prefixes, regex = self.exact, self.prefixes, self.regex
+        for s in subjects:
+            if s in exact or (prefixes and s.startswith(prefixes)) or (regex is not None and regex(s)):
+                return True
+        return False
+
+    def __bool__(self) -> bool:
+        return True
+
+
 @dataclass(frozen=True)
 class AclItem:
     """One grant: an object pattern and a comma-separated list of actions (patterns too)."""
@@ -56,7 +87,7 @@ class Acl:
     def __init__(self, content: Iterable[AclItem] = ()) -> None:
         self.content: tuple[AclItem, ...] = tuple(content)
         self.key: tuple[tuple[str, str], ...] = tuple(sorted({(i.obj, i.act) for i in self.content}))
-        self._matchers: dict[str, re.Pattern[str] | None] = {}
+        self._matchers: dict[str, _Matcher] = {}
 
     @classmethod
     def from_display(cls, content: Any = None, **_ignored: Any) -> Acl:
@@ -97,25 +128,17 @@ class Acl:
     def get_display_data(self) -> dict[str, list[dict[str, str]]]:
         return {"content": [i.get_display_data() for i in self.content]}
 
-    def _matcher(self, action: str) -> re.Pattern[str] | None:
+    def _matcher(self, action: str) -> _Matcher:
         try:
             return self._matchers[action]
         except KeyError:
-            pats = sorted({_pattern_regex(i.obj) for i in self.content if act_grants(i.act, action)})
-            m = re.compile("|".join(f"(?:{p})" for p in pats)) if pats else None
-            self._matchers[action] = m
+            m = self._matchers[action] = _Matcher(i.obj for i in self.content if act_grants(i.act, action))
             return m
 
     def allows(self, subjects: Sequence[str], action: str = "read") -> bool:
         """True when some item grants ``action`` on one of ``subjects``."""
-        m = self._matcher(action)
-        if m is None:
-            return False
-        fullmatch = m.fullmatch
-        for s in subjects:
-            if fullmatch(s):
-                return True
-        return False
+        m = self._matchers.get(action) or self._matcher(action)
+        return m.any_of(subjects)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Acl) and other.key == self.key
