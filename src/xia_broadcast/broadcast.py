@@ -276,8 +276,11 @@ class Broadcaster:
     @classmethod
     def _change_of(cls, doc: Any, op: str, seq: str) -> Change:
         class_name = type(doc).__name__
-        if isinstance(doc, Document) and cls._uses_default_checks():
-            return Change(class_name, op, seq, doc.stored_data(), doc.doc_schema())
+        if isinstance(doc, Document) and type(doc).keeps_default_protocol():
+            # its data is what the compiled views read, and it gives the previous state for scope exits;
+            # broadcasters overriding the hooks still get the document object itself
+            return Change(class_name, op, seq, doc.stored_data(), doc.doc_schema(),
+                          doc=None if cls._uses_default_checks() else doc)
         return Change(class_name, op, seq, doc=doc)
 
     @classmethod

@@ -108,7 +108,8 @@ def schema_of_model(model: type[BaseModel], embedded: bool = False) -> DocSchema
     fields: dict[str, FieldSpec] = {}
     try:
         for name, info in model.model_fields.items():
-            out_name = info.alias or name
+            # the name the field has in stored_data() (model_dump(by_alias=True) uses the serialization alias)
+            out_name = info.serialization_alias or info.alias or name
             if out_name == "_id":
                 continue
             fields[out_name] = _field_spec(model.__name__, out_name, info.annotation, info.json_schema_extra)
@@ -124,12 +125,12 @@ def schema_of_model(model: type[BaseModel], embedded: bool = False) -> DocSchema
 
 
 @lru_cache(maxsize=4096)
-def _compiled_scope(schema: DocSchema, scope_json: bytes) -> Any:
+def _compiled_scope(schema: DocSchema | None, scope_json: bytes) -> Any:
     return compile_scope(orjson.loads(scope_json), schema)
 
 
 @lru_cache(maxsize=4096)
-def _compiled_catalog(schema: DocSchema, catalog_json: bytes, show_hidden: bool) -> Any:
+def _compiled_catalog(schema: DocSchema | None, catalog_json: bytes, show_hidden: bool) -> Any:
     return compile_catalog(orjson.loads(catalog_json), schema, show_hidden)
 
 
@@ -158,27 +159,59 @@ class Document(EmbeddedDocument):
 
     # -- the original document protocol ---------------------------------------------------------------
 
+    def _as_data(self) -> DataDocument:
+        return DataDocument(type(self).__name__, self.stored_data(), self.doc_schema())
+
     def check_scope(self, data_scope: list[dict[str, Any]] | None) -> None:
         """Raise :class:`OutOfScopeError` unless the document is in ``data_scope``."""
-        pred = _compiled_scope(self.doc_schema(), orjson.dumps(data_scope or []))
-        if not pred(self.stored_data()):
-            raise OutOfScopeError(f"{type(self).__name__} {self.id} is out of scope")
+        self._as_data().check_scope(data_scope)
 
     def get_display_data(
         self, catalog: Mapping[str, Any] | None = None, show_hidden: bool = False, **_: Any
     ) -> dict[str, Any]:
         """The document projected through ``catalog`` (hidden fields left out unless ``show_hidden``)."""
-        project = _compiled_catalog(self.doc_schema(), orjson.dumps(catalog or {}), bool(show_hidden))
-        return dict(project(self.stored_data()))
+        return self._as_data().get_display_data(catalog, show_hidden)
 
     def check_acl(self, acl: Any, act: str = "read", doc: Any = None, raise_error: bool = True) -> bool:
         """True when ``acl`` grants ``act`` on this document; raise or return False otherwise."""
+        return self._as_data().check_acl(acl, act, doc, raise_error)
+
+    @classmethod
+    def keeps_default_protocol(cls) -> bool:
+        """True when the class does not override ``check_scope``, ``get_display_data`` nor ``check_acl``:
+        the broadcaster may then read its stored data with compiled views instead of calling them."""
+        return (cls.check_scope is Document.check_scope and cls.get_display_data is Document.get_display_data
+                and cls.check_acl is Document.check_acl)
+
+
+class DataDocument:
+    """The original document protocol over plain stored data and its schema (None: no hidden fields, no
+    key fields). What a change published as data is to hooks that expect a document object."""
+
+    __slots__ = ("class_name", "data", "schema")
+
+    def __init__(self, class_name: str, data: Mapping[str, Any], schema: DocSchema | None) -> None:
+        self.class_name = class_name
+        self.data = data
+        self.schema = schema
+
+    @property
+    def id(self) -> Any:
+        return self.data.get("_id")
+
+    def check_scope(self, data_scope: list[dict[str, Any]] | None) -> None:
+        if not _compiled_scope(self.schema, orjson.dumps(data_scope or []))(self.data):
+            raise OutOfScopeError(f"{self.class_name} {self.id} is out of scope")
+
+    def get_display_data(
+        self, catalog: Mapping[str, Any] | None = None, show_hidden: bool = False, **_: Any
+    ) -> dict[str, Any]:
+        return dict(_compiled_catalog(self.schema, orjson.dumps(catalog or {}), bool(show_hidden))(self.data))
+
+    def check_acl(self, acl: Any, act: str = "read", doc: Any = None, raise_error: bool = True) -> bool:
         acl_obj = Acl.coerce(acl)
-        if acl_obj is None:
-            return True
-        subjects = subjects_of(type(self).__name__, self.stored_data(), self.doc_schema())
-        if acl_obj.allows(subjects, act):
+        if acl_obj is None or acl_obj.allows(subjects_of(self.class_name, self.data, self.schema), act):
             return True
         if raise_error:
-            raise AuthorizationError(f"{act} on {type(self).__name__} {self.id} is not granted")
+            raise AuthorizationError(f"{act} on {self.class_name} {self.id} is not granted")
         return False

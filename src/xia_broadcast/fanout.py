@@ -39,6 +39,7 @@ from .core.change import Change
 from .core.schema import DocSchema
 from .core.scope import Predicate, compile_scope
 from .core.viewkey import ViewKey, view_key
+from .document import DataDocument
 from .errors import SubscriptionError
 from .journal import HistoryGone, Journal, MemoryJournal
 
@@ -203,13 +204,30 @@ class View:
         return None
 
     def _evaluate_slow(self, change: Change, slow: SlowHooks | None) -> tuple[str, Any] | None:
+        """The same rules through the document hooks (``check_subscriber_acl``, ``get_message_body``): for
+        documents the engine cannot read as data, and for broadcasters that override the hooks (a change
+        published as data is then handed to them as a :class:`DataDocument`)."""
         if slow is None:
             raise TypeError("a change without data needs the document's own hooks")
-        check_acl, get_body = slow
-        if not check_acl(change.doc, self.acl_param):
+        doc = change.doc
+        if doc is None:
+            assert change.data is not None
+            doc = DataDocument(change.class_name, change.data, change.schema)
+        body = self._visible_slow(doc, slow)
+        if body is not None:
+            return change.op, body
+        if change.op == "I" or change.prev is None:
             return None
-        body = get_body(change.doc, self.scope or None, self.catalog or None, self.show_hidden)
-        return None if body is None else (change.op, body)
+        prev_body = self._visible_slow(DataDocument(change.class_name, change.prev, change.schema), slow)
+        if prev_body is None:
+            return None
+        return ("X", {"_id": change.doc_id}) if change.op == "U" else (change.op, prev_body)
+
+    def _visible_slow(self, doc: Any, slow: SlowHooks) -> Any:
+        check_acl, get_body = slow
+        if not check_acl(doc, self.acl_param):
+            return None
+        return get_body(doc, self.scope or None, self.catalog or None, self.show_hidden)
 
 
 @dataclass
@@ -300,7 +318,7 @@ class FanoutEngine:
         except SubscriptionError as exc:
             exc.class_name = class_name
             raise
-        key = view_key(scope, catalog, show_hidden, acl)
+        key = view_key(scope, catalog, show_hidden, acl, params.get("acl"))
         views = self.channels.setdefault(class_name, {})
         view = views.get(key)
         if view is None:

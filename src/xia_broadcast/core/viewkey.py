@@ -14,16 +14,47 @@ import orjson
 
 from .acl import Acl
 
-ViewKey = tuple[bytes, bytes, bool, tuple[tuple[str, str], ...] | None]
+ViewKey = tuple[bytes, bytes, bool, tuple[tuple[str, str], ...] | None, Any]
 
 
 def _canon(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
+def raw_acl_key(raw: Any) -> Any:
+    """What tells ACL objects apart beyond their (obj, act) items: documents and broadcasters that check
+    ACLs themselves receive the raw object, which may carry more (conditions, extra attributes)."""
+    if raw is None or isinstance(raw, Acl):
+        return None
+    display: Any = raw
+    if not isinstance(raw, Mapping):
+        get_display = getattr(raw, "get_display_data", None)
+        if not callable(get_display):
+            return ("object", id(raw))
+        display = get_display()
+    if _only_items(display):
+        return None  # all it says is in the Acl's (obj, act) key
+    return _canon_any(display)
+
+
+def _only_items(display: Any) -> bool:
+    if not isinstance(display, Mapping) or set(display) - {"content"}:
+        return False
+    content = display.get("content") or []
+    return isinstance(content, (list, tuple)) and all(
+        isinstance(i, Mapping) and not set(i) - {"obj", "act"} for i in content)
+
+
+def _canon_any(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=repr)
+
+
 def view_key(
-    scope: list[Mapping[str, Any]], catalog: Mapping[str, Any], show_hidden: bool, acl: Acl | None
+    scope: list[Mapping[str, Any]], catalog: Mapping[str, Any], show_hidden: bool, acl: Acl | None,
+    raw_acl: Any = None,
 ) -> ViewKey:
-    """The key of the view a subscription belongs to (inputs already validated)."""
+    """The key of the view a subscription belongs to (inputs already validated); ``raw_acl`` is the ACL
+    as the subscriber gave it."""
     conditions = sorted(_canon(c) for c in scope)
-    return (b"[" + b",".join(conditions) + b"]", _canon(catalog), bool(show_hidden), None if acl is None else acl.key)
+    return (b"[" + b",".join(conditions) + b"]", _canon(catalog), bool(show_hidden),
+            None if acl is None else acl.key, raw_acl_key(raw_acl))
