@@ -247,8 +247,9 @@ class Broadcaster:
                 continue
             if schema is not None:
                 schema.validate(state)
-            elif not isinstance(state, Mapping) or "_id" not in state:
-                raise DocumentError(f"{class_name}: a document must be a JSON object with an '_id'")
+            elif not isinstance(state, Mapping) or not valid_id(state.get("_id")):
+                raise DocumentError(f"{class_name}: a document must be a JSON object with an '_id' "
+                                    "(a non-empty string or an integer)")
         if previous is not None and previous.get("_id") != data.get("_id"):
             raise DocumentError(f"{class_name}: the previous state has another _id than the document")
         change = Change(class_name, op, seq or "", data, schema, prev=previous)
@@ -259,6 +260,12 @@ class Broadcaster:
     def _record(cls, change: Change) -> None:
         """Find the previous state, journal the change, remember its version, fan it out."""
         engine = cls.engine()
+        if engine.connections:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError("publish from the event loop that serves the subscribers "
+                                   "(e.g. loop.call_soon_threadsafe from another thread)") from None
         doc_id = change.doc_id
         if change.data is not None:
             versions = cls._versions.get(change.class_name)
@@ -267,9 +274,13 @@ class Broadcaster:
             if change.prev is None:
                 change.prev = versions.get(doc_id)
             versions.record(change.op, doc_id, change.data)
+        chosen = bool(change.seq)
         try:
             engine.journal.append(change)
-        except SeqOrderError as exc:  # the original API lets callers choose seqs: deliver live, unjournaled
+        except SeqOrderError as exc:
+            if not chosen:
+                raise
+            # the original API lets callers choose seqs: deliver live, unjournaled
             log.warning("not journaled, delivered live only: %s", exc)
         engine.fanout(change)
 
@@ -334,6 +345,7 @@ class Broadcaster:
         except Exception as exc:  # a failing send affects this websocket only
             log.warning("send failed (%s: %s); subscriber removed", type(exc).__name__, exc)
             cls.disconnect(ws)
+            cls._spawn(cls.close_async(ws, 1011, "internal error"))
         finally:
             conn.scheduled = False
             conn.task = None
@@ -352,6 +364,10 @@ class Broadcaster:
         cls._background.add(task)
         task.add_done_callback(cls._background.discard)
         return task
+
+
+def valid_id(value: Any) -> bool:
+    return (isinstance(value, str) and value != "") or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def _current_task() -> asyncio.Task[Any] | None:

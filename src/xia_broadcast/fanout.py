@@ -137,8 +137,8 @@ class Connection:
 class Member:
     """One subscription: a connection in a view, live or replaying from a journal position."""
 
-    __slots__ = ("class_name", "connection", "cursor", "inclusive", "lagging", "params", "replaying",
-                 "start_seq", "view")
+    __slots__ = ("class_name", "connection", "cursor", "inclusive", "lagging", "params", "read_any",
+                 "replaying", "start_seq", "view")
 
     def __init__(self, connection: Connection, view: View, class_name: str, start_seq: str,
                  params: dict[str, Any]) -> None:
@@ -153,6 +153,8 @@ class Member:
         self.inclusive = False
         #: replaying because the queue overflowed (not because the client asked)
         self.lagging = False
+        #: this replay has read from the journal already (a gap from here on must not be skipped)
+        self.read_any = False
 
 
 class View:
@@ -365,9 +367,18 @@ class FanoutEngine:
     def send_direct(self, websocket: Any, data: bytes) -> None:
         """Queue a message for one websocket (a confirmation, a control message), after what is queued."""
         conn = self.connection(websocket)
+        if len(conn.queue) >= 2 * conn.max_messages or conn.queued_bytes >= 2 * conn.max_bytes:
+            self._too_slow(conn)  # a client that provokes messages faster than it reads them
+            return
         conn.queue.append(Outgoing(data))
         conn.queued_bytes += len(data)
         self._wake(conn)
+
+    def _too_slow(self, conn: Connection) -> None:
+        """Cut a connection off (the transport closes it with 4409); it is forgotten here either way."""
+        self.on_too_slow(conn)
+        if not conn.closed:
+            self.remove(conn.websocket)
 
     def _wake(self, conn: Connection) -> None:
         if not conn.scheduled and not conn.closed:
@@ -438,7 +449,7 @@ class FanoutEngine:
         if not member.replaying:
             member.replaying = True
             member.connection.replaying += 1
-        member.cursor, member.inclusive, member.lagging = cursor, inclusive, lagging
+        member.cursor, member.inclusive, member.lagging, member.read_any = cursor, inclusive, lagging, False
 
     def _lag(self, conn: Connection, change: Change) -> None:
         """A connection's queue overflowed at ``change``: its live members continue from the journal."""
@@ -465,7 +476,8 @@ class FanoutEngine:
                 budget -= self._replay_some(member, min(room, budget))
 
     def _replay_some(self, member: Member, room: int) -> int:
-        """Replay up to ``room`` journal entries into the member's queue; returns how many were read."""
+        """Replay up to ``room`` journal entries into the member's queue (stopping early at the queue's byte
+        bound); returns how many entries were read."""
         conn, view = member.connection, member.view
         limit = min(room, REPLAY_CHUNK)
         try:
@@ -474,29 +486,35 @@ class FanoutEngine:
         except HistoryGone as gone:
             self._history_gone(member, gone)
             return 1
+        member.read_any = True
         stats = self.stats
+        done = 0
         for change in changes:
+            if conn.queue and conn.queued_bytes >= conn.max_bytes:
+                break
+            done += 1
             member.cursor, member.inclusive = change.seq, False
             if change.seq < member.start_seq:
                 continue
             try:
                 result = view.evaluate(change, self._slow_for(change))
+                if result is None:
+                    continue
+                out = envelope(member.class_name, result[0], change.seq, result[1])
             except Exception:
                 stats.view_errors += 1
                 log.exception("replay of %s %s failed for one subscriber", member.class_name, change.seq)
                 continue
-            if result is not None:
-                out = envelope(member.class_name, result[0], change.seq, result[1])
-                conn.queue.append(out)
-                conn.queued_bytes += len(out.data)
-                stats.replayed += 1
-        if len(changes) < limit:  # caught up: from here on, the fan-out delivers
+            conn.queue.append(out)
+            conn.queued_bytes += len(out.data)
+            stats.replayed += 1
+        if done == len(changes) < limit:  # caught up: from here on, the fan-out delivers
             member.replaying = False
             conn.replaying -= 1
             if conn.control:
                 head = self.journal.head(member.class_name)
                 conn.queue.append(control_message("replay_done", **{"class": member.class_name, "seq": head}))
-        return max(len(changes), 1)
+        return max(done, 1)
 
     def _history_gone(self, member: Member, gone: HistoryGone) -> None:
         self.stats.history_gone += 1
@@ -508,9 +526,10 @@ class FanoutEngine:
             conn.replaying -= 1
             conn.queue.append(control_message("history_gone", **{"class": member.class_name, "seq": requested,
                                                                 "oldest_seq": gone.oldest}))
-        elif member.lagging:
-            self.on_too_slow(conn)
-        elif gone.oldest is not None:
+        elif member.lagging or member.read_any:
+            # it fell behind the journal in the middle of its stream: it must not miss changes silently
+            self._too_slow(conn)
+        elif gone.oldest is not None and (requested is None or gone.oldest > requested):
             # an original client asked for more than is held: it gets what is held (docs/protocol.md)
             member.cursor, member.inclusive = gone.oldest, True
         else:

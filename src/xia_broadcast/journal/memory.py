@@ -64,10 +64,13 @@ class MemoryJournal(Journal):
         log = self._logs.get(change.class_name)
         if log is None:
             log = self._logs[change.class_name] = _ClassLog(self._epoch_ms)
-        if not change.seq:
-            change.seq = log.clock.next()
-        elif log.seqs and change.seq <= log.seqs[-1]:
-            raise SeqOrderError(f"{change.class_name}: seq {change.seq!r} is not after {log.seqs[-1]!r}")
+        seq = change.seq or log.clock.next()
+        if log.seqs and seq <= log.seqs[-1]:
+            raise SeqOrderError(f"{change.class_name}: seq {seq!r} is not after {log.seqs[-1]!r}")
+        if self.epoch_seq is not None and seq < self.epoch_seq:
+            raise SeqOrderError(f"{change.class_name}: seq {seq!r} is before the journal's epoch "
+                                f"{self.epoch_seq!r}")
+        change.seq = seq
         now = time.monotonic()
         log.seqs.append(change.seq)
         log.changes.append(change)

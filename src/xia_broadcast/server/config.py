@@ -12,8 +12,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..core.acl import Acl
 from ..core.schema import DocSchema, load_schemas
-from ..errors import SchemaError
+from ..errors import InvalidAclError, SchemaError
 
 
 class ConfigError(ValueError):
@@ -157,6 +158,8 @@ def apply_toml(settings: Settings, data: Mapping[str, Any]) -> None:
                 _set(settings, "publish_keys", v)
             elif section == "demo":
                 _set(settings, "demo" if k == "enabled" else "demo_rate", v)
+    if data.get("jwt") and not (settings.jwt_secret or settings.jwt_public_key):
+        raise ConfigError("[jwt] needs a secret (HS256) or a public_key / public_key_file (RS256)")
     keys = data.get("api_keys", {})
     if not isinstance(keys, Mapping):
         raise ConfigError("[api_keys] must be a table of key -> {user_name, acl, app_name}")
@@ -166,6 +169,13 @@ def apply_toml(settings: Settings, data: Mapping[str, Any]) -> None:
         acl = spec.get("acl")
         if acl is not None and not (isinstance(acl, Mapping) and isinstance(acl.get("content"), list)):
             raise ConfigError(f"[api_keys.{key!r}] acl must be {{content = [{{obj, act}}, ...]}}")
+        if acl is not None:
+            try:
+                Acl.coerce(acl)
+            except InvalidAclError as exc:
+                raise ConfigError(f"[api_keys.{key!r}] acl: {exc}") from exc
+        if not key:
+            raise ConfigError("[api_keys]: an API key cannot be empty")
         settings.api_keys[key] = ApiKey(spec["user_name"], dict(acl) if acl is not None else None,
                                         spec.get("app_name"))
     if "classes" in data:
@@ -208,6 +218,25 @@ def load_settings(config_file: str | Path | None = None, environ: Mapping[str, s
     for k, v in overrides.items():
         if v is not None:
             setattr(settings, k, v)
+    check(settings)
+    return settings
+
+
+def check(settings: Settings) -> None:
+    """Refuse settings that cannot work, or that would open the server by accident."""
     if not settings.path.startswith("/"):
         raise ConfigError(f"path must start with '/': {settings.path!r}")
-    return settings
+    if settings.jwt_secret is not None and not settings.jwt_secret.strip():
+        raise ConfigError("jwt secret is empty: remove it, or set a real secret")
+    if settings.jwt_public_key is not None and not settings.jwt_public_key.strip():
+        raise ConfigError("jwt public key is empty: remove it, or set a real key")
+    if any(not k for k in settings.publish_keys):
+        raise ConfigError("publish keys cannot be empty")
+    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {settings.log_level!r}")
+    if settings.log_format not in ("json", "text"):
+        raise ConfigError(f"log_format must be json or text, not {settings.log_format!r}")
+    for name in ("port", "max_message_size", "max_publish_size", "max_connections", "max_subscriptions",
+                 "queue_messages", "queue_bytes", "journal_max_count"):
+        if getattr(settings, name) < (0 if name in ("port", "journal_max_count") else 1):
+            raise ConfigError(f"{name} must be positive, not {getattr(settings, name)}")

@@ -111,7 +111,13 @@ class NativeBroadcaster(Broadcaster):
         cls._flush_handle = None
         pending, cls._pending = cls._pending, []
         for conn in pending:
-            conn.websocket.write_queue(conn)
+            try:
+                conn.websocket.write_queue(conn)
+            except Exception:  # one connection's fault never stops the others
+                log.exception("writing to a subscriber failed; it is closed")
+                conn.scheduled = False
+                cls.disconnect(conn.websocket)
+                conn.websocket.close(1011, "internal error")
 
     @classmethod
     async def flush(cls, timeout: float = 5.0) -> bool:
@@ -166,10 +172,16 @@ class WebSocketConnection(asyncio.Protocol):
             self._ws_received(data)
 
     def pause_writing(self) -> None:
+        # the peer does not read: stop reading from it too, so that nothing it sends (requests, pings)
+        # can make the server write more for it meanwhile
         self.paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
         pending, self.pending = self.pending, None
         if pending is not None:
             self.write_queue(pending)
@@ -248,7 +260,15 @@ class WebSocketConnection(asyncio.Protocol):
                         self._respond(413, {"error": "too_large", "message": "body too large"}, close=True)
                         return
                 elif isinstance(event, h11.EndOfMessage):
-                    self._handle_request()
+                    try:
+                        self._handle_request()
+                    except Exception:
+                        log.exception("HTTP request failed unexpectedly")
+                        if self.http is not None and self.http.our_state is h11.SEND_RESPONSE:
+                            self._respond(500, {"error": "internal", "message": "internal error"}, close=True)
+                        elif self.transport is not None:
+                            self.transport.close()
+                        return
                     if self.http is not None and self.http.our_state is h11.DONE and \
                             self.http.their_state is h11.DONE:
                         self.http.start_next_cycle()

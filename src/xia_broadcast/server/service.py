@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from ..broadcast import Broadcaster
+from ..broadcast import Broadcaster, valid_id
 from ..core.protocol import (
     CLOSE_AUTH_FAILED,
     CLOSE_CLASS_FORBIDDEN,
@@ -220,8 +220,9 @@ class Service:
             for state in states:
                 if schema is not None:
                     schema.validate(state)
-                elif not isinstance(state, dict) or "_id" not in state:
-                    raise DocumentError(f"{class_name}: a document must be a JSON object with an '_id'")
+                elif not isinstance(state, dict) or not valid_id(state.get("_id")):
+                    raise DocumentError(f"{class_name}: a document must be a JSON object with an '_id' "
+                                        "(a non-empty string or an integer)")
             checked: dict[str, Any] = doc  # type: ignore[assignment]  # validated just above
             if previous is not None and previous.get("_id") != checked.get("_id"):
                 raise DocumentError("the previous state has another _id than the document")
