@@ -10,7 +10,9 @@
 It speaks the same protocol as the standalone server (handshake, close codes, ``POST /publish``,
 ``/healthz``, ``/readyz``, ``/metrics``) on the same core. One difference: on shutdown, an ASGI server
 such as uvicorn closes the websockets itself (uvicorn: 1012) before the app's lifespan ends; for the
-documented 1001 after a flush, call ``await app.state.shutdown()`` before stopping the ASGI server.
+documented 1001 after a flush, call ``await app.state.shutdown()`` before stopping the ASGI server. The
+inbound message size limit and keepalive pings are the ASGI server's (uvicorn: ``--ws-max-size``,
+``--ws-ping-interval``), not ``max_message_size``/``ping_interval``.
 Sending goes through the ASGI server, one
 awaited ``send_text`` per message in each websocket's own task; the inbound size limit is the ASGI
 server's (uvicorn: ``--ws-max-size``). The in-process publisher is ``app.state.broadcaster.publish(...)``.
@@ -33,6 +35,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from ..broadcast import Broadcaster
 from ..core.protocol import CLOSE_BAD_HANDSHAKE, CLOSE_GOING_AWAY, CLOSE_TOO_MANY_CONNECTIONS, Refusal
 from ..fanout import Outgoing
+from .auth import AuthError
 from .config import Settings
 from .metrics import CONTENT_TYPE
 from .service import PublishError, Service, Session
@@ -134,12 +137,30 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
         return Response(service.metrics_text(), media_type=CONTENT_TYPE)
 
     async def publish(request: Request) -> Response:
-        body = await request.body()
         try:
+            body = await read_publish_body(request)
             seqs = service.publish_http(request.headers, body)
         except PublishError as exc:
             return Response(exc.body(), status_code=exc.status, media_type="application/json")
         return JSONResponse({"seqs": seqs})
+
+    async def read_publish_body(request: Request) -> bytes:
+        """The body, read only once the publisher key is checked and only up to ``max_publish_size``."""
+        try:
+            service.auth.publisher(request.headers)
+        except AuthError as exc:
+            raise PublishError(401, "unauthorized", str(exc)) from exc
+        limit = settings.max_publish_size
+        too_large = PublishError(413, "too_large", f"body over {limit} bytes")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        return bytes(body)
 
     async def shutdown() -> None:
         """Flush what is queued, then close every websocket with 1001 (the app's lifespan calls this;
