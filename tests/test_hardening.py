@@ -1,0 +1,291 @@
+"""Regressions: hidden fields, ACLs, gaps and resource bounds under unusual documents, hooks and clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import ConfigDict
+from pydantic.alias_generators import to_camel
+
+from xia_broadcast import Broadcaster, Document, field
+from xia_broadcast.core.change import Change
+from xia_broadcast.fanout import FanoutEngine
+from xia_broadcast.journal import MemoryJournal
+from xia_broadcast.server.config import ConfigError, Settings, load_settings
+from xia_broadcast.server.demo import ORDER_SCHEMA
+from xia_broadcast.server.native import NativeServer
+
+
+class Socket:
+    def __init__(self, name: str = "ws") -> None:
+        self.name = name
+        self.got: list[dict[str, Any]] = []
+
+
+def recorder(**attrs: Any) -> type[Broadcaster]:
+    class B(Broadcaster):
+        @classmethod
+        async def send_message_async(cls, websocket: Any, message: str) -> None:
+            websocket.got.append(json.loads(message))
+
+    for k, v in attrs.items():
+        setattr(B, k, v)
+    return B
+
+
+# -- hidden fields and ACLs -----------------------------------------------------------------------------
+
+
+class Aliased(Document):
+    order_id: str = field(key=True, serialization_alias="orderRef")
+    margin: float = field(0.0, hidden=True, serialization_alias="mrg")
+
+
+class Camel(Document):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    order_id: str = field(key=True)
+    secret_margin: float = field(0.0, hidden=True)
+
+
+@pytest.mark.parametrize("doc", [Aliased(order_id="A", margin=0.42), Camel(order_id="A", secret_margin=0.42)])
+async def test_hidden_fields_and_keys_follow_serialization_aliases(doc: Document) -> None:
+    b = recorder()
+    ws, acl_ws = Socket(), Socket()
+    await b.subscribe(ws, type(doc).__name__)
+    await b.subscribe(acl_ws, type(doc).__name__,
+                      acl={"content": [{"obj": f"{type(doc).__name__}/key/A", "act": "read"}]})
+    await b.document_sent_async(doc, "I", "1")
+    assert await b.flush()
+    for got in (ws.got, acl_ws.got):
+        assert len(got) == 1
+        assert set(got[0]["message"]) == {"_id", "orderRef" if isinstance(doc, Aliased) else "orderId"}
+
+
+class Secret(Document):
+    owner: str = field(key=True)
+    ssn: str = ""
+
+    def check_acl(self, acl: Any, act: str = "read", doc: Any = None, raise_error: bool = True) -> bool:
+        return acl is None
+
+    def get_display_data(self, catalog: Any = None, show_hidden: bool = False, **_: Any) -> dict[str, Any]:
+        return {"_id": self.id, "owner": self.owner}
+
+
+async def test_a_document_overriding_the_original_protocol_is_asked_through_it() -> None:
+    b = recorder()
+    public, restricted = Socket(), Socket()
+    await b.subscribe(public, "Secret")
+    await b.subscribe(restricted, "Secret", acl={"content": [{"obj": "*", "act": "*"}]})
+    await b.document_sent_async(Secret(id="s", owner="bob", ssn="123-45-6789"), "I", "1")
+    assert await b.flush()
+    assert [m["message"] for m in public.got] == [{"_id": "s", "owner": "bob"}]
+    assert restricted.got == []
+
+
+class Region(Document):
+    order_id: str = field(key=True)
+    region: str = ""
+
+
+async def test_acls_that_differ_beyond_obj_and_act_never_share_a_view_on_the_slow_path() -> None:
+    def check(cls: Any, doc: Any, acl: Any) -> bool:
+        return any(all(getattr(doc, k) == v for k, v in item.get("cond", {}).items()) for item in acl["content"])
+
+    b = recorder(check_subscriber_acl=classmethod(check))
+    eu, us = Socket("eu"), Socket("us")
+    await b.subscribe(eu, "Region", acl={"content": [{"obj": "Region/*", "act": "read", "cond": {"region": "EU"}}]})
+    await b.subscribe(us, "Region", acl={"content": [{"obj": "Region/*", "act": "read", "cond": {"region": "US"}}]})
+    assert b.engine().view_count("Region") == 2
+    await b.document_sent_async(Region(order_id="A", region="EU"), "I", "1")
+    assert await b.flush()
+    assert len(eu.got) == 1 and us.got == []
+
+
+async def test_overridden_hooks_also_see_data_changes_and_scope_exits() -> None:
+    seen: list[str] = []
+
+    def check(cls: Any, doc: Any, acl: Any) -> bool:
+        seen.append(type(doc).__name__)
+        return Broadcaster.check_subscriber_acl.__func__(cls, doc, acl)  # type: ignore[attr-defined]
+
+    b = recorder(check_subscriber_acl=classmethod(check))
+    b.register_class(ORDER_SCHEMA)
+    ws = Socket()
+    await b.subscribe(ws, "Order", data_scope=[{"fn": "status", "op": "==", "val": "new"}])
+    b.publish("Order", "I", {"_id": "1", "order_id": "1", "status": "new", "margin": 2.0})
+    b.publish("Order", "U", {"_id": "1", "order_id": "1", "status": "paid"})
+    assert await b.flush()
+    assert [(m["op"], m["message"]) for m in ws.got] == [
+        ("I", {"_id": "1", "order_id": "1", "status": "new"}), ("X", {"_id": "1"})]
+    assert seen and set(seen) == {"DataDocument"}
+
+
+# -- no silent gap, no spin -----------------------------------------------------------------------------
+
+
+def test_a_replay_overtaken_by_retention_is_cut_off_not_skipped() -> None:
+    cut: list[Any] = []
+    engine = FanoutEngine(lambda c: None, cut.append, max_queue_messages=10, journal=MemoryJournal(max_count=100))
+
+    def publish(i: int) -> None:
+        change = Change("Doc", "I", "", {"_id": f"d{i}", "i": i})
+        engine.journal.append(change)
+        engine.fanout(change)
+
+    for i in range(100):
+        publish(i)
+    ws = object()
+    engine.subscribe(ws, "Doc", {"start_seq": engine.journal.oldest("Doc")}, None)
+    conn = engine.connections[ws]
+    engine.pump(conn)
+    got = [orjson.loads(o.data)["message"]["i"] for o in conn.take()]
+    assert got == list(range(10))
+    for i in range(100, 250):  # retention drops what the replay has not reached yet
+        publish(i)
+    engine.pump(conn)
+    assert cut == [conn] and conn.closed  # told (4409 on the wire), never a silent jump
+
+
+async def test_chosen_seqs_before_the_journal_epoch_are_delivered_live_without_a_replay_spin() -> None:
+    class B(Broadcaster):
+        journal_epoch_now = True
+
+        @classmethod
+        async def send_message_async(cls, websocket: Any, message: str) -> None:
+            websocket.got.append(json.loads(message))
+
+    B.register_class(Region)
+    live, late = Socket(), Socket()
+    await B.subscribe(live, "Region")
+    await B.document_sent_async(Region(order_id="A"), "I", "0001")  # before the epoch: not journaled
+    await B.subscribe(late, "Region", start_seq="0001")
+    assert await B.flush(2)
+    assert [m["seq"] for m in live.got] == ["0001"]
+    assert late.got == [] and B.engine().stats.history_gone <= 1
+
+
+def test_a_replay_never_queues_past_the_byte_bound() -> None:
+    engine = FanoutEngine(lambda c: None, lambda c: None, max_queue_messages=1000, max_queue_bytes=65536)
+    for i in range(50):
+        change = Change("Doc", "I", "", {"_id": f"d{i}", "pad": "x" * 100_000})
+        engine.journal.append(change)
+    ws = object()
+    engine.subscribe(ws, "Doc", {"start_seq": engine.journal.oldest("Doc")}, None)
+    conn = engine.connections[ws]
+    engine.pump(conn)
+    assert len(conn.queue) == 1 and conn.replaying == 1  # one message over the bound at most, then it waits
+    conn.take()
+    engine.pump(conn)
+    assert len(conn.queue) == 1
+
+
+async def test_publishing_from_another_thread_is_refused_before_anything_changes() -> None:
+    b = recorder()
+    b.register_class(ORDER_SCHEMA)
+    ws = Socket()
+    await b.subscribe(ws, "Order")
+    errors: list[BaseException] = []
+
+    def other_thread() -> None:
+        try:
+            b.publish("Order", "I", {"_id": "1", "order_id": "1"})
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join()
+    assert len(errors) == 1 and b.journal().head("Order") is None
+    seq = b.publish("Order", "I", {"_id": "2", "order_id": "2"})  # the loop's own publishing still works
+    assert await b.flush()
+    assert [m["seq"] for m in ws.got] == [seq]
+
+
+# -- one bad socket, one bad change --------------------------------------------------------------------
+
+
+class Note(Document):
+    x: int = 0
+
+
+async def test_an_unencodable_change_in_a_replay_does_not_stop_other_sockets() -> None:
+    srv = NativeServer(Settings(port=0, queue_messages=5, ping_interval=0, log_level="CRITICAL"))
+    srv.broadcaster.register_class(Note)
+    await srv.start()
+    try:
+        from websockets.asyncio.client import connect
+
+        async with connect(srv.url) as lagging, connect(srv.url) as healthy:
+            await lagging.send(json.dumps({"Note": {}}))
+            await lagging.recv()
+            await healthy.send(json.dumps({"Note": {"data_scope": [{"fn": "x", "op": "==", "val": 5000}]}}))
+            await healthy.recv()
+            for i in range(10):  # one burst: the first client overflows its queue and replays
+                await srv.broadcaster.document_sent_async(Note(id=f"s{i}", x=i), "I", "")
+            await srv.broadcaster.document_sent_async(Note(id="big", x=2**70), "I", "")  # not JSON-encodable
+            await srv.broadcaster.document_sent_async(Note(id="h1", x=5000), "I", "")
+            await asyncio.sleep(0.2)
+            await srv.broadcaster.document_sent_async(Note(id="h2", x=5000), "I", "")
+            got = [json.loads(await asyncio.wait_for(healthy.recv(), 5))["message"]["_id"] for _ in range(2)]
+            assert got == ["h1", "h2"]
+    finally:
+        await srv.shutdown()
+
+
+async def test_a_peer_that_pipelines_requests_without_reading_cannot_grow_server_memory() -> None:
+    srv = NativeServer(Settings(port=0, ping_interval=0, classes={"Order": ORDER_SCHEMA}, log_level="CRITICAL"))
+    await srv.start()
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", srv.port))
+        sock.setblocking(False)
+        _, writer = await asyncio.open_connection(sock=sock)
+        request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+        for _ in range(5):
+            writer.write(request * 2000)
+            try:
+                await asyncio.wait_for(writer.drain(), 1)
+            except TimeoutError:
+                break  # the server stopped reading from us: the point of the test
+        await asyncio.sleep(0.3)
+        buffered = max(s.transport.get_write_buffer_size() for s in srv.sockets if s.transport)
+        assert buffered < 4 * 1024 * 1024
+        writer.transport.abort()
+    finally:
+        await srv.shutdown()
+
+
+async def test_publish_refuses_ids_that_are_not_strings_or_integers_and_applies_nothing() -> None:
+    b = recorder()
+    for bad in ([1], {"a": 1}, "", True, None):
+        with pytest.raises(ValueError):
+            b.publish("Free", "I", {"_id": bad})
+    assert b.journal().head("Free") is None
+
+
+# -- configuration ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", [{"XIA_BROADCAST_JWT_SECRET": ""}, {"XIA_BROADCAST_JWT_SECRET": "  "},
+                                 {"XIA_BROADCAST_LOG_LEVEL": "LOUD"}, {"XIA_BROADCAST_QUEUE_MESSAGES": "0"}])
+def test_settings_that_cannot_work_or_would_open_the_server_are_refused(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        load_settings(environ=env)
+
+
+def test_an_api_key_with_a_malformed_acl_is_refused_at_load(tmp_path: Any) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[api_keys.k1]\nuser_name = "u"\nacl = { content = [ { obj = 1, act = "read" } ] }\n')
+    with pytest.raises(ConfigError, match="api_keys"):
+        load_settings(cfg, environ={})
+    cfg.write_text('[jwt]\nalgorithms = ["HS256"]\n')
+    with pytest.raises(ConfigError, match="jwt"):
+        load_settings(cfg, environ={})
