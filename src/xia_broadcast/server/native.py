@@ -330,6 +330,8 @@ class WebSocketConnection(asyncio.Protocol):
             except PublishError as exc:
                 self._respond(exc.status, None, raw=exc.body())
                 return
+            # the whole request is fanned out: write it now, one write per socket, before answering
+            self.server.broadcaster.flush_pending()
             self._respond(200, {"seqs": seqs})
         else:
             self._respond(404, {"error": "not_found", "message": f"no endpoint {path}"})
