@@ -28,14 +28,17 @@ class AuthError(Exception):
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a subscriber is: a user name, an ACL (None: unrestricted) and, for JWTs, the expiry (epoch s)."""
+    """Who a subscriber is: a user name, an ACL (None: unrestricted), whether it may see hidden fields, and,
+    for JWTs, the expiry (epoch s)."""
 
     user_name: str
     acl: Acl | None
     expires_at: float | None = None
+    show_hidden: bool = False
 
 
-ANONYMOUS = Principal("Anonymous", None)
+#: a public server's subscriber: reads everything, hidden fields too when it asks (as the original)
+ANONYMOUS = Principal("Anonymous", None, show_hidden=True)
 
 
 def _bearer(value: Any) -> str | None:
@@ -85,7 +88,8 @@ class Authenticator:
             raise AuthError("Authentication Error: unknown API key")
         if entry.app_name is not None and _get(header, "X-App-Name") != entry.app_name:
             raise AuthError("Authentication Error: API key is not valid for this X-App-Name")
-        return Principal(entry.user_name, None if entry.acl is None else Acl.from_display(**entry.acl))
+        return Principal(entry.user_name, None if entry.acl is None else Acl.from_display(**entry.acl),
+                         show_hidden=entry.show_hidden)
 
     def _from_jwt(self, token: str) -> Principal:
         s = self.settings
@@ -113,7 +117,7 @@ class Authenticator:
             acl = Acl.coerce(raw_acl)
         except InvalidAclError as exc:
             raise AuthError(f"token claim {s.jwt_acl_claim!r}: {exc}") from exc
-        return Principal(str(claims["sub"]), acl, float(claims["exp"]))
+        return Principal(str(claims["sub"]), acl, float(claims["exp"]), claims.get("show_hidden") is True)
 
     def publisher(self, headers: Mapping[str, Any]) -> None:
         """Check a publisher's key (``X-Publisher-Key`` or ``Authorization: Bearer <key>``).

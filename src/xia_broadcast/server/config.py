@@ -28,6 +28,8 @@ class ApiKey:
     user_name: str
     acl: dict[str, Any] | None
     app_name: str | None = None
+    #: may subscribe with ``show_hidden`` (hidden fields)
+    show_hidden: bool = False
 
 
 @dataclass
@@ -176,8 +178,11 @@ def apply_toml(settings: Settings, data: Mapping[str, Any]) -> None:
                 raise ConfigError(f"[api_keys.{key!r}] acl: {exc}") from exc
         if not key:
             raise ConfigError("[api_keys]: an API key cannot be empty")
+        show_hidden = spec.get("show_hidden", False)
+        if not isinstance(show_hidden, bool):
+            raise ConfigError(f"[api_keys.{key!r}] show_hidden must be true or false")
         settings.api_keys[key] = ApiKey(spec["user_name"], dict(acl) if acl is not None else None,
-                                        spec.get("app_name"))
+                                        spec.get("app_name"), show_hidden)
     if "classes" in data:
         try:
             settings.classes.update(load_schemas({"classes": data["classes"]}))

@@ -108,6 +108,9 @@ class Service:
         known = [c for c in handshake.requests if self.class_known(c)]
         if not known:
             raise Refusal(CLOSE_NO_CLASS, "Class requested Not Found")
+        for c in known:
+            if handshake.requests[c].get("show_hidden") is True and not principal.show_hidden:
+                raise Refusal(CLOSE_CLASS_FORBIDDEN, f"{c}: show_hidden not permitted for {principal.user_name}")
         if principal.acl is not None:
             for c in known:
                 if not acl_may_read_class(principal.acl.content, c):
@@ -161,8 +164,9 @@ class Service:
         except AuthError as exc:
             raise Refusal(CLOSE_AUTH_FAILED, f"refresh failed: {exc}") from exc
         old = session.principal
-        if principal.user_name != old.user_name or principal.acl != old.acl:
-            raise Refusal(CLOSE_AUTH_FAILED, "refreshed token changes the user or the ACL: reconnect")
+        if principal.user_name != old.user_name or principal.acl != old.acl or \
+                principal.show_hidden != old.show_hidden:
+            raise Refusal(CLOSE_AUTH_FAILED, "refreshed token changes the user, the ACL or show_hidden: reconnect")
         session.principal = principal
         self.arm_expiry(websocket, session, close)
         if session.handshake.control:

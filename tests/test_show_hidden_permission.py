@@ -1,0 +1,86 @@
+"""On an authenticated server, hidden fields are for the keys and tokens that are granted them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import jwt
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from xia_broadcast.server.config import ApiKey, Settings
+from xia_broadcast.server.demo import ORDER_SCHEMA
+from xia_broadcast.server.native import NativeServer
+
+SECRET = "another-test-secret-0123456789abcdef"
+READ_ALL = {"content": [{"obj": "Order/*", "act": "read"}]}
+DOC = {"_id": "1", "order_id": "1", "customer": "acme", "margin": 0.25}
+
+
+def token(**claims: Any) -> str:
+    return jwt.encode({"sub": "t", "exp": int(time.time()) + 60, "acl": READ_ALL, **claims}, SECRET)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[NativeServer]:
+    srv = NativeServer(Settings(port=0, classes={"Order": ORDER_SCHEMA}, jwt_secret=SECRET, ping_interval=0,
+                                log_level="WARNING", api_keys={
+                                    "plain": ApiKey("plain", READ_ALL),
+                                    "trusted": ApiKey("trusted", READ_ALL, show_hidden=True)}))
+    await srv.start()
+    yield srv
+    await srv.shutdown()
+
+
+async def open_ws(srv: NativeServer, header: dict[str, str], show_hidden: bool) -> Any:
+    ws = await connect(srv.url)
+    await ws.send(json.dumps({"Order": {"show_hidden": show_hidden}, "_header": header}))
+    return ws
+
+
+async def first_document(srv: NativeServer, ws: Any) -> dict[str, Any]:
+    assert "Order" in json.loads(await asyncio.wait_for(ws.recv(), 5))
+    srv.broadcaster.publish("Order", "I", dict(DOC))
+    message: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 5))["message"]
+    return message
+
+
+@pytest.mark.parametrize("header", [{"X-Api-Key": "trusted"}, {"Authorization": f"Bearer {token(show_hidden=True)}"}])
+async def test_granted_keys_and_tokens_see_hidden_fields(server: NativeServer, header: dict[str, str]) -> None:
+    ws = await open_ws(server, header, show_hidden=True)
+    assert (await first_document(server, ws))["margin"] == 0.25
+    await ws.close()
+
+
+@pytest.mark.parametrize("header", [{"X-Api-Key": "plain"}, {"Authorization": f"Bearer {token()}"},
+                                    {"Authorization": f"Bearer {token(show_hidden='yes')}"}])
+async def test_others_asking_for_hidden_fields_are_refused_with_4403(server: NativeServer,
+                                                                      header: dict[str, str]) -> None:
+    good = await open_ws(server, {"X-Api-Key": "plain"}, show_hidden=False)
+    assert "margin" not in await first_document(server, good)
+    ws = await open_ws(server, header, show_hidden=True)
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+    assert "show_hidden not permitted" in closed.value.rcvd.reason
+    # without show_hidden, the same credentials subscribe fine
+    ws = await open_ws(server, header, show_hidden=False)
+    assert "margin" not in await first_document(server, ws)
+    await ws.close()
+    await good.close()
+
+
+async def test_a_public_server_lets_anyone_ask_for_hidden_fields_as_the_original() -> None:
+    srv = NativeServer(Settings(port=0, classes={"Order": ORDER_SCHEMA}, ping_interval=0, log_level="WARNING"))
+    await srv.start()
+    try:
+        ws = await open_ws(srv, {}, show_hidden=True)
+        assert (await first_document(srv, ws))["margin"] == 0.25
+        await ws.close()
+    finally:
+        await srv.shutdown()
