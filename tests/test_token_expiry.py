@@ -99,3 +99,15 @@ async def test_other_client_messages_are_ignored_as_the_original(server: NativeS
     seq = server.broadcaster.publish("Order", "I", {"_id": "3", "order_id": "3"})
     assert (await recv(ws))["seq"] == seq
     await ws.close()
+
+
+async def test_a_refresh_sent_right_behind_the_handshake_is_not_lost(server: NativeServer) -> None:
+    ws = await connect(server.url)
+    fresh = token(ttl=120)
+    await ws.send(json.dumps({"Order": {}, "_header": {"Authorization": f"Bearer {token()}"},
+                              "_options": {"control": True}}))
+    await ws.send(json.dumps({"_control": "refresh", "token": fresh}))
+    assert "Order" in await recv(ws)
+    assert await recv(ws) == {"_control": "token_refreshed",
+                              "expires_at": jwt.decode(fresh, SECRET, ["HS256"])["exp"]}
+    await ws.close()

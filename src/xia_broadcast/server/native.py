@@ -140,6 +140,8 @@ class WebSocketConnection(asyncio.Protocol):
         self.session: Any = None
         self.handshake_timer: asyncio.TimerHandle | None = None
         self.fragments: list[bytes] | None = None
+        #: client messages that arrived while the handshake was being processed
+        self.early: list[bytes] = []
         self.paused = False
         self.pending: Connection | None = None
         self.last_recv = time.monotonic()
@@ -404,8 +406,10 @@ class WebSocketConnection(asyncio.Protocol):
             except Refusal as exc:
                 self.close(exc.code, exc.reason)
             return
-        if self.handshake_timer is None:
-            return  # the handshake is being processed
+        if self.handshake_timer is None:  # the handshake is being processed: keep a few for after it
+            if len(self.early) < 16:
+                self.early.append(message)
+            return
         self._cancel_timer()
         asyncio.get_running_loop().create_task(self._open(message))
 
@@ -413,6 +417,9 @@ class WebSocketConnection(asyncio.Protocol):
         try:
             self.session = await self.service.open_session(self, message, self.upgrade_headers)
             self.service.arm_expiry(self, self.session, self.close)
+            early, self.early = self.early, []
+            for m in early:
+                self._message(m)
         except Refusal as exc:
             log.info("refused", extra={"peer": self.peer, "code": exc.code, "reason": exc.reason})
             self.close(exc.code, exc.reason)
