@@ -117,15 +117,6 @@ class Connection:
         self.replaying = 0
         self.task: Any = None
 
-    def push(self, out: Outgoing) -> bool:
-        """Queue a message; False when it would exceed a bound (an empty queue takes any one message)."""
-        size = len(out.data)
-        if self.queue and (len(self.queue) >= self.max_messages or self.queued_bytes + size > self.max_bytes):
-            return False
-        self.queue.append(out)
-        self.queued_bytes += size
-        return True
-
     def take(self) -> list[Outgoing]:
         """Remove and return every queued message, oldest first."""
         batch = list(self.queue)
@@ -424,17 +415,21 @@ class FanoutEngine:
                 log.exception("change %s %s %s failed for a view of %s; other views go on",
                               class_name, change.op, seq, class_name)
                 continue
-            for member in view.members.values():
+            size = len(out.data)
+            for member in view.members.values():  # the hot loop; an empty queue takes any one message
                 if member.replaying or seq < member.start_seq:
                     continue
                 conn = member.connection
-                if conn.push(out):
-                    queued += 1
-                    if not conn.scheduled:
-                        conn.scheduled = True
-                        ready.append(conn)
-                else:
+                q = conn.queue
+                if q and (len(q) >= conn.max_messages or conn.queued_bytes + size > conn.max_bytes):
                     lagged.append(conn)
+                    continue
+                q.append(out)
+                conn.queued_bytes += size
+                queued += 1
+                if not conn.scheduled:
+                    conn.scheduled = True
+                    ready.append(conn)
         stats.deliveries += queued
         for conn in lagged:
             self._lag(conn, change)
