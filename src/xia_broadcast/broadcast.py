@@ -115,9 +115,10 @@ class Broadcaster:
 
     @classmethod
     def _uses_default_checks(cls) -> bool:
-        return (cls.get_message_body.__func__ is Broadcaster.get_message_body.__func__  # type: ignore[attr-defined]
-                and cls.check_subscriber_acl.__func__  # type: ignore[attr-defined]
-                is Broadcaster.check_subscriber_acl.__func__)  # type: ignore[attr-defined]
+        """True when neither ``get_message_body`` nor ``check_subscriber_acl`` is overridden."""
+        def own(name: str) -> Any:
+            return next(k.__dict__[name] for k in cls.__mro__ if name in k.__dict__)
+        return all(own(n) is Broadcaster.__dict__[n] for n in ("get_message_body", "check_subscriber_acl"))
 
     # -- the original API ---------------------------------------------------------------------------------
 
@@ -235,16 +236,33 @@ class Broadcaster:
                 previous: Mapping[str, Any] | None = None) -> str:
         """Journal and fan out a change given as plain data (a JSON-ready dict with ``_id``); returns its seq.
 
-        The data is checked against the class schema when one is registered. The journal assigns the seq
-        when none is given (sortable, increasing per class). ``previous`` is the document before the change;
-        without it, the last version published of the same ``_id`` is used to find scope exits.
+        The change is checked first (:meth:`check_change`). The journal assigns the seq when none is given
+        (sortable, increasing per class). ``previous`` is the document before the change; without it, the
+        last version published of the same ``_id`` is used to find scope exits.
+        """
+        return cls.publish_checked(cls.check_change(class_name, op, data, previous), class_name, op, data, seq,
+                                   previous)
+
+    @classmethod
+    def publish_checked(cls, schema: DocSchema | None, class_name: str, op: str, data: Mapping[str, Any],
+                        seq: str | None = None, previous: Mapping[str, Any] | None = None) -> str:
+        """:meth:`publish` for a change :meth:`check_change` accepted (``schema`` is what it returned)."""
+        change = Change(class_name, op, seq or "", data, schema, prev=previous)
+        cls._record(change)
+        return change.seq
+
+    @classmethod
+    def check_change(cls, class_name: str, op: Any, data: Any, previous: Any = None) -> DocSchema | None:
+        """Check a change given as data, without publishing it; returns the class schema (None: undeclared).
+
+        Raises :class:`DocumentError` naming the problem: an unknown op; a document (or previous state) that
+        does not fit the class schema or, without a schema, is not an object with a string or integer
+        ``_id``; a previous state of another ``_id``.
         """
         if op not in OPS:
-            raise DocumentError(f"unknown op {op!r}, expected one of {sorted(OPS)}")
+            raise DocumentError(f"op must be one of {sorted(OPS)}, not {op!r}")
         schema = cls.document_classes.get(class_name)
-        for state in (data, previous):
-            if state is None:
-                continue
+        for state in [data] if previous is None else [data, previous]:
             if schema is not None:
                 schema.validate(state)
             elif not isinstance(state, Mapping) or not valid_id(state.get("_id")):
@@ -252,9 +270,7 @@ class Broadcaster:
                                     "(a non-empty string or an integer)")
         if previous is not None and previous.get("_id") != data.get("_id"):
             raise DocumentError(f"{class_name}: the previous state has another _id than the document")
-        change = Change(class_name, op, seq or "", data, schema, prev=previous)
-        cls._record(change)
-        return change.seq
+        return schema
 
     @classmethod
     def _record(cls, change: Change) -> None:

@@ -12,11 +12,11 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
-from ..broadcast import Broadcaster, valid_id
+from ..broadcast import Broadcaster
 from ..core.protocol import (
     CLOSE_AUTH_FAILED,
     CLOSE_CLASS_FORBIDDEN,
@@ -26,7 +26,7 @@ from ..core.protocol import (
     acl_may_read_class,
     parse_handshake,
 )
-from ..core.schema import OPS
+from ..core.schema import DocSchema
 from ..errors import DocumentError, SubscriptionError
 from ..fanout import encode_json
 from .auth import Authenticator, AuthError, Principal
@@ -203,9 +203,11 @@ class Service:
         else:
             changes = [obj]
         checked = [self._check_change(i, c) for i, c in enumerate(changes)]
-        return [self.broadcaster.publish(cls, op, doc, previous=prev) for cls, op, doc, prev in checked]
+        return [self.broadcaster.publish_checked(schema, cls, op, doc, previous=prev)
+                for schema, cls, op, doc, prev in checked]
 
-    def _check_change(self, index: int, change: Any) -> tuple[str, str, dict[str, Any], dict[str, Any] | None]:
+    def _check_change(self, index: int, change: Any) -> tuple[DocSchema | None, str, str, dict[str, Any],
+                                                               dict[str, Any] | None]:
         where = f"change {index}"
         if not isinstance(change, dict):
             raise PublishError(400, "bad_request", f"{where}: a change is an object {{class, op, doc}}")
@@ -215,24 +217,12 @@ class Service:
         class_name, op, doc = change.get("class"), change.get("op"), change.get("doc")
         if not isinstance(class_name, str) or not self.class_known(class_name):
             raise PublishError(404, "unknown_class", f"{where}: unknown class {class_name!r}")
-        if op not in OPS:
-            raise PublishError(422, "invalid_change", f"{where}: op must be one of {sorted(OPS)}, not {op!r}")
-        schema = self.broadcaster.document_classes.get(class_name)
+        previous = change.get("previous")
         try:
-            previous: dict[str, Any] | None = change.get("previous")
-            states = [doc] if previous is None else [doc, previous]
-            for state in states:
-                if schema is not None:
-                    schema.validate(state)
-                elif not isinstance(state, dict) or not valid_id(state.get("_id")):
-                    raise DocumentError(f"{class_name}: a document must be a JSON object with an '_id' "
-                                        "(a non-empty string or an integer)")
-            checked: dict[str, Any] = doc  # type: ignore[assignment]  # validated just above
-            if previous is not None and previous.get("_id") != checked.get("_id"):
-                raise DocumentError("the previous state has another _id than the document")
+            schema = self.broadcaster.check_change(class_name, op, doc, previous)
         except DocumentError as exc:
             raise PublishError(422, "invalid_change", f"{where}: {exc}") from exc
-        return class_name, str(op), checked, previous
+        return schema, class_name, str(op), cast(dict[str, Any], doc), previous  # checked just above
 
     # -- operations ---------------------------------------------------------------------------------------
 
