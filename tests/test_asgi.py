@@ -205,3 +205,20 @@ async def test_shutdown_flushes_and_closes_with_1001_when_the_host_calls_it(asgi
         messages, code, _ = await reader
     assert [m["seq"] for m in messages] == [seq]
     assert code == 1001
+
+
+async def test_publish_key_is_checked_before_the_body_is_read_and_the_body_is_bounded(asgi_server) -> None:
+    """The server answers while the client is still sending: it did not wait to read a body it refuses."""
+    server = await asgi_server(publish_keys=["p-1"], max_publish_size=1024)
+
+    async def answer_before_body_ends(headers: str, declared: int) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(f"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n{headers}\r\n".encode()
+                     + b" " * 4096)  # far less than declared: a server waiting for the body never answers
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.close()
+        return head
+
+    assert b" 401 " in await answer_before_body_ends("", 10_000_000)
+    assert b" 413 " in await answer_before_body_ends("X-Publisher-Key: p-1\r\n", 10_000_000)

@@ -289,3 +289,14 @@ def test_an_api_key_with_a_malformed_acl_is_refused_at_load(tmp_path: Any) -> No
     cfg.write_text('[jwt]\nalgorithms = ["HS256"]\n')
     with pytest.raises(ConfigError, match="jwt"):
         load_settings(cfg, environ={})
+
+
+def test_direct_messages_a_client_provokes_without_reading_are_bounded() -> None:
+    cut: list[Any] = []
+    engine = FanoutEngine(lambda c: None, cut.append, max_queue_messages=100, max_queue_bytes=10_000)
+    ws = object()
+    for _ in range(1000):  # e.g. token refreshes answered with token_refreshed, never read
+        engine.send_direct(ws, b'{"_control":"token_refreshed","expires_at":1}')
+        if cut:
+            break
+    assert len(cut) == 1 and ws not in engine.connections
