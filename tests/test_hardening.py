@@ -132,7 +132,9 @@ async def test_overridden_hooks_also_see_data_changes_and_scope_exits() -> None:
 
 def test_a_replay_overtaken_by_retention_is_cut_off_not_skipped() -> None:
     cut: list[Any] = []
-    engine = FanoutEngine(lambda c: None, cut.append, max_queue_messages=10, journal=MemoryJournal(max_count=100))
+    reasons: list[str] = []
+    engine = FanoutEngine(lambda c: None, lambda c, reason: (cut.append(c), reasons.append(reason)),
+                          max_queue_messages=10, journal=MemoryJournal(max_count=100))
 
     def publish(i: int) -> None:
         change = Change("Doc", "I", "", {"_id": f"d{i}", "i": i})
@@ -151,6 +153,7 @@ def test_a_replay_overtaken_by_retention_is_cut_off_not_skipped() -> None:
         publish(i)
     engine.pump(conn)
     assert cut == [conn] and conn.closed  # told (4409 on the wire), never a silent jump
+    assert reasons == ["too slow: fell behind the journal's retention"]
 
 
 async def test_chosen_seqs_before_the_journal_epoch_are_delivered_live_without_a_replay_spin() -> None:
@@ -172,7 +175,7 @@ async def test_chosen_seqs_before_the_journal_epoch_are_delivered_live_without_a
 
 
 def test_a_replay_never_queues_past_the_byte_bound() -> None:
-    engine = FanoutEngine(lambda c: None, lambda c: None, max_queue_messages=1000, max_queue_bytes=65536)
+    engine = FanoutEngine(lambda c: None, lambda c, reason: None, max_queue_messages=1000, max_queue_bytes=65536)
     for i in range(50):
         change = Change("Doc", "I", "", {"_id": f"d{i}", "pad": "x" * 100_000})
         engine.journal.append(change)
@@ -293,10 +296,11 @@ def test_an_api_key_with_a_malformed_acl_is_refused_at_load(tmp_path: Any) -> No
 
 def test_direct_messages_a_client_provokes_without_reading_are_bounded() -> None:
     cut: list[Any] = []
-    engine = FanoutEngine(lambda c: None, cut.append, max_queue_messages=100, max_queue_bytes=10_000)
+    engine = FanoutEngine(lambda c: None, lambda c, reason: cut.append(reason),
+                          max_queue_messages=100, max_queue_bytes=10_000)
     ws = object()
     for _ in range(1000):  # e.g. token refreshes answered with token_refreshed, never read
         engine.send_direct(ws, b'{"_control":"token_refreshed","expires_at":1}')
         if cut:
             break
-    assert len(cut) == 1 and ws not in engine.connections
+    assert cut == ["too slow: does not read the messages it asks for"] and ws not in engine.connections

@@ -307,7 +307,7 @@ class Broadcaster:
             # its data is what the compiled views read, and it gives the previous state for scope exits;
             # broadcasters overriding the hooks still get the document object itself
             return Change(class_name, op, seq, doc.stored_data(), doc.doc_schema(),
-                          doc=None if cls._uses_default_checks() else doc)
+                          doc=doc if cls.engine().force_slow else None)
         return Change(class_name, op, seq, doc=doc)
 
     @classmethod
@@ -367,8 +367,7 @@ class Broadcaster:
             conn.task = None
 
     @classmethod
-    def _connection_too_slow(cls, conn: Connection) -> None:
-        reason = "too slow: fell behind the journal's retention"
+    def _connection_too_slow(cls, conn: Connection, reason: str) -> None:
         log.warning("subscriber lagged beyond the journal; disconnected (%s)", reason)
         ws = conn.websocket
         cls.disconnect(ws)

@@ -75,13 +75,12 @@ class Outgoing:
     ``frame`` is free for a transport to cache the message's wire frame in, so that it is built once.
     """
 
-    __slots__ = ("_text", "born", "data", "frame", "seq")
+    __slots__ = ("_text", "born", "data", "frame")
 
-    def __init__(self, data: bytes, seq: str = "") -> None:
+    def __init__(self, data: bytes) -> None:
         #: when the message was made (``time.perf_counter()``), for publish-to-send latency
         self.born = time.perf_counter()
         self.data = data
-        self.seq = seq
         self.frame: bytes | None = None
         self._text: str | None = None
 
@@ -128,16 +127,12 @@ class Connection:
 class Member:
     """One subscription: a connection in a view, live or replaying from a journal position."""
 
-    __slots__ = ("class_name", "connection", "cursor", "inclusive", "lagging", "params", "read_any",
-                 "replaying", "start_seq", "view")
+    __slots__ = ("connection", "cursor", "inclusive", "lagging", "read_any", "replaying", "start_seq", "view")
 
-    def __init__(self, connection: Connection, view: View, class_name: str, start_seq: str,
-                 params: dict[str, Any]) -> None:
+    def __init__(self, connection: Connection, view: View, start_seq: str) -> None:
         self.connection = connection
         self.view = view
-        self.class_name = class_name
         self.start_seq = start_seq
-        self.params = params
         self.replaying = False
         #: replay position: changes after ``cursor`` (from it, when ``inclusive``); None: from the start
         self.cursor: str | None = None
@@ -146,6 +141,10 @@ class Member:
         self.lagging = False
         #: this replay has read from the journal already (a gap from here on must not be skipped)
         self.read_any = False
+
+    @property
+    def class_name(self) -> str:
+        return self.view.class_name
 
 
 class View:
@@ -242,7 +241,7 @@ SlowHooks = tuple[Callable[[Any, Any], bool], Callable[[Any, Any, Any, bool], An
 
 def envelope(class_name: str, op: str, seq: str, body: Any) -> Outgoing:
     """The document message, as the original sends it."""
-    return Outgoing(encode_json({"doc_class": class_name, "op": op, "seq": seq, "message": body}), seq)
+    return Outgoing(encode_json({"doc_class": class_name, "op": op, "seq": seq, "message": body}))
 
 
 def control_message(kind: str, **fields: Any) -> Outgoing:
@@ -255,12 +254,12 @@ class FanoutEngine:
 
     Args:
         on_ready: called with a connection that has work (queued messages or a replay) and was idle.
-        on_too_slow: called with a connection that must be closed with 4409 (it lagged beyond the
-            journal and takes no control messages).
+        on_too_slow: called with a connection that must be closed with 4409, and the close reason (it
+            lagged beyond the journal and takes no control messages, or it does not read what it provokes).
         journal: where changes are kept for replay (default: a :class:`MemoryJournal`).
     """
 
-    def __init__(self, on_ready: Callable[[Connection], None], on_too_slow: Callable[[Connection], None],
+    def __init__(self, on_ready: Callable[[Connection], None], on_too_slow: Callable[[Connection, str], None],
                  max_queue_messages: int = DEFAULT_MAX_QUEUE_MESSAGES,
                  max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES, journal: Journal | None = None) -> None:
         self.on_ready = on_ready
@@ -323,7 +322,7 @@ class FanoutEngine:
         old = conn.members.get(class_name)
         if old is not None:
             self._leave(old)
-        member = conn.members[class_name] = Member(conn, view, class_name, start_seq, params)
+        member = conn.members[class_name] = Member(conn, view, start_seq)
         view.members[conn] = member
         if start_seq or after_seq:
             self._start_replay(member, start_seq or after_seq, inclusive=bool(start_seq), lagging=False)
@@ -359,15 +358,15 @@ class FanoutEngine:
         """Queue a message for one websocket (a confirmation, a control message), after what is queued."""
         conn = self.connection(websocket)
         if len(conn.queue) >= 2 * conn.max_messages or conn.queued_bytes >= 2 * conn.max_bytes:
-            self._too_slow(conn)  # a client that provokes messages faster than it reads them
+            self._too_slow(conn, "too slow: does not read the messages it asks for")
             return
         conn.queue.append(Outgoing(data))
         conn.queued_bytes += len(data)
         self._wake(conn)
 
-    def _too_slow(self, conn: Connection) -> None:
+    def _too_slow(self, conn: Connection, reason: str) -> None:
         """Cut a connection off (the transport closes it with 4409); it is forgotten here either way."""
-        self.on_too_slow(conn)
+        self.on_too_slow(conn, reason)
         if not conn.closed:
             self.remove(conn.websocket)
 
@@ -523,7 +522,7 @@ class FanoutEngine:
                                                                 "oldest_seq": gone.oldest}))
         elif member.lagging or member.read_any:
             # it fell behind the journal in the middle of its stream: it must not miss changes silently
-            self._too_slow(conn)
+            self._too_slow(conn, "too slow: fell behind the journal's retention")
         elif gone.oldest is not None and (requested is None or gone.oldest > requested):
             # an original client asked for more than is held: it gets what is held (docs/protocol.md)
             member.cursor, member.inclusive = gone.oldest, True

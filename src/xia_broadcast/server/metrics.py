@@ -2,7 +2,7 @@
 
 Counters and gauges are collected when ``/metrics`` is scraped, from the engine's own counters, so the
 fan-out path pays nothing for them. The one histogram, publish-to-send latency, is observed once per
-socket write (the age of the oldest message in that write), not once per delivery.
+flush of the sockets that have messages (the age of the oldest message written), not once per delivery.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.registry.register(_ServiceCollector(service))
         self.send_latency = Histogram(
-            "xia_publish_to_send_seconds", "Time from publish to the socket write carrying the message",
+            "xia_publish_to_send_seconds",
+            "Time from publish to the socket writes carrying it (oldest message of each flush)",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=self.registry,
         )

@@ -110,14 +110,19 @@ class NativeBroadcaster(Broadcaster):
         """Write every pending connection's queued messages, one write per connection."""
         cls._flush_handle = None
         pending, cls._pending = cls._pending, []
+        oldest: float | None = None
         for conn in pending:
             try:
-                conn.websocket.write_queue(conn)
+                born = conn.websocket.write_queue(conn)
+                if born is not None and (oldest is None or born < oldest):
+                    oldest = born
             except Exception:  # one connection's fault never stops the others
                 log.exception("writing to a subscriber failed; it is closed")
                 conn.scheduled = False
                 cls.disconnect(conn.websocket)
                 conn.websocket.close(1011, "internal error")
+        if oldest is not None and pending:
+            pending[0].websocket.service.metrics.send_latency.observe(time.perf_counter() - oldest)
 
     @classmethod
     async def flush(cls, timeout: float = 5.0) -> bool:
@@ -186,7 +191,7 @@ class WebSocketConnection(asyncio.Protocol):
             self.transport.resume_reading()
         pending, self.pending = self.pending, None
         if pending is not None:
-            self.write_queue(pending)
+            self._write_observed(pending)
 
     # -- outbound -----------------------------------------------------------------------------------------
 
@@ -198,31 +203,41 @@ class WebSocketConnection(asyncio.Protocol):
             assert self.transport is not None
             self.transport.write(frames)
 
-    def write_queue(self, conn: Connection) -> None:
+    def write_queue(self, conn: Connection) -> float | None:
         """Write everything queued for this socket in one call (or wait for the transport to drain);
         while the connection replays from the journal, refill and write again, a few rounds per loop
-        iteration so that one replay never holds the loop."""
+        iteration so that one replay never holds the loop. Returns when the oldest message written was
+        made (``Outgoing.born``), for the caller to observe publish-to-send latency once per flush."""
         if not self.is_open():
             conn.take()
             conn.scheduled = False
-            return
+            return None
         assert self.transport is not None
         engine = self.server.broadcaster.engine()
+        oldest = None
         for _ in range(4):
             if self.paused:
                 self.pending = conn  # stays scheduled; resume_writing() writes it
-                return
+                return oldest
             if not conn.queue and conn.replaying:
                 engine.pump(conn)
             batch = conn.take()
             if not batch:
                 break
-            self.transport.write(b"".join([frame_of(o) for o in batch]))
-            self.service.metrics.send_latency.observe(time.perf_counter() - batch[0].born)
+            if oldest is None:
+                oldest = batch[0].born
+            self.transport.write(frame_of(batch[0]) if len(batch) == 1 else b"".join([frame_of(o) for o in batch]))
         if (conn.replaying or conn.queue) and not conn.closed:
-            asyncio.get_running_loop().call_soon(self.write_queue, conn)
-            return
-        conn.scheduled = False
+            asyncio.get_running_loop().call_soon(self._write_observed, conn)
+        else:
+            conn.scheduled = False
+        return oldest
+
+    def _write_observed(self, conn: Connection) -> None:
+        """:meth:`write_queue` outside a flush (replay rounds, a transport that drained)."""
+        born = self.write_queue(conn)
+        if born is not None:
+            self.service.metrics.send_latency.observe(time.perf_counter() - born)
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake with ``code`` and ``reason``; abort if the peer does not answer."""
