@@ -108,7 +108,8 @@ async def test_refusals_while_a_good_client_keeps_receiving(asgi_server) -> None
         (json.dumps({"Invoice": {}}), 4404, "Class requested Not Found"),
         (json.dumps({"Order": {"data_scope": [{"fn": "region", "op": "~", "val": 1}]}}), 4420,
          "Order: data_scope[0]: unknown operator '~'"),
-        (json.dumps({"Order": {"catalog": {"colour": None}}}), 4421, "Order: Order has no field 'colour'"),
+        (json.dumps({"Order": {"catalog": {"colour": None}}, "_options": {"strict": True}}), 4421,
+         "Order: Order has no field 'colour'"),
         (json.dumps({"Order": {}, "Customer": {}, "Invoice": {}}), 4429, "too many subscriptions: 3 > 2"),
     ]
     seqs = []

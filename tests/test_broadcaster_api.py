@@ -21,6 +21,7 @@ from xia_broadcast import Broadcaster, DocSchema, Document, DocumentError, Embed
 from xia_broadcast.broadcast import Broadcaster as BroadcasterFromModule
 from xia_broadcast.errors import (
     AuthorizationError,
+    HiddenFieldError,
     InvalidAclError,
     InvalidCatalogError,
     InvalidScopeError,
@@ -176,11 +177,12 @@ async def test_resubscribing_replaces_the_subscription_of_that_class() -> None:
     ("kwargs", "error"),
     [
         ({"data_scope": [{"fn": "total", "op": "~", "val": 1}]}, InvalidScopeError),
-        ({"data_scope": [{"fn": "colour", "op": "==", "val": 1}]}, InvalidScopeError),
-        ({"catalog": {"colour": None}}, InvalidCatalogError),
+        ({"data_scope": [{"fn": "colour", "op": "==", "val": 1}], "strict": True}, InvalidScopeError),
+        ({"catalog": {"colour": None}, "strict": True}, InvalidCatalogError),
         ({"acl": "everything"}, InvalidAclError),
-        ({"show_hidden": "yes"}, SubscriptionError),
+        ({"show_hidden": "yes", "hidden_allowed": False}, HiddenFieldError),
         ({"start_seq": 5}, SubscriptionError),
+        ({"after_seq": "1", "from_seq": "1"}, SubscriptionError),
     ],
 )
 async def test_invalid_subscription_is_refused_at_subscribe_and_keeps_the_previous_one(

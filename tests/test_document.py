@@ -167,8 +167,14 @@ def test_check_scope_can_test_hidden_fields_without_revealing_them() -> None:
 
 
 def test_check_scope_refuses_an_invalid_scope() -> None:
-    with pytest.raises(InvalidScopeError, match="Order has no field 'colour'"):
+    with pytest.raises(InvalidScopeError, match="unknown operator"):
+        make_order().check_scope([{"fn": "status", "op": "~", "val": "red"}])
+
+
+def test_check_scope_reads_an_undeclared_field_as_none() -> None:
+    with pytest.raises(OutOfScopeError):
         make_order().check_scope([{"fn": "colour", "op": "==", "val": "red"}])
+    make_order().check_scope([{"fn": "colour", "op": "==", "val": None}])
 
 
 # -- check_acl -----------------------------------------------------------------------------------------
@@ -256,4 +262,4 @@ def test_recursive_documents_are_refused_with_a_clear_error() -> None:
 
 def test_an_unknown_embedded_field_is_named_from_the_document_class() -> None:
     with pytest.raises(InvalidCatalogError, match=r"^Order has no field 'lines\.price'$"):
-        compile_catalog({"lines": {"price": None}}, Order.doc_schema())
+        compile_catalog({"lines": {"price": None}}, Order.doc_schema(), strict=True)

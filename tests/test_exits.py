@@ -35,7 +35,8 @@ ACME = {"content": [{"obj": "Order/customer/acme", "act": "read"}]}
 
 async def test_leaving_the_scope_sends_x_and_entering_sends_u() -> None:
     b = make()
-    await b.subscribe("eu", "Order", data_scope=EU)
+    await b.subscribe("eu", "Order", data_scope=EU, exits=True)
+    await b.subscribe("original", "Order", data_scope=EU)
     b.publish("Order", "I", order("1", region="US"))
     b.publish("Order", "U", order("1", region="EU", amount=5.0))   # enters
     b.publish("Order", "U", order("1", region="EU", amount=6.0))   # stays
@@ -44,11 +45,13 @@ async def test_leaving_the_scope_sends_x_and_entering_sends_u() -> None:
     await b.flush()
     assert ops(b, "eu") == [("U", order("1", region="EU", amount=5.0)), ("U", order("1", region="EU", amount=6.0)),
                             ("X", {"_id": "1"})]
+    # a subscriber that did not ask for exits never receives an op it does not know
+    assert ops(b, "original") == ops(b, "eu")[:2]
 
 
 async def test_crossing_the_acl_border_is_an_exit_or_an_entry_too() -> None:
     b = make()
-    await b.subscribe("acme", "Order", acl=ACME)
+    await b.subscribe("acme", "Order", acl=ACME, exits=True)
     b.publish("Order", "I", order("1", customer="acme"))
     b.publish("Order", "U", order("1", customer="globex"))  # no longer readable: exit, _id only
     b.publish("Order", "U", order("1", customer="globex", amount=1.0))  # never sees globex data
@@ -75,16 +78,19 @@ async def test_deletes_reach_only_who_could_read_the_document() -> None:
 
 async def test_a_delete_published_with_a_state_out_of_view_still_reaches_the_view_it_left() -> None:
     b = make()
-    await b.subscribe("eu", "Order", data_scope=EU, catalog={"region": None})
+    await b.subscribe("eu", "Order", data_scope=EU, catalog={"region": None}, exits=True)
+    await b.subscribe("original", "Order", data_scope=EU, catalog={"region": None})
     b.publish("Order", "I", order("1", region="EU"))
     b.publish("Order", "D", order("1", region="US"))
     await b.flush()
     assert ops(b, "eu") == [("I", {"_id": "1", "region": "EU"}), ("D", {"_id": "1", "region": "EU"})]
+    # the original checks the deleted document as published: out of scope, nothing
+    assert ops(b, "original") == [("I", {"_id": "1", "region": "EU"})]
 
 
 async def test_the_previous_state_given_by_the_publisher_wins() -> None:
     b = make()
-    await b.subscribe("eu", "Order", data_scope=EU)
+    await b.subscribe("eu", "Order", data_scope=EU, control=True)
     # the server never saw order 1, but the publisher says it was in EU before
     b.publish("Order", "U", order("1", region="US"), previous=order("1", region="EU"))
     await b.flush()
@@ -94,7 +100,7 @@ async def test_the_previous_state_given_by_the_publisher_wins() -> None:
 async def test_last_versions_are_bounded_and_documented_as_such() -> None:
     b = make()
     b.max_tracked_ids = 1
-    await b.subscribe("eu", "Order", data_scope=EU)
+    await b.subscribe("eu", "Order", data_scope=EU, exits=True)
     b.publish("Order", "I", order("1", region="EU"))
     b.publish("Order", "I", order("2", region="EU"))  # pushes order 1 out of the remembered versions
     b.publish("Order", "U", order("1", region="US"))  # the exit cannot be known: nothing sent
@@ -111,8 +117,8 @@ async def test_replay_applies_the_same_rules_as_live_delivery() -> None:
     first = b.publish("Order", "I", order("1", region="EU"))
     b.publish("Order", "U", order("1", region="US"))
     b.publish("Order", "U", order("1", region="EU", amount=1.0))
-    await b.subscribe("late", "Order", data_scope=EU, start_seq=first)
-    await b.subscribe("live", "Order", data_scope=EU)
+    await b.subscribe("late", "Order", data_scope=EU, from_seq=first, exits=True)
+    await b.subscribe("live", "Order", data_scope=EU, exits=True)
     b.publish("Order", "U", order("1", region="US", amount=1.0))
     await b.flush()
     assert ops(b, "late") == [("I", order("1", region="EU")), ("X", {"_id": "1"}),

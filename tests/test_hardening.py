@@ -118,7 +118,7 @@ async def test_overridden_hooks_also_see_data_changes_and_scope_exits() -> None:
     b = recorder(check_subscriber_acl=classmethod(check))
     b.register_class(ORDER_SCHEMA)
     ws = Socket()
-    await b.subscribe(ws, "Order", data_scope=[{"fn": "status", "op": "==", "val": "new"}])
+    await b.subscribe(ws, "Order", data_scope=[{"fn": "status", "op": "==", "val": "new"}], exits=True)
     b.publish("Order", "I", {"_id": "1", "order_id": "1", "status": "new", "margin": 2.0})
     b.publish("Order", "U", {"_id": "1", "order_id": "1", "status": "paid"})
     assert await b.flush()
@@ -133,7 +133,7 @@ async def test_overridden_hooks_also_see_data_changes_and_scope_exits() -> None:
 def test_a_replay_overtaken_by_retention_is_cut_off_not_skipped() -> None:
     cut: list[Any] = []
     reasons: list[str] = []
-    engine = FanoutEngine(lambda c: None, lambda c, reason: (cut.append(c), reasons.append(reason)),
+    engine = FanoutEngine(lambda c: None, lambda c, reason, code: (cut.append(c), reasons.append(reason)),
                           max_queue_messages=10, journal=MemoryJournal(max_count=100))
 
     def publish(i: int) -> None:
@@ -144,7 +144,7 @@ def test_a_replay_overtaken_by_retention_is_cut_off_not_skipped() -> None:
     for i in range(100):
         publish(i)
     ws = object()
-    engine.subscribe(ws, "Doc", {"start_seq": engine.journal.oldest("Doc")}, None)
+    engine.subscribe(ws, "Doc", {"from_seq": engine.journal.oldest("Doc")}, None)
     conn = engine.connections[ws]
     engine.pump(conn)
     got = [orjson.loads(o.data)["message"]["i"] for o in conn.take()]
@@ -168,19 +168,20 @@ async def test_chosen_seqs_before_the_journal_epoch_are_delivered_live_without_a
     live, late = Socket(), Socket()
     await B.subscribe(live, "Region")
     await B.document_sent_async(Region(order_id="A"), "I", "0001")  # before the epoch: not journaled
-    await B.subscribe(late, "Region", start_seq="0001")
+    await B.subscribe(late, "Region", from_seq="0001")
     assert await B.flush(2)
     assert [m["seq"] for m in live.got] == ["0001"]
     assert late.got == [] and B.engine().stats.history_gone <= 1
 
 
 def test_a_replay_never_queues_past_the_byte_bound() -> None:
-    engine = FanoutEngine(lambda c: None, lambda c, reason: None, max_queue_messages=1000, max_queue_bytes=65536)
+    engine = FanoutEngine(lambda c: None, lambda c, reason, code: None, max_queue_messages=1000,
+                          max_queue_bytes=65536)
     for i in range(50):
         change = Change("Doc", "I", "", {"_id": f"d{i}", "pad": "x" * 100_000})
         engine.journal.append(change)
     ws = object()
-    engine.subscribe(ws, "Doc", {"start_seq": engine.journal.oldest("Doc")}, None)
+    engine.subscribe(ws, "Doc", {"from_seq": engine.journal.oldest("Doc")}, None)
     conn = engine.connections[ws]
     engine.pump(conn)
     assert len(conn.queue) == 1 and conn.replaying == 1  # one message over the bound at most, then it waits
@@ -296,7 +297,7 @@ def test_an_api_key_with_a_malformed_acl_is_refused_at_load(tmp_path: Any) -> No
 
 def test_direct_messages_a_client_provokes_without_reading_are_bounded() -> None:
     cut: list[Any] = []
-    engine = FanoutEngine(lambda c: None, lambda c, reason: cut.append(reason),
+    engine = FanoutEngine(lambda c: None, lambda c, reason, code: cut.append(reason),
                           max_queue_messages=100, max_queue_bytes=10_000)
     ws = object()
     for _ in range(1000):  # e.g. token refreshes answered with token_refreshed, never read

@@ -319,7 +319,18 @@ def subscriptions_for(class_name: str, fields: dict[str, Any]) -> st.SearchStrat
         "show_hidden": st.booleans(),
         "start_seq": st.sampled_from(START_SEQS),
         "acl": acls_for(class_name),
+        "exits": st.booleans(),
+        "replay": st.booleans(),
     })
+
+
+def subscribe_kwargs(sub: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of ``subscribe`` for a generated subscription: ``replay`` asks for the journal from
+    ``start_seq`` on (``from_seq``); without it, ``start_seq`` only skips older live changes."""
+    kwargs = {k: v for k, v in sub.items() if k != "replay"}
+    if sub["replay"] and sub["start_seq"]:
+        kwargs["from_seq"] = sub["start_seq"]
+    return kwargs
 
 
 @st.composite
@@ -468,13 +479,15 @@ def check_deliveries(spec: dict[str, Any], class_name: str, subs: list[dict[str,
                      joins: list[int] | None = None) -> None:
     """Check what each subscriber received against the reference.
 
-    A subscriber that joined after ``joins[i]`` changes gets, with a ``start_seq``, every change from it
-    (replayed from the journal, then live: no gap, no duplicate); without one, the changes after it joined.
+    A subscriber that joined after ``joins[i]`` changes gets, when it asked for a replay from its
+    ``start_seq``, every change from it (replayed from the journal, then live: no gap, no duplicate);
+    otherwise the changes after it joined whose seq is not before its ``start_seq``.
 
     A subscriber's view holds a version of a document when its ACL reads that version and its scope holds
     for it. For each change it gets: the change projected, when the view holds the new version; otherwise,
     when the view held the previous version of that ``_id`` (scope exit, fanout ``View.evaluate``), ``X``
-    with the bare ``_id`` for an update, and the previous version projected for a delete; otherwise nothing.
+    with the bare ``_id`` for an update, and the previous version projected for a delete, to subscribers that
+    asked for exits; otherwise nothing.
     Documents that are only reachable through their own hooks have no previous version (``exits=False``).
     """
     by_seq = {seq: (op, doc) for seq, op, doc in changes}
@@ -509,12 +522,13 @@ def check_deliveries(spec: dict[str, Any], class_name: str, subs: list[dict[str,
         # 3. exactly the expected messages, each once, in publish order
         expected = []
         for index, (seq, op, doc) in enumerate(changes):
-            if seq < sub["start_seq"] or (not sub["start_seq"] and index < join):
+            replayed = sub["replay"] and sub["start_seq"]
+            if seq < sub["start_seq"] or (not replayed and index < join):
                 continue
             prev = prevs[seq]
             if holds(doc):
                 expected.append({"doc_class": class_name, "op": op, "seq": seq, "message": project(doc)})
-            elif op != "I" and holds(prev):
+            elif op != "I" and holds(prev) and sub["exits"]:
                 assert prev is not None
                 body = {"_id": doc["_id"]} if op == "U" else project(prev)
                 expected.append({"doc_class": class_name, "op": "X" if op == "U" else "D", "seq": seq,
@@ -530,7 +544,7 @@ async def run_published(spec: dict[str, Any], subs: list[dict[str, Any]],
     for index in range(len(changes) + 1):
         for ws, sub, join in zip(sockets, subs, joins, strict=True):
             if join == index:
-                params = await b.subscribe(ws, "T", **sub)
+                params = await b.subscribe(ws, "T", **subscribe_kwargs(sub))
                 assert params["start_seq"] == sub["start_seq"]
         if index < len(changes):
             seq, op, doc = changes[index]
@@ -626,7 +640,7 @@ async def run_documents(base: type[Recorder], subs: list[dict[str, Any]],
     b.register_class(Crate)
     sockets = [Socket(i) for i in range(len(subs))]
     for ws, sub in zip(sockets, subs, strict=True):
-        await b.subscribe(ws, "Crate", **sub)
+        await b.subscribe(ws, "Crate", **subscribe_kwargs(sub))
     for seq, op, doc in changes:
         await b.document_sent_async(doc, op, seq)
     assert await b.flush()

@@ -18,6 +18,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from conftest import read_until_closed
 from xia_broadcast.server.config import ApiKey, Settings
 from xia_broadcast.server.demo import ORDER_SCHEMA
 from xia_broadcast.server.native import NativeServer
@@ -236,12 +237,19 @@ async def test_history_gone_is_told_with_the_oldest_seq_held() -> None:
         seq = srv.broadcaster.publish("Order", "I", {"_id": "new", "order_id": "new"})
         msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
         assert msg["seq"] == seq
-        # an original client (no control messages) is sent what is still held, from the oldest on
+        # a client without control messages that asks to resume from what is no longer held is closed with
+        # 4410, never given a silent gap
+        plain = await connect(srv.url)
+        await plain.send(json.dumps({"Order": {"after_seq": seqs[5]}}))
+        json.loads(await asyncio.wait_for(plain.recv(), 5))
+        _, code, reason = await read_until_closed(plain)
+        assert code == 4410 and seqs[21] in reason  # "new" pushed seqs[20] out
+        # an original client's start_seq replays nothing: it only skips older live changes
         original = await connect(srv.url)
         await original.send(json.dumps({"Order": {"start_seq": seqs[5]}}))
         json.loads(await asyncio.wait_for(original.recv(), 5))
-        got = [json.loads(await asyncio.wait_for(original.recv(), 5))["seq"] for _ in range(10)]
-        assert got == [*seqs[21:], seq]
+        later = srv.broadcaster.publish("Order", "I", {"_id": "later", "order_id": "later"})
+        assert json.loads(await asyncio.wait_for(original.recv(), 5))["seq"] == later
         await ws.close()
         await original.close()
     finally:

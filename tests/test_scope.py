@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from typing import Any
 
 import pytest
 
+from xia_broadcast.core.limits import SubscriptionLimits
 from xia_broadcast.core.schema import DocSchema
 from xia_broadcast.core.scope import compile_scope
-from xia_broadcast.errors import InvalidScopeError, SubscriptionError
+from xia_broadcast.errors import HiddenFieldError, InvalidScopeError, SubscriptionError
 
 ORDER = DocSchema.from_dict(
     {
@@ -22,6 +24,18 @@ ORDER = DocSchema.from_dict(
             "extra": "any",
             "customer": {"fields": {"name": "str", "address": {"fields": {"city": "str"}}}},
             "lines": {"many": True, "fields": {"sku": "str", "qty": "int"}},
+        },
+    }
+)
+
+HIDDEN_ORDER = DocSchema.from_dict(
+    {
+        "name": "Order",
+        "fields": {
+            "total": "float",
+            "margin": {"type": "float", "hidden": True},
+            "customer": {"fields": {"name": "str", "secret": {"type": "str", "hidden": True}}},
+            "lines": {"many": True, "fields": {"sku": "str", "cost": {"type": "float", "hidden": True}}},
         },
     }
 )
@@ -266,18 +280,16 @@ def test_tuple_values_are_accepted_for_in() -> None:
         ([{"fn": "status", "op": "eq", "val": "new"}], "unknown operator 'eq'"),
         ([{"fn": "status", "op": "=="}], "needs 'fn', 'op' and 'val'"),
         ([{"op": "==", "val": 1}], "needs 'fn', 'op' and 'val'"),
-        ([{"fn": "status", "op": "==", "val": 1, "neg": True}], "unknown keys ['neg']"),
         ([{"fn": "", "op": "==", "val": 1}], "'fn' must be a field name"),
         ([{"fn": 3, "op": "==", "val": 1}], "'fn' must be a field name"),
         ([{"fn": "a..b", "op": "==", "val": 1}], "'fn' must be a field name"),
         ([{"fn": "a.", "op": "==", "val": 1}], "'fn' must be a field name"),
-        ([{"fn": "status", "op": "in", "val": "new"}], "'in' needs a list of scalar values"),
+        ([{"fn": "status", "op": "in", "val": 5}], "'in' needs a list of scalar values or a string"),
         ([{"fn": "status", "op": "not in", "val": [["a"]]}], "'not in' needs a list of scalar values"),
-        ([{"fn": "total", "op": "<", "val": None}], "'<' needs a number or a string"),
-        ([{"fn": "total", "op": ">=", "val": True}], "'>=' needs a number or a string"),
-        ([{"fn": "total", "op": ">", "val": [1]}], "'>' needs a number or a string"),
-        ([{"fn": "status", "op": "==", "val": ["new"]}], "'==' needs a scalar value"),
-        ([{"fn": "status", "op": "!=", "val": {"a": 1}}], "'!=' needs a scalar value"),
+        ([{"fn": "total", "op": "<", "val": None}], "'<' needs a number, a string or a date"),
+        ([{"fn": "total", "op": ">=", "val": True}], "'>=' needs a number, a string or a date"),
+        ([{"fn": "total", "op": ">", "val": [1]}], "'>' needs a number, a string or a date"),
+        ([{"fn": "status", "op": "==", "val": {1, 2}}], "'==' needs a JSON value"),
     ],
 )
 def test_invalid_scope_is_refused(scope: Any, message: str) -> None:
@@ -305,10 +317,20 @@ def test_invalid_scope_error_is_a_subscription_error_with_close_code() -> None:
         ("_id.x", "'_id' has no sub-fields"),
     ],
 )
-def test_unknown_field_is_refused_against_a_schema(fn: str, message: str) -> None:
+def test_unknown_field_is_refused_against_a_schema_when_strict(fn: str, message: str) -> None:
     with pytest.raises(InvalidScopeError) as info:
-        compile_scope([{"fn": fn, "op": "==", "val": 1}], ORDER)
+        compile_scope([{"fn": fn, "op": "==", "val": 1}], ORDER, strict=True)
     assert message in str(info.value)
+    # lenient (the original's reading): the path reads as None
+    assert compile_scope([{"fn": fn, "op": "==", "val": None}], ORDER)({"_id": "1", "status": "new"})
+    assert not compile_scope([{"fn": fn, "op": "==", "val": 1}], ORDER)({"_id": "1", "status": "new"})
+
+
+def test_extra_keys_in_a_condition_are_ignored_unless_strict() -> None:
+    scope = [{"fn": "status", "op": "==", "val": "new", "neg": True}]
+    assert compile_scope(scope)({"status": "new"})
+    with pytest.raises(InvalidScopeError, match=r"unknown keys \['neg'\]"):
+        compile_scope(scope, strict=True)
 
 
 @pytest.mark.parametrize("fn", ["_id", "status", "customer.address.city", "lines.sku", "meta.any.depth", "extra.x"])
@@ -319,3 +341,68 @@ def test_known_paths_are_accepted_against_a_schema(fn: str) -> None:
 
 def test_without_a_schema_any_path_is_accepted() -> None:
     assert compile_scope([{"fn": "anything.at.all", "op": "==", "val": None}])({})
+
+
+# -- the original's readings (xia-engine) -------------------------------------------------------------
+
+
+def test_in_with_a_string_value_is_a_substring_test() -> None:
+    assert in_scope({"name": "north-east"}, ("name", "in", "the north-east region"))
+    assert not in_scope({"name": "south"}, ("name", "in", "the north-east region"))
+    assert in_scope({"name": "south"}, ("name", "not in", "the north-east region"))
+    assert not in_scope({"name": 5}, ("name", "in", "5 and 6"))  # not a string: a mismatch, out
+    assert not in_scope({"name": 5}, ("name", "not in", "abc"))
+    assert not in_scope({}, ("name", "in", "abc")) and in_scope({}, ("name", "not in", "abc"))
+
+
+def test_eq_with_a_list_or_an_object_compares_the_whole_value() -> None:
+    doc = {"tags": ["a", "b"], "meta": {"k": 1}}
+    assert in_scope(doc, ("tags", "==", ["a", "b"]))
+    assert not in_scope(doc, ("tags", "==", ["b", "a"]))
+    assert not in_scope(doc, ("tags", "==", ["a"]))
+    assert in_scope(doc, ("tags", "!=", ["a"]))
+    assert in_scope(doc, ("meta", "==", {"k": 1})) and not in_scope(doc, ("meta", "!=", {"k": 1}))
+    assert not in_scope({"tags": "a"}, ("tags", "==", ["a"]))  # a string is no list: mismatch
+    assert not in_scope({"tags": "a"}, ("tags", "!=", ["a"]))
+    assert not in_scope({}, ("tags", "==", ["a"])) and in_scope({}, ("tags", "!=", ["a"]))
+    lines = {"lines": [{"tags": ["x"]}, {"tags": ["y", "z"]}]}
+    assert in_scope(lines, ("lines.tags", "==", ["y", "z"]))
+    assert not in_scope(lines, ("lines.tags", "==", ["y"]))
+
+
+def test_datetimes_and_dates_compare_with_their_iso_strings() -> None:
+    doc = {"at": "2024-05-01T10:00:00", "day": "2024-05-01", "aware": "2024-05-01T10:00:00+00:00", "n": 5}
+    assert in_scope(doc, ("at", ">=", datetime(2024, 5, 1, 9)))
+    assert not in_scope(doc, ("at", "<", datetime(2024, 5, 1, 9)))
+    assert in_scope(doc, ("at", "==", datetime(2024, 5, 1, 10)))
+    assert in_scope(doc, ("day", "<", date(2024, 6, 1)))
+    assert in_scope({"at": datetime(2024, 5, 1, 10)}, ("at", ">", datetime(2024, 1, 1)))
+    assert not in_scope(doc, ("aware", ">", datetime(2024, 1, 1)))  # aware against naive: mismatch, out
+    assert not in_scope(doc, ("n", ">", datetime(2024, 1, 1)))
+    assert not in_scope({"at": "not a date"}, ("at", "!=", datetime(2024, 1, 1)))
+
+
+def test_subscription_limits_are_refused_at_compile_time() -> None:
+    small = SubscriptionLimits(max_conditions=2, max_path_depth=2, max_in_values=3, max_value_length=10)
+    with pytest.raises(InvalidScopeError, match="max_conditions"):
+        compile_scope([{"fn": "a", "op": "==", "val": 1}] * 3, limits=small)
+    with pytest.raises(InvalidScopeError, match="max_path_depth"):
+        compile_scope([{"fn": "a.b.c", "op": "==", "val": 1}], limits=small)
+    with pytest.raises(InvalidScopeError, match="max_in_values"):
+        compile_scope([{"fn": "a", "op": "in", "val": [1, 2, 3, 4]}], limits=small)
+    with pytest.raises(InvalidScopeError, match="max_value_length"):
+        compile_scope([{"fn": "a", "op": "==", "val": "x" * 11}], limits=small)
+    with pytest.raises(InvalidScopeError, match="max_value_length"):
+        compile_scope([{"fn": "a", "op": "==", "val": ["x" * 11]}], limits=small)
+    with pytest.raises(InvalidScopeError, match="max_path_depth"):  # the default bound
+        compile_scope([{"fn": ".".join(["p"] * 20), "op": "==", "val": 1}])
+    assert compile_scope([{"fn": "a.b", "op": "in", "val": [1, 2, 3]}] * 2, limits=small)({"a": {"b": 2}})
+
+
+def test_a_scope_naming_a_hidden_field_needs_permission() -> None:
+    for fn in ("margin", "customer.secret", "lines.cost"):
+        with pytest.raises(HiddenFieldError) as info:
+            compile_scope([{"fn": fn, "op": ">", "val": 0}], HIDDEN_ORDER, hidden_allowed=False)
+        assert info.value.code == 4403
+        assert compile_scope([{"fn": fn, "op": ">", "val": 0}], HIDDEN_ORDER, hidden_allowed=True)
+    assert compile_scope([{"fn": "total", "op": ">", "val": 0}], HIDDEN_ORDER, hidden_allowed=False)

@@ -117,14 +117,19 @@ def test_the_subjects_the_doc_names() -> None:
     assert subjects_of("Order", DOCUMENT, SCHEMA) == ("Order/key/A-1", "Order/customer/acme")
 
 
-@pytest.mark.parametrize("row", table("| request | error | code | message |"), ids=lambda r: r[0])
+REFUSED_WHEN = {"always": {}, "strict": {"strict": True}, "without hidden permission": {"hidden_allowed": False}}
+
+
+@pytest.mark.parametrize("row", table("| request | refused | error | code | message |"), ids=lambda r: r[0])
 async def test_each_refusal_table_row(row: list[str]) -> None:
-    request, error, close_code, message = row
+    request, when, error, close_code, message = row
     name, _, value = code(request).partition(": ")
     b: type[Recorder] = type("B", (Recorder,), {"sent": []})
     b.register_class(SCHEMA)
-    with pytest.raises(SubscriptionError) as info:
+    if when != "always":  # accepted unless asked for
         await b.subscribe(object(), "Order", **{name: json.loads(value)})
+    with pytest.raises(SubscriptionError) as info:
+        await b.subscribe(object(), "Order", **{name: json.loads(value)}, **REFUSED_WHEN[when])
     assert type(info.value).__name__ == code(error)
     assert info.value.code == int(close_code)
     expected = code(message)

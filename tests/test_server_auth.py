@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from conftest import order, recv_until, refused, subscribe
+from conftest import order, recv_json, recv_until, refused, subscribe
 from xia_broadcast.server.config import ApiKey
 
 SECRET = "hs-test-secret-long-enough-for-hs512-too-0123456789-0123456789-abcdef"
@@ -172,18 +172,24 @@ async def test_jwt_acl_claim_name_is_configurable(make_server) -> None:
     assert got[:-1] == [p for p in published if p[1] == "globex"]
 
 
-async def test_jwt_acl_that_cannot_read_the_class_is_refused_4403(make_server) -> None:
+async def test_an_acl_that_reads_nothing_of_a_class_is_subscribed_and_receives_nothing_of_it(make_server) -> None:
+    """The original never refused a subscription for its ACL: the ACL is checked on every delivery."""
     server = await make_server(jwt_secret=SECRET)
     token = make_token(SECRET, sub="bob", acl={"content": [{"obj": "Customer/*", "act": "read"},
                                                            {"obj": "Order/*", "act": "write"}]})
-    code, reason, _ = await refused(server.url, json.dumps({"Order": {}}),
-                                    additional_headers={"Authorization": f"Bearer {token}"})
-    assert (code, reason) == (4403, "class Order not permitted for bob")
-    # the same token may read Customer
-    ws, confirmation = await subscribe(server.url, {"Customer": {}},
-                                       additional_headers={"Authorization": f"Bearer {token}"})
-    await ws.close()
-    assert confirmation["Customer"]["user_name"] == "bob"
+    headers = {"Authorization": f"Bearer {token}"}
+    plain, confirmation = await subscribe(server.url, {"Order": {}, "Customer": {}}, additional_headers=headers)
+    control, _ = await subscribe(server.url, {"Order": {}, "Customer": {}, "_options": {"control": True}},
+                                 additional_headers=headers)
+    assert set(confirmation) == {"Order", "Customer"} and confirmation["Order"]["user_name"] == "bob"
+    # a control client is told that its ACL reads nothing of Order
+    assert await recv_json(control) == {"_control": "acl_reads_nothing", "class": "Order"}
+    server.broadcaster.publish("Order", "I", order(1))
+    seq = server.broadcaster.publish("Customer", "I", {"_id": "c1", "customer_id": "c1", "name": "Ann"})
+    for ws in (plain, control):
+        got = await recv_json(ws)
+        assert (got["doc_class"], got["seq"]) == ("Customer", seq)  # the Order change never arrived
+        await ws.close()
 
 
 def _bad_tokens(private: str, other_private: str, public: str) -> list[Any]:

@@ -26,12 +26,15 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import orjson
+
 from .core.change import Change
+from .core.limits import DEFAULT_LIMITS, SubscriptionLimits
 from .core.protocol import CLOSE_TOO_SLOW
 from .core.schema import OPS, DocSchema
 from .core.versions import LastVersions
 from .document import Document
-from .errors import DocumentError, OutOfScopeError
+from .errors import DocumentError
 from .fanout import (
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_MAX_QUEUE_MESSAGES,
@@ -64,6 +67,8 @@ class Broadcaster:
     #: True: the journal knows nothing from before this class's engine started (a start_seq older than
     #: that is reported as history gone). False: the journal is taken as complete from its first change.
     journal_epoch_now: ClassVar[bool] = False
+    #: What one subscription may cost (conditions, path depth, list sizes, catalog size).
+    subscription_limits: ClassVar[SubscriptionLimits] = DEFAULT_LIMITS
 
     _engine: ClassVar[FanoutEngine | None] = None
     _versions: ClassVar[dict[str, LastVersions]] = {}
@@ -91,6 +96,7 @@ class Broadcaster:
                                cls.max_queue_messages, cls.max_queue_bytes, cls.make_journal())
             eng.slow_hooks = (cls.check_subscriber_acl, cls.get_message_body)
             eng.force_slow = not cls._uses_default_checks()
+            eng.limits = cls.subscription_limits
             cls._engine = eng
         return eng
 
@@ -148,8 +154,13 @@ class Broadcaster:
             data_scope: the subset of documents to be sent (None: all)
             catalog: the fields to be sent (None: all non-hidden fields)
             show_hidden: send hidden fields or not
-            start_seq: not interested in changes before this sequence
+            start_seq: not interested in changes before this sequence (live changes only: nothing is replayed)
             acl: the subscriber's access control list (None: unrestricted)
+            kwargs: kept in the returned params, as the original. Those with a meaning here (all opt-in):
+                ``after_seq`` / ``from_seq``: replay the journal after / from this seq, then go live;
+                ``exits=True``: receive scope exits (``X``); ``control=True``: control messages (and exits);
+                ``strict=True``: refuse unknown scope paths, scope keys and catalog names;
+                ``hidden_allowed=False``: refuse ``show_hidden`` and scopes naming hidden fields (4403).
 
         Raises:
             SubscriptionError: the scope, catalog or ACL is invalid (the websocket keeps its other
@@ -163,7 +174,10 @@ class Broadcaster:
             "acl": acl,
             **kwargs,
         }
-        cls.engine().subscribe(websocket, class_name, sub_params, cls.document_classes.get(class_name))
+        cls.engine().subscribe(websocket, class_name, sub_params, cls.document_classes.get(class_name),
+                               strict=kwargs.get("strict") is True, exits=kwargs.get("exits") is True,
+                               control=kwargs.get("control") is True,
+                               hidden_allowed=kwargs.get("hidden_allowed", True) is not False)
         cls.active_connections.setdefault(class_name, {})[websocket] = sub_params
         return sub_params
 
@@ -196,11 +210,17 @@ class Broadcaster:
     @classmethod
     def get_message_body(cls, doc: Any, data_scope: list[dict[str, Any]] | None,
                          catalog: dict[str, Any] | None, show_hidden: bool) -> dict[str, Any] | None:
-        """The projected document if it is in ``data_scope``, else None."""
+        """The projected document if it is in ``data_scope``, else None.
+
+        A document's own out-of-scope error (this package's :class:`OutOfScopeError`, xia-engine's, or any
+        exception class named ``OutOfScopeError``) means "not in scope", as the original.
+        """
         try:
             doc.check_scope(data_scope)
-        except OutOfScopeError:
-            return None
+        except Exception as exc:
+            if is_out_of_scope(exc):
+                return None
+            raise
         body: dict[str, Any] = doc.get_display_data(catalog=catalog, show_hidden=show_hidden)
         return body
 
@@ -331,10 +351,20 @@ class Broadcaster:
     async def send_batch_async(cls, websocket: Any, messages: list[Outgoing]) -> None:
         """Send queued messages, oldest first (transport hook; default: one ``send_message_async`` each).
 
-        A transport that can write several messages at once overrides this.
+        A transport that can write several messages at once overrides this. A subclass that overrides
+        ``send_json_async`` (and not this) receives every message through it, as a dict, as the original.
         """
+        if cls._overrides("send_json_async"):
+            for out in messages:
+                await cls.send_json_async(websocket, orjson.loads(out.data))
+            return
         for out in messages:
             await cls.send_message_async(websocket, out.text)
+
+    @classmethod
+    def _overrides(cls, name: str) -> bool:
+        """True when a subclass replaces ``Broadcaster.<name>``."""
+        return bool(getattr(cls, name).__func__ is not getattr(Broadcaster, name).__func__)
 
     @classmethod
     def _connection_ready(cls, conn: Connection) -> None:
@@ -367,11 +397,11 @@ class Broadcaster:
             conn.task = None
 
     @classmethod
-    def _connection_too_slow(cls, conn: Connection, reason: str) -> None:
-        log.warning("subscriber lagged beyond the journal; disconnected (%s)", reason)
+    def _connection_too_slow(cls, conn: Connection, reason: str, code: int = CLOSE_TOO_SLOW) -> None:
+        log.warning("subscriber disconnected with %s (%s)", code, reason)
         ws = conn.websocket
         cls.disconnect(ws)
-        cls._spawn(cls.close_async(ws, CLOSE_TOO_SLOW, reason))
+        cls._spawn(cls.close_async(ws, code, reason))
 
     @classmethod
     def _spawn(cls, coro: Any) -> asyncio.Task[Any]:
@@ -379,6 +409,12 @@ class Broadcaster:
         cls._background.add(task)
         task.add_done_callback(cls._background.discard)
         return task
+
+
+def is_out_of_scope(exc: BaseException) -> bool:
+    """True for an out-of-scope error of any document library: an exception whose class, or a base of
+    it, is named ``OutOfScopeError``."""
+    return any(k.__name__ == "OutOfScopeError" for k in type(exc).__mro__)
 
 
 def valid_id(value: Any) -> bool:

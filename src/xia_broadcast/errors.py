@@ -44,6 +44,13 @@ class InvalidScopeError(SubscriptionError):
     code = 4420
 
 
+class HiddenFieldError(SubscriptionError):
+    """Hidden fields were asked for (``show_hidden``, or a scope naming a hidden field) without permission to
+    see them."""
+
+    code = 4403
+
+
 class InvalidCatalogError(SubscriptionError):
     """The catalog is malformed or names a field the document class does not have."""
 

@@ -24,23 +24,27 @@ shared by many connections is stored once and counted for each.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from .core.acl import Acl
-from .core.catalog import Projector, compile_catalog, validate_catalog
+from .core.catalog import Projector, compile_normalised, validate_catalog
 from .core.change import Change
+from .core.limits import DEFAULT_LIMITS, SubscriptionLimits
+from .core.protocol import CLOSE_HISTORY_GONE, CLOSE_TOO_SLOW
 from .core.schema import DocSchema
-from .core.scope import Predicate, compile_scope
+from .core.scope import Predicate, compile_conditions, validate_scope
+from .core.viewindex import ViewIndex, equality_key
 from .core.viewkey import ViewKey, view_key
 from .document import DataDocument
-from .errors import SubscriptionError
+from .errors import HiddenFieldError, SubscriptionError
 from .journal import HistoryGone, Journal, MemoryJournal
 
 log = logging.getLogger("xia_broadcast.fanout")
@@ -55,6 +59,21 @@ DEFAULT_MAX_QUEUE_BYTES = 8 * 1024 * 1024
 REPLAY_CHUNK = 512
 
 
+_FALSE_STRINGS = frozenset({"", "0", "false", "no", "off", "n", "f", "none", "null"})
+
+
+def truthy(value: Any) -> bool:
+    """A flag as the original read it (Python truth: ``1``, ``"yes"``, ``True``), except that a string that
+    says false (``"false"``, ``"0"``, ``"no"``, ``"off"``) is false: a client never gets hidden fields by
+    saying it does not want them."""
+    if isinstance(value, str):
+        return value.strip().lower() not in _FALSE_STRINGS
+    try:
+        return bool(value)
+    except Exception:
+        return False
+
+
 def _json_default(obj: Any) -> Any:
     display = getattr(obj, "get_display_data", None)
     if callable(display):
@@ -65,8 +84,15 @@ def _json_default(obj: Any) -> Any:
 
 
 def encode_json(content: Any) -> bytes:
-    """Encode a JSON message (UTF-8 bytes). Objects with ``get_display_data`` encode as their display."""
-    return orjson.dumps(content, default=_json_default)
+    """Encode a JSON message (UTF-8 bytes). Objects with ``get_display_data`` encode as their display.
+
+    What orjson refuses and Python's ``json`` (the original's encoder) accepts, integers beyond 64 bits
+    and objects with non-string keys, is encoded by ``json``, never dropped.
+    """
+    try:
+        return orjson.dumps(content, default=_json_default)
+    except TypeError:
+        return json.dumps(content, ensure_ascii=False, default=_json_default, separators=(",", ":")).encode()
 
 
 class Outgoing:
@@ -127,12 +153,17 @@ class Connection:
 class Member:
     """One subscription: a connection in a view, live or replaying from a journal position."""
 
-    __slots__ = ("connection", "cursor", "inclusive", "lagging", "read_any", "replaying", "start_seq", "view")
+    __slots__ = ("connection", "cursor", "exits", "inclusive", "lagging", "read_any", "replaying", "start_seq",
+                 "view")
 
-    def __init__(self, connection: Connection, view: View, start_seq: str) -> None:
+    def __init__(self, connection: Connection, view: View, start_seq: str, exits: bool = False) -> None:
         self.connection = connection
         self.view = view
+        #: changes with a seq before this are not for this member (the original's start_seq)
         self.start_seq = start_seq
+        #: the member receives scope exits (``X``, and ``D`` of a document that had left); original clients
+        #: never ask, so they never receive an op they do not know
+        self.exits = exits
         self.replaying = False
         #: replay position: changes after ``cursor`` (from it, when ``inclusive``); None: from the start
         self.cursor: str | None = None
@@ -171,31 +202,32 @@ class View:
         """The catalog compiled against ``schema`` (cached: one per schema the class is published with)."""
         p = self._projectors.get(schema)
         if p is None:
-            p = self._projectors[schema] = compile_catalog(self.catalog, schema, self.show_hidden)
+            p = self._projectors[schema] = compile_normalised(self.catalog, schema, self.show_hidden)
         return p
 
-    def evaluate(self, change: Change, slow: SlowHooks | None) -> tuple[str, Any] | None:
-        """What this view's members get for ``change``: ``(op, message body)``, or None.
+    def evaluate(self, change: Change, slow: SlowHooks | None) -> Evaluation | None:
+        """What this view's members get for ``change``: ``(op, message body, is_exit)``, or None.
 
         In the view now: the change as published (an update that brings a document in arrives as ``U``).
-        Out of it now but in it before (``change.prev``): ``X`` with ``{"_id"}`` for an update, ``D`` with
-        the previous state for a delete. Being in the view means: the ACL reads it and the scope holds.
+        Out of it now but in it before (``change.prev``): an *exit*, for members that asked for exits only:
+        ``X`` with ``{"_id"}`` for an update, ``D`` with the previous state for a delete. Being in the view
+        means: the ACL reads it and the scope holds.
         """
         if slow is not None or change.data is None:
             return self._evaluate_slow(change, slow)
         data, acl = change.data, self.acl
         if (acl is None or acl.allows(change.subjects)) and self.predicate(data):
-            return change.op, self.projector(change.schema)(data)
+            return change.op, self.projector(change.schema)(data), False
         prev = change.prev
         if change.op == "I" or prev is None:
             return None
         if (acl is None or acl.allows(change.prev_subjects)) and self.predicate(prev):
             if change.op == "U":
-                return "X", {"_id": data.get("_id")}
-            return change.op, self.projector(change.schema)(prev)
+                return "X", {"_id": data.get("_id")}, True
+            return change.op, self.projector(change.schema)(prev), True
         return None
 
-    def _evaluate_slow(self, change: Change, slow: SlowHooks | None) -> tuple[str, Any] | None:
+    def _evaluate_slow(self, change: Change, slow: SlowHooks | None) -> Evaluation | None:
         """The same rules through the document hooks (``check_subscriber_acl``, ``get_message_body``): for
         documents the engine cannot read as data, and for broadcasters that override the hooks (a change
         published as data is then handed to them as a :class:`DataDocument`)."""
@@ -207,13 +239,13 @@ class View:
             doc = DataDocument(change.class_name, change.data, change.schema)
         body = self._visible_slow(doc, slow)
         if body is not None:
-            return change.op, body
+            return change.op, body, False
         if change.op == "I" or change.prev is None:
             return None
         prev_body = self._visible_slow(DataDocument(change.class_name, change.prev, change.schema), slow)
         if prev_body is None:
             return None
-        return ("X", {"_id": change.doc_id}) if change.op == "U" else (change.op, prev_body)
+        return ("X", {"_id": change.doc_id}, True) if change.op == "U" else (change.op, prev_body, True)
 
     def _visible_slow(self, doc: Any, slow: SlowHooks) -> Any:
         check_acl, get_body = slow
@@ -237,6 +269,8 @@ class EngineStats:
 
 
 SlowHooks = tuple[Callable[[Any, Any], bool], Callable[[Any, Any, Any, bool], Any]]
+#: what a view's members get for a change: (op, message body, whether it is a scope exit)
+Evaluation = tuple[str, Any, bool]
 
 
 def envelope(class_name: str, op: str, seq: str, body: Any) -> Outgoing:
@@ -254,12 +288,13 @@ class FanoutEngine:
 
     Args:
         on_ready: called with a connection that has work (queued messages or a replay) and was idle.
-        on_too_slow: called with a connection that must be closed with 4409, and the close reason (it
-            lagged beyond the journal and takes no control messages, or it does not read what it provokes).
+        on_too_slow: called with a connection that must be closed, the close reason and code: 4409 when it
+            lagged beyond the journal and takes no control messages, or does not read what it provokes;
+            4410 when it asked to resume from a position the journal no longer holds.
         journal: where changes are kept for replay (default: a :class:`MemoryJournal`).
     """
 
-    def __init__(self, on_ready: Callable[[Connection], None], on_too_slow: Callable[[Connection, str], None],
+    def __init__(self, on_ready: Callable[[Connection], None], on_too_slow: Callable[[Connection, str, int], None],
                  max_queue_messages: int = DEFAULT_MAX_QUEUE_MESSAGES,
                  max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES, journal: Journal | None = None) -> None:
         self.on_ready = on_ready
@@ -267,7 +302,10 @@ class FanoutEngine:
         self.max_queue_messages = max_queue_messages
         self.max_queue_bytes = max_queue_bytes
         self.journal: Journal = journal if journal is not None else MemoryJournal()
-        self.channels: dict[str, dict[ViewKey, View]] = {}
+        #: the views of each class, indexed by an equality condition of each
+        self.channels: dict[str, ViewIndex[View]] = {}
+        #: what one subscription may cost (checked at subscribe)
+        self.limits: SubscriptionLimits = DEFAULT_LIMITS
         self.connections: dict[Any, Connection] = {}
         self.stats = EngineStats()
         #: the document hooks used for documents the engine cannot read as data (set by the broadcaster)
@@ -284,48 +322,60 @@ class FanoutEngine:
                                                             self.max_queue_bytes)
         return conn
 
-    def subscribe(self, websocket: Any, class_name: str, params: dict[str, Any],
-                  schema: DocSchema | None) -> Member:
+    def subscribe(self, websocket: Any, class_name: str, params: Mapping[str, Any], schema: DocSchema | None,
+                  *, strict: bool = False, exits: bool = False, control: bool = False,
+                  hidden_allowed: bool = True) -> Member:
         """Validate and compile a subscription, place it in its view. Raises :class:`SubscriptionError`.
 
-        With ``start_seq`` (changes from it on) or ``after_seq`` (changes after it), the member first
-        replays the journal, then goes live.
+        ``params`` are the original's (``data_scope``, ``catalog``, ``show_hidden``, ``start_seq``, ``acl``)
+        and the replay positions: with ``after_seq`` (changes after it) or ``from_seq`` (changes from it on)
+        the member first replays the journal, then goes live; ``start_seq`` alone only skips older changes,
+        as the original. ``strict`` refuses what the original ignores (unknown scope paths and keys, unknown
+        catalog names); ``exits`` asks for scope exits; ``control`` for control messages (which implies
+        exits); ``hidden_allowed`` False refuses ``show_hidden`` and scopes naming hidden fields
+        (:class:`HiddenFieldError`, 4403).
         """
         if not isinstance(class_name, str) or not class_name:
             raise SubscriptionError("class name must be a non-empty string")
-        show_hidden = params.get("show_hidden", False)
-        if not isinstance(show_hidden, bool):
-            raise SubscriptionError("show_hidden must be true or false", class_name=class_name)
-        start_seq = params.get("start_seq") or ""
-        after_seq = params.get("after_seq") or ""
-        if not isinstance(start_seq, str) or not isinstance(after_seq, str):
-            raise SubscriptionError("start_seq and after_seq must be strings", class_name=class_name)
-        if start_seq and after_seq:
-            raise SubscriptionError("give start_seq or after_seq, not both", class_name=class_name)
+        show_hidden = truthy(params.get("show_hidden", False))
+        if show_hidden and not hidden_allowed:
+            raise HiddenFieldError("show_hidden not permitted", class_name=class_name)
+        positions = {}
+        for name in ("start_seq", "after_seq", "from_seq"):
+            value = params.get(name)
+            if value is not None and not isinstance(value, str):
+                raise SubscriptionError(f"{name} must be a string", class_name=class_name)
+            positions[name] = value or ""
+        start_seq, after_seq, from_seq = positions["start_seq"], positions["after_seq"], positions["from_seq"]
+        if after_seq and from_seq:
+            raise SubscriptionError("give after_seq or from_seq, not both", class_name=class_name)
         try:
-            predicate = compile_scope(params.get("data_scope"), schema)
-            scope = [] if params.get("data_scope") is None else list(params["data_scope"])
-            catalog = validate_catalog(params.get("catalog"), schema)
+            scope = validate_scope(params.get("data_scope"), schema, strict=strict, limits=self.limits,
+                                   hidden_allowed=hidden_allowed)
+            catalog = validate_catalog(params.get("catalog"), schema, strict=strict, limits=self.limits)
             acl = Acl.coerce(params.get("acl"))
         except SubscriptionError as exc:
             exc.class_name = class_name
             raise
         key = view_key(scope, catalog, show_hidden, acl, params.get("acl"))
-        views = self.channels.setdefault(class_name, {})
+        views = self.channels.get(class_name)
+        if views is None:
+            views = self.channels[class_name] = ViewIndex()
         view = views.get(key)
         if view is None:
-            view = views[key] = View(key, class_name, scope, predicate, catalog, show_hidden, acl,
-                                     params.get("acl"))
+            view = View(key, class_name, scope, compile_conditions(scope), catalog, show_hidden, acl,
+                        params.get("acl"))
+            views.add(key, view, equality_key(scope))
         conn = self.connection(websocket)
-        if params.get("control"):
+        if control:
             conn.control = True
         old = conn.members.get(class_name)
         if old is not None:
             self._leave(old)
-        member = conn.members[class_name] = Member(conn, view, start_seq)
+        member = conn.members[class_name] = Member(conn, view, start_seq, exits=exits or control)
         view.members[conn] = member
-        if start_seq or after_seq:
-            self._start_replay(member, start_seq or after_seq, inclusive=bool(start_seq), lagging=False)
+        if after_seq or from_seq:
+            self._start_replay(member, after_seq or from_seq, inclusive=bool(from_seq), lagging=False)
             self._wake(conn)
         return member
 
@@ -338,7 +388,7 @@ class FanoutEngine:
         if not view.members:
             views = self.channels.get(view.class_name)
             if views is not None:
-                views.pop(view.key, None)
+                views.remove(view.key)
                 if not views:
                     del self.channels[view.class_name]
 
@@ -366,7 +416,7 @@ class FanoutEngine:
 
     def _too_slow(self, conn: Connection, reason: str) -> None:
         """Cut a connection off (the transport closes it with 4409); it is forgotten here either way."""
-        self.on_too_slow(conn, reason)
+        self.on_too_slow(conn, reason, CLOSE_TOO_SLOW)
         if not conn.closed:
             self.remove(conn.websocket)
 
@@ -401,7 +451,9 @@ class FanoutEngine:
         ready: list[Connection] = []
         lagged: list[Connection] = []
         queued = 0
-        for view in list(views.values()):
+        data = change.data
+        candidates = views.values() if (slow is not None or data is None) else views.candidates(data, change.prev)
+        for view in candidates:
             try:
                 result = view.evaluate(change, slow)
                 if result is None:
@@ -415,8 +467,9 @@ class FanoutEngine:
                               class_name, change.op, seq, class_name)
                 continue
             size = len(out.data)
+            is_exit = result[2]
             for member in view.members.values():  # the hot loop; an empty queue takes any one message
-                if member.replaying or seq < member.start_seq:
+                if member.replaying or seq < member.start_seq or (is_exit and not member.exits):
                     continue
                 conn = member.connection
                 q = conn.queue
@@ -492,7 +545,7 @@ class FanoutEngine:
                 continue
             try:
                 result = view.evaluate(change, self._slow_for(change))
-                if result is None:
+                if result is None or (result[2] and not member.exits):
                     continue
                 out = envelope(member.class_name, result[0], change.seq, result[1])
             except Exception:
@@ -523,9 +576,9 @@ class FanoutEngine:
         elif member.lagging or member.read_any:
             # it fell behind the journal in the middle of its stream: it must not miss changes silently
             self._too_slow(conn, "too slow: fell behind the journal's retention")
-        elif gone.oldest is not None and (requested is None or gone.oldest > requested):
-            # an original client asked for more than is held: it gets what is held (docs/protocol.md)
-            member.cursor, member.inclusive = gone.oldest, True
         else:
-            member.replaying = False
-            conn.replaying -= 1
+            # it asked to resume from where the journal no longer reaches: never a silent gap
+            self.on_too_slow(conn, f"history gone: {member.class_name} is held from {gone.oldest} on",
+                             CLOSE_HISTORY_GONE)
+            if not conn.closed:
+                self.remove(conn.websocket)

@@ -1,10 +1,11 @@
 """Catalogs: field projections compiled once into projectors.
 
-A catalog is a nested dict keyed by field name: ``None`` includes the field, a dict is a sub-catalog for an
-embedded document (applied to every element of a list of them). Fields not named are left out; ``_id`` is
-always included; ``None`` or ``{}`` means every field. Hidden fields are left out at every depth unless
-``show_hidden`` (naming a hidden field in the catalog does not reveal it). With a schema, an unknown field
-name is refused at compile time with :class:`~xia_broadcast.errors.InvalidCatalogError`.
+A catalog is a nested dict keyed by field name: ``None`` (or ``true``/``false``, xia-engine's lazy-load
+flags) includes the field, a dict is a sub-catalog for an embedded document (applied to every element of a
+list of them). Fields not named are left out; ``_id`` is always included; ``None`` or ``{}`` means every
+field. Hidden fields are left out at every depth unless ``show_hidden`` (naming a hidden field in the catalog
+does not reveal it). A name the class does not declare is ignored, as the original does; with ``strict``
+it is refused at compile time with :class:`~xia_broadcast.errors.InvalidCatalogError`.
 
 A projector never mutates its input and may return it unchanged when nothing is to be removed: its output
 is only ever encoded, never modified.
@@ -16,40 +17,66 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import InvalidCatalogError
+from .limits import DEFAULT_LIMITS, SubscriptionLimits
 from .schema import DocSchema
 
 Projector = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
 
-def validate_catalog(catalog: Any, schema: DocSchema | None = None, path: str = "catalog",
-                     root: str | None = None) -> dict[str, Any]:
-    """Check a catalog's shape (and its names against ``schema``); return it as a plain dict.
+def validate_catalog(catalog: Any, schema: DocSchema | None = None, *, strict: bool = False,
+                     limits: SubscriptionLimits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """Check a catalog's shape and size (and its names against ``schema``); return it normalised: a dict
+    whose values are None (include) or a sub-catalog dict.
 
-    ``root`` is the name of the document class an error names (default: ``schema``'s).
+    Lenient by default, as xia-engine reads catalogs: ``true``/``false`` (lazy-load flags) include the field
+    like None; a name the class does not declare is kept and simply matches nothing; a sub-catalog on a
+    field that is not an embedded document includes its whole value. ``strict`` refuses the last two.
     """
-    if root is None and schema is not None:
-        root = schema.name
+    counter = [0]
+    return _validate(catalog, schema, "catalog", schema.name if schema is not None else None, strict, limits,
+                     1, counter)
+
+
+def _validate(catalog: Any, schema: DocSchema | None, path: str, root: str | None, strict: bool,
+              limits: SubscriptionLimits, depth: int, counter: list[int]) -> dict[str, Any]:
     if catalog is None:
         return {}
     if not isinstance(catalog, Mapping):
         raise InvalidCatalogError(f"{path} must be an object of field names, not {type(catalog).__name__}")
+    if depth > limits.max_catalog_depth:
+        raise InvalidCatalogError(f"{path}: nested deeper than max_catalog_depth ({limits.max_catalog_depth})")
     out: dict[str, Any] = {}
     for name, sub in catalog.items():
-        where = f"{path}.{name}"
-        if not isinstance(name, str) or not name:
+        counter[0] += 1
+        if counter[0] > limits.max_catalog_fields:
+            raise InvalidCatalogError(f"catalog names more than max_catalog_fields ({limits.max_catalog_fields})")
+        if not isinstance(name, str) or not name or len(name) > limits.max_value_length:
             raise InvalidCatalogError(f"{path}: field names are non-empty strings")
+        where = f"{path}.{name}"
+        if isinstance(sub, bool):
+            sub = None  # xia-engine's lazy-load flags: the field is included either way
         if sub is not None and not isinstance(sub, Mapping):
-            raise InvalidCatalogError(f"{where}: value must be null (include) or an object (sub-catalog)")
+            raise InvalidCatalogError(f"{where}: value must be null, true, false (include) or an object "
+                                      "(sub-catalog)")
         spec = None
-        if schema is not None and name != "_id":
+        if name == "_id":
+            if sub and strict:
+                raise InvalidCatalogError(f"{where}: '_id' has no sub-fields")
+            out[name] = None
+            continue
+        if schema is not None:
             spec = schema.fields.get(name)
             if spec is None:
-                raise InvalidCatalogError(f"{root} has no field {where.removeprefix('catalog.')!r}")
+                if strict:
+                    raise InvalidCatalogError(f"{root} has no field {where.removeprefix('catalog.')!r}")
+                out[name] = None  # matches nothing: the class never stores it
+                continue
             if sub and spec.embedded is None and not spec.free_form:
-                raise InvalidCatalogError(f"{where}: field {name!r} is not an embedded document")
-        if name == "_id" and sub:
-            raise InvalidCatalogError(f"{where}: '_id' has no sub-fields")
-        out[name] = validate_catalog(sub, spec.embedded if spec else None, where, root) if sub else None
+                if strict:
+                    raise InvalidCatalogError(f"{where}: field {name!r} is not an embedded document")
+                sub = None
+        out[name] = _validate(sub, spec.embedded if spec else None, where, root, strict, limits, depth + 1,
+                              counter) if sub else None
     return out
 
 
@@ -117,6 +144,14 @@ def _compile(catalog: Mapping[str, Any], schema: DocSchema | None, show_hidden: 
     return drop_nested
 
 
-def compile_catalog(catalog: Any, schema: DocSchema | None = None, show_hidden: bool = False) -> Projector:
-    """Validate ``catalog`` and compile it into a projector of a document's stored data (a dict)."""
-    return _compile(validate_catalog(catalog, schema), schema, bool(show_hidden), True)
+def compile_catalog(catalog: Any, schema: DocSchema | None = None, show_hidden: bool = False, *,
+                    strict: bool = False, limits: SubscriptionLimits = DEFAULT_LIMITS) -> Projector:
+    """Validate ``catalog`` (:func:`validate_catalog`) and compile it into a projector of a document's stored
+    data (a dict)."""
+    return compile_normalised(validate_catalog(catalog, schema, strict=strict, limits=limits), schema,
+                              show_hidden)
+
+
+def compile_normalised(catalog: dict[str, Any], schema: DocSchema | None, show_hidden: bool) -> Projector:
+    """Compile a catalog :func:`validate_catalog` returned."""
+    return _compile(catalog, schema, bool(show_hidden), True)

@@ -2,8 +2,11 @@
 
 The handshake is the original listener's first message: a JSON object
 ``{class_name: {data_scope, catalog, show_hidden, start_seq}, ..., "_header": {...}}``. Keys starting with
-``_`` are never class names: ``_header`` carries credentials, ``_options`` opts in to extra messages
-(``{"control": true}``). Every refusal is a :class:`Refusal` with its close code (``docs/protocol.md``).
+``_`` are never class names: ``_header`` carries credentials, ``_options`` opts in to what is new
+(``control``, ``exits``, ``strict``); other ``_`` keys are ignored. Keys of a subscription that the
+server does not use are passed on and echoed in the confirmation, as the original passes them to
+``subscribe`` as ``**kwargs``; what the server derives itself (``acl``, ``user_name``, ``start_time``) is
+never taken from the client. Every refusal is a :class:`Refusal` with its close code (``docs/protocol.md``).
 """
 
 from __future__ import annotations
@@ -16,21 +19,31 @@ import orjson
 
 from .acl import act_grants
 
-# Close codes. 4400, 4401 and 4404 are the original's; 1001 and 1009 are RFC 6455's.
+# Close codes, in one table. 4400, 4401 and 4404 are the original's; 1001, 1007 and 1009 are RFC 6455's.
 CLOSE_GOING_AWAY = 1001  #: server shutting down (after flushing what was queued)
 CLOSE_MESSAGE_TOO_BIG = 1009  #: an inbound message exceeded max_message_size
 CLOSE_BAD_HANDSHAKE = 4400  #: bad, missing or late first message
 CLOSE_AUTH_FAILED = 4401  #: authentication missing or failed (also: token expired while connected)
-CLOSE_CLASS_FORBIDDEN = 4403  #: a requested class is not readable with this user's ACL
+CLOSE_FORBIDDEN = 4403  #: hidden fields (show_hidden, or a scope on a hidden field) without the permission
+CLOSE_CLASS_FORBIDDEN = CLOSE_FORBIDDEN  #: former name of CLOSE_FORBIDDEN
 CLOSE_NO_CLASS = 4404  #: no requested class is known
-CLOSE_TOO_SLOW = 4409  #: the outbound queue overflowed
-CLOSE_INVALID_SCOPE = 4420  #: a data scope is invalid
-CLOSE_INVALID_CATALOG = 4421  #: a catalog is invalid or names an unknown field
+CLOSE_TOO_SLOW = 4409  #: the client fell behind the journal's retention, or does not read what it asks for
+CLOSE_HISTORY_GONE = 4410  #: a replay was asked for from a position the journal no longer holds
+CLOSE_INVALID_SCOPE = 4420  #: a data scope is invalid or over the subscription limits
+CLOSE_INVALID_CATALOG = 4421  #: a catalog is invalid or over the subscription limits
 CLOSE_TOO_MANY_SUBSCRIPTIONS = 4429  #: more classes in one handshake than max_subscriptions
 CLOSE_TOO_MANY_CONNECTIONS = 4503  #: the server holds max_connections already
 
-#: The options a client may set in ``_options``.
-OPTIONS = frozenset({"control"})
+#: The options a client may set in ``_options`` (each true or false): ``control`` (control messages and
+#: scope exits), ``exits`` (scope exits only), ``strict`` (refuse what the original ignores).
+OPTIONS = frozenset({"control", "exits", "strict"})
+
+#: subscription keys the server derives itself: a client's values are ignored
+SERVER_KEYS = frozenset({"acl", "user_name", "start_time"})
+#: subscription keys the server gives a meaning to
+SUBSCRIPTION_KEYS = frozenset({"data_scope", "catalog", "show_hidden", "start_seq", "after_seq", "from_seq"})
+#: names a client may not pass through (they are options or arguments of ``subscribe`` itself)
+_RESERVED = frozenset({"websocket", "class_name", "cls", "control", "exits", "strict", "hidden_allowed"})
 
 
 class Refusal(Exception):
@@ -53,14 +66,21 @@ class Handshake:
     @property
     def control(self) -> bool:
         """True when the client asked for control messages."""
-        return bool(self.options.get("control"))
+        return self.options.get("control") is True
 
+    @property
+    def exits(self) -> bool:
+        """True when the client asked for scope exits (control clients get them too)."""
+        return self.options.get("exits") is True or self.control
 
-_SUB_KEYS = frozenset({"data_scope", "catalog", "show_hidden", "start_seq", "after_seq"})
+    @property
+    def strict(self) -> bool:
+        """True when the client asked for strict checking."""
+        return self.options.get("strict") is True
 
 
 def parse_handshake(message: str | bytes, max_subscriptions: int) -> Handshake:
-    """Parse and check the shape of a first message; raises :class:`Refusal` (4400 or 4429)."""
+    """Parse and check the shape of a first message; raises :class:`Refusal` (4400, 4404 or 4429)."""
     try:
         obj = orjson.loads(message)
     except orjson.JSONDecodeError as exc:
@@ -68,23 +88,30 @@ def parse_handshake(message: str | bytes, max_subscriptions: int) -> Handshake:
     if not isinstance(obj, dict):
         raise Refusal(CLOSE_BAD_HANDSHAKE, "Connection information should be a Json object")
     header = obj.pop("_header", {})
+    if header is None:
+        header = {}
     if not isinstance(header, dict):
         raise Refusal(CLOSE_BAD_HANDSHAKE, "_header should be an object")
     options = obj.pop("_options", {})
-    if not isinstance(options, dict) or set(options) - OPTIONS:
-        raise Refusal(CLOSE_BAD_HANDSHAKE, f"_options should be an object with keys among {sorted(OPTIONS)}")
+    if not isinstance(options, dict) or not all(isinstance(v, bool) for v in options.values()):
+        raise Refusal(CLOSE_BAD_HANDSHAKE, "_options should be an object of true/false flags")
+    strict = options.get("strict") is True
+    if strict and set(options) - OPTIONS:
+        raise Refusal(CLOSE_BAD_HANDSHAKE, f"unknown _options {sorted(set(options) - OPTIONS)}")
     requests: dict[str, dict[str, Any]] = {}
     for name, sub in obj.items():
         if name.startswith("_"):
-            raise Refusal(CLOSE_BAD_HANDSHAKE, f"unknown handshake entry {name!r}")
+            if strict:
+                raise Refusal(CLOSE_BAD_HANDSHAKE, f"unknown handshake entry {name[:40]!r}")
+            continue  # the original passes them on; nothing here reads them
         if sub is None:
             sub = {}
         if not isinstance(sub, Mapping):
             raise Refusal(CLOSE_BAD_HANDSHAKE, f"{name}: subscription should be an object")
-        extra = set(sub) - _SUB_KEYS
-        if extra:
-            raise Refusal(CLOSE_BAD_HANDSHAKE, f"{name}: unknown subscription keys {sorted(extra)}")
-        requests[name] = dict(sub)
+        unknown = set(sub) - SUBSCRIPTION_KEYS - SERVER_KEYS
+        if strict and unknown:
+            raise Refusal(CLOSE_BAD_HANDSHAKE, f"{name}: unknown subscription keys {sorted(unknown)}"[:120])
+        requests[name] = {k: v for k, v in sub.items() if k not in SERVER_KEYS and k not in _RESERVED}
     if not requests:
         raise Refusal(CLOSE_NO_CLASS, "Class requested Not Found")
     if len(requests) > max_subscriptions:

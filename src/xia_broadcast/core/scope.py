@@ -16,17 +16,29 @@ Semantics (``docs/semantics.md`` has worked examples):
 * ``in`` / ``not in`` take a list of scalars; the field value is looked up among the elements of its own
   kind. When the list is not empty and holds no element of the value's kind, nor ``None`` (which is
   comparable with anything), that is a type mismatch: ``"5" in [5, 6]`` is out, ``"x" not in [None]`` is in.
+  With a string value they are a substring test, as Python's ``in`` (the original's meaning): ``"ab" in
+  "abc"``; a field that is not a string is a mismatch.
+* ``==`` / ``!=`` with a list or an object compare the whole value (``tags == ["a", "b"]``), as the original.
+* A ``datetime`` or ``date`` value (given through the library) compares with datetimes and dates, and with
+  strings in ISO 8601 form (how documents store them as JSON); naive against aware is a mismatch.
+* Lenient by default, as the original: a field the class does not declare reads as None, extra keys in a
+  condition are ignored. ``strict`` refuses both.
 
-An invalid scope raises :class:`~xia_broadcast.errors.InvalidScopeError` at compile time, never at delivery.
+An invalid scope raises :class:`~xia_broadcast.errors.InvalidScopeError` at compile time, never at delivery; so
+does a scope over the bounds of :class:`~.limits.SubscriptionLimits`.
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Mapping, Sequence
+from datetime import date, datetime
 from typing import Any
 
-from ..errors import InvalidScopeError
+import orjson
+
+from ..errors import HiddenFieldError, InvalidScopeError
+from .limits import DEFAULT_LIMITS, SubscriptionLimits
 from .schema import DocSchema
 
 Predicate = Callable[[Mapping[str, Any]], bool]
@@ -35,10 +47,12 @@ OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in")
 _ORDERING = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 _NEGATIVE = frozenset({"!=", "not in"})
 _SCALARS = (str, int, float, bool, type(None))
+_TEMPORAL_KINDS = frozenset({"datetime", "date"})
 
 
 def kind(value: Any) -> str:
-    """The comparison kind of a value: ``none``, ``bool``, ``num``, ``str`` or ``other``."""
+    """The comparison kind of a value: ``none``, ``bool``, ``num``, ``str``, ``datetime``, ``date`` or
+    ``other``."""
     if value is None:
         return "none"
     t = type(value)
@@ -54,6 +68,10 @@ def kind(value: Any) -> str:
         return "num"
     if isinstance(value, str):
         return "str"
+    if isinstance(value, datetime):
+        return "datetime"
+    if isinstance(value, date):
+        return "date"
     return "other"
 
 
@@ -61,61 +79,115 @@ def _always(_data: Mapping[str, Any]) -> bool:
     return True
 
 
-def validate_scope(data_scope: Any, schema: DocSchema | None = None) -> list[dict[str, Any]]:
-    """Check a scope's shape (and its paths against ``schema`` when one is known); return it as a list."""
+def validate_scope(data_scope: Any, schema: DocSchema | None = None, *, strict: bool = False,
+                   limits: SubscriptionLimits = DEFAULT_LIMITS, hidden_allowed: bool = True) -> list[dict[str, Any]]:
+    """Check a scope's shape and cost (and its paths against ``schema`` when one is known); return it as a
+    list of ``{fn, op, val}``.
+
+    Lenient by default, as the original: extra keys in a condition are ignored and a path the schema does
+    not declare reads as None. ``strict`` refuses both. A path through a hidden field is refused
+    (:class:`HiddenFieldError`, 4403) unless ``hidden_allowed``: otherwise the scope is a question about a
+    value the subscriber may not see.
+    """
     if data_scope is None:
         return []
     if not isinstance(data_scope, (list, tuple)):
         raise InvalidScopeError(f"data_scope must be a list of conditions, not {type(data_scope).__name__}")
+    if len(data_scope) > limits.max_conditions:
+        raise InvalidScopeError(f"data_scope has {len(data_scope)} conditions, more than max_conditions "
+                                f"({limits.max_conditions})")
     out = []
     for i, cond in enumerate(data_scope):
         where = f"data_scope[{i}]"
         if not isinstance(cond, Mapping):
             raise InvalidScopeError(f"{where} must be an object {{fn, op, val}}")
-        extra = set(cond) - {"fn", "op", "val"}
-        if extra:
-            raise InvalidScopeError(f"{where}: unknown keys {sorted(extra)}")
+        if strict:
+            extra = set(cond) - {"fn", "op", "val"}
+            if extra:
+                raise InvalidScopeError(f"{where}: unknown keys {sorted(map(str, extra))}")
         if "fn" not in cond or "op" not in cond or "val" not in cond:
             raise InvalidScopeError(f"{where}: needs 'fn', 'op' and 'val'")
         fn, op, val = cond["fn"], cond["op"], cond["val"]
-        if not isinstance(fn, str) or not fn or any(not part for part in fn.split(".")):
-            raise InvalidScopeError(f"{where}: 'fn' must be a field name or dotted path, got {fn!r}")
+        if not isinstance(fn, str) or not fn or len(fn) > limits.max_value_length \
+                or any(not part for part in fn.split(".")):
+            raise InvalidScopeError(f"{where}: 'fn' must be a field name or dotted path, got {str(fn)[:40]!r}")
+        if fn.count(".") >= limits.max_path_depth:
+            raise InvalidScopeError(f"{where}: path has more than max_path_depth ({limits.max_path_depth}) parts")
         if op not in OPERATORS:
-            raise InvalidScopeError(f"{where}: unknown operator {op!r}, expected one of {list(OPERATORS)}")
-        if op in ("in", "not in"):
-            if not isinstance(val, (list, tuple)) or not all(isinstance(v, _SCALARS) for v in val):
-                raise InvalidScopeError(f"{where}: '{op}' needs a list of scalar values")
-        elif op in _ORDERING:
-            if kind(val) not in ("num", "str"):
-                raise InvalidScopeError(f"{where}: '{op}' needs a number or a string, got {val!r}")
-        elif not isinstance(val, _SCALARS):
-            raise InvalidScopeError(f"{where}: '{op}' needs a scalar value, got {type(val).__name__}")
+            raise InvalidScopeError(f"{where}: unknown operator {str(op)[:20]!r}, expected one of {list(OPERATORS)}")
+        _check_value(where, op, val, limits)
         if schema is not None:
-            _check_path(schema, fn, where)
+            _check_path(schema, fn, where, strict, hidden_allowed)
         out.append({"fn": fn, "op": op, "val": list(val) if isinstance(val, tuple) else val})
     return out
 
 
-def _check_path(schema: DocSchema, path: str, where: str) -> None:
+def _check_value(where: str, op: str, val: Any, limits: SubscriptionLimits) -> None:
+    if isinstance(val, str) and len(val) > limits.max_value_length:
+        raise InvalidScopeError(f"{where}: value longer than max_value_length ({limits.max_value_length})")
+    if op in ("in", "not in"):
+        if isinstance(val, str):
+            return  # substring test
+        if not isinstance(val, (list, tuple)) or not all(isinstance(v, _SCALARS) for v in val):
+            raise InvalidScopeError(f"{where}: '{op}' needs a list of scalar values or a string")
+        if len(val) > limits.max_in_values:
+            raise InvalidScopeError(f"{where}: '{op}' list has more than max_in_values ({limits.max_in_values})")
+        if any(isinstance(v, str) and len(v) > limits.max_value_length for v in val):
+            raise InvalidScopeError(f"{where}: value longer than max_value_length ({limits.max_value_length})")
+    elif op in _ORDERING:
+        if kind(val) not in ("num", "str", "datetime", "date"):
+            raise InvalidScopeError(f"{where}: '{op}' needs a number, a string or a date, got {repr(val)[:40]}")
+    elif isinstance(val, (list, tuple, dict)):  # == / != on the whole value
+        try:
+            size = len(orjson.dumps(val))
+        except TypeError as exc:
+            raise InvalidScopeError(f"{where}: '{op}' value is not JSON") from exc
+        if size > limits.max_value_length:
+            raise InvalidScopeError(f"{where}: value longer than max_value_length ({limits.max_value_length})")
+    elif not isinstance(val, _SCALARS) and kind(val) not in _TEMPORAL_KINDS:
+        raise InvalidScopeError(f"{where}: '{op}' needs a JSON value, got {type(val).__name__}")
+
+
+def _check_path(schema: DocSchema, path: str, where: str, strict: bool, hidden_allowed: bool) -> None:
     current: DocSchema | None = schema
     parts = path.split(".")
     for i, part in enumerate(parts):
         if current is None:
             return  # below a free-form field: anything goes
         if part == "_id" and not current.embedded and i == 0:
-            if len(parts) > 1:
+            if len(parts) > 1 and strict:
                 raise InvalidScopeError(f"{where}: '_id' has no sub-fields")
             return
         spec = current.fields.get(part)
         if spec is None:
-            raise InvalidScopeError(f"{where}: {schema.name} has no field {'.'.join(parts[: i + 1])!r}")
+            if strict:
+                raise InvalidScopeError(f"{where}: {schema.name} has no field {'.'.join(parts[: i + 1])!r}")
+            return  # an undeclared field reads as None
+        if spec.hidden and not hidden_allowed:
+            raise HiddenFieldError(f"{where}: {'.'.join(parts[: i + 1])!r} is hidden; a scope may name it only "
+                                   "with permission to see hidden fields")
         if spec.embedded is None and i < len(parts) - 1 and not spec.free_form:
-            raise InvalidScopeError(f"{where}: field {part!r} of {schema.name} has no sub-fields")
+            if strict:
+                raise InvalidScopeError(f"{where}: field {part!r} of {schema.name} has no sub-fields")
+            return  # reads as None below a plain value
         current = spec.embedded
 
 
 # -- compiled tests ------------------------------------------------------------------------------------
 # Each test returns True (holds), False (does not hold) or None (type mismatch).
+
+
+def _as_temporal(v: Any, vk: str) -> Any:
+    """``v`` as a value of the temporal kind ``vk`` (a date or datetime, or its ISO string), else None."""
+    k = kind(v)
+    if k == vk:
+        return v
+    if k == "str":
+        try:
+            return datetime.fromisoformat(v) if vk == "datetime" else date.fromisoformat(v)
+        except ValueError:
+            return None
+    return None
 
 
 def _make_test(op: str, val: Any) -> Callable[[Any], bool | None]:
@@ -126,6 +198,29 @@ def _make_test(op: str, val: Any) -> Callable[[Any], bool | None]:
             def t_none(v: Any) -> bool | None:
                 return (v is None) == want_equal
             return t_none
+        if isinstance(val, (list, tuple, dict)):  # the whole value, as Python's == compares it
+            whole: Any = list(val) if isinstance(val, tuple) else val
+            container = dict if isinstance(whole, dict) else list
+
+            def t_whole(v: Any) -> bool | None:
+                if v is None:
+                    return not want_equal
+                if not isinstance(v, container):
+                    return None
+                return bool(v == whole) == want_equal
+            return t_whole
+        if vk in _TEMPORAL_KINDS:
+            def t_time_eq(v: Any) -> bool | None:
+                if v is None:
+                    return not want_equal
+                t = _as_temporal(v, vk)
+                if t is None:
+                    return None
+                try:
+                    return bool(t == val) == want_equal
+                except TypeError:
+                    return None
+            return t_time_eq
 
         def t_eq(v: Any) -> bool | None:
             if v is None:
@@ -136,18 +231,37 @@ def _make_test(op: str, val: Any) -> Callable[[Any], bool | None]:
         return t_eq
     if op in _ORDERING:
         cmp, vk = _ORDERING[op], kind(val)
+        if vk in _TEMPORAL_KINDS:
+            def t_time_ord(v: Any) -> bool | None:
+                t = _as_temporal(v, vk)
+                if t is None:
+                    return None
+                try:
+                    return bool(cmp(t, val))
+                except TypeError:  # naive against aware
+                    return None
+            return t_time_ord
 
         def t_ord(v: Any) -> bool | None:
             if kind(v) != vk:
                 return None
             return bool(cmp(v, val))
         return t_ord
-    # in / not in: group the list by kind once
+    want_in = op == "in"
+    if isinstance(val, str):  # substring, as Python's ``in`` on a string
+        def t_sub(v: Any) -> bool | None:
+            if v is None:
+                return not want_in
+            if kind(v) != "str":
+                return None
+            return (v in val) == want_in
+        return t_sub
+    # in / not in a list: group the list by kind once, test by set membership
     by_kind: dict[str, set[Any]] = {}
     for item in val:
         by_kind.setdefault(kind(item), set()).add(item)
     # a value is comparable with the list when it holds an element of the value's kind or a None
-    mismatch_possible, want_in = bool(val) and "none" not in by_kind, op == "in"
+    mismatch_possible = bool(val) and "none" not in by_kind
 
     def t_in(v: Any) -> bool | None:
         same = by_kind.get(kind(v))
@@ -159,8 +273,9 @@ def _make_test(op: str, val: Any) -> Callable[[Any], bool | None]:
     return t_in
 
 
-def _candidates(data: Any, parts: Sequence[str]) -> list[Any]:
-    """Every value the path reaches, lists flattened (a missing field gives ``[None]``)."""
+def _candidates(data: Any, parts: Sequence[str], flatten_last: bool = True) -> list[Any]:
+    """Every value the path reaches, lists of embedded documents crossed (a missing field gives
+    ``[None]``); a list at the end is flattened into its elements unless ``flatten_last``."""
     current = [data]
     for part in parts:
         nxt: list[Any] = []
@@ -171,6 +286,8 @@ def _candidates(data: Any, parts: Sequence[str]) -> list[Any]:
             else:
                 nxt.append(item.get(part) if isinstance(item, Mapping) else None)
         current = nxt
+    if not flatten_last:
+        return current
     out: list[Any] = []
     for item in current:
         if isinstance(item, list):
@@ -184,9 +301,10 @@ def _compile_condition(fn: str, op: str, val: Any) -> Predicate:
     test = _make_test(op, val)
     negative = op in _NEGATIVE
     parts = fn.split(".")
+    whole = op in ("==", "!=") and isinstance(val, (list, tuple, dict))
 
     def general(data: Mapping[str, Any]) -> bool:
-        values = _candidates(data, parts)
+        values = _candidates(data, parts, not whole)
         if negative:
             return all(test(v) is True for v in values)
         return any(test(v) is True for v in values)
@@ -194,6 +312,10 @@ def _compile_condition(fn: str, op: str, val: Any) -> Predicate:
     if len(parts) > 1:
         return general
     key = parts[0]
+    if whole:
+        def simple_whole(data: Mapping[str, Any]) -> bool:
+            return test(data.get(key)) is True
+        return simple_whole
 
     def simple(data: Mapping[str, Any]) -> bool:
         v = data.get(key)
@@ -203,9 +325,16 @@ def _compile_condition(fn: str, op: str, val: Any) -> Predicate:
     return simple
 
 
-def compile_scope(data_scope: Any, schema: DocSchema | None = None) -> Predicate:
-    """Validate ``data_scope`` and compile it into a predicate over a document's stored data (a dict)."""
-    conditions = validate_scope(data_scope, schema)
+def compile_scope(data_scope: Any, schema: DocSchema | None = None, *, strict: bool = False,
+                  limits: SubscriptionLimits = DEFAULT_LIMITS, hidden_allowed: bool = True) -> Predicate:
+    """Validate ``data_scope`` (:func:`validate_scope`) and compile it into a predicate over a document's
+    stored data (a dict)."""
+    conditions = validate_scope(data_scope, schema, strict=strict, limits=limits, hidden_allowed=hidden_allowed)
+    return compile_conditions(conditions)
+
+
+def compile_conditions(conditions: list[dict[str, Any]]) -> Predicate:
+    """Compile conditions :func:`validate_scope` returned into one predicate (AND)."""
     if not conditions:
         return _always
     preds = [_compile_condition(c["fn"], c["op"], c["val"]) for c in conditions]

@@ -7,7 +7,7 @@ catalog or the item order of an ACL.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -50,7 +50,7 @@ def _canon_any(value: Any) -> bytes:
 
 
 def view_key(
-    scope: list[Mapping[str, Any]], catalog: Mapping[str, Any], show_hidden: bool, acl: Acl | None,
+    scope: Sequence[Mapping[str, Any]], catalog: Mapping[str, Any], show_hidden: bool, acl: Acl | None,
     raw_acl: Any = None,
 ) -> ViewKey:
     """The key of the view a subscription belongs to (inputs already validated); ``raw_acl`` is the ACL

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.acl import Acl
+from ..core.limits import SubscriptionLimits
 from ..core.schema import DocSchema, load_schemas
 from ..errors import InvalidAclError, SchemaError
 
@@ -74,6 +75,21 @@ class Settings:
     allow_undeclared_classes: bool = False
     demo: bool = False
     demo_rate: float = 5.0
+    #: on an authenticated server, hidden fields (show_hidden, or a scope naming a hidden field) only for
+    #: keys and tokens granted show_hidden; false restores the original (anyone may ask)
+    show_hidden_requires_grant: bool = True
+    #: what one subscription may cost (docs/configuration.md, "Subscription limits")
+    max_scope_conditions: int = 32
+    max_scope_path_depth: int = 8
+    max_scope_in_values: int = 1024
+    max_scope_value_length: int = 4096
+    max_catalog_depth: int = 8
+    max_catalog_fields: int = 512
+
+    def subscription_limits(self) -> SubscriptionLimits:
+        """The subscription limits these settings give."""
+        return SubscriptionLimits(self.max_scope_conditions, self.max_scope_path_depth, self.max_scope_in_values,
+                                  self.max_scope_value_length, self.max_catalog_depth, self.max_catalog_fields)
 
     @property
     def authenticated(self) -> bool:
@@ -84,7 +100,10 @@ class Settings:
 _SECTIONS = {
     "server": {"host", "port", "path", "handshake_timeout", "max_message_size", "max_publish_size",
                "max_connections", "max_subscriptions", "ping_interval", "ping_timeout", "queue_messages",
-               "queue_bytes", "shutdown_timeout", "log_format", "log_level", "allow_undeclared_classes"},
+               "queue_bytes", "shutdown_timeout", "log_format", "log_level", "allow_undeclared_classes",
+               "show_hidden_requires_grant"},
+    "limits": {"max_scope_conditions", "max_scope_path_depth", "max_scope_in_values", "max_scope_value_length",
+               "max_catalog_depth", "max_catalog_fields"},
     "journal": {"max_count", "max_age", "max_tracked_ids"},
     "jwt": {"secret", "public_key", "public_key_file", "algorithms", "acl_claim", "audience", "issuer"},
     "publish": {"keys"},
@@ -144,7 +163,7 @@ def apply_toml(settings: Settings, data: Mapping[str, Any]) -> None:
         if extra:
             raise ConfigError(f"[{section}]: unknown settings {sorted(extra)}")
         for k, v in table.items():
-            if section == "server":
+            if section in ("server", "limits"):
                 _set(settings, k, v)
             elif section == "jwt":
                 if k == "public_key_file":
@@ -242,6 +261,8 @@ def check(settings: Settings) -> None:
     if settings.log_format not in ("json", "text"):
         raise ConfigError(f"log_format must be json or text, not {settings.log_format!r}")
     for name in ("port", "max_message_size", "max_publish_size", "max_connections", "max_subscriptions",
-                 "queue_messages", "queue_bytes", "journal_max_count"):
+                 "queue_messages", "queue_bytes", "journal_max_count", "max_scope_conditions",
+                 "max_scope_path_depth", "max_scope_in_values", "max_scope_value_length", "max_catalog_depth",
+                 "max_catalog_fields"):
         if getattr(settings, name) < (0 if name in ("port", "journal_max_count") else 1):
             raise ConfigError(f"{name} must be positive, not {getattr(settings, name)}")

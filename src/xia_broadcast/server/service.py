@@ -19,7 +19,6 @@ import orjson
 from ..broadcast import Broadcaster
 from ..core.protocol import (
     CLOSE_AUTH_FAILED,
-    CLOSE_CLASS_FORBIDDEN,
     CLOSE_NO_CLASS,
     Handshake,
     Refusal,
@@ -63,6 +62,9 @@ class Session:
         self.timers.clear()
 
 
+#: options given to ``subscribe`` that are not part of the original's confirmation
+_OPTION_KWARGS = frozenset({"control", "exits", "strict", "hidden_allowed"})
+
 #: control clients are told this many seconds (at most half the token's remaining life) before expiry
 EXPIRY_WARNING = 30.0
 
@@ -79,6 +81,7 @@ class Service:
         broadcaster.journal_max_age = settings.journal_max_age
         broadcaster.max_tracked_ids = settings.max_tracked_ids
         broadcaster.journal_epoch_now = True
+        broadcaster.subscription_limits = settings.subscription_limits()
         for schema in settings.classes.values():
             broadcaster.register_class(schema)
         self.auth = Authenticator(settings)
@@ -108,25 +111,28 @@ class Service:
         known = [c for c in handshake.requests if self.class_known(c)]
         if not known:
             raise Refusal(CLOSE_NO_CLASS, "Class requested Not Found")
-        for c in known:
-            if handshake.requests[c].get("show_hidden") is True and not principal.show_hidden:
-                raise Refusal(CLOSE_CLASS_FORBIDDEN, f"{c}: show_hidden not permitted for {principal.user_name}")
-        if principal.acl is not None:
-            for c in known:
-                if not acl_may_read_class(principal.acl.content, c):
-                    raise Refusal(CLOSE_CLASS_FORBIDDEN, f"class {c} not permitted for {principal.user_name}")
+        hidden_allowed = principal.show_hidden or not self.settings.show_hidden_requires_grant
+        start_time = time.time()
         subscribed: dict[str, Any] = {}
+        notes: list[bytes] = []
         try:
             for c in known:
-                extra: dict[str, Any] = {"control": True} if handshake.control else {}
                 params = await self.broadcaster.subscribe(
                     websocket, c, **handshake.requests[c], acl=principal.acl, user_name=principal.user_name,
-                    **extra)
-                subscribed[c] = {**params, "head_seq": self.broadcaster.journal().position(c)}
+                    start_time=start_time, control=handshake.control, exits=handshake.exits,
+                    strict=handshake.strict, hidden_allowed=hidden_allowed)
+                subscribed[c] = {k: v for k, v in params.items() if k not in _OPTION_KWARGS}
+                subscribed[c]["head_seq"] = self.broadcaster.journal().position(c)
+                if handshake.control and principal.acl is not None and \
+                        not acl_may_read_class(principal.acl.content, c):
+                    notes.append(encode_json({"_control": "acl_reads_nothing", "class": c}))
         except SubscriptionError as exc:
             self.broadcaster.disconnect(websocket)
             raise Refusal(exc.code, exc.reason) from exc
-        self.broadcaster.engine().send_direct(websocket, encode_json(subscribed))
+        engine = self.broadcaster.engine()
+        engine.send_direct(websocket, encode_json(subscribed))
+        for note in notes:
+            engine.send_direct(websocket, note)
         log.info("subscribed", extra={"user": principal.user_name, "classes": known})
         return Session(principal, handshake, known)
 
