@@ -15,7 +15,7 @@ from pydantic.alias_generators import to_camel
 
 from xia_broadcast import Broadcaster, Document, field
 from xia_broadcast.core.change import Change
-from xia_broadcast.fanout import FanoutEngine
+from xia_broadcast.hub import Hub, HubSettings
 from xia_broadcast.journal import MemoryJournal
 from xia_broadcast.server.config import ConfigError, Settings, load_settings
 from xia_broadcast.server.demo import ORDER_SCHEMA
@@ -130,30 +130,47 @@ async def test_overridden_hooks_also_see_data_changes_and_scope_exits() -> None:
 # -- no silent gap, no spin -----------------------------------------------------------------------------
 
 
-def test_a_replay_overtaken_by_retention_is_cut_off_not_skipped() -> None:
-    cut: list[Any] = []
-    reasons: list[str] = []
-    engine = FanoutEngine(lambda c: None, lambda c, reason, code: (cut.append(c), reasons.append(reason)),
-                          max_queue_messages=10, journal=MemoryJournal(max_count=100))
+class Signals:
+    """What a Hub tells its transport, as events a test can wait for."""
 
-    def publish(i: int) -> None:
-        change = Change("Doc", "I", "", {"_id": f"d{i}", "i": i})
-        engine.journal.append(change)
-        engine.fanout(change)
+    def __init__(self) -> None:
+        self.ready = asyncio.Event()
+        self.closed: list[tuple[int, str]] = []
+        self.closing = asyncio.Event()
 
+    def on_ready(self, conn: Any) -> None:
+        self.ready.set()
+
+    def on_close(self, conn: Any, code: int, reason: str) -> None:
+        self.closed.append((code, reason))
+        self.closing.set()
+
+    async def next_ready(self) -> None:
+        await asyncio.wait_for(self.ready.wait(), 5)
+        self.ready.clear()
+
+
+def hub_with(signals: Signals, journal: MemoryJournal | None = None, **settings: Any) -> Hub:
+    return Hub(journal or MemoryJournal(), HubSettings(**settings), signals.on_ready, signals.on_close)
+
+
+async def test_a_replay_overtaken_by_retention_is_cut_off_not_skipped() -> None:
+    signals = Signals()
+    hub = hub_with(signals, MemoryJournal(max_count=100), queue_messages=10)
     for i in range(100):
-        publish(i)
+        hub.publish(Change("Doc", "I", "", {"_id": f"d{i}", "i": i}))
     ws = object()
-    engine.subscribe(ws, "Doc", {"from_seq": engine.journal.oldest("Doc")}, None)
-    conn = engine.connections[ws]
-    engine.pump(conn)
+    hub.subscribe(ws, "Doc", {"from_seq": hub.journal.oldest("Doc")}, None)
+    conn = hub.connections[ws]
+    await signals.next_ready()
     got = [orjson.loads(o.data)["message"]["i"] for o in conn.take()]
+    conn.scheduled = False
     assert got == list(range(10))
     for i in range(100, 250):  # retention drops what the replay has not reached yet
-        publish(i)
-    engine.pump(conn)
-    assert cut == [conn] and conn.closed  # told (4409 on the wire), never a silent jump
-    assert reasons == ["too slow: fell behind the journal's retention"]
+        hub.publish(Change("Doc", "I", "", {"_id": f"d{i}", "i": i}))
+    await asyncio.wait_for(signals.closing.wait(), 5)
+    assert conn.closed  # told (4409 on the wire), never a silent jump
+    assert signals.closed == [(4409, "too slow: fell behind the journal's retention")]
 
 
 async def test_chosen_seqs_before_the_journal_epoch_are_delivered_live_without_a_replay_spin() -> None:
@@ -174,20 +191,31 @@ async def test_chosen_seqs_before_the_journal_epoch_are_delivered_live_without_a
     assert late.got == [] and B.engine().stats.history_gone <= 1
 
 
-def test_a_replay_never_queues_past_the_byte_bound() -> None:
-    engine = FanoutEngine(lambda c: None, lambda c, reason, code: None, max_queue_messages=1000,
-                          max_queue_bytes=65536)
+async def test_a_replay_never_queues_past_the_byte_bound_and_reads_once_per_round() -> None:
+    signals = Signals()
+    journal = MemoryJournal()
+    hub = hub_with(signals, journal, queue_messages=1000, queue_bytes=65536)
     for i in range(50):
-        change = Change("Doc", "I", "", {"_id": f"d{i}", "pad": "x" * 100_000})
-        engine.journal.append(change)
+        hub.publish(Change("Doc", "I", "", {"_id": f"d{i}", "pad": "x" * 100_000}))
+    reads = 0
+    read = journal.read
+
+    def counting_read(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return read(*args, **kwargs)
+
+    journal.read = counting_read  # type: ignore[method-assign]
     ws = object()
-    engine.subscribe(ws, "Doc", {"from_seq": engine.journal.oldest("Doc")}, None)
-    conn = engine.connections[ws]
-    engine.pump(conn)
+    hub.subscribe(ws, "Doc", {"from_seq": journal.oldest("Doc")}, None)
+    conn = hub.connections[ws]
+    await signals.next_ready()
     assert len(conn.queue) == 1 and conn.replaying == 1  # one message over the bound at most, then it waits
-    conn.take()
-    engine.pump(conn)
-    assert len(conn.queue) == 1
+    assert reads == 1  # a queue full by bytes waits for room: no spin over the journal
+    conn.take()  # as a transport does: take what is queued, then it is idle again
+    conn.scheduled = False
+    await signals.next_ready()
+    assert len(conn.queue) == 1 and reads == 2
 
 
 async def test_publishing_from_another_thread_is_refused_before_anything_changes() -> None:
@@ -297,8 +325,8 @@ def test_an_api_key_with_a_malformed_acl_is_refused_at_load(tmp_path: Any) -> No
 
 def test_direct_messages_a_client_provokes_without_reading_are_bounded() -> None:
     cut: list[Any] = []
-    engine = FanoutEngine(lambda c: None, lambda c, reason, code: cut.append(reason),
-                          max_queue_messages=100, max_queue_bytes=10_000)
+    engine = Hub(MemoryJournal(), HubSettings(queue_messages=100, queue_bytes=10_000),
+                 lambda c: None, lambda c, code, reason: cut.append(reason))
     ws = object()
     for _ in range(1000):  # e.g. token refreshes answered with token_refreshed, never read
         engine.send_direct(ws, b'{"_control":"token_refreshed","expires_at":1}')

@@ -1,14 +1,16 @@
-"""The original ``Broadcaster`` API, on the fan-out engine.
+"""The original ``Broadcaster`` API, a thin front over a :class:`~xia_broadcast.hub.Hub`.
 
 Every member of the original keeps its name, signature, default and async-ness. What changed is inside:
 
-* each subclass has its own connection library (``active_connections``) and engine;
+* each subclass has its own connection library (``active_connections``) and Hub (made from the class's
+  settings on first use, or given with :meth:`Broadcaster.use_hub`);
 * subscribers sharing (scope, catalog, show_hidden, ACL) form one view, computed once per change;
 * ``document_sent_async`` only queues: each websocket has a bounded outbound queue drained by its own
   task, so a slow or failing client never delays, stops or breaks the delivery to the others;
-* every change goes into a journal first: ``start_seq`` replays it (gapless, then live), and a subscriber
-  whose queue overflows continues from the journal once it reads again instead of losing anything;
-* an update that takes a document out of a view sends that view's members ``X`` with its ``_id``;
+* every change goes into a journal first: ``after_seq``/``from_seq`` replay it (gapless, then live), and a
+  subscriber whose queue overflows continues from the journal once it reads again instead of losing anything;
+* an update that takes a document out of a view sends ``X`` with its ``_id`` to the members that asked for
+  exits;
 * a subscriber with a later ``start_seq`` skips older changes for itself only; a closed socket is
   never written to; one bad document or one failing view is logged and skipped;
 * invalid scopes, catalogs and ACLs are refused at ``subscribe`` time (:class:`SubscriptionError`).
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -32,18 +33,17 @@ from .core.change import Change
 from .core.limits import DEFAULT_LIMITS, SubscriptionLimits
 from .core.protocol import CLOSE_TOO_SLOW
 from .core.schema import OPS, DocSchema
-from .core.versions import LastVersions
 from .document import Document
 from .errors import DocumentError
 from .fanout import (
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_MAX_QUEUE_MESSAGES,
     Connection,
-    FanoutEngine,
     Outgoing,
     encode_json,
 )
-from .journal import Journal, MemoryJournal, SeqOrderError
+from .hub import Hub, HubSettings
+from .journal import Journal, MemoryJournal
 
 log = logging.getLogger("xia_broadcast")
 
@@ -70,16 +70,14 @@ class Broadcaster:
     #: What one subscription may cost (conditions, path depth, list sizes, catalog size).
     subscription_limits: ClassVar[SubscriptionLimits] = DEFAULT_LIMITS
 
-    _engine: ClassVar[FanoutEngine | None] = None
-    _versions: ClassVar[dict[str, LastVersions]] = {}
+    _hub: ClassVar[Hub | None] = None
     _background: ClassVar[set[asyncio.Task[Any]]] = set()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.active_connections = {}
         cls.document_classes = dict(cls.document_classes)
-        cls._engine = None
-        cls._versions = {}
+        cls._hub = None
         cls._background = set()
 
     def __init__(self) -> None:
@@ -88,28 +86,41 @@ class Broadcaster:
     # -- state of this class ------------------------------------------------------------------------------
 
     @classmethod
-    def engine(cls) -> FanoutEngine:
-        """This class's fan-out engine (created on first use, with this class's queue bounds)."""
-        eng = cls.__dict__.get("_engine")
-        if eng is None:
-            eng = FanoutEngine(cls._connection_ready, cls._connection_too_slow,
-                               cls.max_queue_messages, cls.max_queue_bytes, cls.make_journal())
-            eng.slow_hooks = (cls.check_subscriber_acl, cls.get_message_body)
-            eng.force_slow = not cls._uses_default_checks()
-            eng.limits = cls.subscription_limits
-            cls._engine = eng
-        return eng
+    def hub(cls) -> Hub:
+        """This class's Hub: the one given with :meth:`use_hub`, else one made from this class's settings
+        on first use."""
+        hub = cls.__dict__.get("_hub")
+        if hub is None:
+            hub = cls.use_hub(Hub(cls.make_journal(), HubSettings(
+                queue_messages=cls.max_queue_messages, queue_bytes=cls.max_queue_bytes,
+                max_tracked_ids=cls.max_tracked_ids, limits=cls.subscription_limits)))
+        return hub
+
+    @classmethod
+    def use_hub(cls, hub: Hub) -> Hub:
+        """Serve this class's subscribers from ``hub`` (its transport hooks become this class's)."""
+        hub.on_ready = cls._connection_ready
+        hub.on_close = cls._connection_closed
+        hub.slow_hooks = (cls.check_subscriber_acl, cls.get_message_body)
+        hub.force_slow = not cls._uses_default_checks()
+        cls._hub = hub
+        return hub
+
+    @classmethod
+    def engine(cls) -> Hub:
+        """This class's Hub (its former name)."""
+        return cls.hub()
 
     @classmethod
     def make_journal(cls) -> Journal:
-        """The journal of this class's engine (override to use another backend)."""
+        """The journal of this class's Hub (override to use another backend)."""
         if cls.journal_epoch_now:
             return MemoryJournal.starting_now(cls.journal_max_count, cls.journal_max_age)
         return MemoryJournal(cls.journal_max_count, cls.journal_max_age)
 
     @classmethod
     def journal(cls) -> Journal:
-        return cls.engine().journal
+        return cls.hub().journal
 
     @classmethod
     def register_class(cls, schema: DocSchema | type[Document]) -> DocSchema:
@@ -174,10 +185,10 @@ class Broadcaster:
             "acl": acl,
             **kwargs,
         }
-        cls.engine().subscribe(websocket, class_name, sub_params, cls.document_classes.get(class_name),
-                               strict=kwargs.get("strict") is True, exits=kwargs.get("exits") is True,
-                               control=kwargs.get("control") is True,
-                               hidden_allowed=kwargs.get("hidden_allowed", True) is not False)
+        cls.hub().subscribe(websocket, class_name, sub_params, cls.document_classes.get(class_name),
+                            strict=kwargs.get("strict") is True, exits=kwargs.get("exits") is True,
+                            control=kwargs.get("control") is True,
+                            hidden_allowed=kwargs.get("hidden_allowed", True) is not False)
         cls.active_connections.setdefault(class_name, {})[websocket] = sub_params
         return sub_params
 
@@ -189,7 +200,7 @@ class Broadcaster:
             subscribers.pop(websocket, None)
             if not subscribers:
                 del cls.active_connections[class_name]
-        conn = cls.engine().remove(websocket)
+        conn = cls.hub().remove(websocket)
         if conn is not None and conn.task is not None and conn.task is not _current_task():
             conn.task.cancel()
 
@@ -294,31 +305,15 @@ class Broadcaster:
 
     @classmethod
     def _record(cls, change: Change) -> None:
-        """Find the previous state, journal the change, remember its version, fan it out."""
-        engine = cls.engine()
-        if engine.connections:
+        """Hand the change to the Hub (journal, previous state, fan-out)."""
+        hub = cls.hub()
+        if hub.connections:
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
                 raise RuntimeError("publish from the event loop that serves the subscribers "
                                    "(e.g. loop.call_soon_threadsafe from another thread)") from None
-        doc_id = change.doc_id
-        if change.data is not None:
-            versions = cls._versions.get(change.class_name)
-            if versions is None:
-                versions = cls._versions[change.class_name] = LastVersions(cls.max_tracked_ids)
-            if change.prev is None:
-                change.prev = versions.get(doc_id)
-            versions.record(change.op, doc_id, change.data)
-        chosen = bool(change.seq)
-        try:
-            engine.journal.append(change)
-        except SeqOrderError as exc:
-            if not chosen:
-                raise
-            # the original API lets callers choose seqs: deliver live, unjournaled
-            log.warning("not journaled, delivered live only: %s", exc)
-        engine.fanout(change)
+        hub.publish(change)
 
     @classmethod
     def _change_of(cls, doc: Any, op: str, seq: str) -> Change:
@@ -327,7 +322,7 @@ class Broadcaster:
             # its data is what the compiled views read, and it gives the previous state for scope exits;
             # broadcasters overriding the hooks still get the document object itself
             return Change(class_name, op, seq, doc.stored_data(), doc.doc_schema(),
-                          doc=doc if cls.engine().force_slow else None)
+                          doc=doc if cls.hub().force_slow else None)
         return Change(class_name, op, seq, doc=doc)
 
     @classmethod
@@ -336,14 +331,9 @@ class Broadcaster:
 
     @classmethod
     async def flush(cls, timeout: float = 5.0) -> bool:
-        """Wait until every queued message has been handed to the transport; False on timeout."""
-        deadline = time.monotonic() + timeout
-        engine = cls.engine()
-        while any(c.scheduled for c in engine.connections.values()):
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.001)
-        return True
+        """Wait until every replay has gone live and every queued message has been handed to the
+        transport; False on timeout."""
+        return await cls.hub().idle(timeout)
 
     # -- draining queues ----------------------------------------------------------------------------------
 
@@ -373,16 +363,8 @@ class Broadcaster:
     @classmethod
     async def _drain(cls, conn: Connection) -> None:
         ws = conn.websocket
-        engine = cls.engine()
         try:
-            while not conn.closed:
-                if not conn.queue:
-                    if not conn.replaying:
-                        return
-                    engine.pump(conn)
-                    if not conn.queue:
-                        await asyncio.sleep(0)  # replay found nothing for this subscriber yet: let others run
-                        continue
+            while not conn.closed and conn.queue:
                 if not cls.subscriber_is_connected(ws):
                     log.info("subscriber closed; removed")
                     cls.disconnect(ws)
@@ -397,11 +379,20 @@ class Broadcaster:
             conn.task = None
 
     @classmethod
-    def _connection_too_slow(cls, conn: Connection, reason: str, code: int = CLOSE_TOO_SLOW) -> None:
+    def _connection_closed(cls, conn: Connection, code: int = CLOSE_TOO_SLOW, reason: str = "") -> None:
         log.warning("subscriber disconnected with %s (%s)", code, reason)
         ws = conn.websocket
+        pending = [] if conn.closed else conn.take()  # e.g. the confirmation: sent before the close
         cls.disconnect(ws)
-        cls._spawn(cls.close_async(ws, code, reason))
+        cls._spawn(cls._send_then_close(ws, pending, code, reason))
+
+    @classmethod
+    async def _send_then_close(cls, websocket: Any, pending: list[Outgoing], code: int, reason: str) -> None:
+        try:
+            if pending and cls.subscriber_is_connected(websocket):
+                await cls.send_batch_async(websocket, pending)
+        finally:
+            await cls.close_async(websocket, code, reason)
 
     @classmethod
     def _spawn(cls, coro: Any) -> asyncio.Task[Any]:

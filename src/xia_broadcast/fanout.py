@@ -1,22 +1,9 @@
-"""The fan-out engine: views, members, bounded outbound queues, replay from the journal. No I/O.
+"""What the fan-out is made of: views, members, connections with bounded queues, encoded messages. No I/O.
 
 Subscribers of a class that share (scope, catalog, show_hidden, ACL) form one :class:`View`. A change is
 checked, projected and JSON-encoded once per view; the one :class:`Outgoing` it yields is appended to the
-queue of every member connection. Nothing here awaits: a fan-out runs from start to end without yielding to
-the event loop, so no subscription changes under it and changes keep their publish order in every queue.
-
-Every change is in the journal before it is fanned out. A member is either *live* (it gets changes from
-the fan-out) or *replaying* (it gets them from the journal, through :meth:`FanoutEngine.pump`, which a
-transport calls whenever the connection's queue is empty). Replay ends, with no gap and no duplicate, when
-the pump finds nothing after the member's cursor: being synchronous, the switch cannot miss a change.
-
-A member replays when it subscribes with ``start_seq``/``after_seq``, and when its connection's queue
-overflows (it *lags*): the queue is not cut, the member goes on from the journal once the queue drains.
-Only when the journal no longer reaches back is the client told (control message ``history_gone``) or,
-without control messages, closed with 4409 through ``on_too_slow``.
-
-Moving bytes is the transport's business: after a fan-out the engine calls ``on_ready(connection)`` once
-for each connection that went from idle to having work.
+queue of every member's :class:`Connection`. The :class:`~xia_broadcast.hub.Hub` runs the fan-out and the
+replay from the journal over these.
 
 Memory: each connection holds at most ``max_messages`` queued messages (``max_bytes`` bytes); a message
 shared by many connections is stored once and counted for each.
@@ -24,39 +11,32 @@ shared by many connections is stored once and counted for each.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from .core.acl import Acl
-from .core.catalog import Projector, compile_normalised, validate_catalog
+from .core.catalog import Projector, compile_normalised
 from .core.change import Change
-from .core.limits import DEFAULT_LIMITS, SubscriptionLimits
-from .core.protocol import CLOSE_HISTORY_GONE, CLOSE_TOO_SLOW
 from .core.schema import DocSchema
-from .core.scope import Predicate, compile_conditions, validate_scope
-from .core.viewindex import ViewIndex, equality_key
-from .core.viewkey import ViewKey, view_key
+from .core.scope import Predicate
+from .core.viewkey import ViewKey
 from .document import DataDocument
-from .errors import HiddenFieldError, SubscriptionError
-from .journal import HistoryGone, Journal, MemoryJournal
 
 log = logging.getLogger("xia_broadcast.fanout")
 
-__all__ = ["Change", "Connection", "FanoutEngine", "Member", "Outgoing", "View", "encode_json"]
+__all__ = ["Change", "Connection", "Member", "Outgoing", "View", "encode_json"]
 
 #: Default bound of a connection's outbound queue, in messages.
 DEFAULT_MAX_QUEUE_MESSAGES = 1000
 #: Default bound of a connection's outbound queue, in bytes of encoded messages.
 DEFAULT_MAX_QUEUE_BYTES = 8 * 1024 * 1024
-#: Changes read from the journal at a time while replaying.
-REPLAY_CHUNK = 512
 
 
 _FALSE_STRINGS = frozenset({"", "0", "false", "no", "off", "n", "f", "none", "null"})
@@ -122,8 +102,8 @@ class Connection:
     """The outbound state of one websocket: its queue and its subscriptions (one per class)."""
 
     __slots__ = (
-        "closed", "control", "max_bytes", "max_messages", "members", "queue", "queued_bytes", "replaying",
-        "scheduled", "task", "websocket",
+        "_room", "closed", "control", "max_bytes", "max_messages", "members", "queue", "queued_bytes",
+        "replaying", "scheduled", "task", "websocket",
     )
 
     def __init__(self, websocket: Any, max_messages: int, max_bytes: int) -> None:
@@ -141,20 +121,30 @@ class Connection:
         #: how many members are replaying from the journal
         self.replaying = 0
         self.task: Any = None
+        self._room: asyncio.Future[None] | None = None
 
     def take(self) -> list[Outgoing]:
-        """Remove and return every queued message, oldest first."""
+        """Remove and return every queued message, oldest first (and wake who waits for room)."""
         batch = list(self.queue)
         self.queue.clear()
         self.queued_bytes = 0
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(None)
         return batch
+
+    def room(self) -> asyncio.Future[None]:
+        """A future done when the transport next takes the queue."""
+        if self._room is None or self._room.done():
+            self._room = asyncio.get_running_loop().create_future()
+        return self._room
 
 
 class Member:
     """One subscription: a connection in a view, live or replaying from a journal position."""
 
-    __slots__ = ("connection", "cursor", "exits", "inclusive", "lagging", "read_any", "replaying", "start_seq",
-                 "view")
+    __slots__ = ("asked", "connection", "cursor", "exits", "inclusive", "lagging", "read_any", "replaying",
+                 "start_seq", "view")
 
     def __init__(self, connection: Connection, view: View, start_seq: str, exits: bool = False) -> None:
         self.connection = connection
@@ -172,6 +162,9 @@ class Member:
         self.lagging = False
         #: this replay has read from the journal already (a gap from here on must not be skipped)
         self.read_any = False
+        #: the client asked for this replay (after_seq/from_seq), rather than it being the start of a live
+        #: subscription or a lag
+        self.asked = False
 
     @property
     def class_name(self) -> str:
@@ -182,7 +175,7 @@ class View:
     """Subscribers of one class sharing (scope, catalog, show_hidden, ACL), and what they compile to."""
 
     __slots__ = ("_projectors", "acl", "acl_param", "catalog", "class_name", "key", "members", "predicate",
-                 "scope", "show_hidden")
+                 "replay_cache", "scope", "show_hidden")
 
     def __init__(self, key: ViewKey, class_name: str, scope: list[dict[str, Any]], predicate: Predicate,
                  catalog: dict[str, Any], show_hidden: bool, acl: Acl | None, acl_param: Any) -> None:
@@ -197,6 +190,8 @@ class View:
         self.acl_param = acl_param
         self.members: dict[Connection, Member] = {}
         self._projectors: dict[DocSchema | None, Projector] = {}
+        #: seq -> (message, is_exit) or None, for the changes its members replayed lately (shared by them)
+        self.replay_cache: dict[str, tuple[Outgoing, bool] | None] = {}
 
     def projector(self, schema: DocSchema | None) -> Projector:
         """The catalog compiled against ``schema`` (cached: one per schema the class is published with)."""
@@ -254,20 +249,6 @@ class View:
         return get_body(doc, self.scope or None, self.catalog or None, self.show_hidden)
 
 
-@dataclass
-class EngineStats:
-    """Counters since the engine started. ``deliveries`` counts messages queued to connections."""
-
-    changes: int = 0
-    projections: int = 0
-    encodings: int = 0
-    deliveries: int = 0
-    replayed: int = 0
-    lags: int = 0
-    history_gone: int = 0
-    view_errors: int = 0
-
-
 SlowHooks = tuple[Callable[[Any, Any], bool], Callable[[Any, Any, Any, bool], Any]]
 #: what a view's members get for a change: (op, message body, whether it is a scope exit)
 Evaluation = tuple[str, Any, bool]
@@ -281,304 +262,3 @@ def envelope(class_name: str, op: str, seq: str, body: Any) -> Outgoing:
 def control_message(kind: str, **fields: Any) -> Outgoing:
     """A control message (only for clients that asked for them): ``{"_control": kind, ...}``."""
     return Outgoing(encode_json({"_control": kind, **fields}))
-
-
-class FanoutEngine:
-    """Views and connections of one broadcaster, and the fan-out of changes into connection queues.
-
-    Args:
-        on_ready: called with a connection that has work (queued messages or a replay) and was idle.
-        on_too_slow: called with a connection that must be closed, the close reason and code: 4409 when it
-            lagged beyond the journal and takes no control messages, or does not read what it provokes;
-            4410 when it asked to resume from a position the journal no longer holds.
-        journal: where changes are kept for replay (default: a :class:`MemoryJournal`).
-    """
-
-    def __init__(self, on_ready: Callable[[Connection], None], on_too_slow: Callable[[Connection, str, int], None],
-                 max_queue_messages: int = DEFAULT_MAX_QUEUE_MESSAGES,
-                 max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES, journal: Journal | None = None) -> None:
-        self.on_ready = on_ready
-        self.on_too_slow = on_too_slow
-        self.max_queue_messages = max_queue_messages
-        self.max_queue_bytes = max_queue_bytes
-        self.journal: Journal = journal if journal is not None else MemoryJournal()
-        #: the views of each class, indexed by an equality condition of each
-        self.channels: dict[str, ViewIndex[View]] = {}
-        #: what one subscription may cost (checked at subscribe)
-        self.limits: SubscriptionLimits = DEFAULT_LIMITS
-        self.connections: dict[Any, Connection] = {}
-        self.stats = EngineStats()
-        #: the document hooks used for documents the engine cannot read as data (set by the broadcaster)
-        self.slow_hooks: SlowHooks | None = None
-        #: use the hooks for every document (a broadcaster overrides get_message_body/check_subscriber_acl)
-        self.force_slow = False
-
-    # -- subscriptions ------------------------------------------------------------------------------------
-
-    def connection(self, websocket: Any) -> Connection:
-        conn = self.connections.get(websocket)
-        if conn is None:
-            conn = self.connections[websocket] = Connection(websocket, self.max_queue_messages,
-                                                            self.max_queue_bytes)
-        return conn
-
-    def subscribe(self, websocket: Any, class_name: str, params: Mapping[str, Any], schema: DocSchema | None,
-                  *, strict: bool = False, exits: bool = False, control: bool = False,
-                  hidden_allowed: bool = True) -> Member:
-        """Validate and compile a subscription, place it in its view. Raises :class:`SubscriptionError`.
-
-        ``params`` are the original's (``data_scope``, ``catalog``, ``show_hidden``, ``start_seq``, ``acl``)
-        and the replay positions: with ``after_seq`` (changes after it) or ``from_seq`` (changes from it on)
-        the member first replays the journal, then goes live; ``start_seq`` alone only skips older changes,
-        as the original. ``strict`` refuses what the original ignores (unknown scope paths and keys, unknown
-        catalog names); ``exits`` asks for scope exits; ``control`` for control messages (which implies
-        exits); ``hidden_allowed`` False refuses ``show_hidden`` and scopes naming hidden fields
-        (:class:`HiddenFieldError`, 4403).
-        """
-        if not isinstance(class_name, str) or not class_name:
-            raise SubscriptionError("class name must be a non-empty string")
-        show_hidden = truthy(params.get("show_hidden", False))
-        if show_hidden and not hidden_allowed:
-            raise HiddenFieldError("show_hidden not permitted", class_name=class_name)
-        positions = {}
-        for name in ("start_seq", "after_seq", "from_seq"):
-            value = params.get(name)
-            if value is not None and not isinstance(value, str):
-                raise SubscriptionError(f"{name} must be a string", class_name=class_name)
-            positions[name] = value or ""
-        start_seq, after_seq, from_seq = positions["start_seq"], positions["after_seq"], positions["from_seq"]
-        if after_seq and from_seq:
-            raise SubscriptionError("give after_seq or from_seq, not both", class_name=class_name)
-        try:
-            scope = validate_scope(params.get("data_scope"), schema, strict=strict, limits=self.limits,
-                                   hidden_allowed=hidden_allowed)
-            catalog = validate_catalog(params.get("catalog"), schema, strict=strict, limits=self.limits)
-            acl = Acl.coerce(params.get("acl"))
-        except SubscriptionError as exc:
-            exc.class_name = class_name
-            raise
-        key = view_key(scope, catalog, show_hidden, acl, params.get("acl"))
-        views = self.channels.get(class_name)
-        if views is None:
-            views = self.channels[class_name] = ViewIndex()
-        view = views.get(key)
-        if view is None:
-            view = View(key, class_name, scope, compile_conditions(scope), catalog, show_hidden, acl,
-                        params.get("acl"))
-            views.add(key, view, equality_key(scope))
-        conn = self.connection(websocket)
-        if control:
-            conn.control = True
-        old = conn.members.get(class_name)
-        if old is not None:
-            self._leave(old)
-        member = conn.members[class_name] = Member(conn, view, start_seq, exits=exits or control)
-        view.members[conn] = member
-        if after_seq or from_seq:
-            self._start_replay(member, after_seq or from_seq, inclusive=bool(from_seq), lagging=False)
-            self._wake(conn)
-        return member
-
-    def _leave(self, member: Member) -> None:
-        if member.replaying:
-            member.replaying = False
-            member.connection.replaying -= 1
-        view = member.view
-        view.members.pop(member.connection, None)
-        if not view.members:
-            views = self.channels.get(view.class_name)
-            if views is not None:
-                views.remove(view.key)
-                if not views:
-                    del self.channels[view.class_name]
-
-    def remove(self, websocket: Any) -> Connection | None:
-        """Forget a websocket: leave every view, drop its queue. Returns its connection, if it had one."""
-        conn = self.connections.pop(websocket, None)
-        if conn is None:
-            return None
-        conn.closed = True
-        conn.take()
-        for member in conn.members.values():
-            self._leave(member)
-        conn.members.clear()
-        return conn
-
-    def send_direct(self, websocket: Any, data: bytes) -> None:
-        """Queue a message for one websocket (a confirmation, a control message), after what is queued."""
-        conn = self.connection(websocket)
-        if len(conn.queue) >= 2 * conn.max_messages or conn.queued_bytes >= 2 * conn.max_bytes:
-            self._too_slow(conn, "too slow: does not read the messages it asks for")
-            return
-        conn.queue.append(Outgoing(data))
-        conn.queued_bytes += len(data)
-        self._wake(conn)
-
-    def _too_slow(self, conn: Connection, reason: str) -> None:
-        """Cut a connection off (the transport closes it with 4409); it is forgotten here either way."""
-        self.on_too_slow(conn, reason, CLOSE_TOO_SLOW)
-        if not conn.closed:
-            self.remove(conn.websocket)
-
-    def _wake(self, conn: Connection) -> None:
-        if not conn.scheduled and not conn.closed:
-            conn.scheduled = True
-            self.on_ready(conn)
-
-    def view_count(self, class_name: str | None = None) -> int:
-        if class_name is not None:
-            return len(self.channels.get(class_name, ()))
-        return sum(len(v) for v in self.channels.values())
-
-    # -- fan-out ------------------------------------------------------------------------------------------
-
-    def _slow_for(self, change: Change) -> SlowHooks | None:
-        return self.slow_hooks if (self.force_slow or change.data is None) else None
-
-    def fanout(self, change: Change) -> int:
-        """Queue ``change`` to every live member allowed to see it; returns the number of deliveries queued.
-
-        The change must already be in the journal (replaying and lagging members read it from there).
-        One view raising never stops the others.
-        """
-        stats = self.stats
-        stats.changes += 1
-        views = self.channels.get(change.class_name)
-        if not views:
-            return 0
-        seq, class_name = change.seq, change.class_name
-        slow = self._slow_for(change)
-        ready: list[Connection] = []
-        lagged: list[Connection] = []
-        queued = 0
-        data = change.data
-        candidates = views.values() if (slow is not None or data is None) else views.candidates(data, change.prev)
-        for view in candidates:
-            try:
-                result = view.evaluate(change, slow)
-                if result is None:
-                    continue
-                stats.projections += 1
-                out = envelope(class_name, result[0], seq, result[1])
-                stats.encodings += 1
-            except Exception:
-                stats.view_errors += 1
-                log.exception("change %s %s %s failed for a view of %s; other views go on",
-                              class_name, change.op, seq, class_name)
-                continue
-            size = len(out.data)
-            is_exit = result[2]
-            for member in view.members.values():  # the hot loop; an empty queue takes any one message
-                if member.replaying or seq < member.start_seq or (is_exit and not member.exits):
-                    continue
-                conn = member.connection
-                q = conn.queue
-                if q and (len(q) >= conn.max_messages or conn.queued_bytes + size > conn.max_bytes):
-                    lagged.append(conn)
-                    continue
-                q.append(out)
-                conn.queued_bytes += size
-                queued += 1
-                if not conn.scheduled:
-                    conn.scheduled = True
-                    ready.append(conn)
-        stats.deliveries += queued
-        for conn in lagged:
-            self._lag(conn, change)
-        for conn in ready:
-            if not conn.closed:
-                self.on_ready(conn)
-        return queued
-
-    # -- lagging and replay -------------------------------------------------------------------------------
-
-    def _start_replay(self, member: Member, cursor: str | None, *, inclusive: bool, lagging: bool) -> None:
-        if not member.replaying:
-            member.replaying = True
-            member.connection.replaying += 1
-        member.cursor, member.inclusive, member.lagging, member.read_any = cursor, inclusive, lagging, False
-
-    def _lag(self, conn: Connection, change: Change) -> None:
-        """A connection's queue overflowed at ``change``: its live members continue from the journal."""
-        if conn.closed:
-            return
-        self.stats.lags += 1
-        for member in conn.members.values():
-            if member.replaying:
-                continue
-            if member.class_name == change.class_name:
-                self._start_replay(member, change.seq, inclusive=True, lagging=True)
-            else:
-                self._start_replay(member, self.journal.head(member.class_name), inclusive=False, lagging=True)
-
-    def pump(self, conn: Connection, budget: int = 4 * REPLAY_CHUNK) -> None:
-        """Fill a connection's queue from the journal for its replaying members; transports call this
-        whenever the queue is empty and ``conn.replaying``. Reads at most about ``budget`` journal entries,
-        so one call never holds the event loop for long. A member that reaches the end goes live."""
-        for member in list(conn.members.values()):
-            while member.replaying and not conn.closed and budget > 0:
-                room = conn.max_messages - len(conn.queue)
-                if room <= 0:
-                    return
-                budget -= self._replay_some(member, min(room, budget))
-
-    def _replay_some(self, member: Member, room: int) -> int:
-        """Replay up to ``room`` journal entries into the member's queue (stopping early at the queue's byte
-        bound); returns how many entries were read."""
-        conn, view = member.connection, member.view
-        limit = min(room, REPLAY_CHUNK)
-        try:
-            changes = self.journal.read(member.class_name, member.cursor, inclusive=member.inclusive,
-                                        limit=limit)
-        except HistoryGone as gone:
-            self._history_gone(member, gone)
-            return 1
-        member.read_any = True
-        stats = self.stats
-        done = 0
-        for change in changes:
-            if conn.queue and conn.queued_bytes >= conn.max_bytes:
-                break
-            done += 1
-            member.cursor, member.inclusive = change.seq, False
-            if change.seq < member.start_seq:
-                continue
-            try:
-                result = view.evaluate(change, self._slow_for(change))
-                if result is None or (result[2] and not member.exits):
-                    continue
-                out = envelope(member.class_name, result[0], change.seq, result[1])
-            except Exception:
-                stats.view_errors += 1
-                log.exception("replay of %s %s failed for one subscriber", member.class_name, change.seq)
-                continue
-            conn.queue.append(out)
-            conn.queued_bytes += len(out.data)
-            stats.replayed += 1
-        if done == len(changes) < limit:  # caught up: from here on, the fan-out delivers
-            member.replaying = False
-            conn.replaying -= 1
-            if conn.control:
-                head = self.journal.head(member.class_name)
-                conn.queue.append(control_message("replay_done", **{"class": member.class_name, "seq": head}))
-        return max(done, 1)
-
-    def _history_gone(self, member: Member, gone: HistoryGone) -> None:
-        self.stats.history_gone += 1
-        conn = member.connection
-        requested = member.cursor
-        if conn.control:
-            # the client reloads; from now on it is live
-            member.replaying = False
-            conn.replaying -= 1
-            conn.queue.append(control_message("history_gone", **{"class": member.class_name, "seq": requested,
-                                                                "oldest_seq": gone.oldest}))
-        elif member.lagging or member.read_any:
-            # it fell behind the journal in the middle of its stream: it must not miss changes silently
-            self._too_slow(conn, "too slow: fell behind the journal's retention")
-        else:
-            # it asked to resume from where the journal no longer reaches: never a silent gap
-            self.on_too_slow(conn, f"history gone: {member.class_name} is held from {gone.oldest} on",
-                             CLOSE_HISTORY_GONE)
-            if not conn.closed:
-                self.remove(conn.websocket)

@@ -204,34 +204,23 @@ class WebSocketConnection(asyncio.Protocol):
             self.transport.write(frames)
 
     def write_queue(self, conn: Connection) -> float | None:
-        """Write everything queued for this socket in one call (or wait for the transport to drain);
-        while the connection replays from the journal, refill and write again, a few rounds per loop
-        iteration so that one replay never holds the loop. Returns when the oldest message written was
-        made (``Outgoing.born``), for the caller to observe publish-to-send latency once per flush."""
+        """Write everything queued for this socket in one call (or wait for the transport to drain).
+        Returns when the oldest message written was made (``Outgoing.born``), for the caller to observe
+        publish-to-send latency once per flush."""
         if not self.is_open():
             conn.take()
             conn.scheduled = False
             return None
         assert self.transport is not None
-        engine = self.server.broadcaster.engine()
-        oldest = None
-        for _ in range(4):
-            if self.paused:
-                self.pending = conn  # stays scheduled; resume_writing() writes it
-                return oldest
-            if not conn.queue and conn.replaying:
-                engine.pump(conn)
-            batch = conn.take()
-            if not batch:
-                break
-            if oldest is None:
-                oldest = batch[0].born
-            self.transport.write(frame_of(batch[0]) if len(batch) == 1 else b"".join([frame_of(o) for o in batch]))
-        if (conn.replaying or conn.queue) and not conn.closed:
-            asyncio.get_running_loop().call_soon(self._write_observed, conn)
-        else:
-            conn.scheduled = False
-        return oldest
+        if self.paused:
+            self.pending = conn  # stays scheduled; resume_writing() writes it
+            return None
+        batch = conn.take()
+        conn.scheduled = False
+        if not batch:
+            return None
+        self.transport.write(frame_of(batch[0]) if len(batch) == 1 else b"".join([frame_of(o) for o in batch]))
+        return batch[0].born
 
     def _write_observed(self, conn: Connection) -> None:
         """:meth:`write_queue` outside a flush (replay rounds, a transport that drained)."""

@@ -28,6 +28,8 @@ from ..core.protocol import (
 from ..core.schema import DocSchema
 from ..errors import DocumentError, SubscriptionError
 from ..fanout import encode_json
+from ..hub import Hub, HubSettings
+from ..journal import MemoryJournal
 from .auth import Authenticator, AuthError, Principal
 from .config import Settings
 from .metrics import Metrics
@@ -84,6 +86,11 @@ class Service:
         broadcaster.subscription_limits = settings.subscription_limits()
         for schema in settings.classes.values():
             broadcaster.register_class(schema)
+        #: this service's own Hub, made from its settings (never one made earlier from class defaults)
+        self.hub = broadcaster.use_hub(Hub(
+            MemoryJournal.starting_now(settings.journal_max_count, settings.journal_max_age),
+            HubSettings(queue_messages=settings.queue_messages, queue_bytes=settings.queue_bytes,
+                        max_tracked_ids=settings.max_tracked_ids, limits=settings.subscription_limits())))
         self.auth = Authenticator(settings)
         self.metrics = Metrics(self)
         self.connection_count = 0
@@ -122,14 +129,14 @@ class Service:
                     start_time=start_time, control=handshake.control, exits=handshake.exits,
                     strict=handshake.strict, hidden_allowed=hidden_allowed)
                 subscribed[c] = {k: v for k, v in params.items() if k not in _OPTION_KWARGS}
-                subscribed[c]["head_seq"] = self.broadcaster.journal().position(c)
+                subscribed[c]["head_seq"] = self.hub.head(c)
                 if handshake.control and principal.acl is not None and \
                         not acl_may_read_class(principal.acl.content, c):
                     notes.append(encode_json({"_control": "acl_reads_nothing", "class": c}))
         except SubscriptionError as exc:
             self.broadcaster.disconnect(websocket)
             raise Refusal(exc.code, exc.reason) from exc
-        engine = self.broadcaster.engine()
+        engine = self.hub
         engine.send_direct(websocket, encode_json(subscribed))
         for note in notes:
             engine.send_direct(websocket, note)
@@ -146,7 +153,7 @@ class Service:
         left = expires_at - time.time()
         if session.handshake.control:
             warn_in = max(0.0, left - min(EXPIRY_WARNING, left / 2))
-            session.timers.append(loop.call_later(warn_in, self.broadcaster.engine().send_direct, websocket,
+            session.timers.append(loop.call_later(warn_in, self.hub.send_direct, websocket,
                                                   encode_json({"_control": "token_expiring",
                                                                "expires_at": expires_at})))
         session.timers.append(loop.call_later(max(0.0, left), close, CLOSE_AUTH_FAILED, "token expired"))
@@ -176,7 +183,7 @@ class Service:
         session.principal = principal
         self.arm_expiry(websocket, session, close)
         if session.handshake.control:
-            self.broadcaster.engine().send_direct(
+            self.hub.send_direct(
                 websocket, encode_json({"_control": "token_refreshed", "expires_at": principal.expires_at}))
 
     def close_session(self, websocket: Any, session: Session | None = None) -> None:
@@ -236,7 +243,7 @@ class Service:
         return self.started and not self.shutting_down
 
     def health(self) -> dict[str, Any]:
-        engine = self.broadcaster.engine()
+        engine = self.hub
         return {"status": "ok", "connections": self.connection_count, "views": engine.view_count(),
                 "shutting_down": self.shutting_down}
 

@@ -1,0 +1,517 @@
+"""The Hub: one engine instance with its views, connections, queues and journal backend.
+
+Every change reaches a Hub through one callback, :meth:`Hub.handle_change`, called by the journal backend
+with the change and its position, whether the change was published here or on another node (as
+Centrifuge's brokers call their hub's ``HandlePublication``). Publishing only hands the change to the
+backend; the backend appends it and calls back. So the memory backend and Redis Streams carry changes the
+same way, and every node fans out the same changes in the same order.
+
+A member is either *live* (the fan-out queues changes to it) or *replaying* (a task reads the journal for
+it and queues what its view lets through): from the position it asked for (``after_seq``/``from_seq``), or
+from where its queue overflowed. The switch to live is gapless: when a read returns the end of the journal
+and nothing was delivered live after the member's cursor, the member goes live, and changes up to its cursor
+are skipped for it from then on (``start_seq`` is raised past the cursor). Changes delivered live while it
+replays are read by the replay.
+
+Nothing in the fan-out awaits: it runs from start to end without yielding, so no subscription changes under
+it and changes keep their publish order in every queue. Moving bytes is the transport's business: the Hub
+calls ``on_ready(connection)`` once for a connection that went from idle to having work, and
+``on_close(connection, code, reason)`` for a connection it cuts off.
+
+Memory: each connection holds at most ``queue_messages`` queued messages (``queue_bytes`` bytes); a message
+shared by many connections is stored once and counted for each. Each view keeps the encodings of at most
+``REPLAY_CACHE`` recently replayed changes, so members of one view catching up together encode each change
+once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .core.acl import Acl
+from .core.catalog import validate_catalog
+from .core.change import Change
+from .core.limits import DEFAULT_LIMITS, SubscriptionLimits
+from .core.protocol import CLOSE_HISTORY_GONE, CLOSE_TOO_SLOW
+from .core.schema import DocSchema
+from .core.scope import compile_conditions, validate_scope
+from .core.versions import LastVersions
+from .core.viewindex import ViewIndex, equality_key
+from .core.viewkey import view_key
+from .errors import HiddenFieldError, SubscriptionError
+from .fanout import (
+    Connection,
+    Evaluation,
+    Member,
+    Outgoing,
+    SlowHooks,
+    View,
+    control_message,
+    envelope,
+    truthy,
+)
+from .journal import HistoryGone, Journal, MemoryJournal, SeqOrderError
+
+log = logging.getLogger("xia_broadcast.hub")
+
+#: Changes read from the journal at a time while replaying.
+REPLAY_CHUNK = 512
+#: Encoded replayed changes each view keeps for its other members.
+REPLAY_CACHE = 1024
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """What a Hub is built with. Units: messages and bytes."""
+
+    #: bound of each connection's outbound queue, in messages
+    queue_messages: int = 1000
+    #: bound of each connection's outbound queue, in bytes of encoded messages
+    queue_bytes: int = 8 * 1024 * 1024
+    #: last versions remembered per class, to find scope exits when a publisher gives no previous state
+    max_tracked_ids: int = 100_000
+    #: what one subscription may cost
+    limits: SubscriptionLimits = DEFAULT_LIMITS
+
+
+@dataclass
+class HubStats:
+    """Counters since the Hub started. ``deliveries`` counts messages queued to connections."""
+
+    changes: int = 0
+    projections: int = 0
+    encodings: int = 0
+    deliveries: int = 0
+    replayed: int = 0
+    lags: int = 0
+    history_gone: int = 0
+    view_errors: int = 0
+
+
+def _noop_ready(_conn: Connection) -> None:
+    pass
+
+
+def _noop_close(_conn: Connection, _code: int, _reason: str) -> None:
+    pass
+
+
+class Hub:
+    """Views and connections, the fan-out of changes into connection queues, replay from the journal.
+
+    Args:
+        journal: where changes are kept and how they arrive (default: a :class:`MemoryJournal`).
+        settings: queue bounds, last-version tracking, subscription limits.
+        on_ready: called with a connection that has queued messages and was idle.
+        on_close: called with a connection that must be closed, and the close code and reason: 4409 when it
+            lagged beyond the journal and takes no control messages, or does not read what it provokes;
+            4410 when it asked to resume from a position the journal no longer holds.
+    """
+
+    def __init__(self, journal: Journal | None = None, settings: HubSettings | None = None,
+                 on_ready: Callable[[Connection], None] = _noop_ready,
+                 on_close: Callable[[Connection, int, str], None] = _noop_close) -> None:
+        self.settings = settings if settings is not None else HubSettings()
+        self.journal: Journal = journal if journal is not None else MemoryJournal()
+        self.on_ready = on_ready
+        self.on_close = on_close
+        #: the views of each class, indexed by an equality condition of each
+        self.channels: dict[str, ViewIndex[View]] = {}
+        self.connections: dict[Any, Connection] = {}
+        self.stats = HubStats()
+        #: the seq of the last change of each class this Hub fanned out
+        self.delivered: dict[str, str] = {}
+        self._versions: dict[str, LastVersions] = {}
+        self._replays: dict[Member, asyncio.Task[None]] = {}
+        #: the document hooks used for documents the Hub cannot read as data (set by the broadcaster)
+        self.slow_hooks: SlowHooks | None = None
+        #: use the hooks for every document (a broadcaster overrides get_message_body/check_subscriber_acl)
+        self.force_slow = False
+
+    @property
+    def limits(self) -> SubscriptionLimits:
+        return self.settings.limits
+
+    # -- subscriptions ------------------------------------------------------------------------------------
+
+    def connection(self, websocket: Any) -> Connection:
+        conn = self.connections.get(websocket)
+        if conn is None:
+            s = self.settings
+            conn = self.connections[websocket] = Connection(websocket, s.queue_messages, s.queue_bytes)
+        return conn
+
+    def subscribe(self, websocket: Any, class_name: str, params: Mapping[str, Any], schema: DocSchema | None,
+                  *, strict: bool = False, exits: bool = False, control: bool = False,
+                  hidden_allowed: bool = True) -> Member:
+        """Validate and compile a subscription, place it in its view. Raises :class:`SubscriptionError`.
+
+        ``params`` are the original's (``data_scope``, ``catalog``, ``show_hidden``, ``start_seq``, ``acl``)
+        and the replay positions: with ``after_seq`` (changes after it) or ``from_seq`` (changes from it on)
+        the member first replays the journal, then goes live; ``start_seq`` alone only skips older changes,
+        as the original. ``strict`` refuses what the original ignores (unknown scope paths and keys, unknown
+        catalog names); ``exits`` asks for scope exits; ``control`` for control messages (which implies
+        exits); ``hidden_allowed`` False refuses ``show_hidden`` and scopes naming hidden fields
+        (:class:`HiddenFieldError`, 4403). Must run in the event loop that serves the connections.
+        """
+        if not isinstance(class_name, str) or not class_name:
+            raise SubscriptionError("class name must be a non-empty string")
+        show_hidden = truthy(params.get("show_hidden", False))
+        if show_hidden and not hidden_allowed:
+            raise HiddenFieldError("show_hidden not permitted", class_name=class_name)
+        positions = {}
+        for name in ("start_seq", "after_seq", "from_seq"):
+            value = params.get(name)
+            if value is not None and not isinstance(value, str):
+                raise SubscriptionError(f"{name} must be a string", class_name=class_name)
+            positions[name] = value or ""
+        start_seq, after_seq, from_seq = positions["start_seq"], positions["after_seq"], positions["from_seq"]
+        if after_seq and from_seq:
+            raise SubscriptionError("give after_seq or from_seq, not both", class_name=class_name)
+        try:
+            scope = validate_scope(params.get("data_scope"), schema, strict=strict, limits=self.limits,
+                                   hidden_allowed=hidden_allowed)
+            catalog = validate_catalog(params.get("catalog"), schema, strict=strict, limits=self.limits)
+            acl = Acl.coerce(params.get("acl"))
+        except SubscriptionError as exc:
+            exc.class_name = class_name
+            raise
+        key = view_key(scope, catalog, show_hidden, acl, params.get("acl"))
+        views = self.channels.get(class_name)
+        if views is None:
+            views = self.channels[class_name] = ViewIndex()
+        view = views.get(key)
+        if view is None:
+            view = View(key, class_name, scope, compile_conditions(scope), catalog, show_hidden, acl,
+                        params.get("acl"))
+            views.add(key, view, equality_key(scope))
+        conn = self.connection(websocket)
+        if control:
+            conn.control = True
+        old = conn.members.get(class_name)
+        if old is not None:
+            self._leave(old)
+        member = conn.members[class_name] = Member(conn, view, start_seq, exits=exits or control)
+        view.members[conn] = member
+        if after_seq or from_seq:
+            self._start_replay(member, after_seq or from_seq, inclusive=bool(from_seq), lagging=False)
+        return member
+
+    def head(self, class_name: str) -> str | None:
+        """The position a subscriber that goes live now starts after (the last change delivered, else the
+        journal's position)."""
+        return self.delivered.get(class_name) or self.journal.position(class_name)
+
+    def _leave(self, member: Member) -> None:
+        self._stop_replay(member)
+        view = member.view
+        view.members.pop(member.connection, None)
+        if not view.members:
+            views = self.channels.get(view.class_name)
+            if views is not None:
+                views.remove(view.key)
+                if not views:
+                    del self.channels[view.class_name]
+
+    def remove(self, websocket: Any) -> Connection | None:
+        """Forget a websocket: leave every view, drop its queue. Returns its connection, if it had one."""
+        conn = self.connections.pop(websocket, None)
+        if conn is None:
+            return None
+        conn.closed = True
+        conn.take()
+        for member in conn.members.values():
+            self._leave(member)
+        conn.members.clear()
+        return conn
+
+    def send_direct(self, websocket: Any, data: bytes) -> None:
+        """Queue a message for one websocket (a confirmation, a control message), after what is queued."""
+        conn = self.connection(websocket)
+        if len(conn.queue) >= 2 * conn.max_messages or conn.queued_bytes >= 2 * conn.max_bytes:
+            self._cut(conn, CLOSE_TOO_SLOW, "too slow: does not read the messages it asks for")
+            return
+        conn.queue.append(Outgoing(data))
+        conn.queued_bytes += len(data)
+        self._wake(conn)
+
+    def _cut(self, conn: Connection, code: int, reason: str) -> None:
+        """Cut a connection off (the transport closes it with ``code``); it is forgotten here either way."""
+        self.on_close(conn, code, reason)
+        if not conn.closed:
+            self.remove(conn.websocket)
+
+    def _wake(self, conn: Connection) -> None:
+        if not conn.scheduled and not conn.closed and conn.queue:
+            conn.scheduled = True
+            self.on_ready(conn)
+
+    def view_count(self, class_name: str | None = None) -> int:
+        if class_name is not None:
+            return len(self.channels.get(class_name, ()))
+        return sum(len(v) for v in self.channels.values())
+
+    @property
+    def busy(self) -> bool:
+        """True while a connection has queued messages or a replay is running."""
+        return bool(self._replays) or any(c.scheduled or c.queue for c in self.connections.values())
+
+    # -- publishing: the one seam -------------------------------------------------------------------------
+
+    def publish(self, change: Change) -> str:
+        """Append a change to the journal and hand it to :meth:`handle_change`. Returns its seq.
+
+        A seq chosen by the caller (the original API) that is not after the last of its class cannot be
+        journaled: it is delivered to live members only, and logged. The journal assigns a seq otherwise.
+        """
+        chosen = bool(change.seq)
+        try:
+            self.journal.append(change)
+        except SeqOrderError as exc:
+            if not chosen:
+                raise
+            log.warning("not journaled, delivered live only: %s", exc)
+        self.handle_change(change)
+        return change.seq
+
+    def handle_change(self, change: Change) -> int:
+        """The one callback through which every change reaches the Hub, with its seq set: find its previous
+        state, remember its version, fan it out. Returns the number of deliveries queued."""
+        if change.data is not None:
+            versions = self._versions.get(change.class_name)
+            if versions is None:
+                versions = self._versions[change.class_name] = LastVersions(self.settings.max_tracked_ids)
+            doc_id = change.doc_id
+            if change.prev is None:
+                change.prev = versions.get(doc_id)
+            versions.record(change.op, doc_id, change.data)
+        return self.fanout(change)
+
+    # -- fan-out ------------------------------------------------------------------------------------------
+
+    def _slow_for(self, change: Change) -> SlowHooks | None:
+        return self.slow_hooks if (self.force_slow or change.data is None) else None
+
+    def fanout(self, change: Change) -> int:
+        """Queue ``change`` to every live member allowed to see it; returns the number of deliveries queued.
+
+        Replaying members read it from the journal. One view raising never stops the others.
+        """
+        stats = self.stats
+        stats.changes += 1
+        seq, class_name = change.seq, change.class_name
+        if seq > self.delivered.get(class_name, ""):
+            self.delivered[class_name] = seq
+        views = self.channels.get(class_name)
+        if not views:
+            return 0
+        slow = self._slow_for(change)
+        ready: list[Connection] = []
+        lagged: list[Connection] = []
+        queued = 0
+        data = change.data
+        candidates = views.values() if (slow is not None or data is None) else views.candidates(data, change.prev)
+        for view in candidates:
+            try:
+                result = view.evaluate(change, slow)
+                if result is None:
+                    continue
+                stats.projections += 1
+                out = envelope(class_name, result[0], seq, result[1])
+                stats.encodings += 1
+            except Exception:
+                stats.view_errors += 1
+                log.exception("change %s %s %s failed for a view of %s; other views go on",
+                              class_name, change.op, seq, class_name)
+                continue
+            size = len(out.data)
+            is_exit = result[2]
+            for member in view.members.values():  # the hot loop; an empty queue takes any one message
+                if member.replaying or seq < member.start_seq or (is_exit and not member.exits):
+                    continue
+                conn = member.connection
+                q = conn.queue
+                if q and (len(q) >= conn.max_messages or conn.queued_bytes + size > conn.max_bytes):
+                    lagged.append(conn)
+                    continue
+                q.append(out)
+                conn.queued_bytes += size
+                queued += 1
+                if not conn.scheduled:
+                    conn.scheduled = True
+                    ready.append(conn)
+        stats.deliveries += queued
+        for conn in lagged:
+            self._lag(conn, change)
+        for conn in ready:
+            if not conn.closed:
+                self.on_ready(conn)
+        return queued
+
+    # -- lagging and replay -------------------------------------------------------------------------------
+
+    def _lag(self, conn: Connection, change: Change) -> None:
+        """A connection's queue overflowed at ``change``: its live members continue from the journal."""
+        if conn.closed:
+            return
+        self.stats.lags += 1
+        for member in conn.members.values():
+            if member.replaying:
+                continue
+            if member.class_name == change.class_name:
+                self._start_replay(member, change.seq, inclusive=True, lagging=True)
+            else:
+                self._start_replay(member, self.head(member.class_name), inclusive=False, lagging=True)
+
+    def lag(self, conn: Connection) -> None:
+        """Move every live member of a connection to the journal (its transport holds too much)."""
+        if conn.closed:
+            return
+        self.stats.lags += 1
+        for member in conn.members.values():
+            if not member.replaying:
+                self._start_replay(member, self.head(member.class_name), inclusive=False, lagging=True)
+
+    def _start_replay(self, member: Member, cursor: str | None, *, inclusive: bool, lagging: bool) -> None:
+        if not member.replaying:
+            member.replaying = True
+            member.connection.replaying += 1
+        member.cursor, member.inclusive, member.lagging, member.read_any = cursor, inclusive, lagging, False
+        member.asked = True
+        if member not in self._replays:
+            task = asyncio.get_running_loop().create_task(self._replay(member))
+            self._replays[member] = task
+            task.add_done_callback(functools.partial(self._replay_ended, member))
+
+    def _replay_ended(self, member: Member, task: asyncio.Task[None]) -> None:
+        if self._replays.get(member) is task:
+            del self._replays[member]
+
+    def _stop_replay(self, member: Member) -> None:
+        if member.replaying:
+            member.replaying = False
+            member.connection.replaying -= 1
+        task = self._replays.pop(member, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    def _go_live(self, member: Member) -> None:
+        conn = member.connection
+        member.replaying = False
+        conn.replaying -= 1
+        if member.cursor is not None and member.cursor + "\0" > member.start_seq:
+            member.start_seq = member.cursor + "\0"  # what the replay gave is never delivered again
+        if conn.control and member.asked:
+            self._queue(conn, control_message("replay_done", **{"class": member.class_name,
+                                                                "seq": self.head(member.class_name)}))
+
+    def _queue(self, conn: Connection, out: Outgoing) -> None:
+        conn.queue.append(out)
+        conn.queued_bytes += len(out.data)
+
+    async def _replay(self, member: Member) -> None:
+        """Fill a member's connection queue from the journal, a chunk at a time, waiting for room and
+        yielding between chunks so that live traffic keeps its pace; go live at the end."""
+        conn, view = member.connection, member.view
+        class_name = member.class_name
+        stats = self.stats
+        try:
+            while member.replaying and not conn.closed:
+                if conn.queue and (len(conn.queue) >= conn.max_messages or conn.queued_bytes >= conn.max_bytes):
+                    await conn.room()
+                    continue
+                limit = min(REPLAY_CHUNK, max(1, conn.max_messages - len(conn.queue)))
+                try:
+                    changes = self.journal.read(class_name, member.cursor, inclusive=member.inclusive,
+                                                limit=limit)
+                except HistoryGone as gone:
+                    self._history_gone(member, gone)
+                    return
+                member.read_any = True
+                done = 0
+                for change in changes:
+                    if conn.queue and conn.queued_bytes >= conn.max_bytes:
+                        break  # the rest when the transport has taken the queue (never a spin)
+                    done += 1
+                    member.cursor, member.inclusive = change.seq, False
+                    if change.seq < member.start_seq:
+                        continue
+                    out = self._replayed(view, change)
+                    if out is None or (out[1] and not member.exits):
+                        continue
+                    self._queue(conn, out[0])
+                    stats.replayed += 1
+                if done == len(changes) < limit:
+                    head = self.delivered.get(class_name)
+                    if head is None or member.cursor is None or member.cursor >= head:
+                        self._go_live(member)
+                        self._wake(conn)
+                        return
+                self._wake(conn)
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("replay of %s failed for one subscriber; it is closed", class_name)
+            self._cut(conn, 1011, "internal error")
+
+    def _replayed(self, view: View, change: Change) -> tuple[Outgoing, bool] | None:
+        """The encoded message a view's members get for a replayed change (shared by them: cached)."""
+        cache = view.replay_cache
+        key = change.seq
+        if key in cache:
+            return cache[key]
+        result: tuple[Outgoing, bool] | None = None
+        try:
+            evaluated: Evaluation | None = view.evaluate(change, self._slow_for(change))
+            if evaluated is not None:
+                result = envelope(view.class_name, evaluated[0], change.seq, evaluated[1]), evaluated[2]
+                self.stats.encodings += 1
+        except Exception:
+            self.stats.view_errors += 1
+            log.exception("replay of %s %s failed for a view", view.class_name, change.seq)
+        cache[key] = result
+        if len(cache) > REPLAY_CACHE:
+            del cache[next(iter(cache))]
+        return result
+
+    def _history_gone(self, member: Member, gone: HistoryGone) -> None:
+        self.stats.history_gone += 1
+        conn = member.connection
+        requested = member.cursor
+        if conn.control:
+            # the client reloads; from now on it is live
+            self._queue(conn, control_message("history_gone", **{"class": member.class_name, "seq": requested,
+                                                                 "oldest_seq": gone.oldest}))
+            member.cursor, member.inclusive = self.head(member.class_name), False
+            member.asked = False
+            self._go_live(member)
+            self._wake(conn)
+        elif member.lagging or member.read_any:
+            # it fell behind the journal in the middle of its stream: it must not miss changes silently
+            self._cut(conn, CLOSE_TOO_SLOW, "too slow: fell behind the journal's retention")
+        elif not member.asked:
+            # a live-only subscription from before the journal's epoch: nothing to replay
+            member.cursor = self.head(member.class_name)
+            self._go_live(member)
+        else:
+            # it asked to resume from where the journal no longer reaches: never a silent gap
+            self._cut(conn, CLOSE_HISTORY_GONE, f"history gone: {member.class_name} is held from {gone.oldest} on")
+
+    async def idle(self, timeout: float = 5.0) -> bool:
+        """Wait until no replay runs and every queue was handed to its transport; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.busy:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.001)
+        return True
+
+
+__all__ = ["REPLAY_CHUNK", "Hub", "HubSettings", "HubStats", "SeqOrderError"]
