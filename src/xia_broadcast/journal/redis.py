@@ -3,11 +3,13 @@
 Keys (``prefix`` defaults to ``xia:``):
 
 * ``{prefix}stream:{class}``: the class's changes, one entry per change, fields ``e`` (the epoch the entry
-  was written in) and ``r`` (the change record, :meth:`Change.to_record`, JSON). The entry id ``ms-n`` is the
-  change's seq in fixed-width form (:func:`seq_of_id`), so seqs sort as strings and convert back to ids.
-* ``{prefix}epoch:{class}``: the class's epoch, ``<13-digit ms>-<8 hex>``, created (by whichever node first
-  needs it) when missing. A Redis that comes back empty has no epoch key: the next node to touch the class
-  creates a new epoch, and positions carrying the old one are history gone.
+  was written in), ``p`` (the id of the entry added before it) and ``r`` (the change record,
+  :meth:`Change.to_record`, JSON). The entry id ``ms-n`` is the change's seq in fixed-width form
+  (:func:`seq_of_id`), so seqs sort as strings and convert back to ids.
+* ``{prefix}meta:{class}``: a hash: ``epoch`` (``<13-digit ms>-<8 hex>``, created by whichever node first
+  needs it when missing) and ``last`` (the id of the last entry added). A Redis that comes back empty has no
+  meta key: the next node to touch the class creates a new epoch, and positions carrying the old one are
+  history gone.
 * ``{prefix}wake:{node}``: a one-entry stream per node, written by :meth:`RedisBackend.watch` to wake the
   node's blocked read so that it starts tailing a new class at once; deleted by :meth:`RedisBackend.close`.
 
@@ -21,8 +23,10 @@ would cost a size lookup per publish): bound memory with Redis's ``maxmemory`` a
 noeviction`` (an evicted epoch key would start a new epoch; evicted stream entries would be a silent gap).
 A change's cost in Redis is roughly its record size plus ~30 bytes of entry overhead.
 
-Requires Redis 7.0 or later (``XINFO STREAM`` reports ``max-deleted-entry-id``, which tells history gone
-exactly) and redis-py 5 or later (the ``redis`` extra).
+History gone is exact: the first entry still held names, in ``p``, the newest entry trimming removed; a
+position before it has lost changes, a position at or after it has not.
+
+Requires Redis 6.2 or later (``MINID``, exclusive ranges) and redis-py 5 or later (the ``redis`` extra).
 """
 
 from __future__ import annotations
@@ -64,40 +68,46 @@ def id_of_seq(seq: str) -> str | None:
     return None if m is None else f"{int(m[1])}-{int(m[2])}"
 
 
-# KEYS: stream, epoch. ARGV: new epoch token, record, id or "", maxlen or "", "1" approximate, minid (ms) or "".
-# Returns {entry id, epoch}. Invariant: every entry of a stream is after its epoch's start id ``ms-0``
-# (a new stream's first entry gets ``max(now, start)-1``; later ones are after it), so a position at the
-# epoch's start misses nothing of the epoch.
-_PUBLISH = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  epoch = string.format('%013d', now) .. '-' .. ARGV[1]
-  redis.call('SET', KEYS[2], epoch)
+# Shared by both scripts: the class's epoch, created when missing (a new class, or a Redis that came back
+# empty). The meta hash holds ``epoch`` and ``last`` (the id of the last entry ever added).
+_EPOCH = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = string.format('%013d', now_ms()) .. '-' .. ARGV[1]
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
+end
+"""
+
+# KEYS: stream, meta. ARGV: new epoch token, record, id or "", maxlen or "", "1" approximate, minid (ms) or "".
+# Returns {entry id, epoch}. Invariants: every entry of a stream is after its epoch's start id ``ms-0`` (a
+# new stream's first entry gets ``max(now, start)-1``, later ones are after it), so a position at the
+# epoch's start misses nothing; every entry's ``p`` is the id of the entry added before it ("" for the
+# first), so the first entry still held tells the newest one trimming removed.
+_PUBLISH = _EPOCH + """
 local start = tonumber(string.sub(epoch, 1, 13))
 local id = ARGV[3]
 if id == '' then
   id = '*'
   if redis.call('EXISTS', KEYS[1]) == 0 then
-    id = string.format('%d', math.max(now, start)) .. '-1'
+    id = string.format('%d', math.max(now_ms(), start)) .. '-1'
   end
 elseif tonumber(string.match(id, '^(%d+)')) < start then
   return redis.error_reply('XIASEQ the seq is before the epoch ' .. epoch)
 end
+local prev = redis.call('HGET', KEYS[2], 'last') or ''
 local cmd = {'XADD', KEYS[1]}
 if ARGV[4] ~= '' then
   table.insert(cmd, 'MAXLEN')
   if ARGV[5] == '1' then table.insert(cmd, '~') end
   table.insert(cmd, ARGV[4])
 end
-table.insert(cmd, id)
-table.insert(cmd, 'e')
-table.insert(cmd, epoch)
-table.insert(cmd, 'r')
-table.insert(cmd, ARGV[2])
+for _, v in ipairs({id, 'e', epoch, 'p', prev, 'r', ARGV[2]}) do table.insert(cmd, v) end
 local added = redis.call(unpack(cmd))
+redis.call('HSET', KEYS[2], 'last', added)
 if ARGV[6] ~= '' then
   -- the entry just added is always kept, even when this node's clock is ahead of Redis's
   local minid = ARGV[6]
@@ -111,30 +121,25 @@ end
 return {added, epoch}
 """
 
-# KEYS: stream, epoch. ARGV: new epoch token, range start ("-", "id" or "(id"), count (0: no entries).
-# Returns {epoch, last generated id or "", max deleted id or "", first entry id or "", entries}: one
-# consistent snapshot.
-_READ = """
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  epoch = string.format('%013d', now) .. '-' .. ARGV[1]
-  redis.call('SET', KEYS[2], epoch)
-end
-local last, deleted, first, entries = '', '', '', {}
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local info = redis.call('XINFO', 'STREAM', KEYS[1])
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then last = info[i + 1]
-    elseif info[i] == 'max-deleted-entry-id' then deleted = info[i + 1]
-    elseif info[i] == 'first-entry' and info[i + 1] then first = info[i + 1][1] end
+# KEYS: stream, meta. ARGV: new epoch token, range start ("-", "id" or "(id"), count (0: no entries).
+# Returns {epoch, last id or "", last trimmed id or "", first held id or "", entries}: one snapshot.
+_READ = _EPOCH + """
+local last = redis.call('HGET', KEYS[2], 'last') or ''
+local trimmed, first, entries = '', '', {}
+local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+if #head > 0 then
+  first = head[1][1]
+  local fields = head[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'p' then trimmed = fields[i + 1] end
   end
-  if tonumber(ARGV[3]) > 0 then
-    entries = redis.call('XRANGE', KEYS[1], ARGV[2], '+', 'COUNT', ARGV[3])
-  end
+elseif last ~= '' then
+  trimmed = last  -- every entry was trimmed
 end
-return {epoch, last, deleted, first, entries}
+if tonumber(ARGV[3]) > 0 and first ~= '' then
+  entries = redis.call('XRANGE', KEYS[1], ARGV[2], '+', 'COUNT', ARGV[3])
+end
+return {epoch, last, trimmed, first, entries}
 """
 
 
@@ -162,7 +167,7 @@ class RedisBackend(Backend):
       nothing still retained is lost. A class whose epoch changed meanwhile (Redis came back empty) is read
       from the start of its new epoch, and its changes carry the new epoch.
     * ``read`` raises :class:`HistoryGone` when the position is before the epoch's start, in another epoch,
-      unparseable, or older than what trimming left (``max-deleted-entry-id``).
+      unparseable, or before the newest entry trimming removed.
 
     Args:
         url: ``redis://host:port/db``.
@@ -228,8 +233,8 @@ class RedisBackend(Backend):
     def stream_key(self, class_name: str) -> str:
         return f"{self.prefix}stream:{class_name}"
 
-    def epoch_key(self, class_name: str) -> str:
-        return f"{self.prefix}epoch:{class_name}"
+    def meta_key(self, class_name: str) -> str:
+        return f"{self.prefix}meta:{class_name}"
 
     # -- lifecycle --
 
@@ -279,7 +284,7 @@ class RedisBackend(Backend):
                 "0" if self.exact_trim else "1", minid]
         try:
             added, epoch = await self._publish(keys=[self.stream_key(change.class_name),
-                                                     self.epoch_key(change.class_name)], args=args)
+                                                     self.meta_key(change.class_name)], args=args)
         except _redis_errors() as exc:
             raise BackendUnavailable(f"cannot publish {change.class_name} to Redis at {self.url}: {exc}") from exc
         except Exception as exc:
@@ -296,12 +301,12 @@ class RedisBackend(Backend):
                         script: Any = None) -> _Snapshot:
         """Run the read script: one consistent view of a class's epoch, trim state and entries."""
         try:
-            epoch, last, deleted, first, entries = await (script or self._read)(
-                keys=[self.stream_key(class_name), self.epoch_key(class_name)],
+            epoch, last, trimmed, first, entries = await (script or self._read)(
+                keys=[self.stream_key(class_name), self.meta_key(class_name)],
                 args=[secrets.token_hex(4), start, count])
         except _redis_errors() as exc:
             raise BackendUnavailable(f"cannot read {class_name} from Redis at {self.url}: {exc}") from exc
-        return _Snapshot(epoch.decode(), last.decode(), deleted.decode(), first.decode(), entries)
+        return _Snapshot(epoch.decode(), last.decode(), trimmed.decode(), first.decode(), entries)
 
     async def read(self, class_name: str, seq: str | None, *, inclusive: bool, limit: int,
                    epoch: str | None = None) -> list[Change]:
@@ -319,8 +324,8 @@ class RedisBackend(Backend):
             raise HistoryGone(class_name, oldest, epoch=current, reason=f"epoch {epoch!r} is not the journal's")
         if seq is not None and seq < _epoch_start(current):
             raise HistoryGone(class_name, oldest, epoch=current, reason="before the journal's epoch")
-        if snap.deleted and snap.deleted != "0-0":
-            last_trimmed = seq_of_id(snap.deleted)
+        if snap.trimmed:
+            last_trimmed = seq_of_id(snap.trimmed)
             if seq is None or last_trimmed > seq or (inclusive and last_trimmed == seq):
                 raise HistoryGone(class_name, oldest, epoch=current, reason="trimmed")
         # a script's reply gives an entry's fields as a flat [name, value, ...] list
@@ -462,6 +467,6 @@ class _Snapshot(NamedTuple):
 
     epoch: str
     last: str  # last generated id (survives trimming)
-    deleted: str  # max deleted id: the newest entry trimming removed ("0-0": none)
+    trimmed: str  # the newest entry trimming removed
     first: str  # first entry still held
     entries: list[Any]
