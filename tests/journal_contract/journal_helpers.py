@@ -1,5 +1,5 @@
-"""Helpers and fixtures for the journal backend contract: every backend (memory, Redis) behind one factory, a
-test against, and a ``redis-server`` of our own for fault tests.
+"""Helpers and fixtures for the journal backend contract: every backend (memory, Redis) behind one
+factory, a Redis to test against, and a ``redis-server`` of our own for fault tests.
 
 Redis: ``REDIS_URL`` if set, else 127.0.0.1:6379 if it answers, else a ``redis-server`` started for the
 session on a free port. Each test uses its own key prefix and deletes its keys afterwards. Tests that need
