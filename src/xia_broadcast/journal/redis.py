@@ -260,6 +260,7 @@ class RedisBackend(Backend):
             self._tail_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._tail_task
+        self.ready = False  # again: a read that completed as the task was cancelled may have set it
         with contextlib.suppress(Exception):
             await self._redis.delete(self._wake_key)
         await self._tail_redis.aclose()
@@ -384,7 +385,7 @@ class RedisBackend(Backend):
                 reply: Any = await self._tail_redis.xread(streams, count=self.read_count, block=self.block_ms)
                 if not self.ready:
                     log.info("tailing Redis at %s (%d classes)", self.url, len(classes))
-                self.ready = True
+                self.ready = not self._closed
                 delay = self.backoff_min
                 for key, entries in reply or ():
                     key_text = key.decode()
