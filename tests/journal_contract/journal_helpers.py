@@ -166,7 +166,7 @@ class MakeBackend:
         self.made: list[Backend] = []
 
     async def __call__(self, *, max_count: int | None = None, max_age: float | None = None,
-                       clock: FakeClock | None = None) -> Backend:
+                       clock: FakeClock | None = None, block_ms: int = 500) -> Backend:
         backend: Backend
         if self.kind == "memory":
             backend = MemoryBackend(max_count=max_count or 10**9, max_age=max_age or float("inf"),
@@ -175,7 +175,7 @@ class MakeBackend:
             from xia_broadcast.journal.redis import RedisBackend
 
             backend = RedisBackend(self.redis_url, prefix=self.prefix, max_count=max_count, max_age=max_age,
-                                   exact_trim=True, clock=clock or time.time, block_ms=500)
+                                   exact_trim=True, clock=clock or time.time, block_ms=block_ms)
         self.made.append(backend)
         return backend
 

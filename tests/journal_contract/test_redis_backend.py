@@ -24,8 +24,8 @@ async def cluster(redis_url: str) -> AsyncIterator[MakeBackend]:
     await delete_prefix(redis_url, make.prefix)
 
 
-async def node(make: MakeBackend, rec: Recorder, *watch: str) -> RedisBackend:
-    b = await make()
+async def node(make: MakeBackend, rec: Recorder, *watch: str, block_ms: int = 500) -> RedisBackend:
+    b = await make(block_ms=block_ms)
     assert isinstance(b, RedisBackend)
     await b.start(rec)
     for class_name in watch:
@@ -56,14 +56,14 @@ async def test_two_nodes_see_every_change_in_the_same_order(cluster: MakeBackend
 
 async def test_a_node_only_tails_the_classes_it_watches(cluster: MakeBackend) -> None:
     rec = Recorder()
-    a = await node(cluster, rec, "Seen")
+    a = await node(cluster, rec, "Seen", block_ms=10_000)  # a tail that would sleep 10 s unless woken
     publisher = await node(cluster, Recorder())
     await publisher.publish(change(1, "Unseen"))
     await publisher.publish(change(2, "Seen"))
     await rec.wait_for(1, "Seen")
     await a.watch("Later")  # wakes the blocked read: no need to wait block_ms
     later = await publisher.publish(change(3, "Later"))
-    await until(lambda: "Later" in {c.class_name for c in rec.changes}, timeout=0.4, what="woken tail")
+    await until(lambda: "Later" in {c.class_name for c in rec.changes}, timeout=3.0, what="woken tail")
     a.unwatch("Seen")
     await publisher.publish(change(4, "Seen"))
     last = await publisher.publish(change(5, "Later"))

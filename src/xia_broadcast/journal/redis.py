@@ -293,6 +293,10 @@ class RedisBackend(Backend):
             if "equal or smaller" in text or "XIASEQ" in text:
                 raise SeqOrderError(f"{change.class_name}: seq {change.seq!r} is not after the stream's "
                                     f"last entry or is before its epoch ({text})") from None
+            if text.startswith(("OOM", "READONLY", "MASTERDOWN", "NOREPLICAS")):
+                # Redis answers but will not write (maxmemory reached, a replica, ...): not published
+                raise BackendUnavailable(f"Redis at {self.url} refused to publish {change.class_name}: "
+                                         f"{text}") from exc
             raise
         change.seq = seq_of_id(added)
         change.epoch = epoch.decode()
@@ -357,7 +361,10 @@ class RedisBackend(Backend):
             self._cursors[class_name] = snap.last or "0-0"
             self._delivered[class_name] = position
         with contextlib.suppress(*_redis_errors()):  # the tail wakes up by itself after block_ms anyway
-            await self._redis.xadd(self._wake_key, {"w": "1"}, maxlen=1, approximate=False)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1, approximate=False)
+                pipe.expire(self._wake_key, 86_400)  # a node that died without close() leaves it a day
+                await pipe.execute()
         return position
 
     def unwatch(self, class_name: str) -> None:
