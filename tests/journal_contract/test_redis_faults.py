@@ -123,3 +123,21 @@ async def test_while_redis_is_down_publish_and_read_raise_and_a_node_waits_for_i
     own_redis.start()
     await until(lambda: node.ready, what="ready once Redis answers")
     assert (await node.publish(change(2))).epoch
+
+
+async def test_a_full_redis_refuses_to_publish_loudly(own_redis: RedisServer, make_node: NodeFactory) -> None:
+    import redis.asyncio as aioredis
+
+    node = make_node()
+    await node.start(Recorder())
+    await node.publish(change(0))
+    admin = aioredis.Redis.from_url(own_redis.url)
+    try:
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.config_set("maxmemory", 1)  # anything in use is over it
+        with pytest.raises(BackendUnavailable, match="refused to publish T"):
+            await node.publish(change(1, blob="x" * 1000))
+        await admin.config_set("maxmemory", 0)
+    finally:
+        await admin.aclose()
+    assert [c.data["n"] for c in await node.read("T", None, inclusive=True, limit=10) if c.data] == [0]

@@ -288,15 +288,15 @@ class RedisBackend(Backend):
                                                      self.meta_key(change.class_name)], args=args)
         except _redis_errors() as exc:
             raise BackendUnavailable(f"cannot publish {change.class_name} to Redis at {self.url}: {exc}") from exc
+        except _refusals() as exc:
+            # Redis answers but will not write (maxmemory reached with noeviction, a read-only replica)
+            raise BackendUnavailable(f"Redis at {self.url} refused to publish {change.class_name}: "
+                                     f"{type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             text = str(exc)
             if "equal or smaller" in text or "XIASEQ" in text:
                 raise SeqOrderError(f"{change.class_name}: seq {change.seq!r} is not after the stream's "
                                     f"last entry or is before its epoch ({text})") from None
-            if text.startswith(("OOM", "READONLY", "MASTERDOWN", "NOREPLICAS")):
-                # Redis answers but will not write (maxmemory reached, a replica, ...): not published
-                raise BackendUnavailable(f"Redis at {self.url} refused to publish {change.class_name}: "
-                                         f"{text}") from exc
             raise
         change.seq = seq_of_id(added)
         change.epoch = epoch.decode()
@@ -457,6 +457,14 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
     from redis.exceptions import ConnectionError, TimeoutError
 
     return (ConnectionError, TimeoutError, OSError)
+
+
+def _refusals() -> tuple[type[BaseException], ...]:
+    """The errors of a Redis that answers but refuses to write (as redis-py names them)."""
+    import redis.exceptions
+
+    names = ("OutOfMemoryError", "ReadOnlyError")
+    return tuple(getattr(redis.exceptions, n) for n in names if hasattr(redis.exceptions, n))
 
 
 def _epoch_start(epoch: str) -> str:
