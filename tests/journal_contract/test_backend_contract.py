@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from journal_helpers import MakeBackend, Recorder, change, until
 
 from xia_broadcast.core.change import Change
 from xia_broadcast.journal import Backend, HistoryGone, Position, SeqOrderError
 from xia_broadcast.journal.redis import id_of_seq, seq_of_id
+
+from .journal_helpers import MakeBackend, Recorder, change, until
 
 
 async def started(backend: Backend, recorder: Recorder | None = None, *watch: str) -> Backend:

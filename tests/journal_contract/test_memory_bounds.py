@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from journal_helpers import Recorder
 
 from xia_broadcast.core.change import BadChangeRecord, Change, ChangeNotSerialisable
 from xia_broadcast.core.schema import DocSchema
 from xia_broadcast.journal import HistoryGone, MemoryBackend, MemoryJournal
+
+from .journal_helpers import Recorder
 
 KB = 1024
 

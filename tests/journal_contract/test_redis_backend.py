@@ -7,11 +7,12 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from journal_helpers import MakeBackend, Recorder, change, delete_prefix, until
 
 from xia_broadcast.core.change import Change, ChangeNotSerialisable
 from xia_broadcast.journal import HistoryGone
 from xia_broadcast.journal.redis import RedisBackend
+
+from .journal_helpers import MakeBackend, Recorder, change, delete_prefix, until
 
 
 @pytest.fixture

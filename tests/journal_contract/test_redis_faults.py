@@ -10,11 +10,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from journal_helpers import WAIT, Recorder, RedisServer, change, until
 
 from xia_broadcast.core.change import Change
 from xia_broadcast.journal import BackendUnavailable, HistoryGone, Position
 from xia_broadcast.journal.redis import RedisBackend
+
+from .journal_helpers import WAIT, Recorder, RedisServer, change, until
 
 NodeFactory = Callable[..., RedisBackend]
 
