@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -45,7 +45,8 @@ class Change:
     #: the epoch of the journal that assigned ``seq`` ("" before it was journaled by a backend); with
     #: ``seq`` it is the change's position (see ``journal.base.Position``)
     epoch: str = ""
-    _size: int | None = None
+    #: cache of :meth:`encoded_size` (not part of the change's value)
+    _size: int | None = field(default=None, compare=False, repr=False)
 
     @property
     def subjects(self) -> tuple[str, ...]:
@@ -121,10 +122,11 @@ class Change:
 
     def encoded_size(self) -> int:
         """Bytes of the change as a record (:meth:`to_record`), computed once: the unit of the journals'
-        byte bounds. A change with only a ``doc`` object is measured by its ``repr`` (an estimate)."""
+        byte bounds. A change that cannot be a record (only a ``doc`` object, or data that is not JSON) is
+        measured by the ``repr`` of its data or object (an estimate)."""
         if self._size is None:
             try:
                 self._size = len(self.to_record(with_seq=False)) + 24  # + the seq, as a record would hold it
             except ChangeNotSerialisable:
-                self._size = len(repr(self.doc)) + 64
+                self._size = len(repr(self.data if self.data is not None else self.doc)) + 64
         return self._size

@@ -126,7 +126,9 @@ class Backend(ABC):
                    epoch: str | None = None) -> list[Change]:
         """Up to ``limit`` changes from a position, in seq order, with seq and epoch set. Raises
         :class:`HistoryGone` when changes from that position on are no longer all held, or when ``epoch``
-        is given and is not the class's current epoch."""
+        is given and is not the class's current epoch (``epoch=None``: a position without an epoch, e.g.
+        from an original client: only its seq is checked, against the epoch's start and retention). Raises
+        :class:`BackendUnavailable` when the store cannot be reached."""
 
     @abstractmethod
     async def position(self, class_name: str) -> Position:
