@@ -177,3 +177,17 @@ async def test_a_positions_seq_round_trips_through_a_stream_id() -> None:
     seq = "1732565000123-0000000042"
     assert id_of_seq(seq) == "1732565000123-42" and seq_of_id("1732565000123-42") == seq
     assert id_of_seq("b") is None and id_of_seq("1732565000123-42") is None
+
+
+async def test_reading_page_by_page_gives_every_change_once(make_backend: MakeBackend) -> None:
+    b = await started(await make_backend())
+    sent = [(await b.publish(change(i))).seq for i in range(23)]
+    got: list[str] = []
+    cursor: str | None = None
+    for _ in range(10):  # 23 changes in pages of 5: 5 pages, then an empty one
+        page = await b.read("T", cursor, inclusive=False, limit=5)
+        if not page:
+            break
+        got += seqs(page)
+        cursor = page[-1].seq
+    assert got == sent

@@ -114,3 +114,16 @@ async def key_exists(make: MakeBackend, key: str) -> bool:
         return bool(await client.exists(key))
     finally:
         await client.aclose()
+
+
+async def test_a_burst_larger_than_one_tail_read_arrives_whole_and_in_order(redis_url: str,
+                                                                           cluster: MakeBackend) -> None:
+    rec = Recorder()
+    tail = RedisBackend(redis_url, prefix=cluster.prefix, read_count=7, block_ms=500)
+    cluster.made.append(tail)
+    await tail.start(rec)
+    await tail.watch("T")
+    publisher = await node(cluster, Recorder())
+    sent = [(await publisher.publish(change(i))).seq for i in range(100)]
+    await rec.wait_for(100)
+    assert rec.seqs() == sent
