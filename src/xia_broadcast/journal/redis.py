@@ -86,7 +86,9 @@ end
 # Returns {entry id, epoch}. Invariants: every entry of a stream is after its epoch's start id ``ms-0`` (a
 # new stream's first entry gets ``max(now, start)-1``, later ones are after it), so a position at the
 # epoch's start misses nothing; every entry's ``p`` is the id of the entry added before it ("" for the
-# first), so the first entry still held tells the newest one trimming removed.
+# first), so the first entry still held tells the newest one trimming removed. (Should the meta key alone
+# be lost, e.g. deleted by hand, the stream's older entries fall before the new epoch's start: they read
+# as history gone, never as part of the new epoch.)
 _PUBLISH = _EPOCH + """
 local start = tonumber(string.sub(epoch, 1, 13))
 local id = ARGV[3]
