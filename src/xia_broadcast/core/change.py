@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
+from ..errors import XiaBroadcastError
 from .acl import subjects_of
 from .schema import DocSchema
+
+
+class ChangeNotSerialisable(XiaBroadcastError, TypeError):
+    """A change cannot be written as a record: it carries only a Python object (``doc``), no ``data``,
+    or its data is not JSON-ready. Such a change can be journaled in memory but cannot cross to another
+    node (e.g. through Redis): publish the document's data instead."""
+
+
+class BadChangeRecord(XiaBroadcastError, ValueError):
+    """Bytes that are not a change record written by :meth:`Change.to_record`."""
 
 
 @dataclass(slots=True)
@@ -29,6 +42,11 @@ class Change:
     prev: Mapping[str, Any] | None = None
     _subjects: tuple[str, ...] | None = None
     _prev_subjects: tuple[str, ...] | None = None
+    #: the epoch of the journal that assigned ``seq`` ("" before it was journaled by a backend); with
+    #: ``seq`` it is the change's position (see ``journal.base.Position``)
+    epoch: str = ""
+    #: cache of :meth:`encoded_size` (not part of the change's value)
+    _size: int | None = field(default=None, compare=False, repr=False)
 
     @property
     def subjects(self) -> tuple[str, ...]:
@@ -49,3 +67,66 @@ class Change:
     @property
     def doc_id(self) -> Any:
         return None if self.data is None else self.data.get("_id")
+
+    # -- serialisation: how a change crosses a process boundary (e.g. a Redis Stream entry) --
+
+    def to_record(self, *, with_seq: bool = True) -> bytes:
+        """The change as JSON bytes: ``{"class", "op", "id", "seq", "data", "prev", "subjects",
+        "prev_subjects"}`` (``prev``/``prev_subjects`` only when there is a previous state; ``seq`` only
+        when ``with_seq`` and set). ``subjects`` ride along so that a node reading the record checks ACLs
+        without recomputing them; the schema does not (a reader finds it by class name).
+
+        Cost: one ``orjson.dumps`` of the data (and the previous data). Raises
+        :class:`ChangeNotSerialisable` for a change with only a ``doc`` object, or non-JSON data.
+        """
+        if self.data is None:
+            raise ChangeNotSerialisable(
+                f"{self.class_name}: a change carrying only a Python object ({type(self.doc).__name__}) "
+                "cannot be serialised; publish the document's data")
+        record: dict[str, Any] = {"class": self.class_name, "op": self.op, "id": self.doc_id}
+        if with_seq and self.seq:
+            record["seq"] = self.seq
+        record["data"] = self.data
+        record["subjects"] = self.subjects
+        if self.prev is not None:
+            record["prev"] = self.prev
+            record["prev_subjects"] = self.prev_subjects
+        try:
+            return orjson.dumps(record)
+        except TypeError as exc:
+            raise ChangeNotSerialisable(f"{self.class_name}: data is not JSON-ready: {exc}") from None
+
+    @classmethod
+    def from_record(cls, record: bytes | str, *, seq: str | None = None, epoch: str = "",
+                    schema: DocSchema | None = None) -> Change:
+        """The change written by :meth:`to_record`. ``seq`` (e.g. from the stream entry id) overrides the
+        record's; ``schema`` is the reader's schema of the class (not part of the record). Raises
+        :class:`BadChangeRecord` when the bytes are not such a record."""
+        try:
+            obj = orjson.loads(record)
+            class_name, op, data = obj["class"], obj["op"], obj["data"]
+            if not (isinstance(obj, dict) and isinstance(class_name, str) and isinstance(op, str)
+                    and isinstance(data, dict)):
+                raise TypeError("wrong types")
+            prev = obj.get("prev")
+            subjects = obj.get("subjects")
+            prev_subjects = obj.get("prev_subjects")
+            change = cls(class_name, op, seq if seq is not None else str(obj.get("seq") or ""), data, schema,
+                         prev=prev if isinstance(prev, dict) else None,
+                         _subjects=tuple(subjects) if isinstance(subjects, list) else None,
+                         _prev_subjects=tuple(prev_subjects) if isinstance(prev_subjects, list) else None,
+                         epoch=epoch)
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise BadChangeRecord(f"not a change record: {exc}") from None
+        return change
+
+    def encoded_size(self) -> int:
+        """Bytes of the change as a record (:meth:`to_record`), computed once: the unit of the journals'
+        byte bounds. A change that cannot be a record (only a ``doc`` object, or data that is not JSON) is
+        measured by the ``repr`` of its data or object (an estimate)."""
+        if self._size is None:
+            try:
+                self._size = len(self.to_record(with_seq=False)) + 24  # + the seq, as a record would hold it
+            except ChangeNotSerialisable:
+                self._size = len(repr(self.data if self.data is not None else self.doc)) + 64
+        return self._size

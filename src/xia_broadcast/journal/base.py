@@ -1,26 +1,41 @@
-"""The journal interface."""
+"""The journal interfaces: the synchronous :class:`Journal` the current engine uses, and the asynchronous
+:class:`Backend` (memory, Redis Streams) through which every change, published on this node or another,
+reaches an engine.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import NamedTuple
 
 from ..core.change import Change
+from ..errors import XiaBroadcastError
 
 
-class SeqOrderError(ValueError):
+class SeqOrderError(XiaBroadcastError, ValueError):
     """A change's seq is not greater than the last seq of its class: it cannot be journaled."""
 
 
-class HistoryGone(Exception):
-    """The journal no longer holds every change from the requested position on.
+class HistoryGone(XiaBroadcastError):
+    """The journal no longer holds every change from the requested position on: it was trimmed (retention),
+    or the position belongs to another epoch (the journal was lost and started again).
 
-    ``oldest`` is the oldest seq still held (None when nothing is held).
+    ``oldest`` is the oldest seq still held (None when nothing is held or unknown); ``epoch`` the journal's
+    current epoch for the class ("" when not known).
     """
 
-    def __init__(self, class_name: str, oldest: str | None) -> None:
-        super().__init__(f"history of {class_name} is gone; oldest seq held: {oldest}")
+    def __init__(self, class_name: str, oldest: str | None, *, epoch: str = "", reason: str = "") -> None:
+        why = f" ({reason})" if reason else ""
+        super().__init__(f"history of {class_name} is gone{why}; oldest seq held: {oldest}")
         self.class_name = class_name
         self.oldest = oldest
+        self.epoch = epoch
+
+
+class BackendUnavailable(XiaBroadcastError):
+    """The backend cannot reach its store (e.g. Redis is down or restarting): the change was NOT published
+    (or, for a read, nothing was read). The caller may retry; the server answers HTTP 503."""
 
 
 class Journal(ABC):
@@ -55,3 +70,82 @@ class Journal(ABC):
     @abstractmethod
     def oldest(self, class_name: str) -> str | None:
         """The oldest seq still held for the class."""
+
+
+class Position(NamedTuple):
+    """Where a subscriber stands in a class's journal: the seq of the last change it has (or the epoch's
+    start seq when it has none), and the journal's epoch. A position is only meaningful in its epoch: a
+    journal that was lost and started again has a new epoch, and positions of the old one are history gone.
+    """
+
+    seq: str
+    epoch: str
+
+
+#: The one callback through which every change reaches the engine (see :class:`Backend`).
+OnChange = Callable[[Change], None]
+
+
+class Backend(ABC):
+    """An asynchronous journal and broker: where changes are published, kept for replay, and delivered.
+
+    Every change, published on this node or on any other sharing the store, reaches the engine through ONE
+    callback, ``on_change`` (given to :meth:`start`), with ``change.seq`` and ``change.epoch`` set. The
+    callback is called from the event loop, in seq order per class, never twice for one seq, and only for
+    classes this node :meth:`watch`-es (the memory backend delivers every class). It must not block: it is
+    called inline by the backend's delivery loop.
+
+    Positions: ``read(cls, seq, inclusive=True)`` reads changes with ``seq >= seq``; ``inclusive=False``
+    reads ``seq > seq`` (resuming after the last change seen); ``seq=None`` reads from the first change of
+    the epoch. Seqs are ``core.seq.format_seq(ms, counter)`` strings: their string order is publish order.
+
+    Gapless going live: the position returned by :meth:`watch` (first watch of a class) or the position of
+    the last change ``on_change`` delivered is where a new live subscriber stands; every later change
+    reaches ``on_change``, every earlier one is readable with :meth:`read` (within retention).
+    """
+
+    #: True when the backend can publish and deliver (Redis: connected and tailing)
+    ready: bool = False
+
+    @abstractmethod
+    async def start(self, on_change: OnChange) -> None:
+        """Connect (if needed) and begin delivering changes to ``on_change``. Called once."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop delivering and release connections. Idempotent."""
+
+    @abstractmethod
+    async def publish(self, change: Change) -> Position:
+        """Append a change; assign its seq (a seq already set by the caller must sort after the class's
+        last one, else :class:`SeqOrderError`). Returns its position. Raises :class:`BackendUnavailable`
+        when the store cannot be reached: never a silent loss."""
+
+    @abstractmethod
+    async def read(self, class_name: str, seq: str | None, *, inclusive: bool, limit: int,
+                   epoch: str | None = None) -> list[Change]:
+        """Up to ``limit`` changes from a position, in seq order, with seq and epoch set. Raises
+        :class:`HistoryGone` when changes from that position on are no longer all held, or when ``epoch``
+        is given and is not the class's current epoch (``epoch=None``: a position without an epoch, e.g.
+        from an original client: only its seq is checked, against the epoch's start and retention). Raises
+        :class:`BackendUnavailable` when the store cannot be reached."""
+
+    @abstractmethod
+    async def position(self, class_name: str) -> Position:
+        """The class's head in the store (the last seq, or the epoch's start seq when the epoch holds no
+        change yet) and its epoch."""
+
+    @abstractmethod
+    async def epoch(self, class_name: str) -> str:
+        """The class's current epoch (created when the class has none yet)."""
+
+    @abstractmethod
+    async def watch(self, class_name: str) -> Position:
+        """Deliver this class's changes to ``on_change`` from now on. Returns the position after which
+        every change of the class reaches ``on_change`` (for a class already watched: the position of the
+        last change delivered, or where watching began)."""
+
+    @abstractmethod
+    def unwatch(self, class_name: str) -> None:
+        """Stop delivering this class (no subscriber left on this node). Changes already in flight may
+        still be dropped or delivered; none is delivered twice."""
