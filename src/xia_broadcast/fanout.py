@@ -116,11 +116,22 @@ class Connection:
         self.replaying = 0
         self.task: Any = None
 
-    def take(self) -> list[Outgoing]:
-        """Remove and return every queued message, oldest first."""
-        batch = list(self.queue)
-        self.queue.clear()
-        self.queued_bytes = 0
+    def take(self, max_bytes: int | None = None) -> list[Outgoing]:
+        """Remove and return the queued messages, oldest first: every one, or (``max_bytes``) the oldest
+        that fit in ``max_bytes`` of encoded messages, and always at least one."""
+        if max_bytes is None or self.queued_bytes <= max_bytes:
+            batch = list(self.queue)
+            self.queue.clear()
+            self.queued_bytes = 0
+            return batch
+        q = self.queue
+        batch = [q.popleft()]
+        size = len(batch[0].data)
+        while q and size + len(q[0].data) <= max_bytes:
+            out = q.popleft()
+            size += len(out.data)
+            batch.append(out)
+        self.queued_bytes -= size
         return batch
 
 
@@ -445,15 +456,21 @@ class FanoutEngine:
             member.connection.replaying += 1
         member.cursor, member.inclusive, member.lagging, member.read_any = cursor, inclusive, lagging, False
 
-    def _lag(self, conn: Connection, change: Change) -> None:
-        """A connection's queue overflowed at ``change``: its live members continue from the journal."""
+    def lag(self, conn: Connection) -> None:
+        """Queue no more live changes for ``conn``: its live members continue from the journal after what is
+        queued (a transport calls this when it cannot take more bytes for the connection)."""
+        self._lag(conn, None)
+
+    def _lag(self, conn: Connection, change: Change | None) -> None:
+        """A connection's queue overflowed at ``change`` (None: after the last change): its live members
+        continue from the journal."""
         if conn.closed:
             return
         self.stats.lags += 1
         for member in conn.members.values():
             if member.replaying:
                 continue
-            if member.class_name == change.class_name:
+            if change is not None and member.class_name == change.class_name:
                 self._start_replay(member, change.seq, inclusive=True, lagging=True)
             else:
                 self._start_replay(member, self.journal.head(member.class_name), inclusive=False, lagging=True)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import InvalidCatalogError
+from .nesting import MAX_NESTING, nested_deeper_than
 from .schema import DocSchema
 
 Projector = Callable[[Mapping[str, Any]], Mapping[str, Any]]
@@ -29,6 +30,8 @@ def validate_catalog(catalog: Any, schema: DocSchema | None = None, path: str = 
     """
     if root is None and schema is not None:
         root = schema.name
+    if path == "catalog" and nested_deeper_than(catalog):  # once, at the top: bounds the recursion below
+        raise InvalidCatalogError(f"a catalog may nest at most {MAX_NESTING} levels deep")
     if catalog is None:
         return {}
     if not isinstance(catalog, Mapping):
