@@ -30,7 +30,7 @@ from ..core.protocol import (
     Refusal,
 )
 from ..fanout import Connection
-from .writer import WRITE_HIGH_WATER, SocketWriter
+from .writer import SocketWriter
 
 if TYPE_CHECKING:
     from .native import NativeServer
@@ -68,8 +68,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.service = server.service
         self.transport: asyncio.Transport | None = transport
         self.ws = Protocol(Side.SERVER, state=State.OPEN, max_size=self.service.settings.max_message_size)
-        self.writer = SocketWriter(transport, server.broadcaster.engine(), server.outbound, self.service.metrics)
-        self.writer.paused = transport.get_write_buffer_size() > WRITE_HIGH_WATER
+        self.writer = SocketWriter(transport, server.broadcaster.engine(), self.service)
         self.upgrade_headers = dict(upgrade_headers)
         self.peer = peer
         self.phase = Phase.AWAITING_HANDSHAKE

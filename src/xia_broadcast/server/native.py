@@ -26,7 +26,7 @@ from .connection import CLOSE_TIMEOUT, WebSocketConnection
 from .endpoints import EndpointTable, default_endpoints
 from .http import HttpConnection, HttpLimits
 from .service import Service
-from .writer import NativeBroadcaster, OutboundBudget
+from .writer import NativeBroadcaster
 
 __all__ = ["NativeBroadcaster", "NativeServer", "raise_fd_limit"]
 
@@ -80,7 +80,6 @@ class NativeServer:
         self.service = Service(settings, self.broadcaster)
         self.endpoints: EndpointTable = default_endpoints(settings)
         self.http_limits = HttpLimits(settings.max_http_connections, settings.max_body_bytes)
-        self.outbound = OutboundBudget(settings.max_outbound_bytes)
         self.max_connections = settings.max_connections
         self.sockets: set[HttpConnection | WebSocketConnection] = set()
         self.port = settings.port
