@@ -37,7 +37,15 @@ from ..core.protocol import CLOSE_BAD_HANDSHAKE, CLOSE_GOING_AWAY, CLOSE_TOO_MAN
 from ..errors import HttpError
 from ..fanout import Outgoing
 from .config import Settings
-from .endpoints import Endpoint, HttpRequest, HttpResponse, default_endpoints, refuse_before_body
+from .endpoints import (
+    BodyBudget,
+    Endpoint,
+    HttpRequest,
+    HttpResponse,
+    busy,
+    default_endpoints,
+    refuse_before_body,
+)
 from .service import Service, Session
 from .upgrade import UpgradeError, check_origin
 
@@ -133,50 +141,45 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
             service.close_session(websocket, session)
 
     table = default_endpoints(settings)
-    body_bytes = [0]  # bytes of request bodies being received at once (max_body_bytes)
+    bodies = BodyBudget(settings.max_body_bytes)
 
     def route(endpoint: Endpoint) -> Route:
         async def answer(request: Request) -> Response:
             headers = {k.lower(): v for k, v in request.headers.items()}
             declared_text = headers.get("content-length", "")
             declared = int(declared_text) if declared_text.isdigit() else None
-            refusal = refuse_before_body(service, endpoint, headers, declared)
+            response = refuse_before_body(service, endpoint, headers, declared)
             body = b""
-            if refusal is None and endpoint.reads_body:
-                reserved = declared or 0
+            if response is None and endpoint.reads_body:
                 try:
-                    if body_bytes[0] + reserved > settings.max_body_bytes:
-                        raise HttpError(503, "busy", "too many request bodies at once, retry later")
-                    body_bytes[0] += reserved
-                    body = await read_body(request, reserved)
+                    body = await read_body(request, declared or 0)
                 except HttpError as exc:
-                    refusal = HttpResponse.of(exc)
-                finally:
-                    body_bytes[0] -= reserved
-            response = refusal or endpoint.handler(
-                service, HttpRequest(request.method, endpoint.path, headers, body))
+                    response = HttpResponse.of(exc)
+            if response is None:
+                response = endpoint.handler(service, HttpRequest(request.method, endpoint.path, headers, body))
             return Response(response.body, status_code=response.status, media_type=response.content_type)
 
         return Route(endpoint.path, answer, methods=[endpoint.method])
 
-    async def read_body(request: Request, reserved: int) -> bytes:
-        """The body, up to ``max_publish_size``; what grows past ``reserved`` must fit ``max_body_bytes``."""
+    async def read_body(request: Request, declared: int) -> bytes:
+        """The body, up to ``max_publish_size``, its bytes reserved in ``max_body_bytes`` while it is read
+        (its declared length first; a chunked body as it grows)."""
         limit = settings.max_publish_size
+        if not bodies.reserve(declared):
+            raise busy()
+        reserved = declared
         body = bytearray()
-        extra = 0
         try:
             async for chunk in request.stream():
                 body += chunk
                 if len(body) > limit:
                     raise HttpError(413, "too_large", f"body over {limit} bytes")
-                grow = len(body) - reserved - extra
-                if grow > 0:
-                    if body_bytes[0] + grow > settings.max_body_bytes:
-                        raise HttpError(503, "busy", "too many request bodies at once, retry later")
-                    body_bytes[0] += grow
-                    extra += grow
+                if len(body) > reserved:
+                    if not bodies.reserve(len(body) - reserved):
+                        raise busy()
+                    reserved = len(body)
         finally:
-            body_bytes[0] -= extra
+            bodies.release(reserved)
         return bytes(body)
 
     async def shutdown() -> None:
@@ -205,4 +208,5 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
     app.state.service = service
     app.state.broadcaster = bc
     app.state.shutdown = shutdown
+    app.state.body_budget = bodies
     return app

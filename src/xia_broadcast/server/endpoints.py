@@ -132,6 +132,31 @@ class EndpointTable:
             yield from methods.values()
 
 
+class BodyBudget:
+    """The bytes of request bodies being received at once, over every connection of one server, and their
+    bound (``max_body_bytes``). A request reserves its declared ``Content-Length`` before its body is read
+    (a chunked one reserves as it grows) and releases it once answered or gone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.reserved = 0
+
+    def reserve(self, size: int) -> bool:
+        """Reserve ``size`` bytes; False (nothing reserved) when that would pass the bound."""
+        if self.reserved + size > self.limit:
+            return False
+        self.reserved += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.reserved -= size
+
+
+def busy() -> HttpError:
+    """The refusal of a body that does not fit the :class:`BodyBudget` (503)."""
+    return HttpError(503, "busy", "too many request bodies at once, retry later")
+
+
 def refuse_before_body(service: Service, endpoint: Endpoint, headers: Mapping[str, str],
                        declared_length: int | None) -> HttpResponse | None:
     """The answer a request gets from its headers alone, or None when its body may be read.

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import h11
 
 from .connection import WebSocketConnection
-from .endpoints import Endpoint, HttpRequest, HttpResponse, refuse_before_body
+from .endpoints import Endpoint, HttpRequest, HttpResponse, busy, refuse_before_body
 from .upgrade import UpgradeError, check_origin, check_upgrade
 from .writer import WRITE_HIGH_WATER
 
@@ -52,28 +52,11 @@ BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application
 
 
 class HttpLimits:
-    """What the HTTP stage of one server holds at once: sockets in it, and bytes of bodies being received.
+    """The sockets in the HTTP stage of one server, and their bound (``max_http_connections``)."""
 
-    Args:
-        max_connections: sockets in the HTTP stage at once (``max_http_connections``).
-        max_body_bytes: bytes of request bodies reserved at once (``max_body_bytes``).
-    """
-
-    def __init__(self, max_connections: int, max_body_bytes: int) -> None:
+    def __init__(self, max_connections: int) -> None:
         self.max_connections = max_connections
-        self.max_body_bytes = max_body_bytes
         self.connections = 0
-        self.body_bytes = 0
-
-    def reserve(self, size: int) -> bool:
-        """Reserve ``size`` bytes of body; False (nothing reserved) when that would pass the bound."""
-        if self.body_bytes + size > self.max_body_bytes:
-            return False
-        self.body_bytes += size
-        return True
-
-    def release(self, size: int) -> None:
-        self.body_bytes -= size
 
 
 class RequestState(enum.Enum):
@@ -96,6 +79,7 @@ class HttpConnection(asyncio.Protocol):
         self.server = server
         self.service = server.service
         self.limits = server.http_limits
+        self.bodies = server.body_budget
         self.transport: asyncio.Transport | None = None
         self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
         self.state = RequestState.IDLE
@@ -208,14 +192,18 @@ class HttpConnection(asyncio.Protocol):
         self.endpoint = found
         if not found.reads_body:
             if found.websocket and any(k == b"upgrade" for k, _ in headers):
-                self._upgrade(request)
+                if has_body:  # what follows the request would be read as WebSocket frames
+                    self._answer(HttpResponse.error(400, "bad_upgrade", "an upgrade request has no body"),
+                                 close=True)
+                else:
+                    self._upgrade(request)
             elif has_body:
                 self._handle(close=True)
             # else: answered at EndOfMessage, which h11 gives right away for a request without a body
             return
         refusal = refuse_before_body(self.service, found, self._header_map(request), declared)
         if refusal is None and has_body and not self._reserve(declared or 0):
-            refusal = HttpResponse.error(503, "busy", "too many request bodies at once, retry later")
+            refusal = HttpResponse.of(busy())
         if refusal is not None:
             self._answer(refusal, close=True)
             return
@@ -230,8 +218,7 @@ class HttpConnection(asyncio.Protocol):
             self._answer(HttpResponse.error(413, "too_large", f"body over {limit} bytes"), close=True)
         elif len(self.body) > self.reserved and not self._reserve(len(self.body) - self.reserved):
             # a chunked body grows past what was free: refuse rather than hold more than the bound
-            self._answer(HttpResponse.error(503, "busy", "too many request bodies at once, retry later"),
-                         close=True)
+            self._answer(HttpResponse.of(busy()), close=True)
 
     def _end_of_message(self) -> None:
         if self.state is RequestState.RECEIVING and self.endpoint is not None:
@@ -328,13 +315,13 @@ class HttpConnection(asyncio.Protocol):
     # -- bookkeeping --------------------------------------------------------------------------------------
 
     def _reserve(self, size: int) -> bool:
-        if not self.limits.reserve(size):
+        if not self.bodies.reserve(size):
             return False
         self.reserved += size
         return True
 
     def _release(self) -> None:
-        self.limits.release(self.reserved)
+        self.bodies.release(self.reserved)
         self.reserved = 0
 
     def _leave(self) -> None:

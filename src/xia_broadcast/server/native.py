@@ -23,7 +23,7 @@ import time
 
 from .config import Settings
 from .connection import CLOSE_TIMEOUT, WebSocketConnection
-from .endpoints import EndpointTable, default_endpoints
+from .endpoints import BodyBudget, EndpointTable, default_endpoints
 from .http import HttpConnection, HttpLimits
 from .service import Service
 from .writer import NativeBroadcaster
@@ -79,7 +79,8 @@ class NativeServer:
         self.broadcaster: type[NativeBroadcaster] = broadcaster or type("ServerBroadcaster", (NativeBroadcaster,), {})
         self.service = Service(settings, self.broadcaster)
         self.endpoints: EndpointTable = default_endpoints(settings)
-        self.http_limits = HttpLimits(settings.max_http_connections, settings.max_body_bytes)
+        self.http_limits = HttpLimits(settings.max_http_connections)
+        self.body_budget = BodyBudget(settings.max_body_bytes)
         self.max_connections = settings.max_connections
         self.sockets: set[HttpConnection | WebSocketConnection] = set()
         self.port = settings.port
