@@ -5,12 +5,14 @@ is the same bytes for every recipient) and cached on its :class:`~xia_broadcast.
 fan-out, :class:`NativeBroadcaster` writes every connection with queued messages on the next loop turn, in
 **one** ``transport.write`` per connection, with no task and no await per socket.
 
-What waits in transport buffers (the only per-socket copies of outbound bytes) is bounded: each socket's
-transport may hold its share of ``max_outbound_bytes`` (that divided by the open WebSockets, at most
-:data:`WRITE_HIGH_WATER`) plus one message, so all of them together hold about ``max_outbound_bytes``
-whatever the clients read. A socket over its share is not written; its connection takes no more live
-changes (``FanoutEngine.lag``) and continues from the journal once the socket drains, as when its queue
-overflows: nothing is lost. A client that keeps up is not slowed: the kernel takes what is written to it.
+What waits in transport buffers (the only per-socket copies of outbound bytes) is bounded: a socket is
+written only up to its share of ``max_outbound_bytes`` (that divided by the open WebSockets when it is
+written, at most :data:`WRITE_HIGH_WATER`) plus one message, so all of them together hold about
+``max_outbound_bytes`` whatever the clients read (more only where sockets stalled while fewer were open,
+each then holding the larger share of that time). A socket over its share is not written; when more than
+its share is still queued, its connection takes no more live changes (``FanoutEngine.lag``) and continues
+from the journal once the socket drains, as when its queue overflows: nothing is lost. A client that keeps
+up is not slowed: the kernel takes what is written to it.
 
 What stays queued is references to encoded messages, shared by every member of a view and bounded per
 connection by ``queue_messages``/``queue_bytes``.
@@ -62,8 +64,9 @@ class SocketWriter:
     The transport's high-water mark is this socket's share of ``max_outbound_bytes``: that divided by the
     open WebSockets, at most :data:`WRITE_HIGH_WATER` (re-read at every write, as connections come and go).
     A write carries the oldest queued messages that fit under the mark, and always at least one; over the
-    mark, nothing is written until the transport drains (``resume_writing``), and the connection takes no
-    more live changes (``FanoutEngine.lag``): it continues from the journal once it is written again.
+    mark, nothing is written until the transport drains (``resume_writing``). When, at that moment, more
+    than the share is still queued, the connection takes no more live changes (``FanoutEngine.lag``): it
+    continues from the journal once it is written again, as it does when its queue overflows.
     """
 
     def __init__(self, transport: asyncio.Transport, engine: FanoutEngine, service: Service) -> None:
@@ -107,8 +110,9 @@ class SocketWriter:
         for _ in range(WRITE_ROUNDS):
             if self.paused:
                 self.pending = conn  # stays scheduled; resume() writes it
-                if conn.queue and conn.replaying < len(conn.members):
-                    # the socket holds its share already: what comes next waits in the journal, not here
+                if conn.queued_bytes > high_water and conn.replaying < len(conn.members):
+                    # the socket holds its share unsent and as much again waits: what comes next waits
+                    # in the journal, not here (a queue that merely overflows later lags the same way)
                     self.engine.lag(conn)
                 return oldest
             if not conn.queue and conn.replaying:
