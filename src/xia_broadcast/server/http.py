@@ -62,9 +62,10 @@ class HttpLimits:
 class RequestState(enum.Enum):
     """Where the current request of an :class:`HttpConnection` is."""
 
-    #: between requests (a new connection, or one kept alive): the idle timer runs
+    #: between requests on a kept-alive connection: the idle timer runs
     IDLE = "idle"
-    #: bytes of a request arrived: the whole request must arrive within ``handshake_timeout``
+    #: a new connection, or bytes of a request arrived: the whole request must arrive within
+    #: ``handshake_timeout`` of that moment
     RECEIVING = "receiving"
     #: the request is complete and being answered; the rest of the socket's input waits
     ANSWERING = "answering"
@@ -108,7 +109,8 @@ class HttpConnection(asyncio.Protocol):
         self.limits.connections += 1
         self.counted = True
         self.server.sockets.add(self)
-        # a new socket must send its first request within handshake_timeout
+        # a new socket must send its whole first request within handshake_timeout of connecting
+        self.state = RequestState.RECEIVING
         self._arm(self.service.settings.handshake_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
