@@ -14,8 +14,9 @@ import httpx
 import pytest
 
 from conftest import RECV_TIMEOUT, raw_subscribe, read_frame
+from xia_broadcast.fanout import Change, FanoutEngine
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+LINUX_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 MIB = 1024 * 1024
 STALLED = 120
@@ -25,6 +26,7 @@ BATCHES = 2
 OUTBOUND = 8 * MIB
 
 
+@LINUX_ONLY
 async def test_stalled_clients_hold_bounded_memory_and_lose_nothing(server_process) -> None:
     server = server_process(env={"XIA_BROADCAST_MAX_OUTBOUND_BYTES": str(OUTBOUND),
                                  "XIA_BROADCAST_LOG_LEVEL": "WARNING"})
@@ -64,3 +66,43 @@ async def test_stalled_clients_hold_bounded_memory_and_lose_nothing(server_proce
     for _, w in [*stalled, (good_reader, good_writer)]:
         w.close()
     await asyncio.sleep(0)
+
+
+# -- the engine's side, without sockets --------------------------------------------------------------------
+
+
+def publish(engine: FanoutEngine, i: int) -> None:
+    change = Change("Doc", "I", "", {"_id": f"d{i}", "pad": "x" * 1000})
+    engine.journal.append(change)
+    engine.fanout(change)
+
+
+def test_a_write_takes_the_oldest_messages_that_fit_and_at_least_one() -> None:
+    engine = FanoutEngine(lambda c: None, lambda c, reason: None)
+    ws = object()
+    engine.subscribe(ws, "Doc", {}, None)
+    for i in range(5):
+        publish(engine, i)
+    conn = engine.connections[ws]
+    size = len(conn.queue[0].data)
+    assert [len(conn.take(1)), len(conn.take(2 * size + 1)), len(conn.take(None))] == [1, 2, 2]
+    assert conn.queued_bytes == 0 and not conn.queue
+
+
+def test_a_lagged_connection_goes_on_from_the_journal_with_nothing_lost_or_repeated() -> None:
+    engine = FanoutEngine(lambda c: None, lambda c, reason: None)
+    ws = object()
+    engine.subscribe(ws, "Doc", {}, None)
+    publish(engine, 0)
+    conn = engine.connections[ws]
+    engine.lag(conn)  # what the writer does for a socket over its share
+    for i in range(1, 4):
+        publish(engine, i)
+    assert len(conn.queue) == 1  # nothing more was queued live
+    got = [m.data for m in conn.take()]
+    engine.pump(conn)
+    got += [m.data for m in conn.take()]
+    publish(engine, 4)  # live again once the replay caught up
+    got += [m.data for m in conn.take()]
+    assert [json.loads(m)["message"]["_id"] for m in got] == [f"d{i}" for i in range(5)]
+    assert conn.replaying == 0
