@@ -8,7 +8,11 @@
     app.mount("/realtime", create_app(load_settings("broadcast.toml")))  # ws at /realtime/ws
 
 It speaks the same protocol as the standalone server (handshake, close codes, ``POST /publish``,
-``/healthz``, ``/readyz``, ``/metrics``) on the same core. One difference: on shutdown, an ASGI server
+``/healthz``, ``/readyz``, ``/metrics``) on the same core, from the same endpoint table
+(:mod:`.endpoints`): a publisher's key is checked from the headers before its body is read, bodies being
+received at once hold at most ``max_body_bytes``, and ``origin_allowlist`` refuses other origins (403).
+The other HTTP limits (sockets, request timeouts, ``Expect: 100-continue``) are the ASGI server's.
+One difference: on shutdown, an ASGI server
 such as uvicorn closes the websockets itself (uvicorn: 1012) before the app's lifespan ends; for the
 documented 1001 after a flush, call ``await app.state.shutdown()`` before stopping the ASGI server. The
 inbound message size limit and keepalive pings are the ASGI server's (uvicorn: ``--ws-max-size``,
