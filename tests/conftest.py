@@ -10,16 +10,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import re
+import select
+import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from xia_broadcast.core.schema import DocSchema
+from xia_broadcast.server.asgi import create_app
 from xia_broadcast.server.config import Settings
 from xia_broadcast.server.native import NativeBroadcaster, NativeServer
 
@@ -308,3 +317,244 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client (no proxy from the environment, bounded timeouts)."""
     async with httpx.AsyncClient(trust_env=False, timeout=RECV_TIMEOUT) as client:
         yield client
+
+
+# -- the ASGI app under uvicorn ----------------------------------------------------------------------------
+
+
+class AsgiServer:
+    """create_app(settings) served by uvicorn in this event loop, on a socket bound to 127.0.0.1:0."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = create_app(settings)
+        self.broadcaster = self.app.state.broadcaster
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"ws://127.0.0.1:{self.port}{settings.path}"
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.uvicorn = uvicorn.Server(uvicorn.Config(self.app, lifespan="on", log_level="warning"))
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> AsgiServer:
+        self.task = asyncio.get_running_loop().create_task(self.uvicorn.serve(sockets=[self.sock]))
+        for _ in range(500):
+            if self.uvicorn.started or self.task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert self.uvicorn.started, "uvicorn did not start"
+        return self
+
+    async def stop(self) -> None:
+        self.uvicorn.should_exit = True
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 15)
+        self.sock.close()
+
+
+@pytest.fixture
+async def asgi_server() -> AsyncIterator[Callable[..., Awaitable[AsgiServer]]]:
+    servers: list[AsgiServer] = []
+
+    async def factory(**settings: Any) -> AsgiServer:
+        settings.setdefault("classes", dict(CLASSES))
+        settings.setdefault("ping_interval", 0.0)
+        server = await AsgiServer(Settings(**settings)).start()
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        await server.stop()
+
+
+# -- raw HTTP and WebSocket over plain sockets -------------------------------------------------------------
+
+
+async def read_response(reader: asyncio.StreamReader,
+                        timeout: float = RECV_TIMEOUT) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP response from ``reader``: ``(status, headers with lower-case names, body)``; interim (1xx)
+    responses are returned like any other (their body is empty)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
+    length = int(headers.get("content-length", "0"))
+    body = await asyncio.wait_for(reader.readexactly(length), timeout) if length else b""
+    return status, headers, body
+
+
+async def closed_by_peer(reader: asyncio.StreamReader, timeout: float = RECV_TIMEOUT) -> bool:
+    """True when the peer closes the connection (EOF or reset) within ``timeout`` (what it sends meanwhile
+    is skipped, up to 1 MiB); False when it keeps it open."""
+    try:
+        for _ in range(64):
+            if not await asyncio.wait_for(reader.read(16 * 1024), timeout):
+                return True
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return True
+    except TimeoutError:
+        return False
+    return False
+
+
+UPGRADE_REQUEST = ("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def masked_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """A final client frame (masked, as RFC 6455 requires of clients) with ``opcode`` (1: text)."""
+    mask = b"\x01\x02\x03\x04"
+    n = len(payload)
+    head = bytes((0x80 | opcode,))
+    if n < 126:
+        head += bytes((0x80 | n,))
+    elif n < 65536:
+        head += bytes((0x80 | 126,)) + n.to_bytes(2, "big")
+    else:
+        head += bytes((0x80 | 127,)) + n.to_bytes(8, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def read_frame(reader: asyncio.StreamReader, timeout: float = RECV_TIMEOUT) -> tuple[int, bytes]:
+    """One unmasked server frame: ``(opcode, payload)``."""
+    first, second = await asyncio.wait_for(reader.readexactly(2), timeout)
+    n = second & 0x7F
+    if n == 126:
+        n = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), timeout), "big")
+    elif n == 127:
+        n = int.from_bytes(await asyncio.wait_for(reader.readexactly(8), timeout), "big")
+    return first & 0x0F, await asyncio.wait_for(reader.readexactly(n), timeout)
+
+
+async def raw_subscribe(port: int, request: Mapping[str, Any], path: str = "/ws",
+                        stall: bool = False) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket client on a plain socket: upgrade, send the handshake, read the confirmation.
+
+    ``stall``: then stop reading (``writer.transport.resume_reading()`` reads again), with a tiny receive
+    buffer, so that the kernel buffers fill after a few kilobytes and the server holds the rest.
+    """
+    rcvbuf = 4096 if stall else None
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), RECV_TIMEOUT)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(UPGRADE_REQUEST.format(path=path).encode() + masked_frame(json.dumps(request).encode()))
+    status, _, _ = await read_response(reader)
+    assert status == 101, status
+    opcode, payload = await read_frame(reader)
+    assert opcode == 0x1 and set(json.loads(payload)) == {k for k in request if not k.startswith("_")}, payload
+    if stall:
+        writer.transport.pause_reading()
+    return reader, writer
+
+
+# -- a server in a child process ---------------------------------------------------------------------------
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of process ``pid``, in bytes (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+class ServerProcess:
+    """``xia-broadcast serve`` in a child process, on an ephemeral port of 127.0.0.1, for what a test must
+    measure from outside: its resident memory, its file descriptors, its log (stderr, one JSON per line).
+
+    ``config`` is written as the TOML config file; ``env`` adds ``XIA_BROADCAST_*`` settings;
+    ``fd_limit`` sets the child's soft and hard ``RLIMIT_NOFILE`` before it starts.
+    """
+
+    def __init__(self, tmp_path: Any, config: str = "", env: Mapping[str, str] | None = None,
+                 fd_limit: int | None = None) -> None:
+        self.config = tmp_path / "server.toml"
+        self.config.write_text(config + "\n[classes.Order]\nkey = [\"order_id\"]\n[classes.Order.fields]\n"
+                               "order_id = \"str\"\nnote = \"str\"\nmargin = { type = \"float\", hidden = true }\n")
+        self.stderr_path = tmp_path / "server.stderr"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("XIA_BROADCAST_")}
+        self.env.update({"XIA_BROADCAST_PING_INTERVAL": "0", **(env or {})})
+        self.fd_limit = fd_limit
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def _limit_fds(self) -> None:  # runs in the child, before exec
+        import resource
+        assert self.fd_limit is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.fd_limit, self.fd_limit))
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "xia_broadcast.cli", "serve", "--port", "0", "--config", str(self.config)],
+                stdout=subprocess.PIPE, stderr=err, env=self.env,
+                preexec_fn=self._limit_fds if self.fd_limit is not None else None)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready:
+                line = self.proc.stdout.readline().decode()
+                match = re.search(r"listening on ws://127\.0\.0\.1:(\d+)/", line)
+                if match:
+                    self.port = int(match.group(1))
+                    return self
+                if not line:
+                    break
+        self.stop()
+        raise AssertionError(f"server did not start: {self.log_text()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def rss(self) -> int:
+        return rss_bytes(self.pid)
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def log_text(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """The JSON log lines so far (anything else on stderr is left out: see :meth:`log_text`)."""
+        records = []
+        for line in self.log_text().splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict):
+                    records.append(entry)
+        return records
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def server_process(tmp_path: Any) -> Iterator[Callable[..., ServerProcess]]:
+    """A factory of started :class:`ServerProcess` servers, stopped afterwards."""
+    started: list[ServerProcess] = []
+
+    def factory(**kwargs: Any) -> ServerProcess:
+        proc = ServerProcess(tmp_path, **kwargs)
+        started.append(proc)
+        return proc.start()
+
+    yield factory
+    for proc in started:
+        proc.stop()

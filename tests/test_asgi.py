@@ -8,62 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import pytest
-import uvicorn
-
-from conftest import CLASSES, order, read_until_closed, recv_json, recv_until, refused, subscribe
-from xia_broadcast.server.asgi import create_app
-from xia_broadcast.server.config import ApiKey, Settings
-
-
-class AsgiServer:
-    """create_app(settings) served by uvicorn in this event loop, on a socket bound to 127.0.0.1:0."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.app = create_app(settings)
-        self.broadcaster = self.app.state.broadcaster
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"ws://127.0.0.1:{self.port}{settings.path}"
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.uvicorn = uvicorn.Server(uvicorn.Config(self.app, lifespan="on", log_level="warning"))
-        self.task: asyncio.Task[None] | None = None
-
-    async def start(self) -> AsgiServer:
-        self.task = asyncio.get_running_loop().create_task(self.uvicorn.serve(sockets=[self.sock]))
-        for _ in range(500):
-            if self.uvicorn.started or self.task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert self.uvicorn.started, "uvicorn did not start"
-        return self
-
-    async def stop(self) -> None:
-        self.uvicorn.should_exit = True
-        if self.task is not None:
-            await asyncio.wait_for(self.task, 15)
-        self.sock.close()
-
-
-@pytest.fixture
-async def asgi_server() -> AsyncIterator[Callable[..., Awaitable[AsgiServer]]]:
-    servers: list[AsgiServer] = []
-
-    async def factory(**settings: Any) -> AsgiServer:
-        settings.setdefault("classes", dict(CLASSES))
-        settings.setdefault("ping_interval", 0.0)
-        server = await AsgiServer(Settings(**settings)).start()
-        servers.append(server)
-        return server
-
-    yield factory
-    for server in servers:
-        await server.stop()
+from conftest import AsgiServer, order, read_until_closed, recv_json, recv_until, refused, subscribe
+from xia_broadcast.server.config import ApiKey
 
 
 async def publish(http: Any, server: AsgiServer, body: Any, headers: dict[str, str] | None = None) -> Any:

@@ -31,6 +31,7 @@ import orjson
 
 from .core.change import Change
 from .core.limits import DEFAULT_LIMITS, SubscriptionLimits
+from .core.nesting import MAX_NESTING, nested_deeper_than
 from .core.protocol import CLOSE_TOO_SLOW
 from .core.schema import OPS, DocSchema
 from .document import Document
@@ -288,12 +289,14 @@ class Broadcaster:
 
         Raises :class:`DocumentError` naming the problem: an unknown op; a document (or previous state) that
         does not fit the class schema or, without a schema, is not an object with a string or integer
-        ``_id``; a previous state of another ``_id``.
+        ``_id``; a previous state of another ``_id``; a document nested deeper than ``MAX_NESTING``.
         """
         if op not in OPS:
             raise DocumentError(f"op must be one of {sorted(OPS)}, not {op!r}")
         schema = cls.document_classes.get(class_name)
         for state in [data] if previous is None else [data, previous]:
+            if nested_deeper_than(state):  # it could not be encoded for delivery
+                raise DocumentError(f"{class_name}: a document may nest at most {MAX_NESTING} levels deep")
             if schema is not None:
                 schema.validate(state)
             elif not isinstance(state, Mapping) or not valid_id(state.get("_id")):

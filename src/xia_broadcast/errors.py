@@ -63,6 +63,16 @@ class InvalidAclError(SubscriptionError):
     code = 4401
 
 
+class HttpError(XiaBroadcastError):
+    """An HTTP request refused with ``status``, a stable ``error`` code and a message naming the problem
+    (the answer's body is ``{"error": error, "message": message}``, see ``docs/protocol.md``)."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+
+
 class SchemaError(XiaBroadcastError, ValueError):
     """A document class schema (dict, JSON or TOML) is malformed."""
 

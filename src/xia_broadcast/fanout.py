@@ -123,14 +123,25 @@ class Connection:
         self.task: Any = None
         self._room: asyncio.Future[None] | None = None
 
-    def take(self) -> list[Outgoing]:
-        """Remove and return every queued message, oldest first (and wake who waits for room)."""
-        batch = list(self.queue)
-        self.queue.clear()
-        self.queued_bytes = 0
+    def take(self, max_bytes: int | None = None) -> list[Outgoing]:
+        """Remove and return the queued messages, oldest first: every one, or (``max_bytes``) the oldest
+        that fit in ``max_bytes`` of encoded messages, and always at least one. Wakes who waits for room."""
         room, self._room = self._room, None
         if room is not None and not room.done():
             room.set_result(None)
+        if max_bytes is None or self.queued_bytes <= max_bytes:
+            batch = list(self.queue)
+            self.queue.clear()
+            self.queued_bytes = 0
+            return batch
+        q = self.queue
+        batch = [q.popleft()]
+        size = len(batch[0].data)
+        while q and size + len(q[0].data) <= max_bytes:
+            out = q.popleft()
+            size += len(out.data)
+            batch.append(out)
+        self.queued_bytes -= size
         return batch
 
     def room(self) -> asyncio.Future[None]:

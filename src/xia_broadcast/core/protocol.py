@@ -21,6 +21,7 @@ from .acl import act_grants
 
 # Close codes, in one table. 4400, 4401 and 4404 are the original's; 1001, 1007 and 1009 are RFC 6455's.
 CLOSE_GOING_AWAY = 1001  #: server shutting down (after flushing what was queued)
+CLOSE_INVALID_DATA = 1007  #: a text message that is not valid UTF-8
 CLOSE_MESSAGE_TOO_BIG = 1009  #: an inbound message exceeded max_message_size
 CLOSE_BAD_HANDSHAKE = 4400  #: bad, missing or late first message
 CLOSE_AUTH_FAILED = 4401  #: authentication missing or failed (also: token expired while connected)

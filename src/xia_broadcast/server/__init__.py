@@ -1,6 +1,9 @@
 """The xia-broadcast server: configuration, authentication, the handshake, publishing, operations.
 
-Transports live beside each other: :mod:`.native` (the standalone server, one asyncio protocol per socket,
-pre-framed writes) and :mod:`.asgi` (a Starlette application to mount into an existing app). Both use the
-same :class:`~.service.Service`.
+Transports live beside each other: the standalone server and :mod:`.asgi` (a Starlette application to
+mount into an existing app). Both use the same :class:`~.service.Service` and the same HTTP endpoint table
+(:mod:`.endpoints`). The standalone server is split by concern: :mod:`.native` (listening socket, accept
+loop, file descriptors, lifecycle), :mod:`.http` (HTTP/1.1 until the upgrade: routing, bodies, limits),
+:mod:`.upgrade` (the upgrade's checks, no I/O), :mod:`.connection` (a WebSocket after the upgrade: frames
+in, handshake, close, keepalive) and :mod:`.writer` (outbound frames, batching, bounded buffers).
 """

@@ -8,7 +8,11 @@
     app.mount("/realtime", create_app(load_settings("broadcast.toml")))  # ws at /realtime/ws
 
 It speaks the same protocol as the standalone server (handshake, close codes, ``POST /publish``,
-``/healthz``, ``/readyz``, ``/metrics``) on the same core. One difference: on shutdown, an ASGI server
+``/healthz``, ``/readyz``, ``/metrics``) on the same core, from the same endpoint table
+(:mod:`.endpoints`): a publisher's key is checked from the headers before its body is read, bodies being
+received at once hold at most ``max_body_bytes``, and ``origin_allowlist`` refuses other origins (403).
+The other HTTP limits (sockets, request timeouts, ``Expect: 100-continue``) are the ASGI server's.
+One difference: on shutdown, an ASGI server
 such as uvicorn closes the websockets itself (uvicorn: 1012) before the app's lifespan ends; for the
 documented 1001 after a flush, call ``await app.state.shutdown()`` before stopping the ASGI server. The
 inbound message size limit and keepalive pings are the ASGI server's (uvicorn: ``--ws-max-size``,
@@ -29,16 +33,25 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..broadcast import Broadcaster
 from ..core.protocol import CLOSE_BAD_HANDSHAKE, CLOSE_GOING_AWAY, CLOSE_TOO_MANY_CONNECTIONS, Refusal
+from ..errors import HttpError
 from ..fanout import Outgoing
-from .auth import AuthError
 from .config import Settings
-from .metrics import CONTENT_TYPE
-from .service import PublishError, Service, Session
+from .endpoints import (
+    BodyBudget,
+    Endpoint,
+    HttpRequest,
+    HttpResponse,
+    busy,
+    default_endpoints,
+    refuse_before_body,
+)
+from .service import Service, Session
+from .upgrade import UpgradeError, check_origin
 
 
 class StarletteBroadcaster(Broadcaster):
@@ -76,6 +89,11 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
     sockets: set[WebSocket] = set()
 
     async def ws_endpoint(websocket: WebSocket) -> None:
+        try:
+            check_origin(websocket.headers.items(), settings.origin_allowlist)
+        except UpgradeError:
+            await websocket.close()  # before the accept: the ASGI server answers 403
+            return
         await bc.accept(websocket)
         session: Session | None = None
         service.connection_count += 1
@@ -126,40 +144,46 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
             service.connection_count -= 1
             service.close_session(websocket, session)
 
-    async def healthz(_: Request) -> Response:
-        return JSONResponse(service.health())
+    table = default_endpoints(settings)
+    bodies = BodyBudget(settings.max_body_bytes)
 
-    async def readyz(_: Request) -> Response:
-        ok = service.ready()
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+    def route(endpoint: Endpoint) -> Route:
+        async def answer(request: Request) -> Response:
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            declared_text = headers.get("content-length", "")
+            declared = int(declared_text) if declared_text.isdigit() else None
+            response = refuse_before_body(service, endpoint, headers, declared)
+            body = b""
+            if response is None and endpoint.reads_body:
+                try:
+                    body = await read_body(request, declared or 0)
+                except HttpError as exc:
+                    response = HttpResponse.of(exc)
+            if response is None:
+                response = endpoint.handler(service, HttpRequest(request.method, endpoint.path, headers, body))
+            return Response(response.body, status_code=response.status, media_type=response.content_type)
 
-    async def metrics(_: Request) -> Response:
-        return Response(service.metrics_text(), media_type=CONTENT_TYPE)
+        return Route(endpoint.path, answer, methods=[endpoint.method])
 
-    async def publish(request: Request) -> Response:
-        try:
-            body = await read_publish_body(request)
-            seqs = service.publish_http(request.headers, body)
-        except PublishError as exc:
-            return Response(exc.body(), status_code=exc.status, media_type="application/json")
-        return JSONResponse({"seqs": seqs})
-
-    async def read_publish_body(request: Request) -> bytes:
-        """The body, read only once the publisher key is checked and only up to ``max_publish_size``."""
-        try:
-            service.auth.publisher(request.headers)
-        except AuthError as exc:
-            raise PublishError(401, "unauthorized", str(exc)) from exc
+    async def read_body(request: Request, declared: int) -> bytes:
+        """The body, up to ``max_publish_size``, its bytes reserved in ``max_body_bytes`` while it is read
+        (its declared length first; a chunked body as it grows)."""
         limit = settings.max_publish_size
-        too_large = PublishError(413, "too_large", f"body over {limit} bytes")
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise too_large
+        if not bodies.reserve(declared):
+            raise busy()
+        reserved = declared
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise HttpError(413, "too_large", f"body over {limit} bytes")
+                if len(body) > reserved:
+                    if not bodies.reserve(len(body) - reserved):
+                        raise busy()
+                    reserved = len(body)
+        finally:
+            bodies.release(reserved)
         return bytes(body)
 
     async def shutdown() -> None:
@@ -177,23 +201,16 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
 
     service.started = True  # a mounted app's lifespan does not run: it is ready once built
 
-    async def upgrade_required(_: Request) -> Response:
-        return JSONResponse({"error": "upgrade_required", "message": "WebSocket endpoint"}, status_code=426)
-
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse({"error": code, "message": str(exc.detail)}, status_code=exc.status_code)
 
-    app = Starlette(routes=[
-        WebSocketRoute(settings.path, ws_endpoint),
-        Route(settings.path, upgrade_required),
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/metrics", metrics),
-        Route("/publish", publish, methods=["POST"]),
-    ], lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    routes: list[BaseRoute] = [WebSocketRoute(settings.path, ws_endpoint)]
+    routes += [route(endpoint) for endpoint in table]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.service = service
     app.state.broadcaster = bc
     app.state.shutdown = shutdown
+    app.state.body_budget = bodies
     return app

@@ -5,7 +5,8 @@
   original listener sends them; the key maps to a user name and an ACL in the config.
 * JWT (HS256 with a shared secret, RS256 with a public key): ``Authorization: Bearer <token>`` in
   ``_header`` or in the upgrade request's headers. The ACL is the claim ``acl`` (configurable), the user
-  name the claim ``sub``. Expired, not-yet-valid, forged or malformed tokens are refused.
+  name the claim ``sub``. Expired, not-yet-valid, forged or malformed tokens are refused, and so are
+  tokens whose ``exp``, ``nbf`` or ``iat`` is not a JSON number (a numeric string included).
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from typing import Any
 import jwt
 
 from ..core.acl import Acl
-from ..errors import InvalidAclError
+from ..errors import InvalidAclError, XiaBroadcastError
 from .config import Settings
 
+#: claims that are NumericDates (seconds since the epoch)
+_NUMERIC_DATES = ("exp", "nbf", "iat")
 
-class AuthError(Exception):
+
+class AuthError(XiaBroadcastError):
     """Authentication missing or failed (close code 4401; HTTP 401 for publishers)."""
 
 
@@ -110,6 +114,10 @@ class Authenticator:
             raise AuthError("token expired") from exc
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid token: {exc}") from exc
+        for claim in _NUMERIC_DATES:  # RFC 7519 4.1.4: a NumericDate is a JSON number, never a string
+            value = claims.get(claim)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise AuthError(f"invalid token: claim {claim!r} must be a number")
         raw_acl = claims.get(s.jwt_acl_claim)
         if raw_acl is None:
             raise AuthError(f"token carries no {s.jwt_acl_claim!r} claim")

@@ -45,7 +45,19 @@ class Settings:
     max_message_size: int = 64 * 1024
     #: largest body of a POST /publish
     max_publish_size: int = 8 * 1024 * 1024
+    #: WebSockets at once; one more is closed with 4503 (lowered at start to what the fd limit allows)
     max_connections: int = 20_000
+    #: sockets at once that have not upgraded to WebSocket (HTTP requests, keep-alive, upgrades under way);
+    #: one more is answered 503 and closed before anything of it is read
+    max_http_connections: int = 1024
+    #: bytes of request bodies being received at once, over every connection (each counts its declared
+    #: Content-Length); a body that would pass it is answered 503 and the connection closed, unread
+    max_body_bytes: int = 64 * 1024 * 1024
+    #: bytes handed to sockets and not yet sent, over every WebSocket; past it nothing more is written and
+    #: subscribers continue from the journal once their sockets drain (as when their queue overflows)
+    max_outbound_bytes: int = 256 * 1024 * 1024
+    #: Origin header values a WebSocket upgrade may carry; empty: any. Another Origin is answered 403
+    origin_allowlist: list[str] = field(default_factory=list)
     max_subscriptions: int = 32
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
@@ -99,7 +111,8 @@ class Settings:
 
 _SECTIONS = {
     "server": {"host", "port", "path", "handshake_timeout", "max_message_size", "max_publish_size",
-               "max_connections", "max_subscriptions", "ping_interval", "ping_timeout", "queue_messages",
+               "max_connections", "max_http_connections", "max_body_bytes", "max_outbound_bytes",
+               "origin_allowlist", "max_subscriptions", "ping_interval", "ping_timeout", "queue_messages",
                "queue_bytes", "shutdown_timeout", "log_format", "log_level", "allow_undeclared_classes",
                "show_hidden_requires_grant"},
     "limits": {"max_scope_conditions", "max_scope_path_depth", "max_scope_in_values", "max_scope_value_length",
@@ -258,11 +271,14 @@ def check(settings: Settings) -> None:
         raise ConfigError("publish keys cannot be empty")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {settings.log_level!r}")
+    if settings.max_body_bytes < settings.max_publish_size:
+        raise ConfigError(f"max_body_bytes ({settings.max_body_bytes}) must hold at least one body of "
+                          f"max_publish_size ({settings.max_publish_size})")
     if settings.log_format not in ("json", "text"):
         raise ConfigError(f"log_format must be json or text, not {settings.log_format!r}")
     for name in ("port", "max_message_size", "max_publish_size", "max_connections", "max_subscriptions",
-                 "queue_messages", "queue_bytes", "journal_max_count", "max_scope_conditions",
-                 "max_scope_path_depth", "max_scope_in_values", "max_scope_value_length", "max_catalog_depth",
-                 "max_catalog_fields"):
+                 "queue_messages", "queue_bytes", "journal_max_count", "max_http_connections", "max_body_bytes",
+                 "max_outbound_bytes", "max_scope_conditions", "max_scope_path_depth", "max_scope_in_values",
+                 "max_scope_value_length", "max_catalog_depth", "max_catalog_fields"):
         if getattr(settings, name) < (0 if name in ("port", "journal_max_count") else 1):
             raise ConfigError(f"{name} must be positive, not {getattr(settings, name)}")

@@ -26,7 +26,7 @@ from ..core.protocol import (
     parse_handshake,
 )
 from ..core.schema import DocSchema
-from ..errors import DocumentError, SubscriptionError
+from ..errors import DocumentError, HttpError, SubscriptionError
 from ..fanout import encode_json
 from ..hub import Hub, HubSettings
 from ..journal import MemoryJournal
@@ -37,13 +37,8 @@ from .metrics import Metrics
 log = logging.getLogger("xia_broadcast.server")
 
 
-class PublishError(Exception):
+class PublishError(HttpError):
     """A refused ``POST /publish``: HTTP ``status``, a stable ``error`` code and a message naming the problem."""
-
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
 
     def body(self) -> bytes:
         return orjson.dumps({"error": self.error, "message": str(self)})

@@ -1,0 +1,210 @@
+"""Outbound bytes of the standalone server: frames built once per view, one write per socket, bounded buffers.
+
+A message is framed once (server frames are not masked and compression is never negotiated, so the frame
+is the same bytes for every recipient) and cached on its :class:`~xia_broadcast.fanout.Outgoing`. After a
+fan-out, :class:`NativeBroadcaster` writes every connection with queued messages on the next loop turn, in
+**one** ``transport.write`` per connection, with no task and no await per socket.
+
+What waits in transport buffers (the only per-socket copies of outbound bytes) is bounded: a socket is
+written only up to its share of ``max_outbound_bytes`` (that divided by the open WebSockets when it is
+written, at most :data:`WRITE_HIGH_WATER`) plus one message, so all of them together hold about
+``max_outbound_bytes`` whatever the clients read (more only where sockets stalled while fewer were open,
+each then holding the larger share of that time). A socket over its share is not written; when more than
+its share is still queued, its connection takes no more live changes (``Hub.lag``) and continues
+from the journal once the socket drains, as when its queue overflows: nothing is lost. A client that keeps
+up is not slowed: the kernel takes what is written to it.
+
+What stays queued is references to encoded messages, shared by every member of a view and bounded per
+connection by ``queue_messages``/``queue_bytes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..broadcast import Broadcaster
+from ..fanout import Connection, Outgoing
+from ..hub import Hub
+
+if TYPE_CHECKING:
+    from .service import Service
+
+log = logging.getLogger("xia_broadcast.server")
+
+#: largest transport buffer high-water mark, in bytes: above its mark a socket is not written
+WRITE_HIGH_WATER = 1024 * 1024
+#: rounds of (take, write) per connection and loop turn while it replays, so no replay holds the loop
+WRITE_ROUNDS = 4
+
+
+def text_frame(data: bytes) -> bytes:
+    """An unmasked, unfragmented WebSocket text frame carrying ``data`` (RFC 6455 section 5.2)."""
+    n = len(data)
+    if n < 126:
+        return bytes((0x81, n)) + data
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + data
+    return struct.pack("!BBQ", 0x81, 127, n) + data
+
+
+def frame_of(out: Outgoing) -> bytes:
+    """The wire frame of a message, built once and cached on it for every other recipient."""
+    frame = out.frame
+    if frame is None:
+        frame = out.frame = text_frame(out.data)
+    return frame
+
+
+class SocketWriter:
+    """The outbound side of one WebSocket: writes its connection's queue to its transport, within bounds.
+
+    The transport's high-water mark is this socket's share of ``max_outbound_bytes``: that divided by the
+    open WebSockets, at most :data:`WRITE_HIGH_WATER` (re-read at every write, as connections come and go).
+    A write carries the oldest queued messages that fit under the mark, and always at least one; over the
+    mark, nothing is written until the transport drains (``resume_writing``). When, at that moment, more
+    than the share is still queued, the connection takes no more live changes (``Hub.lag``): it
+    continues from the journal once it is written again, as it does when its queue overflows.
+    """
+
+    def __init__(self, transport: asyncio.Transport, engine: Hub, service: Service) -> None:
+        self.transport = transport
+        self.engine = engine
+        self.service = service
+        self.max_outbound = service.settings.max_outbound_bytes
+        #: the transport is over its high-water mark (between pause_writing and resume_writing)
+        self.paused = False
+        self.closed = False
+        #: the connection waiting to be written when the transport drains
+        self.pending: Connection | None = None
+        #: the transport's high-water mark now (0: not set yet, at the first write)
+        self.high_water = 0
+
+    def _fit_high_water(self) -> int:
+        """Set the transport's high-water mark to this socket's share of ``max_outbound_bytes``."""
+        share = min(WRITE_HIGH_WATER, self.max_outbound // max(1, self.service.connection_count))
+        if share != self.high_water:
+            self.high_water = share
+            self.transport.set_write_buffer_limits(high=share)  # may call pause_writing at once
+        return share
+
+    def write_control(self, data: bytes) -> None:
+        """Write protocol bytes (pings, close frames, single frames of the original API) right away."""
+        if not self.closed:
+            self.transport.write(data)
+
+    def write_queue(self, conn: Connection) -> float | None:
+        """Write what is queued for this socket (the oldest messages up to the high-water mark), a few
+        writes per loop turn at most; a replay refills the queue and wakes the connection again. Returns
+        when the oldest message written was made (``Outgoing.born``), for the caller to observe
+        publish-to-send latency once per flush."""
+        if self.closed:
+            conn.take()
+            conn.scheduled = False
+            return None
+        oldest = None
+        transport = self.transport
+        high_water = self._fit_high_water()
+        for _ in range(WRITE_ROUNDS):
+            if self.paused:
+                self.pending = conn  # stays scheduled; resume() writes it
+                if conn.queued_bytes > high_water and conn.replaying < len(conn.members):
+                    # the socket holds its share unsent and as much again waits: what comes next waits
+                    # in the journal, not here (a queue that merely overflows later lags the same way)
+                    self.engine.lag(conn)
+                return oldest
+            if not conn.queue:
+                break
+            batch = conn.take(max(high_water - transport.get_write_buffer_size(), 1))
+            if oldest is None:
+                oldest = batch[0].born
+            transport.write(frame_of(batch[0]) if len(batch) == 1 else b"".join([frame_of(o) for o in batch]))
+        if conn.queue and not conn.closed:  # more than one write may carry: the rest on the next turn
+            asyncio.get_running_loop().call_soon(self._write_observed, conn)
+        else:
+            conn.scheduled = False
+        return oldest
+
+    def _write_observed(self, conn: Connection) -> None:
+        """:meth:`write_queue` outside a flush (replay rounds, a drained transport)."""
+        born = self.write_queue(conn)
+        if born is not None:
+            self.service.metrics.send_latency.observe(time.perf_counter() - born)
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        """The transport drained below its low-water mark: write what waits."""
+        self.paused = False
+        if self.closed:
+            return
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            self._write_observed(pending)
+
+    def close(self) -> None:
+        """The socket is gone: nothing is written any more."""
+        self.closed = True
+        self.pending = None
+
+
+class NativeBroadcaster(Broadcaster):
+    """A broadcaster whose websockets are :class:`~.connection.WebSocketConnection` objects.
+
+    After a fan-out, connections that have messages are written once each, on the next loop turn, so that
+    a burst of changes published in one go leaves in one write per socket.
+    """
+
+    _pending: list[Connection] = []
+    _flush_handle: asyncio.Handle | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._pending = []
+        cls._flush_handle = None
+
+    @classmethod
+    def subscriber_is_connected(cls, websocket: Any) -> bool:
+        return bool(websocket.is_open())
+
+    @classmethod
+    async def send_message_async(cls, websocket: Any, message: str) -> None:
+        websocket.write_frames(text_frame(message.encode()))
+
+    @classmethod
+    async def close_async(cls, websocket: Any, code: int, reason: str) -> None:
+        websocket.close(code, reason)
+
+    @classmethod
+    def _connection_ready(cls, conn: Connection) -> None:
+        cls._pending.append(conn)
+        if cls._flush_handle is None:
+            cls._flush_handle = asyncio.get_running_loop().call_soon(cls.flush_pending)
+
+    @classmethod
+    def flush_pending(cls) -> None:
+        """Write every pending connection's queued messages, one write per connection."""
+        cls._flush_handle = None
+        pending, cls._pending = cls._pending, []
+        oldest: float | None = None
+        for conn in pending:
+            try:
+                born = conn.websocket.writer.write_queue(conn)
+                if born is not None and (oldest is None or born < oldest):
+                    oldest = born
+            except Exception:  # one connection's fault never stops the others
+                log.exception("writing to a subscriber failed; it is closed")
+                conn.scheduled = False
+                cls.disconnect(conn.websocket)
+                conn.websocket.close(1011, "internal error")
+        if oldest is not None and pending:
+            pending[0].websocket.service.metrics.send_latency.observe(time.perf_counter() - oldest)
+
+    @classmethod
+    async def flush(cls, timeout: float = 5.0) -> bool:
+        cls.flush_pending()
+        return await super().flush(timeout)
