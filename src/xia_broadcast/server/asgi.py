@@ -39,6 +39,7 @@ from .auth import AuthError
 from .config import Settings
 from .metrics import CONTENT_TYPE
 from .service import PublishError, Service, Session
+from .static import FILES, static_response
 
 
 class StarletteBroadcaster(Broadcaster):
@@ -177,6 +178,12 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
 
     service.started = True  # a mounted app's lifespan does not run: it is ready once built
 
+    async def static(request: Request) -> Response:
+        found = static_response("/" + request.url.path.rsplit("/", 1)[-1], settings)
+        if found is None:
+            raise HTTPException(404, f"no endpoint {request.url.path}")
+        return Response(found[1], media_type=found[0])
+
     async def upgrade_required(_: Request) -> Response:
         return JSONResponse({"error": "upgrade_required", "message": "WebSocket endpoint"}, status_code=426)
 
@@ -192,6 +199,7 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         Route("/publish", publish, methods=["POST"]),
+        *[Route(path, static) for path in FILES],
     ], lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.service = service
     app.state.broadcaster = bc

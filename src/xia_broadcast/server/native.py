@@ -43,6 +43,7 @@ from ..fanout import Connection, Outgoing
 from .config import Settings
 from .metrics import CONTENT_TYPE
 from .service import PublishError, Service
+from .static import static_response
 
 log = logging.getLogger("xia_broadcast.server")
 
@@ -350,6 +351,8 @@ class WebSocketConnection(asyncio.Protocol):
             # the whole request is fanned out: write it now, one write per socket, before answering
             self.server.broadcaster.flush_pending()
             self._respond(200, {"seqs": seqs})
+        elif method == "GET" and (static := static_response(path, settings)) is not None:
+            self._respond(200, None, content_type=static[0], raw=static[1])
         else:
             self._respond(404, {"error": "not_found", "message": f"no endpoint {path}"})
 
