@@ -42,7 +42,7 @@ class OrderStream:
             self.counter += 1
             oid = f"O-{self.counter:06d}"
             amount = round(rng.uniform(10, 2000), 2)
-            doc = {"_id": oid, "order_id": oid, "customer": rng.choice(_CUSTOMERS),
+            doc: dict[str, Any] = {"_id": oid, "order_id": oid, "customer": rng.choice(_CUSTOMERS),
                    "region": rng.choice(_REGIONS), "amount": amount, "status": "new",
                    "margin": round(amount * rng.uniform(0.05, 0.4), 2)}
             self.open[oid] = doc
