@@ -27,6 +27,7 @@ from xia_broadcast.client import (
     Listener,
     Reconnecting,
     Refused,
+    ReplayDone,
 )
 from xia_broadcast.server.native import NativeServer
 
@@ -298,3 +299,12 @@ async def test_close_ends_the_iteration_without_error(server: NativeServer,
     await c.listener.close()
     await asyncio.wait_for(c.task, RECV_TIMEOUT)
     assert c.error is None and not c.of(Reconnecting)
+
+
+async def test_a_replay_from_start_seq_yields_every_retained_change_then_replay_done(
+        server: NativeServer, collect: Callable[..., Collector]) -> None:
+    seqs = [server.broadcaster.publish("Order", "I", order(i)) for i in range(3)]
+    c = collect(listener(server.url, {"Order": {"start_seq": seqs[0]}}))
+    await c.wait_for(lambda: bool(c.of(ReplayDone)))
+    assert [m.seq for m in c.of(DocumentMessage)] == seqs  # not mistaken for repeats of the head
+    assert c.of(ReplayDone)[0].seq == seqs[-1] and c.listener.last_seq["Order"] == seqs[-1]

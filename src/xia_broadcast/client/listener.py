@@ -9,7 +9,8 @@
 
 The listener sends the original handshake (``{class: {data_scope, catalog, show_hidden}, "_header": {...}}``)
 with ``"_options": {"control": true}``, so that it receives ``replay_done``, ``history_gone`` and exits. It
-keeps the last seq of every class (from the confirmation's ``head_seq`` until a message arrives), and after a
+keeps the last seq of every class (from the confirmation's ``head_seq`` until a message arrives, unless a
+replay was asked), and after a
 drop reconnects with :class:`~xia_broadcast.client.backoff.Backoff` and asks for ``after_seq`` that seq: the
 server replays what was missed through the same scope, catalog and ACL, then continues live, so nothing is
 lost or repeated. A message whose seq is not after the last one of its class is never yielded twice.
@@ -271,7 +272,9 @@ class Listener:
                 head = params.get("head_seq") if isinstance(params, dict) else None
                 if isinstance(head, str):
                     heads[name] = head
-                    self.last_seq.setdefault(name, head)
+                    asked = handshake.get(name) or {}
+                    if "start_seq" not in asked and "after_seq" not in asked:  # live only: resume from here
+                        self.last_seq.setdefault(name, head)
             resumed = {n: r["after_seq"] for n, r in handshake.items()
                        if not n.startswith("_") and "after_seq" in r and n in confirmation}
             yield Connected(confirmation, resumed, attempt)

@@ -11,8 +11,8 @@
  *
  * The Listener sends the handshake of docs/protocol.md with `_options: {control: true}` (so it receives
  * exits, `replay_done` and `history_gone`), keeps the last seq of every class (from the confirmation's
- * `head_seq` until a message arrives), and after any drop reconnects with exponential backoff and full jitter,
- * resuming with `after_seq`: nothing is lost or repeated. Close codes that mean "refused as it is" end it
+ * `head_seq` until a message arrives, unless a replay was asked), and after any drop reconnects with
+ * exponential backoff and full jitter, resuming with `after_seq`: nothing is lost or repeated. Close codes that mean "refused as it is" end it
  * (state "refused") instead of retrying. A Collection keeps the documents of one class by `_id` and applies
  * inserts, updates, deletes and exits; on `history_gone` it reloads (by default: clears).
  */
@@ -207,7 +207,10 @@ export class Listener {
     for (const [name, params] of Object.entries(confirmation)) {
       if (params && typeof params.head_seq === "string") {
         heads[name] = params.head_seq;
-        if (this.lastSeq[name] === undefined) this.lastSeq[name] = params.head_seq;
+        const asked = hello[name] || {};
+        const live = asked.start_seq === undefined && asked.after_seq === undefined;
+        // live only: resume from the head; a replay sets the position as its messages arrive
+        if (live && this.lastSeq[name] === undefined) this.lastSeq[name] = params.head_seq;
       }
       if (hello[name] && hello[name].after_seq !== undefined) resumed[name] = hello[name].after_seq;
     }

@@ -1,0 +1,122 @@
+"""The demo page in headless Chromium against a real server: rows appear, change and go; the scope controls
+resubscribe and the table follows; the page survives a server restart. A screenshot is written to
+tests/artifacts/demo.png.
+
+Needs Debian's ``chromium`` (``/usr/bin/chromium``, installed by ``.ci/run``) and the ``playwright`` package
+(driving that browser; no browser download).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ServerFactory, free_port, order
+from xia_broadcast.server.native import NativeServer
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+#: milliseconds the page may take to show what a step expects
+WAIT_MS = 20_000
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                reason=f"no Chromium at {CHROMIUM}: apt-get install chromium (.ci/run does)")
+
+ROW_IDS = "() => [...document.querySelectorAll('#rows tr')].map((r) => r.dataset.id)"
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            pg = await browser.new_page(viewport={"width": 1100, "height": 560})
+            errors: list[str] = []
+            pg.on("pageerror", lambda exc: errors.append(str(exc)))
+            yield pg
+            assert errors == [], f"errors in the page: {errors}"
+        finally:
+            await browser.close()
+
+
+async def rows_are(page: Any, ids: list[int]) -> None:
+    """Wait until the table shows exactly these orders, in this order (newest first)."""
+    want = [f"O-{i:06d}" for i in ids]
+    try:
+        await page.wait_for_function(f"(want) => JSON.stringify(({ROW_IDS})()) === JSON.stringify(want)",
+                                     arg=want, timeout=WAIT_MS)
+    except Exception as exc:
+        log = await page.inner_text("#log")
+        raise AssertionError(f"rows {await page.evaluate(ROW_IDS)} never became {want}; page log: {log}") from exc
+
+
+async def state_is(page: Any, state: str) -> None:
+    await page.wait_for_function("(s) => document.getElementById('state').dataset.state === s", arg=state,
+                                 timeout=WAIT_MS)
+
+
+def publish(server: NativeServer, op: str, i: int, region: str, amount: float, **extra: Any) -> str:
+    return server.broadcaster.publish("Order", op, order(i, region=region, amount=amount, **extra))
+
+
+async def test_demo_page_follows_changes_scopes_and_a_server_restart(make_server: ServerFactory,
+                                                                     page: Any) -> None:
+    port = free_port()
+    server = await make_server(port=port, demo=True)
+    publish(server, "I", 1, "EU", 50.0)
+    publish(server, "I", 2, "US", 150.0)
+    publish(server, "I", 3, "EU", 250.0)
+
+    await page.goto(f"http://127.0.0.1:{port}/demo")
+    await state_is(page, "open")
+    await rows_are(page, [3, 2, 1])  # published before the page opened: replayed from the journal
+
+    publish(server, "I", 4, "APAC", 400.0)  # inserts appear
+    await rows_are(page, [4, 3, 2, 1])
+    publish(server, "U", 2, "US", 175.0)  # updates change cells, highlighted
+    amount = page.locator('#rows tr[data-id="O-000002"] td[data-field="amount"]')
+    await page.wait_for_function(
+        "() => document.querySelector('#rows tr[data-id=\"O-000002\"] td[data-field=\"amount\"]')"
+        ".textContent === '175.00'", timeout=WAIT_MS)
+    assert "flash" in (await amount.get_attribute("class") or "")
+    publish(server, "D", 1, "EU", 50.0)  # deletes remove rows
+    await rows_are(page, [4, 3, 2])
+
+    await page.select_option("#region", "EU")  # a new scope: the table follows
+    await rows_are(page, [3])
+    publish(server, "I", 5, "EU", 30.0)
+    await rows_are(page, [5, 3])
+    await page.fill("#min-amount", "100")
+    await page.click("#apply")
+    await rows_are(page, [3])
+    publish(server, "U", 3, "EU", 20.0)  # leaves the scope: an exit removes the row
+    await rows_are(page, [])
+    publish(server, "U", 5, "EU", 500.0)  # enters the scope
+    await rows_are(page, [5])
+
+    await server.shutdown()  # the page reconnects to a new server on the same port
+    await state_is(page, "reconnecting")
+    server = await make_server(port=port, demo=True)
+    publish(server, "I", 6, "EU", 600.0)
+    publish(server, "I", 7, "US", 700.0)
+    await rows_are(page, [6])  # history gone: the page reloaded what the new server holds, in scope
+    await state_is(page, "open")
+    log = await page.inner_text("#log")
+    assert "dropped" in log and "connected, resuming after" in log
+    publish(server, "I", 8, "EU", 800.0)
+    head = publish(server, "U", 6, "EU", 650.0)
+    await rows_are(page, [8, 6])
+    await page.wait_for_function("(s) => document.getElementById('last-seq').textContent === s", arg=head,
+                                 timeout=WAIT_MS)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "demo.png"))
+    assert (ARTIFACTS / "demo.png").stat().st_size > 1000
