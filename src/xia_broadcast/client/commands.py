@@ -3,9 +3,9 @@
 ``xia-broadcast listen URL --class Order [--scope JSON] [--catalog JSON] [--show-hidden] [--after SEQ]
 [--api-key K --app-name A | --token T] [--count N] [--max-retries N]`` prints one JSON line per message
 (document messages and control messages, as the server sends them) on stdout until interrupted; connection
-notices (connected, resumed, reconnecting) go to stderr. Exit codes: 0 interrupted (SIGINT/SIGTERM) or
-``--count`` messages printed; 2 bad arguments; 3 refused by the server (close code and reason on stderr);
-4 gave up after ``--max-retries`` consecutive failed attempts.
+notices (connected, resumed, reconnecting) go to stderr. Exit codes: 0 interrupted (SIGINT/SIGTERM),
+``--count`` messages printed, or stdout closed by its reader; 2 bad arguments; 3 refused by the server
+(close code and reason on stderr); 4 gave up after ``--max-retries`` consecutive failed attempts.
 
 ``xia-broadcast publish URL --class Order --op I --doc JSON [--previous JSON] [--key K]`` publishes one
 change and prints its seq; ``--file changes.jsonl`` publishes one change object per line
@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -140,6 +141,9 @@ async def _listen(listener: Listener, count: int | None, out: TextIO) -> int:
     except GaveUp as exc:
         _say(str(exc))
         return EXIT_GAVE_UP
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        return EXIT_OK
     finally:
         with contextlib.suppress(Exception):
             await listener.close()
