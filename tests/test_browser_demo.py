@@ -71,15 +71,14 @@ async def test_demo_page_follows_changes_scopes_and_a_server_restart(make_server
                                                                      page: Any) -> None:
     port = free_port()
     server = await make_server(port=port, demo=True)
-    publish(server, "I", 1, "EU", 50.0)
-    publish(server, "I", 2, "US", 150.0)
-    publish(server, "I", 3, "EU", 250.0)
-
     await page.goto(f"http://127.0.0.1:{port}/demo")
     await state_is(page, "open")
-    await rows_are(page, [3, 2, 1])  # published before the page opened: replayed from the journal
 
-    publish(server, "I", 4, "APAC", 400.0)  # inserts appear
+    publish(server, "I", 1, "EU", 50.0)  # inserts appear
+    publish(server, "I", 2, "US", 150.0)
+    publish(server, "I", 3, "EU", 250.0)
+    await rows_are(page, [3, 2, 1])
+    publish(server, "I", 4, "APAC", 400.0)
     await rows_are(page, [4, 3, 2, 1])
     publish(server, "U", 2, "US", 175.0)  # updates change cells, highlighted
     amount = page.locator('#rows tr[data-id="O-000002"] td[data-field="amount"]')
@@ -90,7 +89,7 @@ async def test_demo_page_follows_changes_scopes_and_a_server_restart(make_server
     publish(server, "D", 1, "EU", 50.0)  # deletes remove rows
     await rows_are(page, [4, 3, 2])
 
-    await page.select_option("#region", "EU")  # a new scope: the table follows
+    await page.select_option("#region", "EU")  # a new scope: what the page saw is replayed through it
     await rows_are(page, [3])
     publish(server, "I", 5, "EU", 30.0)
     await rows_are(page, [5, 3])
@@ -105,12 +104,16 @@ async def test_demo_page_follows_changes_scopes_and_a_server_restart(make_server
     await server.shutdown()  # the page reconnects to a new server on the same port
     await state_is(page, "reconnecting")
     server = await make_server(port=port, demo=True)
-    publish(server, "I", 6, "EU", 600.0)
-    publish(server, "I", 7, "US", 700.0)
-    await rows_are(page, [6])  # history gone: the page reloaded what the new server holds, in scope
+    # its journal starts empty: history gone, the page starts over from live changes
+    await page.wait_for_function("() => document.getElementById('log').textContent.includes('history gone')",
+                                 timeout=WAIT_MS)
+    await rows_are(page, [])
     await state_is(page, "open")
     log = await page.inner_text("#log")
-    assert "dropped" in log and "connected, resuming after" in log
+    assert "dropped (1001 shutting down)" in log and "connected, resuming after" in log
+    publish(server, "I", 6, "EU", 600.0)
+    publish(server, "I", 7, "US", 700.0)
+    await rows_are(page, [6])  # still in the scope chosen before the restart
     publish(server, "I", 8, "EU", 800.0)
     head = publish(server, "U", 6, "EU", 650.0)
     await rows_are(page, [8, 6])

@@ -301,10 +301,22 @@ async def test_close_ends_the_iteration_without_error(server: NativeServer,
     assert c.error is None and not c.of(Reconnecting)
 
 
-async def test_a_replay_from_start_seq_yields_every_retained_change_then_replay_done(
-        server: NativeServer, collect: Callable[..., Collector]) -> None:
-    seqs = [server.broadcaster.publish("Order", "I", order(i)) for i in range(3)]
-    c = collect(listener(server.url, {"Order": {"start_seq": seqs[0]}}))
+async def test_after_seq_replays_what_followed_then_replay_done(server: NativeServer,
+                                                                 collect: Callable[..., Collector]) -> None:
+    seqs = [server.broadcaster.publish("Order", "I", order(i)) for i in range(4)]
+    c = collect(listener(server.url, {"Order": {"after_seq": seqs[0]}}))
     await c.wait_for(lambda: bool(c.of(ReplayDone)))
-    assert [m.seq for m in c.of(DocumentMessage)] == seqs  # not mistaken for repeats of the head
+    assert [m.seq for m in c.of(DocumentMessage)] == seqs[1:]  # not mistaken for repeats of the head
     assert c.of(ReplayDone)[0].seq == seqs[-1] and c.listener.last_seq["Order"] == seqs[-1]
+    assert c.of(Connected)[0].resumed == {"Order": seqs[0]}
+
+
+async def test_start_seq_filters_out_earlier_messages(server: NativeServer,
+                                                      collect: Callable[..., Collector]) -> None:
+    c = collect(listener(server.url, {"Order": {"start_seq": "9"}, "Customer": {}}))  # "9…" is after any seq
+    await c.wait_for(lambda: bool(c.of(Connected)))
+    server.broadcaster.publish("Order", "I", order(1))
+    server.broadcaster.publish("Customer", "I", {"_id": "C-1", "customer_id": "C-1", "name": "n"})  # a sentinel
+    await c.wait_for(lambda: bool(c.of(DocumentMessage)))
+    assert [m.doc_class for m in c.of(DocumentMessage)] == ["Customer"]
+    assert "start_seq" not in (await c.listener.handshake())["Order"]  # applied here, the same on any server

@@ -9,11 +9,11 @@
 
 The listener sends the original handshake (``{class: {data_scope, catalog, show_hidden}, "_header": {...}}``)
 with ``"_options": {"control": true}``, so that it receives ``replay_done``, ``history_gone`` and exits. It
-keeps the last seq of every class (from the confirmation's ``head_seq`` until a message arrives, unless a
-replay was asked), and after a
-drop reconnects with :class:`~xia_broadcast.client.backoff.Backoff` and asks for ``after_seq`` that seq: the
-server replays what was missed through the same scope, catalog and ACL, then continues live, so nothing is
-lost or repeated. A message whose seq is not after the last one of its class is never yielded twice.
+keeps the last seq of every class (the ``after_seq`` asked, else the confirmation's ``head_seq``, until a
+message arrives), and after a drop reconnects with :class:`~xia_broadcast.client.backoff.Backoff` and asks
+for ``after_seq`` that seq: the server replays what was missed through the same scope, catalog and ACL, then
+continues live, so nothing is lost or repeated. A message whose seq is not after the last one of its class is
+never yielded twice.
 
 Close codes that mean "this request will never be accepted as it is" (bad handshake, authentication,
 permission, unknown class, invalid scope or catalog, too many subscriptions, message too big) and HTTP
@@ -120,7 +120,10 @@ class Listener:
         url: the server's WebSocket URL, e.g. ``ws://127.0.0.1:8765/ws``.
         subscriptions: ``{class_name: {data_scope, catalog, show_hidden, start_seq, after_seq}}`` (a value
             may be ``None`` or ``{}`` for everything); the keys are those of the handshake
-            (``docs/protocol.md``). ``after_seq`` resumes the first connection after that seq.
+            (``docs/protocol.md``). ``after_seq`` replays what was published after that seq, then goes live
+            (the explicit replay parameter). ``start_seq`` keeps its original meaning, a filter: messages
+            with a seq before it are not yielded; this listener applies it itself and never sends it, so
+            that it means the same on every server.
         api_key, app_name: credentials sent in ``_header`` as ``X-Api-Key`` and ``X-App-Name``.
         token: a JWT sent in ``_header`` as ``Authorization: Bearer``; a function returning one is called for
             every connection and, when the server warns that the token expires, for a refresh.
@@ -153,6 +156,7 @@ class Listener:
             raise ValueError("subscribe to at least one class")
         self.url = url
         self.last_seq: dict[str, str] = {}
+        self._start_seq: dict[str, str] = {}
         self._subs: dict[str, dict[str, Any]] = {}
         for name, sub in subscriptions.items():
             sub = dict(sub or {})
@@ -160,11 +164,12 @@ class Listener:
                 raise ValueError(f"{name!r} is not a class name (names starting with '_' are reserved)")
             if set(sub) - _SUB_KEYS:
                 raise ValueError(f"{name}: unknown subscription keys {sorted(set(sub) - _SUB_KEYS)}")
-            if sub.get("start_seq") and sub.get("after_seq"):
-                raise ValueError(f"{name}: give start_seq or after_seq, not both")
             after = sub.pop("after_seq", None)
             if after:
                 self.last_seq[name] = str(after)
+            start = sub.pop("start_seq", None)
+            if start:
+                self._start_seq[name] = str(start)
             self._subs[name] = sub
         self._header = dict(header or {})
         if api_key is not None:
@@ -205,17 +210,14 @@ class Listener:
         await self.close()
 
     async def handshake(self) -> dict[str, Any]:
-        """The first message of the next connection: the subscriptions, each resumed after its last seq
-        when one is known (a ``start_seq`` later than that seq is kept instead), the credentials in
-        ``_header`` and ``_options.control``."""
+        """The first message of the next connection: the subscriptions, each with ``after_seq`` its last
+        seq when one is known, the credentials in ``_header`` and ``_options.control``."""
         message: dict[str, Any] = {}
         for name, sub in self._subs.items():
-            request = {k: v for k, v in sub.items() if k != "start_seq"}
-            last, start = self.last_seq.get(name), sub.get("start_seq") or ""
-            if last is not None and not (start and last < start):
+            request = dict(sub)
+            last = self.last_seq.get(name)
+            if last is not None:
                 request["after_seq"] = last
-            elif start:
-                request["start_seq"] = start
             message[name] = request
         header = dict(self._header)
         if self._token is not None:
@@ -272,9 +274,8 @@ class Listener:
                 head = params.get("head_seq") if isinstance(params, dict) else None
                 if isinstance(head, str):
                     heads[name] = head
-                    asked = handshake.get(name) or {}
-                    if "start_seq" not in asked and "after_seq" not in asked:  # live only: resume from here
-                        self.last_seq.setdefault(name, head)
+                    # live only (no replay asked): resume from here; a replay sets it as it arrives
+                    self.last_seq.setdefault(name, head)
             resumed = {n: r["after_seq"] for n, r in handshake.items()
                        if not n.startswith("_") and "after_seq" in r and n in confirmation}
             yield Connected(confirmation, resumed, attempt)
@@ -295,6 +296,9 @@ class Listener:
                         continue
                     self.last_seq[event.doc_class] = event.seq
                     seen.add(event.doc_class)
+                    start = self._start_seq.get(event.doc_class)
+                    if start is not None and event.seq < start:
+                        continue  # before the subscription's start_seq: not wanted
                 elif isinstance(event, ReplayDone):
                     last = self.last_seq.get(event.doc_class)
                     if last is None or event.seq > last:

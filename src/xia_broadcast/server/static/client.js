@@ -10,9 +10,11 @@
  *   }).start();
  *
  * The Listener sends the handshake of docs/protocol.md with `_options: {control: true}` (so it receives
- * exits, `replay_done` and `history_gone`), keeps the last seq of every class (from the confirmation's
- * `head_seq` until a message arrives, unless a replay was asked), and after any drop reconnects with
- * exponential backoff and full jitter, resuming with `after_seq`: nothing is lost or repeated. Close codes that mean "refused as it is" end it
+ * exits, `replay_done` and `history_gone`), keeps the last seq of every class (the `after_seq` asked, else
+ * the confirmation's `head_seq`, until a message arrives), and after any drop reconnects with exponential
+ * backoff and full jitter, resuming with `after_seq`: nothing is lost or repeated. A `start_seq` in a
+ * subscription keeps its original meaning, a filter (messages before it are not delivered): the Listener
+ * applies it itself and never sends it. Close codes that mean "refused as it is" end it
  * (state "refused") instead of retrying. A Collection keeps the documents of one class by `_id` and applies
  * inserts, updates, deletes and exits; on `history_gone` it reloads (by default: clears).
  */
@@ -100,12 +102,12 @@ export class Listener {
   }
 
   /**
-   * Replace the subscriptions (e.g. another scope) and reconnect at once. Positions start over:
-   * `startSeq` / `afterSeq` (applied to every class) ask for a replay from the journal; without them the new
-   * subscriptions are live from now on.
+   * Replace the subscriptions (e.g. another scope) and reconnect at once. Positions start over: `afterSeq`
+   * (for every class) asks for a replay of what was published after it; without it the new subscriptions
+   * are live from now on.
    */
-  resubscribe(subscriptions, { startSeq, afterSeq } = {}) {
-    this._setSubscriptions(subscriptions, { startSeq, afterSeq });
+  resubscribe(subscriptions, { afterSeq } = {}) {
+    this._setSubscriptions(subscriptions, { afterSeq });
     this.failures = 0;
     clearTimeout(this._timer);
     const ws = this._ws;
@@ -119,11 +121,7 @@ export class Listener {
     const message = {};
     for (const [name, sub] of Object.entries(this.subscriptions)) {
       const request = { ...sub };
-      delete request.start_seq;
-      const last = this.lastSeq[name];
-      const start = sub.start_seq || "";
-      if (last !== undefined && !(start && last < start)) request.after_seq = last;
-      else if (start) request.start_seq = start;
+      if (this.lastSeq[name] !== undefined) request.after_seq = this.lastSeq[name];
       message[name] = request;
     }
     const header = { ...(this.options.header || {}) };
@@ -133,15 +131,17 @@ export class Listener {
     return message;
   }
 
-  _setSubscriptions(subscriptions, { startSeq, afterSeq }) {
+  _setSubscriptions(subscriptions, { afterSeq }) {
     this.subscriptions = {};
     this.lastSeq = {};
+    this.startSeq = {};
     for (const [name, sub] of Object.entries(subscriptions)) {
       const request = { ...(sub || {}) };
       const after = afterSeq ?? request.after_seq;
-      delete request.after_seq;
-      if (startSeq !== undefined) request.start_seq = startSeq;
       if (after) this.lastSeq[name] = after;
+      if (request.start_seq) this.startSeq[name] = request.start_seq;
+      delete request.after_seq;
+      delete request.start_seq;
       this.subscriptions[name] = request;
     }
   }
@@ -207,10 +207,8 @@ export class Listener {
     for (const [name, params] of Object.entries(confirmation)) {
       if (params && typeof params.head_seq === "string") {
         heads[name] = params.head_seq;
-        const asked = hello[name] || {};
-        const live = asked.start_seq === undefined && asked.after_seq === undefined;
-        // live only: resume from the head; a replay sets the position as its messages arrive
-        if (live && this.lastSeq[name] === undefined) this.lastSeq[name] = params.head_seq;
+        // live only (no replay asked): resume from the head; a replay sets the position as it arrives
+        if (this.lastSeq[name] === undefined) this.lastSeq[name] = params.head_seq;
       }
       if (hello[name] && hello[name].after_seq !== undefined) resumed[name] = hello[name].after_seq;
     }
@@ -242,6 +240,8 @@ export class Listener {
     }
     this.lastSeq[name] = msg.seq;
     seen.add(name);
+    const start = this.startSeq[name];
+    if (start !== undefined && msg.seq < start) return; // before the subscription's start_seq: not wanted
     if (this.options.onMessage) this.options.onMessage(msg);
   }
 
