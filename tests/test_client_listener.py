@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import jwt
 import pytest
 
 from conftest import RECV_TIMEOUT, ServerFactory, TcpProxy, fast_backoff, free_port, order
@@ -320,3 +322,27 @@ async def test_start_seq_filters_out_earlier_messages(server: NativeServer,
     await c.wait_for(lambda: bool(c.of(DocumentMessage)))
     assert [m.doc_class for m in c.of(DocumentMessage)] == ["Customer"]
     assert "start_seq" not in (await c.listener.handshake())["Order"]  # applied here, the same on any server
+
+
+async def test_a_token_source_refreshes_the_token_before_it_expires(make_server: ServerFactory,
+                                                                   collect: Callable[..., Collector]) -> None:
+    secret = "s3cret-for-tests-only-0123456789abcdef"
+    first_exp = int(time.time()) + 3
+    issued: list[int] = []
+
+    def token() -> str:  # the first token expires in about 3 s, the next ones in a minute
+        exp = first_exp if not issued else int(time.time()) + 60
+        issued.append(exp)
+        return jwt.encode({"sub": "alice", "exp": exp, "acl": {"content": [{"obj": "Order/*", "act": "read"}]}},
+                          secret, algorithm="HS256")
+
+    server = await make_server(jwt_secret=secret)
+    c = collect(listener(server.url, {"Order": {}}, token=token))
+    await c.wait_for(lambda: any(getattr(e, "kind", None) == "token_refreshed" for e in c.events))
+    while time.time() < first_exp + 0.5:  # past the first token's expiry (a clock condition, bounded)
+        await asyncio.sleep(0.1)
+    seq = server.broadcaster.publish("Order", "I", order(1))
+    await c.wait_for(lambda: bool(c.of(DocumentMessage)))
+    assert [m.seq for m in c.of(DocumentMessage)] == [seq]
+    assert len(c.of(Connected)) == 1 and not c.of(Reconnecting)  # the same connection throughout
+    assert len(issued) == 2
