@@ -9,13 +9,13 @@ Needs Debian's ``chromium`` (``/usr/bin/chromium``, installed by ``.ci/run``) an
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import ServerFactory, free_port, order
+from conftest import ServerFactory, TcpProxy, free_port, order
 from xia_broadcast.server.native import NativeServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -123,3 +123,40 @@ async def test_demo_page_follows_changes_scopes_and_a_server_restart(make_server
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "demo.png"))
     assert (ARTIFACTS / "demo.png").stat().st_size > 1000
+
+
+async def test_demo_page_resumes_after_a_drop_without_losing_a_change(
+        make_server: ServerFactory, make_proxy: Callable[..., Any], page: Any) -> None:
+    server = await make_server(demo=True)
+    proxy: TcpProxy = await make_proxy(server.port)  # the page and its WebSocket both go through it
+    await page.goto(f"http://127.0.0.1:{proxy.port}/demo")
+    await state_is(page, "open")
+    publish(server, "I", 1, "EU", 10.0)
+    await rows_are(page, [1])
+    await proxy.stop()  # the connection drops; new ones are refused for a while
+    await state_is(page, "reconnecting")
+    publish(server, "I", 2, "US", 20.0)  # published while the page is away
+    publish(server, "U", 1, "EU", 15.0)
+    publish(server, "I", 3, "APAC", 30.0)
+    publish(server, "D", 2, "US", 20.0)
+    await proxy.start()
+    await rows_are(page, [3, 1])  # resumed after its last seq: every change applied, in order
+    await page.wait_for_function(
+        "() => document.querySelector('#rows tr[data-id=\"O-000001\"] td[data-field=\"amount\"]')"
+        ".textContent === '15.00'", timeout=WAIT_MS)
+    log = await page.inner_text("#log")
+    assert "connected, resuming after" in log and "history gone" not in log
+    assert await page.evaluate("() => window.xiaDemo.listener.duplicates") == 0
+
+
+async def test_client_module_backoff_is_bounded_with_full_jitter(make_server: ServerFactory, page: Any) -> None:
+    server = await make_server()
+    await page.goto(f"http://127.0.0.1:{server.port}/client.js")  # an origin to import the module from
+    bounds, delays = await page.evaluate("""async () => {
+        const { Backoff } = await import("/client.js");
+        const b = new Backoff({ initial: 0.5, factor: 2, maxDelay: 4 });
+        const draws = Array.from({ length: 2000 }, () => b.delay(3));
+        return [[1, 2, 3, 4, 5, 1000].map((n) => b.bound(n)), [Math.min(...draws), Math.max(...draws)]];
+    }""")
+    assert bounds == [0.5, 1, 2, 4, 4, 4]
+    assert 0 <= delays[0] < 0.1 and 1.9 < delays[1] <= 2.0
