@@ -174,6 +174,8 @@ async def test_exit_codes_of_refusals_and_unreachable_servers(make_server: Serve
     assert await unreachable.wait() == 3 and "cannot reach" in unreachable.err[-1]
     bad = await run("publish", base(server), "--class", "Order", "--op", "I", "--doc", "{nope")
     assert await bad.wait() == 2
+    mixed = await run("publish", base(server), "--file", "-", "--previous", "{}", stdin=b"")
+    assert await mixed.wait() == 2 and "--previous goes with --doc" in mixed.err[-1]
 
 
 async def test_listen_stops_on_sigint_with_exit_code_0(server: NativeServer, run: Callable[..., Any]) -> None:

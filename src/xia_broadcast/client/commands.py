@@ -211,6 +211,9 @@ def run_publish(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _say(str(exc))
         return EXIT_USAGE
+    if args.previous is not None and args.doc is None:
+        _say("--previous goes with --doc (a line of --file carries its own \"previous\")")
+        return EXIT_USAGE
     with publisher:
         if args.doc is not None:
             return _publish_one(publisher, args)
