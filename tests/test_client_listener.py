@@ -346,3 +346,18 @@ async def test_a_token_source_refreshes_the_token_before_it_expires(make_server:
     assert [m.seq for m in c.of(DocumentMessage)] == [seq]
     assert len(c.of(Connected)) == 1 and not c.of(Reconnecting)  # the same connection throughout
     assert len(issued) == 2
+
+
+async def test_close_while_connecting_ends_the_iteration(server: NativeServer) -> None:
+    lst = listener(server.url, {"Order": {}})
+    events: list[Event] = []
+
+    async def consume() -> None:
+        async for event in lst:
+            events.append(event)
+
+    task = asyncio.get_running_loop().create_task(consume())
+    await asyncio.sleep(0)  # the iteration starts connecting
+    await lst.close()
+    await asyncio.wait_for(task, RECV_TIMEOUT)  # ends instead of listening on
+    assert not any(isinstance(e, DocumentMessage) for e in events)

@@ -266,6 +266,8 @@ class Listener:
         ws = await self._open()
         self._ws = ws
         try:
+            if self._closing.is_set():  # close() was called while connecting
+                return
             await ws.send(orjson.dumps(handshake).decode())
             confirmation = await self._confirmation(ws)
             self.confirmation = confirmation
