@@ -52,7 +52,9 @@ def _json_arg(text: str) -> Any:
 def add_parsers(sub: Any) -> None:
     """Add ``listen`` and ``publish`` to the subparsers of the ``xia-broadcast`` command."""
     p = sub.add_parser("listen", help="print the changes of a class as JSON lines, reconnecting and resuming",
-                       description="Subscribe to a class and print one JSON line per message until interrupted.")
+                       description="Subscribe to a class and print one JSON line per message until interrupted.",
+                       epilog="exit codes: 0 interrupted, --count reached or stdout closed; 2 bad arguments; "
+                              "3 refused by the server; 4 gave up after --max-retries")
     p.add_argument("url", help="the server's WebSocket URL, e.g. ws://127.0.0.1:8765/ws")
     p.add_argument("--class", dest="cls", required=True, help="document class to subscribe to")
     p.add_argument("--scope", type=_json_arg, help='data scope, e.g. \'[{"fn": "region", "op": "==", "val": "EU"}]\'')
@@ -70,7 +72,9 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(run=run_listen)
 
     q = sub.add_parser("publish", help="publish changes over HTTP (POST /publish)",
-                       description="Publish one change (--doc) or one change per line of a file (--file).")
+                       description="Publish one change (--doc) or one change per line of a file (--file).",
+                       epilog="exit codes: 0 all accepted; 1 some refused; 2 bad arguments or unreadable file; "
+                              "3 server unreachable")
     q.add_argument("url", help="the server's HTTP base, e.g. http://127.0.0.1:8765")
     q.add_argument("--class", dest="cls", help="document class (default for the lines of --file)")
     q.add_argument("--op", choices=["I", "U", "D"], help="I insert, U update, D delete (default for --file lines)")
