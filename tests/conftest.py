@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import re
 import select
 import signal
@@ -27,6 +28,7 @@ import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from xia_broadcast.client import Backoff
 from xia_broadcast.core.schema import DocSchema
 from xia_broadcast.server.asgi import create_app
 from xia_broadcast.server.config import Settings
@@ -558,3 +560,104 @@ def server_process(tmp_path: Any) -> Iterator[Callable[..., ServerProcess]]:
     yield factory
     for proc in started:
         proc.stop()
+# -- connections cut on purpose ---------------------------------------------------------------------------
+
+
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1 in front of a server, that a test cuts whenever it likes.
+
+    :meth:`cut` aborts every connection through it (both sides, no close frame: the client sees a dropped
+    connection, as on a network failure); :meth:`stop` also stops accepting (connections are refused, as while
+    a server restarts) until :meth:`start` listens again on the same port.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.connections = 0  # connections accepted so far
+        self.cuts = 0  # connections aborted by cut()
+        self._server: asyncio.Server | None = None
+        self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def url(self, path: str = "/ws") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.connections += 1
+        pair = (writer, up_writer)
+        self._pairs.add(pair)
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.get_running_loop().create_task(self._pipe(src, dst, pair))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                    pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter]) -> None:
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        self._close(pair, abort=False)
+
+    def _close(self, pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter], abort: bool) -> None:
+        if pair in self._pairs:
+            self._pairs.discard(pair)
+            for w in pair:
+                if abort:
+                    w.transport.abort()
+                else:
+                    w.close()
+
+    def cut(self) -> int:
+        """Abort every connection now; returns how many were cut."""
+        pairs = list(self._pairs)
+        for pair in pairs:
+            self._close(pair, abort=True)
+        self.cuts += len(pairs)
+        return len(pairs)
+
+    async def stop(self) -> None:
+        """Stop accepting and cut every connection."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        self.cut()
+
+    async def close(self) -> None:
+        await self.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=RECV_TIMEOUT)
+
+
+@pytest.fixture
+async def make_proxy() -> AsyncIterator[Callable[[int], Awaitable[TcpProxy]]]:
+    """A factory of started :class:`TcpProxy` objects in front of a port; all are closed afterwards."""
+    proxies: list[TcpProxy] = []
+
+    async def factory(target_port: int) -> TcpProxy:
+        proxy = await TcpProxy(target_port).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield factory
+    for proxy in proxies:
+        await proxy.close()
+
+
+def fast_backoff(seed: int = 0) -> Backoff:
+    """Reconnection delays for tests: at most 0.2 s, seeded jitter."""
+    return Backoff(initial=0.02, factor=2.0, max_delay=0.2, rng=random.Random(seed))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import jwt
@@ -50,17 +50,28 @@ async def first_document(srv: NativeServer, ws: Any) -> dict[str, Any]:
     return message
 
 
-@pytest.mark.parametrize("header", [{"X-Api-Key": "trusted"}, {"Authorization": f"Bearer {token(show_hidden=True)}"}])
-async def test_granted_keys_and_tokens_see_hidden_fields(server: NativeServer, header: dict[str, str]) -> None:
-    ws = await open_ws(server, header, show_hidden=True)
+def api_key(key: str) -> Callable[[], dict[str, str]]:
+    return lambda: {"X-Api-Key": key}
+
+
+def bearer(**claims: Any) -> Callable[[], dict[str, str]]:
+    """A header with a token made when the test runs (a token made at import could expire first)."""
+    return lambda: {"Authorization": f"Bearer {token(**claims)}"}
+
+
+@pytest.mark.parametrize("header", [api_key("trusted"), bearer(show_hidden=True)])
+async def test_granted_keys_and_tokens_see_hidden_fields(server: NativeServer,
+                                                         header: Callable[[], dict[str, str]]) -> None:
+    ws = await open_ws(server, header(), show_hidden=True)
     assert (await first_document(server, ws))["margin"] == 0.25
     await ws.close()
 
 
-@pytest.mark.parametrize("header", [{"X-Api-Key": "plain"}, {"Authorization": f"Bearer {token()}"},
-                                    {"Authorization": f"Bearer {token(show_hidden='yes')}"}])
+@pytest.mark.parametrize("make_header", [api_key("plain"), bearer(), bearer(show_hidden="yes")])
 async def test_others_asking_for_hidden_fields_are_refused_with_4403(server: NativeServer,
-                                                                      header: dict[str, str]) -> None:
+                                                                      make_header: Callable[[], dict[str, str]]
+                                                                      ) -> None:
+    header = make_header()
     good = await open_ws(server, {"X-Api-Key": "plain"}, show_hidden=False)
     assert "margin" not in await first_document(server, good)
     ws = await open_ws(server, header, show_hidden=True)

@@ -3,6 +3,9 @@
 ``xia-broadcast serve [--host H] [--port P] [--config FILE] [--demo]`` runs the standalone server on the
 embedded in-memory default. Exit codes: 0 after a graceful shutdown (SIGINT/SIGTERM), 2 for a bad
 configuration, 1 when the server cannot start (e.g. the port is taken).
+
+``xia-broadcast listen URL --class C ...`` and ``xia-broadcast publish URL ...`` are clients of a server;
+their options and exit codes are in :mod:`xia_broadcast.client.commands`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import signal
 import sys
 
+from .client.commands import add_parsers as add_client_parsers
 from .server.config import ConfigError, Settings, load_settings
 from .server.demo import ORDER_SCHEMA, run_demo
 from .server.logs import setup_logging
@@ -28,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="TOML config file (classes, auth, limits); also $XIA_BROADCAST_CONFIG")
     s.add_argument("--demo", action="store_true", default=None,
                    help="add the demo class Order and publish a stream of changes of it")
+    add_client_parsers(sub)
     return p
 
 
@@ -60,6 +65,8 @@ async def serve(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "serve":
+        return int(args.run(args))
     try:
         settings = load_settings(args.config, host=args.host, port=args.port, demo=args.demo)
     except ConfigError as exc:

@@ -28,7 +28,8 @@ _NEXT = {"new": "paid", "paid": "shipped", "shipped": "delivered"}
 
 
 class OrderStream:
-    """Generates plausible order life cycles: created, paid, shipped, delivered, sometimes cancelled."""
+    """Generates plausible order life cycles: created (its amount sometimes revised before payment, so that
+    it may leave or enter a view scoped on the amount), paid, shipped, delivered, sometimes cancelled."""
 
     def __init__(self, seed: int | None = None) -> None:
         self.rng = random.Random(seed)
@@ -41,7 +42,7 @@ class OrderStream:
             self.counter += 1
             oid = f"O-{self.counter:06d}"
             amount = round(rng.uniform(10, 2000), 2)
-            doc = {"_id": oid, "order_id": oid, "customer": rng.choice(_CUSTOMERS),
+            doc: dict[str, Any] = {"_id": oid, "order_id": oid, "customer": rng.choice(_CUSTOMERS),
                    "region": rng.choice(_REGIONS), "amount": amount, "status": "new",
                    "margin": round(amount * rng.uniform(0.05, 0.4), 2)}
             self.open[oid] = doc
@@ -51,6 +52,9 @@ class OrderStream:
         if doc["status"] == "delivered" or rng.random() < 0.05:
             del self.open[oid]
             return "D", dict(doc)
+        if doc["status"] == "new" and rng.random() < 0.3:  # the amount is revised before payment
+            doc["amount"] = round(float(doc["amount"]) * rng.uniform(0.5, 1.5), 2)
+            return "U", dict(doc)
         doc["status"] = _NEXT.get(str(doc["status"]), "delivered")
         return "U", dict(doc)
 

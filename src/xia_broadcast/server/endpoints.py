@@ -14,6 +14,7 @@ Extra ``GET`` endpoints that answer fixed bytes are one line each::
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from .auth import AuthError
 from .config import Settings
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .service import PublishError, Service
+from .static import FILES, static_response
 
 JSON = "application/json"
 
@@ -210,4 +212,6 @@ def default_endpoints(settings: Settings) -> EndpointTable:
     table.add(Endpoint("GET", "/readyz", readyz))
     table.add(Endpoint("GET", "/metrics", metrics))
     table.add(Endpoint("POST", "/publish", publish, reads_body=True, auth=Auth.PUBLISHER))
+    for path in FILES:  # the browser client and the demo page
+        table.add_static(path, functools.partial(static_response, path, settings))
     return table

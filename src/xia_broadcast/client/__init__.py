@@ -1,0 +1,44 @@
+"""Clients of an xia-broadcast server: an async :class:`Listener` that reconnects and resumes, the
+original listener's interface (:class:`BroadcastListener`), and an HTTP :class:`Publisher`.
+
+See ``docs/client.md``.
+"""
+
+from .backoff import Backoff
+from .listener import TERMINAL_CLOSE_CODES, GaveUp, Listener, ListenerError, Refused
+from .messages import (
+    Connected,
+    Control,
+    DocumentMessage,
+    Event,
+    Exit,
+    HistoryGone,
+    ProtocolError,
+    Reconnecting,
+    ReplayDone,
+    parse_message,
+)
+from .original import BroadcastListener
+from .publisher import Publisher, PublishRefused
+
+__all__ = [
+    "TERMINAL_CLOSE_CODES",
+    "Backoff",
+    "BroadcastListener",
+    "Connected",
+    "Control",
+    "DocumentMessage",
+    "Event",
+    "Exit",
+    "GaveUp",
+    "HistoryGone",
+    "Listener",
+    "ListenerError",
+    "ProtocolError",
+    "PublishRefused",
+    "Publisher",
+    "Reconnecting",
+    "Refused",
+    "ReplayDone",
+    "parse_message",
+]

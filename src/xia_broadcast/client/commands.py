@@ -1,0 +1,314 @@
+"""The ``listen`` and ``publish`` subcommands of ``xia-broadcast``.
+
+``xia-broadcast listen URL --class Order [--scope JSON] [--catalog JSON] [--show-hidden] [--after SEQ]
+[--api-key K --app-name A | --token T] [--count N] [--max-retries N]`` prints one JSON line per message
+(document messages and control messages, as the server sends them) on stdout until interrupted; connection
+notices (connected, resumed, reconnecting) go to stderr. Exit codes: 0 interrupted (SIGINT/SIGTERM),
+``--count`` messages printed, or stdout closed by its reader; 2 bad arguments; 3 refused by the server
+(close code and reason on stderr); 4 gave up after ``--max-retries`` consecutive failed attempts.
+
+``xia-broadcast publish URL --class Order --op I --doc JSON [--previous JSON] [--key K]`` publishes one
+change and prints its seq; ``--file changes.jsonl`` publishes one change object per line
+(``{"class", "op", "doc", "previous"?}``; ``--class``/``--op`` fill in missing keys), ``--batch N`` per
+request (a refused batch applies none of its changes), with a progress bar on stderr and a summary of what
+was accepted and refused, and why. Exit codes: 0 all accepted; 1 some refused; 2 bad arguments or an
+unreadable file; 3 the server could not be reached (the summary says how far it got).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from .backoff import Backoff
+from .listener import GaveUp, Listener, Refused
+from .messages import Connected, DocumentMessage, Exit, Reconnecting
+from .publisher import Publisher, PublishRefused
+
+EXIT_OK = 0
+EXIT_REFUSED_CHANGES = 1
+EXIT_USAGE = 2
+EXIT_SERVER = 3
+EXIT_GAVE_UP = 4
+
+
+def _json_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``listen`` and ``publish`` to the subparsers of the ``xia-broadcast`` command."""
+    p = sub.add_parser("listen", help="print the changes of a class as JSON lines, reconnecting and resuming",
+                       description="Subscribe to a class and print one JSON line per message until interrupted.",
+                       epilog="exit codes: 0 interrupted, --count reached or stdout closed; 2 bad arguments; "
+                              "3 refused by the server; 4 gave up after --max-retries")
+    p.add_argument("url", help="the server's WebSocket URL, e.g. ws://127.0.0.1:8765/ws")
+    p.add_argument("--class", dest="cls", required=True, help="document class to subscribe to")
+    p.add_argument("--scope", type=_json_arg, help='data scope, e.g. \'[{"fn": "region", "op": "==", "val": "EU"}]\'')
+    p.add_argument("--catalog", type=_json_arg, help='catalog, e.g. \'{"order_id": null, "amount": null}\'')
+    p.add_argument("--show-hidden", action="store_true", help="ask for hidden fields too")
+    p.add_argument("--after", metavar="SEQ", help="replay what was published after this seq, then go live")
+    p.add_argument("--api-key", help="API key (sent in _header as X-Api-Key)")
+    p.add_argument("--app-name", help="application name (sent in _header as X-App-Name)")
+    p.add_argument("--token", help="JWT (sent in _header as Authorization: Bearer)")
+    p.add_argument("--count", type=int, metavar="N", help="exit after N document messages")
+    p.add_argument("--max-retries", type=int, metavar="N",
+                   help="give up (exit 4) after N consecutive failed attempts (default: retry forever)")
+    p.add_argument("--max-delay", type=float, default=30.0, metavar="SECONDS",
+                   help="longest wait between two attempts (default 30)")
+    p.set_defaults(run=run_listen)
+
+    q = sub.add_parser("publish", help="publish changes over HTTP (POST /publish)",
+                       description="Publish one change (--doc) or one change per line of a file (--file).",
+                       epilog="exit codes: 0 all accepted; 1 some refused; 2 bad arguments or unreadable file; "
+                              "3 server unreachable")
+    q.add_argument("url", help="the server's HTTP base, e.g. http://127.0.0.1:8765")
+    q.add_argument("--class", dest="cls", help="document class (default for the lines of --file)")
+    q.add_argument("--op", choices=["I", "U", "D"], help="I insert, U update, D delete (default for --file lines)")
+    what = q.add_mutually_exclusive_group(required=True)
+    what.add_argument("--doc", type=_json_arg, help="the document, as JSON")
+    what.add_argument("--file", help="a JSON-lines file of change objects ('-': standard input)")
+    q.add_argument("--previous", type=_json_arg, help="the document before the change, as JSON (with --doc)")
+    q.add_argument("--key", help="publisher key (sent as X-Publisher-Key)")
+    q.add_argument("--batch", type=int, default=1, metavar="N", help="changes per request with --file (default 1)")
+    q.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
+                   help="progress bar on stderr: auto shows it when stderr is a terminal")
+    q.set_defaults(run=run_publish)
+
+
+def _say(text: str) -> None:
+    print(f"xia-broadcast: {text}", file=sys.stderr, flush=True)
+
+
+# -- listen -------------------------------------------------------------------------------------------------
+
+
+def run_listen(args: argparse.Namespace) -> int:
+    if args.token and (args.api_key or args.app_name):
+        _say("give --api-key/--app-name or --token, not both")
+        return EXIT_USAGE
+    sub: dict[str, Any] = {}
+    if args.scope is not None:
+        sub["data_scope"] = args.scope
+    if args.catalog is not None:
+        sub["catalog"] = args.catalog
+    if args.show_hidden:
+        sub["show_hidden"] = True
+    if args.after:
+        sub["after_seq"] = args.after
+    try:
+        listener = Listener(args.url, {args.cls: sub}, api_key=args.api_key, app_name=args.app_name,
+                            token=args.token, max_retries=args.max_retries,
+                            backoff=Backoff(max_delay=args.max_delay))
+    except ValueError as exc:
+        _say(str(exc))
+        return EXIT_USAGE
+    return asyncio.run(_listen(listener, args.count, sys.stdout))
+
+
+async def _listen(listener: Listener, count: int | None, out: TextIO) -> int:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: loop.create_task(listener.close()))
+    printed = 0
+    try:
+        async for event in listener:
+            if isinstance(event, Connected):
+                resumed = ", ".join(f"{c} after {s}" for c, s in event.resumed.items())
+                _say(f"connected to {listener.url}" + (f" (resuming {resumed})" if resumed else ""))
+            elif isinstance(event, Reconnecting):
+                _say(f"connection lost ({event.code}{' ' + event.reason if event.reason else ''}); "
+                     f"reconnecting in {event.delay:.1f} s")
+            else:
+                out.write(json.dumps(event.to_wire(), ensure_ascii=False) + "\n")
+                out.flush()
+                if isinstance(event, DocumentMessage | Exit):
+                    printed += 1
+                    if count is not None and printed >= count:
+                        break
+    except Refused as exc:
+        _say(f"refused by the server: {exc.code} {exc.reason}")
+        return EXIT_SERVER
+    except GaveUp as exc:
+        _say(str(exc))
+        return EXIT_GAVE_UP
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        return EXIT_OK
+    finally:
+        with contextlib.suppress(Exception):
+            await listener.close()
+    return EXIT_OK
+
+
+# -- publish ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """What happened to the changes of a ``publish --file`` run."""
+
+    total: int | None
+    accepted: int = 0
+    refused: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return self.accepted + self.refused
+
+    def refuse(self, lines: str, error: str, message: str, n: int = 1) -> None:
+        self.refused += n
+        self.reasons[error] += n
+        if len(self.examples) < 10:
+            self.examples.append(f"{lines}: {error}: {message}")
+
+    def summary(self) -> str:
+        text = f"accepted {self.accepted}, refused {self.refused}"
+        if self.total is not None and self.done < self.total:
+            text += f", not sent {self.total - self.done}"
+        if self.reasons:
+            text += " (" + ", ".join(f"{e}: {n}" for e, n in self.reasons.most_common()) + ")"
+        return "\n".join([text, *(f"  {e}" for e in self.examples)])
+
+
+class ProgressBar:
+    """A one-line text progress bar on a stream, redrawn at most every ``interval`` seconds."""
+
+    def __init__(self, stream: TextIO, enabled: bool, width: int = 30, interval: float = 0.1) -> None:
+        self.stream, self.enabled, self.width, self.interval = stream, enabled, width, interval
+        self._last = 0.0
+
+    def update(self, tally: Tally, final: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not final and now - self._last < self.interval):
+            return
+        self._last = now
+        if tally.total:
+            filled = self.width * tally.done // tally.total
+            bar = f"[{'#' * filled}{'.' * (self.width - filled)}] {tally.done}/{tally.total}"
+        else:
+            bar = f"{tally.done} sent"
+        self.stream.write(f"\r{bar}  accepted {tally.accepted}  refused {tally.refused}")
+        if final:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    try:
+        publisher = Publisher(args.url, key=args.key)
+    except ValueError as exc:
+        _say(str(exc))
+        return EXIT_USAGE
+    if args.previous is not None and args.doc is None:
+        _say("--previous goes with --doc (a line of --file carries its own \"previous\")")
+        return EXIT_USAGE
+    with publisher:
+        if args.doc is not None:
+            return _publish_one(publisher, args)
+        return _publish_file(publisher, args)
+
+
+def _publish_one(publisher: Publisher, args: argparse.Namespace) -> int:
+    if not args.cls or not args.op:
+        _say("--doc needs --class and --op")
+        return EXIT_USAGE
+    if not isinstance(args.doc, dict):
+        _say("--doc must be a JSON object")
+        return EXIT_USAGE
+    try:
+        seq = publisher.publish(args.cls, args.op, args.doc, args.previous)
+    except PublishRefused as exc:
+        _say(f"refused: {exc}")
+        return EXIT_REFUSED_CHANGES
+    except OSError as exc:
+        _say(f"cannot reach {args.url}: {exc}")
+        return EXIT_SERVER
+    print(seq, flush=True)
+    return EXIT_OK
+
+
+def _read_lines(path: str) -> list[str]:
+    if path == "-":
+        return sys.stdin.read().splitlines()
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def _publish_file(publisher: Publisher, args: argparse.Namespace) -> int:
+    if args.batch < 1:
+        _say("--batch must be at least 1")
+        return EXIT_USAGE
+    try:
+        lines = _read_lines(args.file)
+    except OSError as exc:
+        _say(f"cannot read {args.file}: {exc}")
+        return EXIT_USAGE
+    numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+    tally = Tally(total=len(numbered))
+    bar = ProgressBar(sys.stderr, args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty()))
+    batch: list[tuple[int, dict[str, Any]]] = []
+    try:
+        for number, line in numbered:
+            change = _change(line, args)
+            if isinstance(change, str):
+                tally.refuse(f"line {number}", "bad_line", change)
+            else:
+                batch.append((number, change))
+                if len(batch) >= args.batch:
+                    _send(publisher, batch, tally)
+                    batch = []
+            bar.update(tally)
+        _send(publisher, batch, tally)
+    except OSError as exc:
+        bar.update(tally, final=True)
+        _say(f"cannot reach {args.url}: {exc}")
+        _say(tally.summary())
+        return EXIT_SERVER
+    bar.update(tally, final=True)
+    _say(tally.summary())
+    return EXIT_OK if tally.refused == 0 else EXIT_REFUSED_CHANGES
+
+
+def _change(line: str, args: argparse.Namespace) -> dict[str, Any] | str:
+    """The change object of a line, with ``--class``/``--op`` as defaults, or why it is not one."""
+    try:
+        change = json.loads(line)
+    except ValueError as exc:
+        return f"not JSON: {exc}"
+    if not isinstance(change, dict):
+        return "not a JSON object"
+    if args.cls and "class" not in change:
+        change["class"] = args.cls
+    if args.op and "op" not in change:
+        change["op"] = args.op
+    return change
+
+
+def _send(publisher: Publisher, batch: Iterable[tuple[int, dict[str, Any]]], tally: Tally) -> None:
+    items = list(batch)
+    if not items:
+        return
+    try:
+        publisher.send([c for _, c in items])
+    except PublishRefused as exc:
+        first, last = items[0][0], items[-1][0]
+        where = f"line {first}" if first == last else f"lines {first}-{last}"
+        tally.refuse(where, exc.error, exc.message, n=len(items))
+        return
+    tally.accepted += len(items)

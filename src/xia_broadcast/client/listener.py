@@ -1,0 +1,370 @@
+"""An async listener that stays subscribed: reconnects after any drop and resumes where it stopped.
+
+    async with Listener("ws://127.0.0.1:8765/ws", {"Order": {"data_scope": [...]}}) as listener:
+        async for event in listener:
+            match event:
+                case DocumentMessage(): ...      # I / U / D
+                case Exit(): ...                 # X: the document left the view
+                case HistoryGone(): ...          # reload that class, then keep applying what follows
+
+The listener sends the original handshake (``{class: {data_scope, catalog, show_hidden}, "_header": {...}}``)
+with ``"_options": {"control": true}``, so that it receives ``replay_done``, ``history_gone`` and exits. It
+keeps the last seq of every class (the ``after_seq`` asked, else the confirmation's ``head_seq``, until a
+message arrives), and after a drop reconnects with :class:`~xia_broadcast.client.backoff.Backoff` and asks
+for ``after_seq`` that seq: the server replays what was missed through the same scope, catalog and ACL, then
+continues live, so nothing is lost or repeated. A message whose seq is not after the last one of its class is
+never yielded twice.
+
+Close codes that mean "this request will never be accepted as it is" (bad handshake, authentication,
+permission, unknown class, invalid scope or catalog, too many subscriptions, message too big) and HTTP
+refusals of the upgrade (4xx but 408 and 429) end the iteration with :class:`Refused` instead of retrying.
+
+Memory: one ``websockets`` client connection (its receive queue holds at most ``max_queue`` messages of at
+most ``max_size`` bytes each) and one seq string per class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.uri import parse_uri
+
+from ..core.protocol import (
+    CLOSE_AUTH_FAILED,
+    CLOSE_BAD_HANDSHAKE,
+    CLOSE_CLASS_FORBIDDEN,
+    CLOSE_INVALID_CATALOG,
+    CLOSE_INVALID_SCOPE,
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_NO_CLASS,
+    CLOSE_TOO_MANY_SUBSCRIPTIONS,
+)
+from ..errors import XiaBroadcastError
+from .backoff import Backoff
+from .messages import (
+    Connected,
+    Control,
+    DocumentMessage,
+    Event,
+    Exit,
+    HistoryGone,
+    ProtocolError,
+    Reconnecting,
+    ReplayDone,
+    parse_message,
+)
+
+log = logging.getLogger("xia_broadcast.client")
+
+#: close codes after which reconnecting with the same request cannot succeed
+TERMINAL_CLOSE_CODES = frozenset({
+    CLOSE_MESSAGE_TOO_BIG, CLOSE_BAD_HANDSHAKE, CLOSE_AUTH_FAILED, CLOSE_CLASS_FORBIDDEN, CLOSE_NO_CLASS,
+    CLOSE_INVALID_SCOPE, CLOSE_INVALID_CATALOG, CLOSE_TOO_MANY_SUBSCRIPTIONS,
+})
+#: HTTP statuses refusing the upgrade that are worth retrying (others in 4xx are not)
+RETRIED_HTTP_STATUSES = frozenset({408, 429})
+#: the close code reported when a connection ends without a close frame (RFC 6455: abnormal closure)
+ABNORMAL_CLOSURE = 1006
+
+#: a bearer token, or a function (sync or async) that returns a fresh one; called on every connection
+TokenSource = str | Callable[[], str | Awaitable[str]]
+_SUB_KEYS = frozenset({"data_scope", "catalog", "show_hidden", "start_seq", "after_seq"})
+
+
+class ListenerError(XiaBroadcastError):
+    """Base of the errors that end a listener's iteration."""
+
+
+class Refused(ListenerError):
+    """The server refused the subscription for good: close ``code`` and ``reason`` (``docs/protocol.md``,
+    section 5), or an HTTP status refusing the upgrade (``code`` is then the HTTP status, e.g. 404)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}".strip())
+        self.code = code
+        self.reason = reason
+
+
+class GaveUp(ListenerError):
+    """``max_retries`` consecutive attempts failed; ``code`` and ``reason`` are the last failure's."""
+
+    def __init__(self, code: int, reason: str, failures: int) -> None:
+        super().__init__(f"gave up after {failures} failed attempts; last: {code} {reason}".strip())
+        self.code = code
+        self.reason = reason
+        self.failures = failures
+
+
+class _Drop(Exception):
+    """Internal: the current connection ended (or could not be made) with ``code`` and ``reason``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+class Listener:
+    """Subscribes to document classes and yields their messages, across reconnections, with ``async for``.
+
+    Args:
+        url: the server's WebSocket URL, e.g. ``ws://127.0.0.1:8765/ws``.
+        subscriptions: ``{class_name: {data_scope, catalog, show_hidden, start_seq, after_seq}}`` (a value
+            may be ``None`` or ``{}`` for everything); the keys are those of the handshake
+            (``docs/protocol.md``). ``after_seq`` replays what was published after that seq, then goes live
+            (the explicit replay parameter). ``start_seq`` keeps its original meaning, a filter: messages
+            with a seq before it are not yielded; this listener applies it itself and never sends it, so
+            that it means the same on every server.
+        api_key, app_name: credentials sent in ``_header`` as ``X-Api-Key`` and ``X-App-Name``.
+        token: a JWT sent in ``_header`` as ``Authorization: Bearer``; a function returning one is called for
+            every connection and, when the server warns that the token expires, for a refresh.
+        header: any other ``_header`` entries (sent as given; the three above override them).
+        backoff: reconnection delays (default: 0.5 s doubling up to 30 s, full jitter).
+        max_retries: consecutive failed attempts allowed before :class:`GaveUp` (None: retry forever).
+        open_timeout: seconds allowed for the TCP and WebSocket opening and for the server's confirmation.
+        ping_interval, ping_timeout: client keepalive in seconds (None disables pings).
+        max_size: largest message accepted from the server, in bytes.
+        connect_kwargs: more keyword arguments for ``websockets.asyncio.client.connect`` (``ssl``,
+            ``proxy``, ``additional_headers``...).
+
+    Attributes:
+        last_seq: ``{class_name: seq}``, the position every class resumes after.
+        confirmation: the server's last confirmation (``{class_name: accepted params}``).
+        duplicates: messages the server sent twice and this listener dropped (0 with a correct server).
+    """
+
+    def __init__(self, url: str, subscriptions: Mapping[str, Mapping[str, Any] | None], *,
+                 api_key: str | None = None, app_name: str | None = None, token: TokenSource | None = None,
+                 header: Mapping[str, Any] | None = None, backoff: Backoff | None = None,
+                 max_retries: int | None = None, open_timeout: float = 10.0,
+                 ping_interval: float | None = 20.0, ping_timeout: float | None = 20.0,
+                 max_size: int = 16 * 1024 * 1024, connect_kwargs: Mapping[str, Any] | None = None) -> None:
+        try:
+            parse_uri(url)
+        except InvalidURI as exc:
+            raise ValueError(f"not a WebSocket URL: {url!r}") from exc
+        if not subscriptions:
+            raise ValueError("subscribe to at least one class")
+        self.url = url
+        self.last_seq: dict[str, str] = {}
+        self._start_seq: dict[str, str] = {}
+        self._subs: dict[str, dict[str, Any]] = {}
+        for name, sub in subscriptions.items():
+            sub = dict(sub or {})
+            if name.startswith("_"):
+                raise ValueError(f"{name!r} is not a class name (names starting with '_' are reserved)")
+            if set(sub) - _SUB_KEYS:
+                raise ValueError(f"{name}: unknown subscription keys {sorted(set(sub) - _SUB_KEYS)}")
+            after = sub.pop("after_seq", None)
+            if after:
+                self.last_seq[name] = str(after)
+            start = sub.pop("start_seq", None)
+            if start:
+                self._start_seq[name] = str(start)
+            self._subs[name] = sub
+        self._header = dict(header or {})
+        if api_key is not None:
+            self._header["X-Api-Key"] = api_key
+        if app_name is not None:
+            self._header["X-App-Name"] = app_name
+        self._token = token
+        self.backoff = backoff or Backoff()
+        self.max_retries = max_retries
+        self.open_timeout = open_timeout
+        self._connect_kwargs: dict[str, Any] = {"ping_interval": ping_interval, "ping_timeout": ping_timeout,
+                                                "max_size": max_size, **(connect_kwargs or {})}
+        self.confirmation: dict[str, Any] = {}
+        self.duplicates = 0
+        self._ws: ClientConnection | None = None
+        self._closing = asyncio.Event()
+        self._iterating = False
+
+    # -- public -------------------------------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        if self._iterating:
+            raise RuntimeError("a Listener is iterated by one consumer at a time")
+        return self._events()
+
+    async def close(self) -> None:
+        """Stop: the current connection is closed and the iteration ends (no error)."""
+        self._closing.set()
+        ws = self._ws
+        if ws is not None:
+            await ws.close()
+
+    async def __aenter__(self) -> Listener:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def handshake(self) -> dict[str, Any]:
+        """The first message of the next connection: the subscriptions, each with ``after_seq`` its last
+        seq when one is known, the credentials in ``_header`` and ``_options.control``."""
+        message: dict[str, Any] = {}
+        for name, sub in self._subs.items():
+            request = dict(sub)
+            last = self.last_seq.get(name)
+            if last is not None:
+                request["after_seq"] = last
+            message[name] = request
+        header = dict(self._header)
+        if self._token is not None:
+            header["Authorization"] = f"Bearer {await self._fresh_token()}"
+        if header:
+            message["_header"] = header
+        message["_options"] = {"control": True}
+        return message
+
+    # -- the loop -----------------------------------------------------------------------------------------
+
+    async def _events(self) -> AsyncIterator[Event]:
+        self._iterating = True
+        failures = 0
+        attempts = 0
+        try:
+            while not self._closing.is_set():
+                attempts += 1
+                try:
+                    async with contextlib.aclosing(self._connection(attempts)) as connection:
+                        async for event in connection:
+                            if isinstance(event, Connected):
+                                failures = 0
+                            yield event
+                    return  # closed on purpose
+                except _Drop as drop:
+                    if self._closing.is_set():
+                        return
+                    if drop.code in TERMINAL_CLOSE_CODES:
+                        raise Refused(drop.code, drop.reason) from None
+                    failures += 1
+                    if self.max_retries is not None and failures > self.max_retries:
+                        raise GaveUp(drop.code, drop.reason, failures) from None
+                    delay = self.backoff.delay(failures)
+                    log.info("reconnecting", extra={"code": drop.code, "reason": drop.reason, "delay": delay})
+                    yield Reconnecting(drop.code, drop.reason, delay, failures)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._closing.wait(), delay)
+        finally:
+            self._iterating = False
+
+    async def _connection(self, attempt: int) -> AsyncGenerator[Event, None]:
+        """One connection: open, handshake, confirmation, then its messages. Raises :class:`_Drop` when it
+        ends for any reason but :meth:`close`."""
+        handshake = await self.handshake()
+        ws = await self._open()
+        self._ws = ws
+        try:
+            if self._closing.is_set():  # close() was called while connecting
+                return
+            await ws.send(orjson.dumps(handshake).decode())
+            confirmation = await self._confirmation(ws)
+            self.confirmation = confirmation
+            heads: dict[str, str] = {}
+            for name, params in confirmation.items():
+                head = params.get("head_seq") if isinstance(params, dict) else None
+                if isinstance(head, str):
+                    heads[name] = head
+                    # live only (no replay asked): resume from here; a replay sets it as it arrives
+                    self.last_seq.setdefault(name, head)
+            resumed = {n: r["after_seq"] for n, r in handshake.items()
+                       if not n.startswith("_") and "after_seq" in r and n in confirmation}
+            yield Connected(confirmation, resumed, attempt)
+            seen: set[str] = set()  # classes with a document message on this connection
+            while True:
+                try:
+                    raw = await ws.recv()
+                except ConnectionClosed as exc:
+                    if self._closing.is_set():
+                        return
+                    raise _dropped(exc) from None
+                event = _parse(raw)
+                if isinstance(event, DocumentMessage | Exit):
+                    last = self.last_seq.get(event.doc_class)
+                    if last is not None and event.seq <= last:
+                        self.duplicates += 1
+                        log.warning("duplicate dropped", extra={"class": event.doc_class, "seq": event.seq})
+                        continue
+                    self.last_seq[event.doc_class] = event.seq
+                    seen.add(event.doc_class)
+                    start = self._start_seq.get(event.doc_class)
+                    if start is not None and event.seq < start:
+                        continue  # before the subscription's start_seq: not wanted
+                elif isinstance(event, ReplayDone):
+                    last = self.last_seq.get(event.doc_class)
+                    if last is None or event.seq > last:
+                        self.last_seq[event.doc_class] = event.seq
+                elif isinstance(event, HistoryGone):
+                    # what follows is live from this connection's head on: resume from there next time
+                    head = heads.get(event.doc_class)
+                    if head is not None and event.doc_class not in seen:
+                        self.last_seq[event.doc_class] = head
+                elif isinstance(event, Control) and event.kind == "token_expiring" and callable(self._token):
+                    token = await self._fresh_token()
+                    with contextlib.suppress(ConnectionClosed):
+                        await ws.send(orjson.dumps({"_control": "refresh", "token": token}).decode())
+                yield event
+        finally:
+            self._ws = None
+            await ws.close()
+
+    async def _open(self) -> ClientConnection:
+        try:
+            return await connect(self.url, open_timeout=self.open_timeout, **self._connect_kwargs)
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            reason = exc.response.body.decode(errors="replace")[:200] if exc.response.body else ""
+            if 400 <= status < 500 and status not in RETRIED_HTTP_STATUSES:
+                raise Refused(status, f"HTTP {status} {reason}".strip()) from None
+            raise _Drop(ABNORMAL_CLOSURE, f"HTTP {status}") from None
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            raise _Drop(ABNORMAL_CLOSURE, f"cannot connect: {exc or type(exc).__name__}") from None
+
+    async def _confirmation(self, ws: ClientConnection) -> dict[str, Any]:
+        try:
+            raw = await asyncio.wait_for(ws.recv(), self.open_timeout)
+        except ConnectionClosed as exc:
+            raise _dropped(exc) from None
+        except TimeoutError:
+            raise _Drop(ABNORMAL_CLOSURE, "no confirmation from the server") from None
+        try:
+            confirmation = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ProtocolError(f"the confirmation is not JSON: {exc}") from None
+        if not isinstance(confirmation, dict):
+            raise ProtocolError("the confirmation is not a JSON object")
+        return confirmation
+
+    async def _fresh_token(self) -> str:
+        token = self._token
+        if token is None or isinstance(token, str):
+            return token or ""
+        value = token()
+        if inspect.isawaitable(value):
+            value = await value
+        return str(value)
+
+
+def _dropped(exc: ConnectionClosed) -> _Drop:
+    if exc.rcvd is not None:
+        return _Drop(exc.rcvd.code, exc.rcvd.reason)
+    return _Drop(ABNORMAL_CLOSURE, "connection lost")
+
+
+def _parse(raw: str | bytes) -> Event:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"a server message is not JSON: {exc}") from None
+    return parse_message(obj)

@@ -1,0 +1,187 @@
+"""``xia-broadcast listen`` and ``xia-broadcast publish`` as real subprocesses against a real server: JSON lines
+on stdout, reconnection notices on stderr, the progress bar and the summary, and the documented exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ServerFactory, TcpProxy, free_port, order
+from xia_broadcast.server.config import ApiKey
+from xia_broadcast.server.native import NativeServer
+
+TIMEOUT = 30.0
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "xia_broadcast.cli", *args]
+
+
+class Proc:
+    """A running subcommand: its stdout lines and stderr lines are read as they come."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._changed = asyncio.Event()
+        assert proc.stdout is not None and proc.stderr is not None
+        loop = asyncio.get_running_loop()
+        self._readers = [loop.create_task(self._read(proc.stdout, self.out)),
+                         loop.create_task(self._read(proc.stderr, self.err))]
+
+    async def _read(self, stream: asyncio.StreamReader, into: list[str]) -> None:
+        while line := await stream.readline():
+            into.append(line.decode().rstrip("\n"))
+            self._changed.set()
+        self._changed.set()
+
+    async def until(self, condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                while not condition():
+                    if self.proc.returncode is not None and all(r.done() for r in self._readers):
+                        break
+                    self._changed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), 0.5)
+        except TimeoutError:
+            pass
+        assert condition(), f"not met; stdout={self.out[-5:]} stderr={self.err[-5:]}"
+
+    async def wait(self, timeout: float = TIMEOUT) -> int:
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await asyncio.wait_for(asyncio.gather(*self._readers), timeout)
+        return code
+
+
+@pytest.fixture
+async def run() -> AsyncIterator[Callable[..., Any]]:
+    procs: list[Proc] = []
+
+    async def start(*args: str, stdin: bytes | None = None) -> Proc:
+        proc = await asyncio.create_subprocess_exec(
+            *cli(*args), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL)
+        if stdin is not None:
+            assert proc.stdin is not None
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+        p = Proc(proc)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        if p.proc.returncode is None:
+            p.proc.kill()
+            await p.proc.wait()
+
+
+def base(server: NativeServer) -> str:
+    return f"http://127.0.0.1:{server.port}"
+
+
+async def test_listen_prints_json_lines_across_a_drop_and_publish_reports_refusals(
+        make_server: ServerFactory, make_proxy: Callable[..., Any], run: Callable[..., Any],
+        tmp_path: Path) -> None:
+    server = await make_server()
+    proxy: TcpProxy = await make_proxy(server.port)
+    listen = await run("listen", proxy.url(), "--class", "Order", "--scope",
+                       '[{"fn": "region", "op": "==", "val": "EU"}]', "--catalog", '{"amount": null}',
+                       "--count", "4", "--max-delay", "0.2")
+    await listen.until(lambda: any("connected" in line for line in listen.err))
+
+    one = await run("publish", base(server), "--class", "Order", "--op", "I", "--doc", json.dumps(order(1)))
+    assert await one.wait() == 0
+    seq1 = one.out[0]
+    await listen.until(lambda: len(listen.out) == 1)
+    proxy.cut()
+    await listen.until(lambda: any("reconnecting" in line for line in listen.err))
+
+    changes = tmp_path / "changes.jsonl"
+    changes.write_text("\n".join([
+        json.dumps({"op": "I", "doc": order(2)}),                              # --class fills in the class
+        json.dumps({"class": "Order", "op": "I", "doc": order(3, region="US")}),  # out of the listener's scope
+        "not json",
+        json.dumps({"class": "Order", "op": "I", "doc": order(4, amount="lots")}),  # wrong type: refused
+        "",
+        json.dumps({"class": "Order", "op": "U", "doc": order(2, amount=20.0)}),
+        json.dumps({"class": "Order", "op": "U", "doc": order(2, region="US")}),   # leaves the scope: X
+    ]) + "\n")
+    many = await run("publish", base(server), "--class", "Order", "--file", str(changes), "--progress", "always")
+    assert await many.wait() == 1  # some refused
+    summary = "\n".join(many.err)
+    assert "accepted 4, refused 2 (bad_line: 1, invalid_change: 1)" in summary, summary
+    assert "line 3: bad_line: not JSON" in summary
+    assert "line 4: invalid_change: change 0: Order.amount" in summary
+    assert "[##############################] 6/6  accepted 4  refused 2" in summary  # the final bar
+
+    assert await listen.wait() == 0  # --count 4 reached
+    lines = [json.loads(line) for line in listen.out]
+    got = [m for m in lines if "doc_class" in m]
+    assert any(m.get("_control") == "replay_done" for m in lines[1:])  # control messages are printed too
+    assert [(m["op"], m["message"]) for m in got] == [
+        ("I", {"_id": "O-000001", "amount": 1.0}), ("I", {"_id": "O-000002", "amount": 2.0}),
+        ("U", {"_id": "O-000002", "amount": 20.0}), ("X", {"_id": "O-000002"})]
+    assert got[0]["seq"] == seq1
+    assert any("resuming Order after " + seq1 in line for line in listen.err), listen.err
+
+
+async def test_publish_batches_are_all_or_nothing_and_read_stdin(make_server: ServerFactory,
+                                                                 run: Callable[..., Any]) -> None:
+    server = await make_server()
+    lines = [json.dumps({"class": "Order", "op": "I", "doc": order(i)}) for i in range(5)]
+    lines[3] = json.dumps({"class": "Nope", "op": "I", "doc": order(3)})
+    p = await run("publish", base(server), "--file", "-", "--batch", "2", stdin="\n".join(lines).encode())
+    assert await p.wait() == 1
+    assert "accepted 3, refused 2 (unknown_class: 2)" in p.err[-2], p.err
+    assert "lines 3-4: unknown_class" in p.err[-1]
+    assert len(server.broadcaster.journal().read("Order", None, inclusive=True, limit=100)) == 3
+
+
+async def test_publish_needs_the_key_when_one_is_configured(make_server: ServerFactory,
+                                                            run: Callable[..., Any]) -> None:
+    server = await make_server(publish_keys=["pk"])
+    doc = json.dumps(order(1))
+    refused = await run("publish", base(server), "--class", "Order", "--op", "I", "--doc", doc)
+    assert await refused.wait() == 1 and "401 unauthorized" in refused.err[-1]
+    accepted = await run("publish", base(server), "--class", "Order", "--op", "I", "--doc", doc, "--key", "pk")
+    assert await accepted.wait() == 0 and accepted.out[0] == server.broadcaster.journal().head("Order")
+
+
+async def test_exit_codes_of_refusals_and_unreachable_servers(make_server: ServerFactory,
+                                                              run: Callable[..., Any]) -> None:
+    server = await make_server(api_keys={"k": ApiKey(user_name="u", acl=None)})
+    wrong_key = await run("listen", server.url, "--class", "Order", "--api-key", "nope", "--app-name", "a")
+    assert await wrong_key.wait() == 3
+    assert "refused by the server: 4401" in wrong_key.err[-1]
+    unknown = await run("listen", server.url, "--class", "Nope", "--api-key", "k")
+    assert await unknown.wait() == 3 and "4404" in unknown.err[-1]
+    nobody = f"127.0.0.1:{free_port()}"
+    gave_up = await run("listen", f"ws://{nobody}/ws", "--class", "Order", "--max-retries", "1",
+                        "--max-delay", "0.1")
+    assert await gave_up.wait() == 4 and "gave up after 2 failed attempts" in gave_up.err[-1]
+    unreachable = await run("publish", f"http://{nobody}", "--class", "Order", "--op", "I", "--doc", "{}")
+    assert await unreachable.wait() == 3 and "cannot reach" in unreachable.err[-1]
+    bad = await run("publish", base(server), "--class", "Order", "--op", "I", "--doc", "{nope")
+    assert await bad.wait() == 2
+    mixed = await run("publish", base(server), "--file", "-", "--previous", "{}", stdin=b"")
+    assert await mixed.wait() == 2 and "--previous goes with --doc" in mixed.err[-1]
+
+
+async def test_listen_stops_on_sigint_with_exit_code_0(server: NativeServer, run: Callable[..., Any]) -> None:
+    listen = await run("listen", server.url, "--class", "Order")
+    await listen.until(lambda: any("connected" in line for line in listen.err))
+    server.broadcaster.publish("Order", "I", order(1))
+    await listen.until(lambda: len(listen.out) == 1)
+    listen.proc.send_signal(signal.SIGINT)
+    assert await listen.wait() == 0

@@ -1,0 +1,363 @@
+"""The Python Listener against a real server on 127.0.0.1: connections cut at random moments lose and repeat
+nothing; a drop before any message resumes from the confirmation's head; a server restart is reported as
+history gone and the caller reloads; refusals end the iteration with a typed error.
+
+What each test expects is computed here from the changes it publishes (plain Python predicates), not by the
+code under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import jwt
+import pytest
+
+from conftest import RECV_TIMEOUT, ServerFactory, TcpProxy, fast_backoff, free_port, order
+from xia_broadcast.client import (
+    Connected,
+    DocumentMessage,
+    Event,
+    Exit,
+    GaveUp,
+    HistoryGone,
+    Listener,
+    Reconnecting,
+    Refused,
+    ReplayDone,
+)
+from xia_broadcast.server.native import NativeServer
+
+EU = [{"fn": "region", "op": "==", "val": "EU"}]
+REGIONS = ["EU", "US", "APAC"]
+#: seconds a whole scenario may take before the test fails
+SCENARIO_TIMEOUT = 30.0
+
+
+def listener(url: str, subscriptions: dict[str, Any], seed: int = 0, **options: Any) -> Listener:
+    """A listener with fast, seeded reconnection delays and no client pings."""
+    options.setdefault("backoff", fast_backoff(seed))
+    options.setdefault("ping_interval", None)
+    options.setdefault("open_timeout", RECV_TIMEOUT)
+    options.setdefault("connect_kwargs", {"proxy": None})
+    return Listener(url, subscriptions, **options)
+
+
+class Collector:
+    """Reads a listener in a background task; tests wait for conditions on what arrived."""
+
+    def __init__(self, lst: Listener, on_event: Callable[[Event], None] | None = None) -> None:
+        self.listener = lst
+        self.events: list[Event] = []
+        self.error: BaseException | None = None
+        self._changed = asyncio.Event()
+        self._on_event = on_event
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            async for event in self.listener:
+                self.events.append(event)
+                if self._on_event is not None:
+                    self._on_event(event)
+                self._changed.set()
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self._changed.set()
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    async def wait_for(self, condition: Callable[[], bool], timeout: float = SCENARIO_TIMEOUT) -> None:
+        """Until ``condition()`` holds; fails after ``timeout`` seconds or if the iteration ended."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not condition():
+            if self.task.done():
+                raise AssertionError(f"the listener stopped: {self.error!r}")
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"condition not met within {timeout}s; {len(self.events)} events")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def close(self) -> None:
+        await self.listener.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(self.task, RECV_TIMEOUT)
+
+
+@pytest.fixture
+async def collect() -> AsyncIterator[Callable[..., Collector]]:
+    collectors: list[Collector] = []
+
+    def factory(lst: Listener, on_event: Callable[[Event], None] | None = None) -> Collector:
+        c = Collector(lst, on_event)
+        collectors.append(c)
+        return c
+
+    yield factory
+    for c in collectors:
+        await c.close()
+
+
+class Orders:
+    """Publishes random inserts, updates (moving orders across regions) and deletes in-process, and says
+    what a subscriber scoped on ``region == EU`` must receive for them."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.live: dict[str, dict[str, Any]] = {}
+        self.expected: list[tuple[str, str, str]] = []  # (seq, op, _id) for the EU subscriber
+        self.counter = 0
+
+    def publish(self, server: NativeServer) -> None:
+        rng = self.rng
+        if not self.live or rng.random() < 0.4:
+            self.counter += 1
+            op, doc, prev = "I", order(self.counter, region=rng.choice(REGIONS)), None
+        else:
+            oid = rng.choice(sorted(self.live))
+            prev = self.live[oid]
+            if rng.random() < 0.2:
+                op, doc = "D", prev
+            else:
+                op, doc = "U", {**prev, "region": rng.choice(REGIONS), "amount": prev["amount"] + 1}
+        seq = server.broadcaster.publish("Order", op, dict(doc))
+        if op == "D":
+            del self.live[doc["_id"]]
+        else:
+            self.live[doc["_id"]] = doc
+        if doc["region"] == "EU":
+            self.expected.append((seq, op, doc["_id"]))
+        elif prev is not None and prev["region"] == "EU":
+            self.expected.append((seq, "X" if op == "U" else "D", doc["_id"]))
+
+
+def received(c: Collector) -> list[tuple[str, str, str]]:
+    out: list[tuple[str, str, str]] = []
+    for e in c.events:
+        if isinstance(e, DocumentMessage):
+            out.append((e.seq, e.op, e.id))
+        elif isinstance(e, Exit):
+            out.append((e.seq, "X", e.id))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_cuts_at_random_moments_lose_and_repeat_nothing(
+        make_server: ServerFactory, make_proxy: Callable[..., Any], collect: Callable[..., Collector],
+        seed: int) -> None:
+    server = await make_server()
+    proxy: TcpProxy = await make_proxy(server.port)
+    c = collect(listener(proxy.url(), {"Order": {"data_scope": EU}}, seed))
+    await c.wait_for(lambda: bool(c.of(Connected)))
+    orders, rng = Orders(seed), random.Random(seed)
+    cut_at = sorted(rng.sample(range(20, 600), 8))  # cut after these many publications
+    for n in range(600):
+        orders.publish(server)
+        if cut_at and n == cut_at[0]:
+            cut_at.pop(0)
+            proxy.cut()
+        if rng.random() < 0.3:  # let the loop run: the listener reads, reconnects, resumes meanwhile
+            await asyncio.sleep(rng.choice([0, 0, 0.001, 0.005]))
+    await c.wait_for(lambda: len(received(c)) >= len(orders.expected))
+    assert received(c) == orders.expected
+    assert len(c.of(Reconnecting)) >= 1 and proxy.cuts >= 1
+    assert c.listener.duplicates == 0
+    assert c.listener.last_seq["Order"] >= orders.expected[-1][0]
+
+
+async def test_a_drop_before_any_message_resumes_from_the_confirmation_head(
+        make_server: ServerFactory, make_proxy: Callable[..., Any], collect: Callable[..., Collector]) -> None:
+    server = await make_server()
+    proxy: TcpProxy = await make_proxy(server.port)
+    c = collect(listener(proxy.url(), {"Order": {}}))
+    await c.wait_for(lambda: bool(c.of(Connected)))
+    head = c.of(Connected)[0].confirmation["Order"]["head_seq"]
+    await proxy.stop()  # the connection drops and new ones are refused meanwhile
+    seqs = [server.broadcaster.publish("Order", "I", order(i)) for i in range(5)]  # published while away
+    await c.wait_for(lambda: bool(c.of(Reconnecting)))
+    await proxy.start()
+    await c.wait_for(lambda: len(c.of(DocumentMessage)) >= 5)
+    assert [m.seq for m in c.of(DocumentMessage)] == seqs
+    assert c.of(Connected)[-1].resumed == {"Order": head}
+
+
+async def test_server_restart_reports_history_gone_and_the_caller_reloads(
+        make_server: ServerFactory, collect: Callable[..., Collector]) -> None:
+    port = free_port()
+    server = await make_server(port=port)
+    database: dict[str, dict[str, Any]] = {}  # the caller's source of truth, which publishes to the server
+    local: dict[str, dict[str, Any]] = {}  # the caller's view, built from what the listener yields
+    reloads: list[HistoryGone] = []
+
+    def publish(srv: NativeServer, op: str, doc: dict[str, Any]) -> None:
+        if op == "D":
+            database.pop(doc["_id"], None)
+        else:
+            database[doc["_id"]] = doc
+        srv.broadcaster.publish("Order", op, doc)
+
+    def apply(event: Event) -> None:
+        if isinstance(event, HistoryGone):  # missed changes cannot be replayed: reload from the source
+            reloads.append(event)
+            local.clear()
+            local.update({k: {f: v for f, v in d.items() if f != "margin"} for k, d in database.items()})
+        elif isinstance(event, DocumentMessage):
+            if event.op == "D":
+                local.pop(event.id, None)
+            else:
+                local[event.id] = event.message
+        elif isinstance(event, Exit):
+            local.pop(event.id, None)
+
+    c = collect(listener(f"ws://127.0.0.1:{port}/ws", {"Order": {}}), apply)
+    await c.wait_for(lambda: bool(c.of(Connected)))
+    for i in range(5):
+        publish(server, "I", order(i))
+    await c.wait_for(lambda: len(c.of(DocumentMessage)) == 5)
+    last_before = c.listener.last_seq["Order"]
+
+    await server.shutdown()
+    publish_later = order(1, status="paid")  # changed while the server is down: the caller's database has it
+    database[publish_later["_id"]] = publish_later
+    del database[order(2)["_id"]]
+    server = await make_server(port=port)  # a new server: its journal starts empty
+    publish(server, "I", order(10))  # published before the listener is back: covered by the reload
+    await c.wait_for(lambda: bool(reloads))
+    publish(server, "U", order(10, status="shipped"))  # live after the reload
+    publish(server, "D", order(3))
+    await c.wait_for(lambda: local.get(order(10)["_id"], {}).get("status") == "shipped"
+                     and order(3)["_id"] not in local)
+
+    assert reloads[0].doc_class == "Order" and reloads[0].seq == last_before
+    assert len(c.of(Connected)) == 2 and c.of(Connected)[1].resumed == {"Order": last_before}
+    expected = {k: {f: v for f, v in d.items() if f != "margin"} for k, d in database.items()}
+    assert local == expected
+
+
+@pytest.mark.skip(reason="cluster mode (the Redis journal) is not built yet: a restarted node must resume from "
+                         "the Redis stream with nothing lost within retention; write this test with it")
+async def test_server_restart_with_the_redis_journal_resumes_without_loss() -> None:
+    """To be written with cluster mode: a listener on a node whose journal is a Redis Stream; the node
+    restarts; the listener resumes after its last seq and receives every change published meanwhile, with no
+    history_gone."""
+
+
+@pytest.mark.parametrize(("request_", "settings", "code"), [
+    ({"Nope": {}}, {}, 4404),
+    ({"Order": {"data_scope": [{"fn": "amount", "op": "~", "val": 1}]}}, {}, 4420),
+    ({"Order": {}}, {"api_keys": "k"}, 4401),
+])
+async def test_final_refusals_end_the_iteration_with_refused(
+        make_server: ServerFactory, request_: dict[str, Any], settings: dict[str, Any], code: int) -> None:
+    from xia_broadcast.server.config import ApiKey
+
+    if settings.get("api_keys"):
+        settings = {"api_keys": {"right": ApiKey(user_name="u", acl=None)}}
+    server = await make_server(**settings)
+    lst = listener(server.url, request_, api_key="wrong" if settings else None)
+    events: list[Event] = []
+    with pytest.raises(Refused) as info:
+        async with asyncio.timeout(SCENARIO_TIMEOUT):
+            async for event in lst:
+                events.append(event)
+    assert info.value.code == code
+    assert not any(isinstance(e, Reconnecting) for e in events)  # no retry for a final refusal
+
+
+async def test_an_http_refusal_of_the_upgrade_is_final(server: NativeServer) -> None:
+    lst = listener(f"ws://127.0.0.1:{server.port}/not-the-ws-path", {"Order": {}})
+    with pytest.raises(Refused) as info:
+        async with asyncio.timeout(SCENARIO_TIMEOUT):
+            async for _ in lst:
+                pass
+    assert info.value.code == 404
+
+
+async def test_max_retries_gives_up_on_a_server_that_is_not_there() -> None:
+    lst = listener(f"ws://127.0.0.1:{free_port()}/ws", {"Order": {}}, max_retries=2)
+    events: list[Event] = []
+    with pytest.raises(GaveUp) as info:
+        async with asyncio.timeout(SCENARIO_TIMEOUT):
+            async for event in lst:
+                events.append(event)
+    assert info.value.failures == 3 and info.value.code == 1006
+    assert [e.failures for e in events if isinstance(e, Reconnecting)] == [1, 2]
+
+
+async def test_close_ends_the_iteration_without_error(server: NativeServer,
+                                                      collect: Callable[..., Collector]) -> None:
+    c = collect(listener(server.url, {"Order": {}}))
+    await c.wait_for(lambda: bool(c.of(Connected)))
+    await c.listener.close()
+    await asyncio.wait_for(c.task, RECV_TIMEOUT)
+    assert c.error is None and not c.of(Reconnecting)
+
+
+async def test_after_seq_replays_what_followed_then_replay_done(server: NativeServer,
+                                                                 collect: Callable[..., Collector]) -> None:
+    seqs = [server.broadcaster.publish("Order", "I", order(i)) for i in range(4)]
+    c = collect(listener(server.url, {"Order": {"after_seq": seqs[0]}}))
+    await c.wait_for(lambda: bool(c.of(ReplayDone)))
+    assert [m.seq for m in c.of(DocumentMessage)] == seqs[1:]  # not mistaken for repeats of the head
+    assert c.of(ReplayDone)[0].seq == seqs[-1] and c.listener.last_seq["Order"] == seqs[-1]
+    assert c.of(Connected)[0].resumed == {"Order": seqs[0]}
+
+
+async def test_start_seq_filters_out_earlier_messages(server: NativeServer,
+                                                      collect: Callable[..., Collector]) -> None:
+    c = collect(listener(server.url, {"Order": {"start_seq": "9"}, "Customer": {}}))  # "9…" is after any seq
+    await c.wait_for(lambda: bool(c.of(Connected)))
+    server.broadcaster.publish("Order", "I", order(1))
+    server.broadcaster.publish("Customer", "I", {"_id": "C-1", "customer_id": "C-1", "name": "n"})  # a sentinel
+    await c.wait_for(lambda: bool(c.of(DocumentMessage)))
+    assert [m.doc_class for m in c.of(DocumentMessage)] == ["Customer"]
+    assert "start_seq" not in (await c.listener.handshake())["Order"]  # applied here, the same on any server
+
+
+async def test_a_token_source_refreshes_the_token_before_it_expires(make_server: ServerFactory,
+                                                                   collect: Callable[..., Collector]) -> None:
+    secret = "s3cret-for-tests-only-0123456789abcdef"
+    first_exp = int(time.time()) + 3
+    issued: list[int] = []
+
+    def token() -> str:  # the first token expires in about 3 s, the next ones in a minute
+        exp = first_exp if not issued else int(time.time()) + 60
+        issued.append(exp)
+        return jwt.encode({"sub": "alice", "exp": exp, "acl": {"content": [{"obj": "Order/*", "act": "read"}]}},
+                          secret, algorithm="HS256")
+
+    server = await make_server(jwt_secret=secret)
+    c = collect(listener(server.url, {"Order": {}}, token=token))
+    await c.wait_for(lambda: any(getattr(e, "kind", None) == "token_refreshed" for e in c.events))
+    while time.time() < first_exp + 0.5:  # past the first token's expiry (a clock condition, bounded)
+        await asyncio.sleep(0.1)
+    seq = server.broadcaster.publish("Order", "I", order(1))
+    await c.wait_for(lambda: bool(c.of(DocumentMessage)))
+    assert [m.seq for m in c.of(DocumentMessage)] == [seq]
+    assert len(c.of(Connected)) == 1 and not c.of(Reconnecting)  # the same connection throughout
+    assert len(issued) == 2
+
+
+async def test_close_while_connecting_ends_the_iteration(server: NativeServer) -> None:
+    lst = listener(server.url, {"Order": {}})
+    events: list[Event] = []
+
+    async def consume() -> None:
+        async for event in lst:
+            events.append(event)
+
+    task = asyncio.get_running_loop().create_task(consume())
+    await asyncio.sleep(0)  # the iteration starts connecting
+    await lst.close()
+    await asyncio.wait_for(task, RECV_TIMEOUT)  # ends instead of listening on
+    assert not any(isinstance(e, DocumentMessage) for e in events)
