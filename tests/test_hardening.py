@@ -158,7 +158,7 @@ async def test_a_replay_overtaken_by_retention_is_cut_off_not_skipped() -> None:
     signals = Signals()
     hub = hub_with(signals, MemoryJournal(max_count=100), queue_messages=10)
     for i in range(100):
-        hub.publish(Change("Doc", "I", "", {"_id": f"d{i}", "i": i}))
+        hub.publish_nowait(Change("Doc", "I", "", {"_id": f"d{i}", "i": i}))
     ws = object()
     hub.subscribe(ws, "Doc", {"from_seq": hub.journal.oldest("Doc")}, None)
     conn = hub.connections[ws]
@@ -167,7 +167,7 @@ async def test_a_replay_overtaken_by_retention_is_cut_off_not_skipped() -> None:
     conn.scheduled = False
     assert got == list(range(10))
     for i in range(100, 250):  # retention drops what the replay has not reached yet
-        hub.publish(Change("Doc", "I", "", {"_id": f"d{i}", "i": i}))
+        hub.publish_nowait(Change("Doc", "I", "", {"_id": f"d{i}", "i": i}))
     await asyncio.wait_for(signals.closing.wait(), 5)
     assert conn.closed  # told (4409 on the wire), never a silent jump
     assert signals.closed == [(4409, "too slow: fell behind the journal's retention")]
@@ -196,7 +196,7 @@ async def test_a_replay_never_queues_past_the_byte_bound_and_reads_once_per_roun
     journal = MemoryJournal()
     hub = hub_with(signals, journal, queue_messages=1000, queue_bytes=65536)
     for i in range(50):
-        hub.publish(Change("Doc", "I", "", {"_id": f"d{i}", "pad": "x" * 100_000}))
+        hub.publish_nowait(Change("Doc", "I", "", {"_id": f"d{i}", "pad": "x" * 100_000}))
     reads = 0
     read = journal.read
 

@@ -73,7 +73,7 @@ async def test_stalled_clients_hold_bounded_memory_and_lose_nothing(server_proce
 
 
 def publish(hub: Hub, i: int) -> None:
-    hub.publish(Change("Doc", "I", "", {"_id": f"d{i}", "pad": "x" * 1000}))
+    hub.publish_nowait(Change("Doc", "I", "", {"_id": f"d{i}", "pad": "x" * 1000}))
 
 
 def test_a_write_takes_the_oldest_messages_that_fit_and_at_least_one() -> None:

@@ -44,7 +44,7 @@ from .fanout import (
     encode_json,
 )
 from .hub import Hub, HubSettings
-from .journal import Journal, MemoryJournal
+from .journal import Backend, MemoryBackend, MemoryJournal
 
 log = logging.getLogger("xia_broadcast")
 
@@ -92,7 +92,7 @@ class Broadcaster:
         on first use."""
         hub = cls.__dict__.get("_hub")
         if hub is None:
-            hub = cls.use_hub(Hub(cls.make_journal(), HubSettings(
+            hub = cls.use_hub(Hub(cls.make_backend(), HubSettings(
                 queue_messages=cls.max_queue_messages, queue_bytes=cls.max_queue_bytes,
                 max_tracked_ids=cls.max_tracked_ids, limits=cls.subscription_limits)))
         return hub
@@ -104,6 +104,7 @@ class Broadcaster:
         hub.on_close = cls._connection_closed
         hub.slow_hooks = (cls.check_subscriber_acl, cls.get_message_body)
         hub.force_slow = not cls._uses_default_checks()
+        hub.schemas = cls.document_classes
         cls._hub = hub
         return hub
 
@@ -113,14 +114,14 @@ class Broadcaster:
         return cls.hub()
 
     @classmethod
-    def make_journal(cls) -> Journal:
-        """The journal of this class's Hub (override to use another backend)."""
-        if cls.journal_epoch_now:
-            return MemoryJournal.starting_now(cls.journal_max_count, cls.journal_max_age)
-        return MemoryJournal(cls.journal_max_count, cls.journal_max_age)
+    def make_backend(cls) -> Backend:
+        """The journal backend of this class's Hub (override to use another one, e.g. Redis Streams)."""
+        return MemoryBackend(max_count=cls.journal_max_count, max_age=cls.journal_max_age,
+                             complete=not cls.journal_epoch_now)
 
     @classmethod
-    def journal(cls) -> Journal:
+    def journal(cls) -> MemoryJournal:
+        """The memory journal of this class's Hub."""
         return cls.hub().journal
 
     @classmethod
@@ -186,10 +187,12 @@ class Broadcaster:
             "acl": acl,
             **kwargs,
         }
-        cls.hub().subscribe(websocket, class_name, sub_params, cls.document_classes.get(class_name),
-                            strict=kwargs.get("strict") is True, exits=kwargs.get("exits") is True,
-                            control=kwargs.get("control") is True,
-                            hidden_allowed=kwargs.get("hidden_allowed", True) is not False)
+        hub = cls.hub()
+        await hub.watch(class_name)
+        hub.subscribe(websocket, class_name, sub_params, cls.document_classes.get(class_name),
+                      strict=kwargs.get("strict") is True, exits=kwargs.get("exits") is True,
+                      control=kwargs.get("control") is True,
+                      hidden_allowed=kwargs.get("hidden_allowed", True) is not False)
         cls.active_connections.setdefault(class_name, {})[websocket] = sub_params
         return sub_params
 
@@ -259,7 +262,11 @@ class Broadcaster:
             seq: sequence of the change
         """
         change = cls._change_of(doc, op, seq)
-        cls._record(change)
+        hub = cls.hub()
+        if hub.synchronous:
+            cls._record(change)
+        else:
+            await hub.publish(change)
 
     # -- beyond the original ------------------------------------------------------------------------------
 
@@ -282,6 +289,14 @@ class Broadcaster:
         change = Change(class_name, op, seq or "", data, schema, prev=previous)
         cls._record(change)
         return change.seq
+
+    @classmethod
+    async def publish_async(cls, class_name: str, op: str, data: Mapping[str, Any], seq: str | None = None,
+                            previous: Mapping[str, Any] | None = None) -> str:
+        """:meth:`publish` through any backend (Redis Streams included): waits until the store holds the
+        change; raises :class:`~xia_broadcast.journal.BackendUnavailable` when it cannot be reached."""
+        schema = cls.check_change(class_name, op, data, previous)
+        return await cls.hub().publish(Change(class_name, op, seq or "", data, schema, prev=previous))
 
     @classmethod
     def check_change(cls, class_name: str, op: Any, data: Any, previous: Any = None) -> DocSchema | None:
@@ -308,7 +323,7 @@ class Broadcaster:
 
     @classmethod
     def _record(cls, change: Change) -> None:
-        """Hand the change to the Hub (journal, previous state, fan-out)."""
+        """Hand the change to the Hub (journal, previous state, fan-out), synchronously (memory backend)."""
         hub = cls.hub()
         if hub.connections:
             try:
@@ -316,7 +331,7 @@ class Broadcaster:
             except RuntimeError:
                 raise RuntimeError("publish from the event loop that serves the subscribers "
                                    "(e.g. loop.call_soon_threadsafe from another thread)") from None
-        hub.publish(change)
+        hub.publish_nowait(change)
 
     @classmethod
     def _change_of(cls, doc: Any, op: str, seq: str) -> Change:

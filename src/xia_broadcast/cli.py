@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port to listen on (default 8765)")
     s.add_argument("--config", help="TOML config file (classes, auth, limits); also $XIA_BROADCAST_CONFIG")
+    s.add_argument("--redis", metavar="URL", help="cluster mode: carry every change through the Redis server at URL "
+                                                  "(e.g. redis://127.0.0.1:6379/0); also $XIA_BROADCAST_REDIS_URL")
     s.add_argument("--demo", action="store_true", default=None,
                    help="add the demo class Order and publish a stream of changes of it")
     add_client_parsers(sub)
@@ -49,7 +51,9 @@ async def serve(settings: Settings) -> None:
     demo = loop.create_task(run_demo(server.broadcaster, settings.demo_rate)) if settings.demo else None
     classes = ", ".join(sorted(server.broadcaster.document_classes)) or "none declared"
     auth = "API keys/JWT" if settings.authenticated else "public (no authentication)"
-    print(f"xia-broadcast listening on {server.url}  (classes: {classes}; auth: {auth})", flush=True)
+    journal = f"Redis Streams at {settings.redis_url}" if settings.redis_url else "in memory"
+    print(f"xia-broadcast listening on {server.url}  (classes: {classes}; auth: {auth}; journal: {journal})",
+          flush=True)
     print(f"  publish: POST http://{settings.host}:{server.port}/publish   "
           f"health: /healthz  ready: /readyz  metrics: /metrics", flush=True)
     if settings.demo:
@@ -68,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "serve":
         return int(args.run(args))
     try:
-        settings = load_settings(args.config, host=args.host, port=args.port, demo=args.demo)
+        settings = load_settings(args.config, host=args.host, port=args.port, demo=args.demo,
+                                 redis_url=args.redis)
     except ConfigError as exc:
         print(f"xia-broadcast: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -154,8 +154,8 @@ class Connection:
 class Member:
     """One subscription: a connection in a view, live or replaying from a journal position."""
 
-    __slots__ = ("asked", "connection", "cursor", "exits", "inclusive", "lagging", "read_any", "replaying",
-                 "start_seq", "view")
+    __slots__ = ("asked", "connection", "cursor", "epoch", "exits", "inclusive", "lagging", "read_any",
+                 "replaying", "start_seq", "view")
 
     def __init__(self, connection: Connection, view: View, start_seq: str, exits: bool = False) -> None:
         self.connection = connection
@@ -176,6 +176,8 @@ class Member:
         #: the client asked for this replay (after_seq/from_seq), rather than it being the start of a live
         #: subscription or a lag
         self.asked = False
+        #: the journal epoch the client's position belongs to (None: not given, only the seq is checked)
+        self.epoch: str | None = None
 
     @property
     def class_name(self) -> str:

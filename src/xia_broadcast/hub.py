@@ -55,7 +55,7 @@ from .fanout import (
     envelope,
     truthy,
 )
-from .journal import HistoryGone, Journal, MemoryJournal, SeqOrderError
+from .journal import Backend, BackendUnavailable, HistoryGone, MemoryBackend, MemoryJournal, Position, SeqOrderError
 
 log = logging.getLogger("xia_broadcast.hub")
 
@@ -105,7 +105,8 @@ class Hub:
     """Views and connections, the fan-out of changes into connection queues, replay from the journal.
 
     Args:
-        journal: where changes are kept and how they arrive (default: a :class:`MemoryJournal`).
+        backend: where changes are kept and how they arrive (default: a :class:`MemoryBackend`; a
+            :class:`MemoryJournal` is served through one).
         settings: queue bounds, last-version tracking, subscription limits.
         on_ready: called with a connection that has queued messages and was idle.
         on_close: called with a connection that must be closed, and the close code and reason: 4409 when it
@@ -113,11 +114,23 @@ class Hub:
             4410 when it asked to resume from a position the journal no longer holds.
     """
 
-    def __init__(self, journal: Journal | None = None, settings: HubSettings | None = None,
+    def __init__(self, backend: Backend | MemoryJournal | None = None, settings: HubSettings | None = None,
                  on_ready: Callable[[Connection], None] = _noop_ready,
-                 on_close: Callable[[Connection, int, str], None] = _noop_close) -> None:
+                 on_close: Callable[[Connection, int, str], None] = _noop_close,
+                 schemas: Mapping[str, DocSchema] | None = None) -> None:
         self.settings = settings if settings is not None else HubSettings()
-        self.journal: Journal = journal if journal is not None else MemoryJournal()
+        if backend is None or isinstance(backend, MemoryJournal):
+            backend = MemoryBackend(journal=backend)
+        self.backend: Backend = backend
+        #: the document classes by name: a change that arrives without its schema (from another node, or read
+        #: back from the store) is given this one, so hidden fields stay hidden
+        self.schemas: Mapping[str, DocSchema] = schemas if schemas is not None else {}
+        #: the position after which every change of a class reaches this Hub (classes it watches)
+        self._watching: dict[str, Position] = {}
+        self._started = False
+        if isinstance(backend, MemoryBackend):  # nothing to connect to: usable at once, also without a loop
+            backend.bind(self.handle_change)
+            self._started = True
         self.on_ready = on_ready
         self.on_close = on_close
         #: the views of each class, indexed by an equality condition of each
@@ -136,6 +149,56 @@ class Hub:
     @property
     def limits(self) -> SubscriptionLimits:
         return self.settings.limits
+
+    @property
+    def synchronous(self) -> bool:
+        """True when publishing completes without waiting (the memory backend): :meth:`publish_nowait`."""
+        return isinstance(self.backend, MemoryBackend)
+
+    @property
+    def journal(self) -> MemoryJournal:
+        """The memory backend's journal (read it directly in tests and tools)."""
+        if not isinstance(self.backend, MemoryBackend):
+            raise AttributeError("only the memory backend has a journal object; read through hub.backend")
+        return self.backend.journal
+
+    @property
+    def ready(self) -> bool:
+        """True when the backend can publish and deliver."""
+        return self._started and self.backend.ready
+
+    async def start(self) -> None:
+        """Start the backend's delivery to :meth:`handle_change` (once)."""
+        if not self._started:
+            await self.backend.start(self.handle_change)
+            self._started = True
+
+    async def close(self) -> None:
+        """Stop replays and the backend."""
+        for task in list(self._replays.values()):
+            task.cancel()
+        await self.backend.close()
+
+    async def watch(self, class_name: str) -> Position:
+        """Make sure this Hub receives the changes of ``class_name``; returns where that began."""
+        pos = self._watching.get(class_name)
+        if pos is None:
+            pos = await self.backend.watch(class_name)
+            pos = self._watching.setdefault(class_name, pos)
+        return pos
+
+    def _watch_nowait(self, class_name: str) -> None:
+        if class_name in self._watching:
+            return
+        if not isinstance(self.backend, MemoryBackend):
+            raise RuntimeError(f"await hub.watch({class_name!r}) before subscribing to it")
+        self._watching[class_name] = Position(self.backend.journal.position(class_name) or "",
+                                              self.backend.epoch_now)
+
+    def epoch(self, class_name: str) -> str:
+        """The epoch of the class's journal as this Hub knows it ("" before it watched the class)."""
+        pos = self._watching.get(class_name)
+        return pos.epoch if pos is not None else ""
 
     # -- subscriptions ------------------------------------------------------------------------------------
 
@@ -190,6 +253,10 @@ class Hub:
             view = View(key, class_name, scope, compile_conditions(scope), catalog, show_hidden, acl,
                         params.get("acl"))
             views.add(key, view, equality_key(scope))
+        epoch = params.get("epoch")
+        if epoch is not None and not isinstance(epoch, str):
+            raise SubscriptionError("epoch must be a string", class_name=class_name)
+        self._watch_nowait(class_name)
         conn = self.connection(websocket)
         if control:
             conn.control = True
@@ -197,15 +264,24 @@ class Hub:
         if old is not None:
             self._leave(old)
         member = conn.members[class_name] = Member(conn, view, start_seq, exits=exits or control)
+        member.epoch = epoch or None
         view.members[conn] = member
         if after_seq or from_seq:
             self._start_replay(member, after_seq or from_seq, inclusive=bool(from_seq), lagging=False)
         return member
 
     def head(self, class_name: str) -> str | None:
-        """The position a subscriber that goes live now starts after (the last change delivered, else the
-        journal's position)."""
-        return self.delivered.get(class_name) or self.journal.position(class_name)
+        """The position a subscriber that goes live now starts after: the last change this Hub delivered,
+        else where it began to receive the class."""
+        delivered = self.delivered.get(class_name)
+        if delivered:
+            return delivered
+        pos = self._watching.get(class_name)
+        if pos is not None and pos.seq:
+            return pos.seq
+        if isinstance(self.backend, MemoryBackend):
+            return self.backend.journal.position(class_name)
+        return None
 
     def _leave(self, member: Member) -> None:
         self._stop_replay(member)
@@ -263,25 +339,40 @@ class Hub:
 
     # -- publishing: the one seam -------------------------------------------------------------------------
 
-    def publish(self, change: Change) -> str:
-        """Append a change to the journal and hand it to :meth:`handle_change`. Returns its seq.
+    def publish_nowait(self, change: Change) -> str:
+        """Publish through a backend that never waits (the memory backend): it journals the change and
+        calls :meth:`handle_change` before this returns. Returns the seq.
 
         A seq chosen by the caller (the original API) that is not after the last of its class cannot be
         journaled: it is delivered to live members only, and logged. The journal assigns a seq otherwise.
         """
-        chosen = bool(change.seq)
+        backend = self.backend
+        if not isinstance(backend, MemoryBackend):
+            raise RuntimeError("this Hub's backend publishes asynchronously: await hub.publish(change)")
         try:
-            self.journal.append(change)
+            backend.publish_nowait(change)
         except SeqOrderError as exc:
-            if not chosen:
+            if not change.seq:
                 raise
             log.warning("not journaled, delivered live only: %s", exc)
-        self.handle_change(change)
+            self.handle_change(change)
         return change.seq
 
-    def handle_change(self, change: Change) -> int:
+    async def publish(self, change: Change) -> str:
+        """Hand a change to the backend, which journals it and delivers it to every node's Hub (this one
+        through :meth:`handle_change`). Returns the seq. Raises :class:`BackendUnavailable` when the store
+        cannot be reached: the change is then not published."""
+        if isinstance(self.backend, MemoryBackend):
+            return self.publish_nowait(change)
+        change.schema = change.schema or self.schemas.get(change.class_name)
+        pos = await self.backend.publish(change)
+        return pos.seq
+
+    def handle_change(self, change: Change) -> None:
         """The one callback through which every change reaches the Hub, with its seq set: find its previous
-        state, remember its version, fan it out. Returns the number of deliveries queued."""
+        state, remember its version, fan it out."""
+        if change.schema is None:
+            change.schema = self.schemas.get(change.class_name)
         if change.data is not None:
             versions = self._versions.get(change.class_name)
             if versions is None:
@@ -290,7 +381,7 @@ class Hub:
             if change.prev is None:
                 change.prev = versions.get(doc_id)
             versions.record(change.op, doc_id, change.data)
-        return self.fanout(change)
+        self.fanout(change)
 
     # -- fan-out ------------------------------------------------------------------------------------------
 
@@ -420,6 +511,7 @@ class Hub:
         conn, view = member.connection, member.view
         class_name = member.class_name
         stats = self.stats
+        retry = 0.0
         try:
             while member.replaying and not conn.closed:
                 if conn.queue and (len(conn.queue) >= conn.max_messages or conn.queued_bytes >= conn.max_bytes):
@@ -427,10 +519,17 @@ class Hub:
                     continue
                 limit = min(REPLAY_CHUNK, max(1, conn.max_messages - len(conn.queue)))
                 try:
-                    changes = self.journal.read(class_name, member.cursor, inclusive=member.inclusive,
-                                                limit=limit)
+                    changes = await self.backend.read(class_name, member.cursor, inclusive=member.inclusive,
+                                                      limit=limit, epoch=member.epoch)
                 except HistoryGone as gone:
                     self._history_gone(member, gone)
+                    return
+                except BackendUnavailable:
+                    retry = min(2.0, retry * 2) if retry else 0.05
+                    await asyncio.sleep(retry)  # the store is back soon; the member waits, loses nothing
+                    continue
+                retry = 0.0
+                if not member.replaying or conn.closed:
                     return
                 member.read_any = True
                 done = 0
@@ -441,6 +540,8 @@ class Hub:
                     member.cursor, member.inclusive = change.seq, False
                     if change.seq < member.start_seq:
                         continue
+                    if change.schema is None:
+                        change.schema = self.schemas.get(class_name)
                     out = self._replayed(view, change)
                     if out is None or (out[1] and not member.exits):
                         continue

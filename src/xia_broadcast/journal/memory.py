@@ -205,26 +205,28 @@ class MemoryBackend(Backend):
 
     def __init__(self, *, max_count: int = DEFAULT_MAX_COUNT, max_age: float = DEFAULT_MAX_AGE,
                  max_bytes: float = DEFAULT_MAX_BYTES, max_total_bytes: float = DEFAULT_MAX_TOTAL_BYTES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, journal: MemoryJournal | None = None,
+                 complete: bool = False) -> None:
+        """``journal``: an existing journal to serve (its own retention applies). ``complete``: the journal
+        is taken as complete from its first change (a library that chooses its own seqs); by default it
+        knows nothing from before it was made, and positions from before that are history gone."""
         start_ms = time.time_ns() // 1_000_000
         #: the synchronous journal holding the changes (readable directly)
-        self.journal = MemoryJournal(max_count, max_age, format_seq(start_ms, 0), max_bytes=max_bytes,
-                                     max_total_bytes=max_total_bytes, clock=clock)
+        self.journal = journal if journal is not None else MemoryJournal(
+            max_count, max_age, None if complete else format_seq(start_ms, 0), max_bytes=max_bytes,
+            max_total_bytes=max_total_bytes, clock=clock)
         self._epoch = f"{start_ms:013d}-{secrets.token_hex(4)}"
         self._on_change: OnChange | None = None
         self._closed = False
         self.ready = False
 
-    async def start(self, on_change: OnChange) -> None:
+    def bind(self, on_change: OnChange) -> None:
+        """:meth:`start` without awaiting (the memory backend has nothing to connect to)."""
         self._on_change = on_change
         self.ready = not self._closed
 
-    async def close(self) -> None:
-        self._closed = True
-        self.ready = False
-        self._on_change = None
-
-    async def publish(self, change: Change) -> Position:
+    def publish_nowait(self, change: Change) -> Position:
+        """:meth:`publish`, synchronously: the memory backend never waits."""
         if self._closed:
             raise BackendUnavailable("the memory backend is closed")
         # no await between the append and the callback: delivery order is append order
@@ -233,6 +235,21 @@ class MemoryBackend(Backend):
         if self._on_change is not None:
             self._on_change(change)
         return Position(seq, self._epoch)
+
+    @property
+    def epoch_now(self) -> str:
+        return self._epoch
+
+    async def start(self, on_change: OnChange) -> None:
+        self.bind(on_change)
+
+    async def close(self) -> None:
+        self._closed = True
+        self.ready = False
+        self._on_change = None
+
+    async def publish(self, change: Change) -> Position:
+        return self.publish_nowait(change)
 
     async def read(self, class_name: str, seq: str | None, *, inclusive: bool, limit: int,
                    epoch: str | None = None) -> list[Change]:

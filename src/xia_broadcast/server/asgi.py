@@ -160,7 +160,8 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
                 except HttpError as exc:
                     response = HttpResponse.of(exc)
             if response is None:
-                response = endpoint.handler(service, HttpRequest(request.method, endpoint.path, headers, body))
+                answer = endpoint.handler(service, HttpRequest(request.method, endpoint.path, headers, body))
+                response = answer if isinstance(answer, HttpResponse) else await answer
             return Response(response.body, status_code=response.status, media_type=response.content_type)
 
         return Route(endpoint.path, answer, methods=[endpoint.method])
@@ -196,10 +197,14 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await service.start()
         yield
         await shutdown()
+        await service.stop()
 
-    service.started = True  # a mounted app's lifespan does not run: it is ready once built
+    # a mounted app's lifespan does not run: with the memory backend it is ready once built; with Redis the
+    # host app calls ``await app.state.start()`` from its own lifespan
+    service.started = service.hub.synchronous
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -211,6 +216,7 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.service = service
     app.state.broadcaster = bc
+    app.state.start = service.start
     app.state.shutdown = shutdown
     app.state.body_budget = bodies
     return app

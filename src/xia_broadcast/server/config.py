@@ -68,8 +68,15 @@ class Settings:
     #: journal retention per class: changes kept and their age in seconds
     journal_max_count: int = 100_000
     journal_max_age: float = 3600.0
+    #: memory journal: bytes retained per class and in total (encoded changes)
+    journal_max_bytes: int = 64 * 1024 * 1024
+    journal_max_total_bytes: int = 256 * 1024 * 1024
     #: last versions remembered per class, to find scope exits when a publisher gives no previous state
     max_tracked_ids: int = 100_000
+    #: cluster mode: the Redis server whose streams carry every change (None: the embedded memory journal)
+    redis_url: str | None = None
+    #: the prefix of every Redis key of this deployment
+    redis_prefix: str = "xia:"
     log_format: str = "json"
     log_level: str = "INFO"
     #: API key value -> ApiKey
@@ -117,7 +124,8 @@ _SECTIONS = {
                "show_hidden_requires_grant"},
     "limits": {"max_scope_conditions", "max_scope_path_depth", "max_scope_in_values", "max_scope_value_length",
                "max_catalog_depth", "max_catalog_fields"},
-    "journal": {"max_count", "max_age", "max_tracked_ids"},
+    "journal": {"max_count", "max_age", "max_bytes", "max_total_bytes", "max_tracked_ids"},
+    "redis": {"url", "prefix"},
     "jwt": {"secret", "public_key", "public_key_file", "algorithms", "acl_claim", "audience", "issuer"},
     "publish": {"keys"},
     "demo": {"enabled", "rate"},
@@ -188,6 +196,8 @@ def apply_toml(settings: Settings, data: Mapping[str, Any]) -> None:
                     _set(settings, f"jwt_{k}", v)
             elif section == "journal":
                 _set(settings, k if k == "max_tracked_ids" else f"journal_{k}", v)
+            elif section == "redis":
+                _set(settings, f"redis_{k}", v)
             elif section == "publish":
                 _set(settings, "publish_keys", v)
             elif section == "demo":
@@ -261,6 +271,8 @@ def load_settings(config_file: str | Path | None = None, environ: Mapping[str, s
 
 def check(settings: Settings) -> None:
     """Refuse settings that cannot work, or that would open the server by accident."""
+    if settings.redis_url is not None and not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"redis url must start with redis://, rediss:// or unix://, not {settings.redis_url!r}")
     if not settings.path.startswith("/"):
         raise ConfigError(f"path must start with '/': {settings.path!r}")
     if settings.jwt_secret is not None and not settings.jwt_secret.strip():
@@ -277,7 +289,8 @@ def check(settings: Settings) -> None:
     if settings.log_format not in ("json", "text"):
         raise ConfigError(f"log_format must be json or text, not {settings.log_format!r}")
     for name in ("port", "max_message_size", "max_publish_size", "max_connections", "max_subscriptions",
-                 "queue_messages", "queue_bytes", "journal_max_count", "max_http_connections", "max_body_bytes",
+                 "queue_messages", "queue_bytes", "journal_max_count", "journal_max_bytes",
+                 "journal_max_total_bytes", "max_http_connections", "max_body_bytes",
                  "max_outbound_bytes", "max_scope_conditions", "max_scope_path_depth", "max_scope_in_values",
                  "max_scope_value_length", "max_catalog_depth", "max_catalog_fields"):
         if getattr(settings, name) < (0 if name in ("port", "journal_max_count") else 1):

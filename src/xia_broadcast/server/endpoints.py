@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -71,7 +71,8 @@ class Auth(enum.Enum):
     PUBLISHER = "publisher"
 
 
-Handler = Callable[[Service, HttpRequest], HttpResponse]
+#: an endpoint's handler: the response, or an awaitable of it (a publish through an asynchronous backend)
+Handler = Callable[[Service, HttpRequest], HttpResponse | Awaitable[HttpResponse]]
 
 
 @dataclass(frozen=True)
@@ -192,12 +193,21 @@ def metrics(service: Service, _: HttpRequest) -> HttpResponse:
     return HttpResponse(200, service.metrics_text(), METRICS_CONTENT_TYPE)
 
 
-def publish(service: Service, request: HttpRequest) -> HttpResponse:
+def publish(service: Service, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
     try:
         seqs = service.publish_http(request.headers, request.body)
     except PublishError as exc:
         return HttpResponse.of(exc)
-    return HttpResponse.json({"seqs": seqs})
+    if isinstance(seqs, list):
+        return HttpResponse.json({"seqs": seqs})
+    return _published(seqs)
+
+
+async def _published(seqs: Awaitable[list[str]]) -> HttpResponse:
+    try:
+        return HttpResponse.json({"seqs": await seqs})
+    except PublishError as exc:
+        return HttpResponse.of(exc)
 
 
 def upgrade_required(_: Service, __: HttpRequest) -> HttpResponse:

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import h11
@@ -92,6 +94,8 @@ class HttpConnection(asyncio.Protocol):
         self.reserved = 0
         self.timer: asyncio.TimerHandle | None = None
         self.peer = ""
+        #: the answer being awaited (a publish through an asynchronous backend)
+        self._pending: asyncio.Task[HttpResponse] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------
 
@@ -236,10 +240,37 @@ class HttpConnection(asyncio.Protocol):
         self.body.clear()
         self._release()
         try:
-            response = endpoint.handler(self.service, request)
+            answer = endpoint.handler(self.service, request)
+        except Exception:
+            log.exception("HTTP request failed unexpectedly")
+            answer, close = HttpResponse.error(500, "internal", "internal error"), True
+        if not isinstance(answer, HttpResponse):
+            # answered when the backend has it; nothing more is read from this socket meanwhile
+            if self.transport is not None:
+                self.transport.pause_reading()
+            task = asyncio.get_running_loop().create_task(_awaited(answer))
+            task.add_done_callback(functools.partial(self._answered, endpoint, close))
+            self._pending = task
+            return
+        self._finish(endpoint, answer, close)
+
+    def _answered(self, endpoint: Endpoint, close: bool, task: asyncio.Task[HttpResponse]) -> None:
+        self._pending = None
+        if self.transport is None or self.state is RequestState.DONE:
+            return
+        try:
+            response = task.result()
+        except asyncio.CancelledError:
+            return
         except Exception:
             log.exception("HTTP request failed unexpectedly")
             response, close = HttpResponse.error(500, "internal", "internal error"), True
+        self._finish(endpoint, response, close)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+            self._process()  # a request pipelined behind this one
+
+    def _finish(self, endpoint: Endpoint, response: HttpResponse, close: bool) -> None:
         if endpoint.reads_body:
             # the whole request is fanned out: write it now, one write per socket, before answering
             self.server.broadcaster.flush_pending()
@@ -310,6 +341,9 @@ class HttpConnection(asyncio.Protocol):
 
     def _close(self) -> None:
         self.state = RequestState.DONE
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
         self._leave()
         if self.transport is not None:
             self.transport.close()
@@ -346,3 +380,7 @@ class HttpConnection(asyncio.Protocol):
         """The request took longer than ``handshake_timeout``, or the connection idled too long: close."""
         self.timer = None
         self._close()
+
+
+async def _awaited(answer: Awaitable[HttpResponse]) -> HttpResponse:
+    return await answer

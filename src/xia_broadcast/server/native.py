@@ -109,7 +109,7 @@ class NativeServer:
         self.port = sock.getsockname()[1]
         self._accepting = True
         loop.add_reader(sock.fileno(), self._accept)
-        self.service.started = True
+        await self.service.start()
         self._keepalive = loop.create_task(self._keepalive_loop())
 
     def _fit_fd_limit(self) -> None:
@@ -222,6 +222,7 @@ class NativeServer:
         for sock in list(self.sockets):
             if sock.transport is not None:
                 sock.transport.abort()
+        await self.service.stop()
 
     @property
     def url(self) -> str:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
 
 from ..broadcast import Broadcaster
+from ..core.change import Change
 from ..core.protocol import (
     CLOSE_AUTH_FAILED,
     CLOSE_NO_CLASS,
@@ -29,7 +30,7 @@ from ..core.schema import DocSchema
 from ..errors import DocumentError, HttpError, SubscriptionError
 from ..fanout import encode_json
 from ..hub import Hub, HubSettings
-from ..journal import MemoryJournal
+from ..journal import Backend, BackendUnavailable, MemoryBackend
 from .auth import Authenticator, AuthError, Principal
 from .config import Settings
 from .metrics import Metrics
@@ -83,7 +84,7 @@ class Service:
             broadcaster.register_class(schema)
         #: this service's own Hub, made from its settings (never one made earlier from class defaults)
         self.hub = broadcaster.use_hub(Hub(
-            MemoryJournal.starting_now(settings.journal_max_count, settings.journal_max_age),
+            make_backend(settings),
             HubSettings(queue_messages=settings.queue_messages, queue_bytes=settings.queue_bytes,
                         max_tracked_ids=settings.max_tracked_ids, limits=settings.subscription_limits())))
         self.auth = Authenticator(settings)
@@ -92,6 +93,14 @@ class Service:
         self.refusals = 0
         self.shutting_down = False
         self.started = False
+
+    async def start(self) -> None:
+        """Start the Hub's backend (Redis: connect and tail; it keeps retrying while Redis is down)."""
+        await self.hub.start()
+        self.started = True
+
+    async def stop(self) -> None:
+        await self.hub.close()
 
     # -- subscribers --------------------------------------------------------------------------------------
 
@@ -119,12 +128,14 @@ class Service:
         notes: list[bytes] = []
         try:
             for c in known:
+                await self.hub.watch(c)
                 params = await self.broadcaster.subscribe(
                     websocket, c, **handshake.requests[c], acl=principal.acl, user_name=principal.user_name,
                     start_time=start_time, control=handshake.control, exits=handshake.exits,
                     strict=handshake.strict, hidden_allowed=hidden_allowed)
                 subscribed[c] = {k: v for k, v in params.items() if k not in _OPTION_KWARGS}
                 subscribed[c]["head_seq"] = self.hub.head(c)
+                subscribed[c]["epoch"] = self.hub.epoch(c)
                 if handshake.control and principal.acl is not None and \
                         not acl_may_read_class(principal.acl.content, c):
                     notes.append(encode_json({"_control": "acl_reads_nothing", "class": c}))
@@ -188,11 +199,13 @@ class Service:
 
     # -- publishers ---------------------------------------------------------------------------------------
 
-    def publish_http(self, headers: Mapping[str, Any], body: bytes) -> list[str]:
-        """Apply a ``POST /publish`` body (one change or ``{"changes": [...]}``); returns the seqs.
+    def publish_http(self, headers: Mapping[str, Any], body: bytes) -> list[str] | Awaitable[list[str]]:
+        """Apply a ``POST /publish`` body (one change or ``{"changes": [...]}``); returns the seqs, or, with
+        a backend that publishes asynchronously (Redis), an awaitable of them.
 
-        Every change is checked before any is applied, so a refused batch applies nothing.
-        Raises :class:`PublishError`.
+        Every change is checked before any is applied, so a refused batch applies nothing (with Redis, a
+        batch is appended change by change: a failure part-way answers 503 naming how many were applied).
+        Raises :class:`PublishError` (503 ``unavailable`` when the backend cannot be reached).
         """
         try:
             self.auth.publisher(headers)
@@ -211,8 +224,21 @@ class Service:
         else:
             changes = [obj]
         checked = [self._check_change(i, c) for i, c in enumerate(changes)]
-        return [self.broadcaster.publish_checked(schema, cls, op, doc, previous=prev)
-                for schema, cls, op, doc, prev in checked]
+        if self.hub.synchronous:
+            return [self.broadcaster.publish_checked(schema, cls, op, doc, previous=prev)
+                    for schema, cls, op, doc, prev in checked]
+        return self._publish_async(checked)
+
+    async def _publish_async(self, checked: list[tuple[DocSchema | None, str, str, dict[str, Any],
+                                                        dict[str, Any] | None]]) -> list[str]:
+        seqs: list[str] = []
+        for schema, cls, op, doc, prev in checked:
+            try:
+                seqs.append(await self.hub.publish(Change(cls, op, "", doc, schema, prev=prev)))
+            except BackendUnavailable as exc:
+                raise PublishError(503, "unavailable", f"journal unavailable after {len(seqs)} of "
+                                                       f"{len(checked)} changes: {exc}") from exc
+        return seqs
 
     def _check_change(self, index: int, change: Any) -> tuple[DocSchema | None, str, str, dict[str, Any],
                                                                dict[str, Any] | None]:
@@ -235,7 +261,8 @@ class Service:
     # -- operations ---------------------------------------------------------------------------------------
 
     def ready(self) -> bool:
-        return self.started and not self.shutting_down
+        """Serving: started, not shutting down, and the journal backend reachable."""
+        return self.started and not self.shutting_down and self.hub.ready
 
     def health(self) -> dict[str, Any]:
         engine = self.hub
@@ -244,3 +271,13 @@ class Service:
 
     def metrics_text(self) -> bytes:
         return self.metrics.render()
+
+
+def make_backend(settings: Settings) -> Backend:
+    """The journal backend the settings name: Redis Streams with ``redis_url``, else the memory one."""
+    if settings.redis_url:
+        from ..journal.redis import RedisBackend
+        return RedisBackend(settings.redis_url, prefix=settings.redis_prefix, max_count=settings.journal_max_count,
+                            max_age=settings.journal_max_age)
+    return MemoryBackend(max_count=settings.journal_max_count, max_age=settings.journal_max_age,
+                         max_bytes=settings.journal_max_bytes, max_total_bytes=settings.journal_max_total_bytes)
