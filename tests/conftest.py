@@ -28,6 +28,8 @@ import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+# Redis for the tests that need it (cluster mode): defined with the journal contract, shared by every test
+from journal_contract.journal_helpers import own_redis, redis_url  # noqa: F401
 from xia_broadcast.client import Backoff
 from xia_broadcast.core.schema import DocSchema
 from xia_broadcast.server.asgi import create_app

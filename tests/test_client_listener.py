@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ import jwt
 import pytest
 
 from conftest import RECV_TIMEOUT, ServerFactory, TcpProxy, fast_backoff, free_port, order
+from journal_contract.journal_helpers import delete_prefix
 from xia_broadcast.client import (
     Connected,
     DocumentMessage,
@@ -244,12 +246,30 @@ async def test_server_restart_reports_history_gone_and_the_caller_reloads(
     assert local == expected
 
 
-@pytest.mark.skip(reason="cluster mode (the Redis journal) is not built yet: a restarted node must resume from "
-                         "the Redis stream with nothing lost within retention; write this test with it")
-async def test_server_restart_with_the_redis_journal_resumes_without_loss() -> None:
-    """To be written with cluster mode: a listener on a node whose journal is a Redis Stream; the node
-    restarts; the listener resumes after its last seq and receives every change published meanwhile, with no
-    history_gone."""
+async def test_server_restart_with_the_redis_journal_resumes_without_loss(
+        make_server: ServerFactory, collect: Callable[..., Collector], redis_url: str) -> None:
+    """A listener on a node whose journal is a Redis Stream: the node restarts while another node keeps
+    publishing; the listener resumes after its last seq and gets every change, with no history_gone."""
+    prefix = f"xia-test:{uuid.uuid4().hex[:12]}:"
+    port = free_port()
+    cluster = {"redis_url": redis_url, "redis_prefix": prefix}
+    node = await make_server(port=port, **cluster)
+    other = await make_server(**cluster)  # a second node that publishes throughout
+    try:
+        c = collect(listener(f"ws://127.0.0.1:{port}/ws", {"Order": {}}))
+        await c.wait_for(lambda: bool(c.of(Connected)))
+        seqs = [await other.broadcaster.publish_async("Order", "I", order(i)) for i in range(5)]
+        await c.wait_for(lambda: len(c.of(DocumentMessage)) == 5)
+        await node.shutdown()
+        seqs += [await other.broadcaster.publish_async("Order", "I", order(i)) for i in range(5, 10)]
+        await make_server(port=port, **cluster)  # the node is back; its journal is the same stream
+        await c.wait_for(lambda: len(c.of(DocumentMessage)) == 10)
+        seqs.append(await other.broadcaster.publish_async("Order", "I", order(10)))
+        await c.wait_for(lambda: len(c.of(DocumentMessage)) == 11)
+        assert [m.seq for m in c.of(DocumentMessage)] == seqs  # nothing lost, nothing repeated
+        assert not c.of(HistoryGone) and len(c.of(Connected)) == 2
+    finally:
+        await delete_prefix(redis_url, prefix)
 
 
 @pytest.mark.parametrize(("request_", "settings", "code"), [

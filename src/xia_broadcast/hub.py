@@ -127,6 +127,8 @@ class Hub:
         self.schemas: Mapping[str, DocSchema] = schemas if schemas is not None else {}
         #: the position after which every change of a class reaches this Hub (classes it watches)
         self._watching: dict[str, Position] = {}
+        #: the epoch of the last change delivered per class (it changes when the store starts again empty)
+        self._epochs: dict[str, str] = {}
         self._started = False
         if isinstance(backend, MemoryBackend):  # nothing to connect to: usable at once, also without a loop
             backend.bind(self.handle_change)
@@ -197,6 +199,9 @@ class Hub:
 
     def epoch(self, class_name: str) -> str:
         """The epoch of the class's journal as this Hub knows it ("" before it watched the class)."""
+        epoch = self._epochs.get(class_name)
+        if epoch:
+            return epoch
         pos = self._watching.get(class_name)
         return pos.epoch if pos is not None else ""
 
@@ -373,6 +378,8 @@ class Hub:
         state, remember its version, fan it out."""
         if change.schema is None:
             change.schema = self.schemas.get(change.class_name)
+        if change.epoch:
+            self._epochs[change.class_name] = change.epoch
         if change.data is not None:
             versions = self._versions.get(change.class_name)
             if versions is None:

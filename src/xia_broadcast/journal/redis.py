@@ -394,6 +394,9 @@ class RedisBackend(Backend):
                 reply: Any = await self._tail_redis.xread(streams, count=self.read_count, block=self.block_ms)
                 if not self.ready:
                     log.info("tailing Redis at %s (%d classes)", self.url, len(classes))
+                    # idle pooled connections may predate a restart of Redis: drop them, so that the first
+                    # publish after it does not fail on a connection the old server closed
+                    await self._redis.connection_pool.disconnect(inuse_connections=False)
                 self.ready = not self._closed
                 delay = self.backoff_min
                 for key, entries in reply or ():

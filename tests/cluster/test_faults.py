@@ -1,0 +1,88 @@
+"""Cluster mode when Redis fails: each test runs its own ``redis-server`` (append-only) and stops,
+restarts or empties it under a running node."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from typing import Any
+
+import httpx
+
+from conftest import CLASSES, order, read_until_closed, recv_json, subscribe
+from journal_contract.journal_helpers import RedisServer
+
+
+async def wait_ready(http: httpx.AsyncClient, base: str, ready: bool, timeout: float = 20.0) -> None:
+    """Poll /readyz until it says ``ready`` (the node's own view of Redis)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = await http.get(f"{base}/readyz")
+        if (r.status_code == 200) is ready:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"/readyz did not become {'ready' if ready else 'not ready'} in {timeout}s")
+
+
+async def publish(http: httpx.AsyncClient, base: str, i: int) -> httpx.Response:
+    return await http.post(f"{base}/publish", json={"class": "Order", "op": "I", "doc": order(i)})
+
+
+async def test_a_restart_of_redis_loses_nothing_and_readyz_and_publish_say_so(make_server, own_redis) -> None:
+    server = await make_server(redis_url=own_redis.url, classes=dict(CLASSES))
+    base = f"http://127.0.0.1:{server.port}"
+    ws, _ = await subscribe(server.url, {"Order": {}})
+    async with httpx.AsyncClient(trust_env=False, timeout=5) as http:
+        await wait_ready(http, base, True)
+        seqs = [(await publish(http, base, i)).json()["seqs"][0] for i in range(10)]
+        assert [(await recv_json(ws))["seq"] for _ in range(10)] == seqs
+        own_redis.stop()
+        await wait_ready(http, base, False)
+        down = await publish(http, base, 99)
+        assert down.status_code == 503 and down.json()["error"] == "unavailable"  # loudly, never silently
+        own_redis.start()  # the same append-only file: everything within retention is back
+        await wait_ready(http, base, True)
+        seqs += [(await publish(http, base, i)).json()["seqs"][0] for i in range(10, 20)]
+    assert [(await recv_json(ws))["seq"] for _ in range(10)] == seqs[10:]
+    await ws.close()
+
+
+async def test_redis_back_empty_tells_resuming_clients_history_is_gone(make_server, own_redis: RedisServer) -> None:
+    server = await make_server(redis_url=own_redis.url, classes=dict(CLASSES))
+    base = f"http://127.0.0.1:{server.port}"
+    async with httpx.AsyncClient(trust_env=False, timeout=5) as http:
+        await wait_ready(http, base, True)
+        ws, confirmation = await subscribe(server.url, {"Order": {}})
+        seqs = [(await publish(http, base, i)).json()["seqs"][0] for i in range(5)]
+        assert [(await recv_json(ws))["seq"] for _ in range(5)] == seqs
+        await ws.close()
+        own_redis.stop()
+        shutil.rmtree(own_redis.directory)  # Redis comes back with nothing: a new epoch
+        own_redis.start()
+        await wait_ready(http, base, True)
+        r = await publish(http, base, 50)
+        assert r.status_code == 200, r.text
+        later = r.json()["seqs"][0]
+        resume: dict[str, Any] = {"after_seq": seqs[-1], "epoch": confirmation["Order"]["epoch"]}
+        control, _ = await subscribe(server.url, {"Order": resume, "_options": {"control": True}})
+        gone = await recv_json(control)
+        assert gone["_control"] == "history_gone" and gone["seq"] == seqs[-1]
+        plain, _ = await subscribe(server.url, {"Order": {"after_seq": seqs[-1]}})  # no epoch: the seq tells
+        _, code, reason = await read_until_closed(plain)
+        assert code == 4410 and "history gone" in reason
+        newer = (await publish(http, base, 51)).json()["seqs"][0]
+        assert (await recv_json(control))["seq"] == newer  # the control client goes on live
+        assert later < newer
+        await control.close()
+
+
+async def test_a_node_started_while_redis_is_down_becomes_ready_when_it_comes(make_server, own_redis) -> None:
+    own_redis.stop()
+    server = await make_server(redis_url=own_redis.url, classes=dict(CLASSES))
+    base = f"http://127.0.0.1:{server.port}"
+    async with httpx.AsyncClient(trust_env=False, timeout=5) as http:
+        assert (await http.get(f"{base}/readyz")).status_code == 503
+        own_redis.start()
+        await wait_ready(http, base, True)
+        assert (await publish(http, base, 1)).status_code == 200
