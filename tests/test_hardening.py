@@ -333,3 +333,22 @@ def test_direct_messages_a_client_provokes_without_reading_are_bounded() -> None
         if cut:
             break
     assert cut == ["too slow: does not read the messages it asks for"] and ws not in engine.connections
+
+
+async def test_members_of_one_view_catching_up_together_share_each_encoding() -> None:
+    signals = Signals()
+    hub = hub_with(signals)
+    for i in range(200):
+        hub.publish_nowait(Change("Doc", "I", "", {"_id": f"d{i}", "i": i}))
+    first = hub.journal.oldest("Doc")
+    before = hub.stats.encodings
+    sockets = [object() for _ in range(50)]
+    for ws in sockets:  # 50 subscribers of one view resume from the same position
+        hub.subscribe(ws, "Doc", {"from_seq": first}, None)
+    for _ in range(10_000):  # let the replay tasks run (no transport takes the queues: they stay queued)
+        if all(not hub.connections[ws].replaying for ws in sockets):
+            break
+        await asyncio.sleep(0)
+    assert all(len(hub.connections[ws].queue) == 200 for ws in sockets)
+    assert hub.stats.encodings - before == 200  # once per change, not once per change and subscriber
+    assert [orjson.loads(o.data)["message"]["i"] for o in hub.connections[sockets[-1]].queue] == list(range(200))
