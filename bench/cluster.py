@@ -33,6 +33,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from xia_broadcast.journal.redis import delete_prefix
+
 from .harness import (
     BENCH_DIR,
     SERVER_CPU,
@@ -94,18 +96,6 @@ def run(nodes: list[ClusterNode], connections: int, profile: FixedRate | FullSpe
     }
 
 
-async def delete_keys(url: str, prefix: str) -> None:
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(url)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=1000)
@@ -137,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark failed: {exc} (logs in {log_dir})", file=sys.stderr)
         return 1
     finally:
-        asyncio.run(delete_keys(url, prefix))
+        asyncio.run(delete_prefix(url, prefix))
     print("\n| layout | run | clients | deliveries (expected) | deliveries/s | p50 ms | p99 ms | reordered |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:

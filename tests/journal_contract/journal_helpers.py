@@ -25,6 +25,7 @@ import pytest
 
 from xia_broadcast.core.change import Change
 from xia_broadcast.journal import Backend, MemoryBackend
+from xia_broadcast.journal.redis import delete_prefix
 
 #: seconds any wait in these tests may take before the test fails
 WAIT = 5.0
@@ -141,18 +142,6 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
-
-
-async def delete_prefix(url: str, prefix: str) -> None:
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(url)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 class MakeBackend:

@@ -457,6 +457,19 @@ class RedisBackend(Backend):
                     log.exception("%s: on_change failed for seq %s", class_name, change.seq)
 
 
+async def delete_prefix(url: str, prefix: str) -> int:
+    """Delete every key under ``prefix`` in the Redis at ``url`` (a deployment's streams, epochs and wake
+    keys: retiring it, or cleaning up after tests and benchmarks). Returns how many keys were deleted."""
+    client = _import_redis().Redis.from_url(url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        return len(keys)
+    finally:
+        await client.aclose()
+
+
 def _redis_errors() -> tuple[type[BaseException], ...]:
     """The errors that mean "Redis cannot be reached" (BusyLoadingError, Redis loading its data, is one)."""
     from redis.exceptions import ConnectionError, TimeoutError
