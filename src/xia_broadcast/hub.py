@@ -502,8 +502,10 @@ class Hub:
         conn = member.connection
         member.replaying = False
         conn.replaying -= 1
-        if member.cursor is not None and member.cursor + "\0" > member.start_seq:
-            member.start_seq = member.cursor + "\0"  # what the replay gave is never delivered again
+        if not self.synchronous and member.cursor is not None and member.cursor + "\0" > member.start_seq:
+            # an asynchronous read may have reached past what this Hub delivered so far: what the replay
+            # gave is never delivered again (a synchronous read ends exactly at the last change delivered)
+            member.start_seq = member.cursor + "\0"
         if conn.control and member.asked:
             self._queue(conn, control_message("replay_done", **{"class": member.class_name,
                                                                 "seq": self.head(member.class_name)}))
