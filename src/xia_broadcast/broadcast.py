@@ -117,7 +117,7 @@ class Broadcaster:
     def make_backend(cls) -> Backend:
         """The journal backend of this class's Hub (override to use another one, e.g. Redis Streams)."""
         return MemoryBackend(max_count=cls.journal_max_count, max_age=cls.journal_max_age,
-                             complete=not cls.journal_epoch_now)
+                             complete=not cls.journal_epoch_now, accept_out_of_order=True)
 
     @classmethod
     def journal(cls) -> MemoryJournal:

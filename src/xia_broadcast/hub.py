@@ -403,8 +403,9 @@ class Hub:
         stats = self.stats
         stats.changes += 1
         seq, class_name = change.seq, change.class_name
-        if seq > self.delivered.get(class_name, ""):
-            self.delivered[class_name] = seq
+        place = change.place
+        if place > self.delivered.get(class_name, ""):
+            self.delivered[class_name] = place
         views = self.channels.get(class_name)
         if not views:
             return 0
@@ -462,7 +463,7 @@ class Hub:
             if member.replaying:
                 continue
             if member.class_name == change.class_name:
-                self._start_replay(member, change.seq, inclusive=True, lagging=True)
+                self._start_replay(member, change.place, inclusive=True, lagging=True)
             else:
                 self._start_replay(member, self.head(member.class_name), inclusive=False, lagging=True)
 
@@ -546,7 +547,7 @@ class Hub:
                     if conn.queue and conn.queued_bytes >= conn.max_bytes:
                         break  # the rest when the transport has taken the queue (never a spin)
                     done += 1
-                    member.cursor, member.inclusive = change.seq, False
+                    member.cursor, member.inclusive = change.place, False
                     if change.seq < member.start_seq:
                         continue
                     if change.schema is None:
@@ -573,7 +574,7 @@ class Hub:
     def _replayed(self, view: View, change: Change) -> tuple[Outgoing, bool] | None:
         """The encoded message a view's members get for a replayed change (shared by them: cached)."""
         cache = view.replay_cache
-        key = change.seq
+        key = change.place
         if key in cache:
             return cache[key]
         result: tuple[Outgoing, bool] | None = None

@@ -45,8 +45,16 @@ class Change:
     #: the epoch of the journal that assigned ``seq`` ("" before it was journaled by a backend); with
     #: ``seq`` it is the change's position (see ``journal.base.Position``)
     epoch: str = ""
+    #: the change's place in the journal when it differs from ``seq`` ("" otherwise): a seq chosen by the
+    #: caller that is not after the last of its class is journaled after it, at ``<last>~``
+    pos: str = ""
     #: cache of :meth:`encoded_size` (not part of the change's value)
     _size: int | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def place(self) -> str:
+        """Where the change stands in its journal: ``pos``, else ``seq``."""
+        return self.pos or self.seq
 
     @property
     def subjects(self) -> tuple[str, ...]:

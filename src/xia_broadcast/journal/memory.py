@@ -95,8 +95,11 @@ class MemoryJournal(Journal):
     def __init__(self, max_count: int = DEFAULT_MAX_COUNT, max_age: float = DEFAULT_MAX_AGE,
                  epoch_seq: str | None = None, *, max_bytes: float = DEFAULT_MAX_BYTES,
                  max_total_bytes: float = DEFAULT_MAX_TOTAL_BYTES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, accept_out_of_order: bool = False) -> None:
         self.max_count = max_count
+        #: a seq chosen by the caller that is not after the last of its class is journaled after it (at
+        #: ``<last>~``, the change keeping its seq) instead of refused with :class:`SeqOrderError`
+        self.accept_out_of_order = accept_out_of_order
         self.max_age = max_age
         self.max_bytes = max_bytes
         self.max_total_bytes = max_total_bytes
@@ -120,16 +123,23 @@ class MemoryJournal(Journal):
         log = self._logs.get(change.class_name)
         if log is None:
             log = self._logs[change.class_name] = _ClassLog(self._epoch_ms)
+        chosen = bool(change.seq)
         seq = change.seq or log.clock.next()
-        if log.seqs and seq <= log.seqs[-1]:
-            raise SeqOrderError(f"{change.class_name}: seq {seq!r} is not after {log.seqs[-1]!r}")
-        if self.epoch_seq is not None and seq < self.epoch_seq:
-            raise SeqOrderError(f"{change.class_name}: seq {seq!r} is before the journal's epoch "
-                                f"{self.epoch_seq!r}")
+        pos = seq
+        last = log.seqs[-1] if log.seqs else None
+        if (last is not None and seq <= last) or (self.epoch_seq is not None and seq < self.epoch_seq):
+            if not (chosen and self.accept_out_of_order):
+                if last is not None and seq <= last:
+                    raise SeqOrderError(f"{change.class_name}: seq {seq!r} is not after {last!r}")
+                raise SeqOrderError(f"{change.class_name}: seq {seq!r} is before the journal's epoch "
+                                    f"{self.epoch_seq!r}")
+            # the caller's seq stays the message's; the journal keeps the change after its last one
+            pos = max(last or "", self.epoch_seq or "") + "~"
         size = change.encoded_size()
         change.seq = seq
+        change.pos = "" if pos == seq else pos
         now = self._clock()
-        log.seqs.append(change.seq)
+        log.seqs.append(pos)
         log.changes.append(change)
         log.times.append(now)
         log.sizes.append(size)
@@ -206,15 +216,16 @@ class MemoryBackend(Backend):
     def __init__(self, *, max_count: int = DEFAULT_MAX_COUNT, max_age: float = DEFAULT_MAX_AGE,
                  max_bytes: float = DEFAULT_MAX_BYTES, max_total_bytes: float = DEFAULT_MAX_TOTAL_BYTES,
                  clock: Callable[[], float] = time.monotonic, journal: MemoryJournal | None = None,
-                 complete: bool = False) -> None:
+                 complete: bool = False, accept_out_of_order: bool = False) -> None:
         """``journal``: an existing journal to serve (its own retention applies). ``complete``: the journal
         is taken as complete from its first change (a library that chooses its own seqs); by default it
-        knows nothing from before it was made, and positions from before that are history gone."""
+        knows nothing from before it was made, and positions from before that are history gone.
+        ``accept_out_of_order``: see :class:`MemoryJournal` (the original API lets callers choose seqs)."""
         start_ms = time.time_ns() // 1_000_000
         #: the synchronous journal holding the changes (readable directly)
         self.journal = journal if journal is not None else MemoryJournal(
             max_count, max_age, None if complete else format_seq(start_ms, 0), max_bytes=max_bytes,
-            max_total_bytes=max_total_bytes, clock=clock)
+            max_total_bytes=max_total_bytes, clock=clock, accept_out_of_order=accept_out_of_order)
         self._epoch = f"{start_ms:013d}-{secrets.token_hex(4)}"
         self._on_change: OnChange | None = None
         self._closed = False

@@ -280,4 +280,5 @@ def make_backend(settings: Settings) -> Backend:
         return RedisBackend(settings.redis_url, prefix=settings.redis_prefix, max_count=settings.journal_max_count,
                             max_age=settings.journal_max_age)
     return MemoryBackend(max_count=settings.journal_max_count, max_age=settings.journal_max_age,
-                         max_bytes=settings.journal_max_bytes, max_total_bytes=settings.journal_max_total_bytes)
+                         max_bytes=settings.journal_max_bytes, max_total_bytes=settings.journal_max_total_bytes,
+                         accept_out_of_order=True)
