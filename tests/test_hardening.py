@@ -15,6 +15,7 @@ from pydantic.alias_generators import to_camel
 
 from xia_broadcast import Broadcaster, Document, field
 from xia_broadcast.core.change import Change
+from xia_broadcast.errors import HiddenFieldError, SubscriptionError
 from xia_broadcast.hub import Hub, HubSettings
 from xia_broadcast.journal import MemoryJournal
 from xia_broadcast.server.config import ConfigError, Settings, load_settings
@@ -373,3 +374,98 @@ async def test_caller_chosen_seqs_out_of_order_reach_lagging_subscribers_too() -
     assert Small.hub().stats.lags >= 1, "the queue never overflowed: the test proves nothing"
     assert await Small.flush()
     assert Small.got == seqs  # every change, once, in publish order (before: 0004 was lost)
+
+
+# -- what a review found ----------------------------------------------------------------------------------
+
+
+async def test_a_refused_subscription_leaves_no_view_behind() -> None:
+    hub = Hub()
+    for i in range(50):  # each refused after its scope compiled (the epoch is not a string)
+        with pytest.raises(SubscriptionError):
+            hub.subscribe(object(), "Doc", {"data_scope": [{"fn": "n", "op": "==", "val": i}], "epoch": 5}, None)
+    assert hub.view_count() == 0
+    hub.publish_nowait(Change("Doc", "I", "", {"_id": "d", "n": 1}))
+    assert hub.stats.encodings == 0
+
+
+async def test_replay_encodings_are_dropped_once_the_view_is_live_and_bounded_by_bytes() -> None:
+    signals = Signals()
+    hub = hub_with(signals, queue_bytes=64 * 1024, queue_messages=10_000)
+    for i in range(100):
+        hub.publish_nowait(Change("Doc", "I", "", {"_id": f"d{i}", "pad": "x" * 2000}))
+    ws = object()
+    hub.subscribe(ws, "Doc", {"from_seq": hub.journal.oldest("Doc")}, None)
+    conn = hub.connections[ws]
+    view = conn.members["Doc"].view
+    for _ in range(200):  # the transport takes what is queued until the member is live
+        await signals.next_ready()
+        assert view.replay_cache_bytes <= 64 * 1024 + 4096
+        conn.take()
+        conn.scheduled = False
+        if not conn.replaying:
+            break
+    assert not conn.replaying and view.replay_cache == {} and view.replay_cache_bytes == 0
+
+
+async def test_a_position_of_another_epoch_is_checked_once_not_at_every_later_lag() -> None:
+    signals = Signals()
+    hub = hub_with(signals, queue_messages=3)
+    first = hub.publish_nowait(Change("A", "I", "", {"_id": "x0"}))
+    ws = object()
+    hub.subscribe(ws, "A", {"after_seq": first, "epoch": "0000000000000-deadbeef"}, None, control=True)
+    await signals.next_ready()
+    conn = hub.connections[ws]
+    assert [orjson.loads(o.data)["_control"] for o in conn.take()] == ["history_gone"]
+    conn.scheduled = False
+    seqs = [hub.publish_nowait(Change("A", "I", "", {"_id": f"x{i}"})) for i in range(1, 8)]  # it lags
+    got: list[Any] = []
+    for _ in range(20):
+        got += [orjson.loads(o.data) for o in conn.take()]
+        conn.scheduled = False
+        if not conn.replaying and not conn.queue:
+            break
+        await signals.next_ready()
+    assert [m["seq"] for m in got if "doc_class" in m] == seqs  # from the journal: nothing lost
+    assert "history_gone" not in [m.get("_control") for m in got]
+
+
+async def test_a_published_object_is_journaled_as_it_was_when_published() -> None:
+    class Small(Broadcaster):
+        max_queue_messages = 1
+        got: ClassVar[list[str]] = []
+
+        @classmethod
+        async def send_message_async(cls, websocket: Any, message: str) -> None:
+            cls.got.append(json.loads(message)["message"]["status"])
+
+    class Mutable:
+        def __init__(self) -> None:
+            self.status = "new"
+
+        def check_scope(self, data_scope: Any) -> None:
+            pass
+
+        def get_display_data(self, catalog: Any = None, show_hidden: bool = False, **_: Any) -> dict[str, Any]:
+            return {"_id": "m", "status": self.status}
+
+        def check_acl(self, acl: Any, act: str = "read", doc: Any = None, raise_error: bool = True) -> bool:
+            return True
+
+    Small.got = []
+    await Small.subscribe("w", "Mutable")
+    doc = Mutable()
+    for status in ("new", "paid", "shipped"):  # the same object, changed and published again
+        doc.status = status
+        await Small.document_sent_async(doc, "U", "")
+    assert Small.hub().stats.lags >= 1, "the queue never overflowed: the test proves nothing"
+    assert await Small.flush()
+    assert Small.got == ["new", "paid", "shipped"]
+
+
+async def test_without_a_schema_a_scope_needs_permission_to_see_hidden_fields() -> None:
+    hub = Hub()
+    with pytest.raises(HiddenFieldError, match="no schema is known"):
+        hub.subscribe(object(), "Free", {"data_scope": [{"fn": "margin", "op": "==", "val": 0.42}]}, None,
+                      hidden_allowed=False)
+    hub.subscribe(object(), "Free", {}, None, hidden_allowed=False)  # no scope: nothing to ask

@@ -406,3 +406,15 @@ def test_a_scope_naming_a_hidden_field_needs_permission() -> None:
         assert info.value.code == 4403
         assert compile_scope([{"fn": fn, "op": ">", "val": 0}], HIDDEN_ORDER, hidden_allowed=True)
     assert compile_scope([{"fn": "total", "op": ">", "val": 0}], HIDDEN_ORDER, hidden_allowed=False)
+
+
+def test_comparing_a_whole_embedded_document_with_hidden_fields_needs_permission() -> None:
+    """``customer == {...}`` would match only when the guess of its hidden field is right."""
+    for fn, val in [("customer", {"name": "Bob", "secret": "1234"}), ("customer", {"name": "Bob"}),
+                    ("lines", [{"sku": "a", "cost": 7}])]:
+        for op in ("==", "!="):
+            with pytest.raises(HiddenFieldError, match="comparing it whole"):
+                compile_scope([{"fn": fn, "op": op, "val": val}], HIDDEN_ORDER, hidden_allowed=False)
+            assert compile_scope([{"fn": fn, "op": op, "val": val}], HIDDEN_ORDER, hidden_allowed=True)
+    # a field without hidden fields below it may be compared whole by anyone
+    assert compile_scope([{"fn": "tags", "op": "==", "val": ["a"]}], ORDER, hidden_allowed=False)

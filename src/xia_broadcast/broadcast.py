@@ -23,6 +23,7 @@ fell behind the journal's retention is told so with close code 4409 (``docs/prot
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -335,13 +336,21 @@ class Broadcaster:
 
     @classmethod
     def _change_of(cls, doc: Any, op: str, seq: str) -> Change:
+        """The change of a published document object. What is journaled is a copy taken now: an application
+        that changes the same object and publishes it again does not change what was published before
+        (replays and lagging subscribers get each state as it was)."""
         class_name = type(doc).__name__
-        if isinstance(doc, Document) and type(doc).keeps_default_protocol():
-            # its data is what the compiled views read, and it gives the previous state for scope exits;
-            # broadcasters overriding the hooks still get the document object itself
-            return Change(class_name, op, seq, doc.stored_data(), doc.doc_schema(),
-                          doc=doc if cls.hub().force_slow else None)
-        return Change(class_name, op, seq, doc=doc)
+        if isinstance(doc, Document):
+            schema = doc.doc_schema()
+            # a class published with a schema is known by it: hidden fields stay hidden everywhere
+            cls.document_classes.setdefault(class_name, schema)
+            if type(doc).keeps_default_protocol():
+                # its data is what the compiled views read, and it gives the previous state for scope exits;
+                # broadcasters overriding the hooks still get the document object itself
+                return Change(class_name, op, seq, doc.stored_data(), schema,
+                              doc=doc.model_copy(deep=True) if cls.hub().force_slow else None)
+            return Change(class_name, op, seq, doc=doc.model_copy(deep=True))
+        return Change(class_name, op, seq, doc=_snapshot(doc))
 
     @classmethod
     async def close_async(cls, websocket: Any, code: int, reason: str) -> None:
@@ -418,6 +427,15 @@ class Broadcaster:
         cls._background.add(task)
         task.add_done_callback(cls._background.discard)
         return task
+
+
+def _snapshot(doc: Any) -> Any:
+    """A deep copy of a document object (the object itself when it cannot be copied)."""
+    try:
+        return copy.deepcopy(doc)
+    except Exception:
+        log.debug("%s cannot be copied: journaled by reference", type(doc).__name__)
+        return doc
 
 
 def is_out_of_scope(exc: BaseException) -> bool:

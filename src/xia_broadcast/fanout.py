@@ -188,7 +188,7 @@ class View:
     """Subscribers of one class sharing (scope, catalog, show_hidden, ACL), and what they compile to."""
 
     __slots__ = ("_projectors", "acl", "acl_param", "catalog", "class_name", "key", "members", "predicate",
-                 "replay_cache", "scope", "show_hidden")
+                 "replay_cache", "replay_cache_bytes", "replaying", "scope", "show_hidden")
 
     def __init__(self, key: ViewKey, class_name: str, scope: list[dict[str, Any]], predicate: Predicate,
                  catalog: dict[str, Any], show_hidden: bool, acl: Acl | None, acl_param: Any) -> None:
@@ -205,6 +205,9 @@ class View:
         self._projectors: dict[DocSchema | None, Projector] = {}
         #: seq -> (message, is_exit) or None, for the changes its members replayed lately (shared by them)
         self.replay_cache: dict[str, tuple[Outgoing, bool] | None] = {}
+        #: bytes of the messages in ``replay_cache``; members of the view replaying now
+        self.replay_cache_bytes = 0
+        self.replaying = 0
 
     def projector(self, schema: DocSchema | None) -> Projector:
         """The catalog compiled against ``schema`` (cached: one per schema the class is published with)."""

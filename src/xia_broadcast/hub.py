@@ -124,7 +124,7 @@ class Hub:
         self.backend: Backend = backend
         #: the document classes by name: a change that arrives without its schema (from another node, or read
         #: back from the store) is given this one, so hidden fields stay hidden
-        self.schemas: Mapping[str, DocSchema] = schemas if schemas is not None else {}
+        self.schemas: dict[str, DocSchema] = dict(schemas) if schemas is not None else {}
         #: the position after which every change of a class reaches this Hub (classes it watches)
         self._watching: dict[str, Position] = {}
         #: the epoch of the last change delivered per class (it changes when the store starts again empty)
@@ -189,6 +189,12 @@ class Hub:
             pos = self._watching.setdefault(class_name, pos)
         return pos
 
+    def _unwatch(self, class_name: str) -> None:
+        """No subscriber of the class is left here: stop receiving it (a store tails only what is read)."""
+        if self._watching.pop(class_name, None) is not None:
+            self.delivered.pop(class_name, None)
+            self.backend.unwatch(class_name)
+
     def _watch_nowait(self, class_name: str) -> None:
         if class_name in self._watching:
             return
@@ -241,6 +247,12 @@ class Hub:
         start_seq, after_seq, from_seq = positions["start_seq"], positions["after_seq"], positions["from_seq"]
         if after_seq and from_seq:
             raise SubscriptionError("give after_seq or from_seq, not both", class_name=class_name)
+        if schema is None:
+            schema = self.schemas.get(class_name)
+        if schema is None and not hidden_allowed and params.get("data_scope"):
+            # nothing tells which fields are hidden: the scope could be a question about one
+            raise HiddenFieldError("no schema is known for this class: a data scope needs permission to see "
+                                   "hidden fields (declare or register the class)", class_name=class_name)
         try:
             scope = validate_scope(params.get("data_scope"), schema, strict=strict, limits=self.limits,
                                    hidden_allowed=hidden_allowed)
@@ -249,6 +261,11 @@ class Hub:
         except SubscriptionError as exc:
             exc.class_name = class_name
             raise
+        epoch = params.get("epoch")
+        if epoch is not None and not isinstance(epoch, str):
+            raise SubscriptionError("epoch must be a string", class_name=class_name)
+        self._watch_nowait(class_name)
+        # every check is done: from here on nothing refuses, so no view is made for a refused subscription
         key = view_key(scope, catalog, show_hidden, acl, params.get("acl"))
         views = self.channels.get(class_name)
         if views is None:
@@ -258,10 +275,6 @@ class Hub:
             view = View(key, class_name, scope, compile_conditions(scope), catalog, show_hidden, acl,
                         params.get("acl"))
             views.add(key, view, equality_key(scope))
-        epoch = params.get("epoch")
-        if epoch is not None and not isinstance(epoch, str):
-            raise SubscriptionError("epoch must be a string", class_name=class_name)
-        self._watch_nowait(class_name)
         conn = self.connection(websocket)
         if control:
             conn.control = True
@@ -298,6 +311,7 @@ class Hub:
                 views.remove(view.key)
                 if not views:
                     del self.channels[view.class_name]
+                    self._unwatch(view.class_name)
 
     def remove(self, websocket: Any) -> Connection | None:
         """Forget a websocket: leave every view, drop its queue. Returns its connection, if it had one."""
@@ -354,6 +368,7 @@ class Hub:
         backend = self.backend
         if not isinstance(backend, MemoryBackend):
             raise RuntimeError("this Hub's backend publishes asynchronously: await hub.publish(change)")
+        self._learn_schema(change)
         try:
             backend.publish_nowait(change)
         except SeqOrderError as exc:
@@ -369,9 +384,16 @@ class Hub:
         cannot be reached: the change is then not published."""
         if isinstance(self.backend, MemoryBackend):
             return self.publish_nowait(change)
+        self._learn_schema(change)
         change.schema = change.schema or self.schemas.get(change.class_name)
         pos = await self.backend.publish(change)
         return pos.seq
+
+    def _learn_schema(self, change: Change) -> None:
+        """A class published with a schema is known by it from then on: changes of it that come back
+        without one (from the store, from another node) keep their hidden fields hidden."""
+        if change.schema is not None and change.class_name not in self.schemas:
+            self.schemas[change.class_name] = change.schema
 
     def handle_change(self, change: Change) -> None:
         """The one callback through which every change reaches the Hub, with its seq set: find its previous
@@ -416,6 +438,8 @@ class Hub:
         data = change.data
         candidates = views.values() if (slow is not None or data is None) else views.candidates(data, change.prev)
         for view in candidates:
+            if not view.members:
+                continue
             try:
                 result = view.evaluate(change, slow)
                 if result is None:
@@ -480,6 +504,7 @@ class Hub:
         if not member.replaying:
             member.replaying = True
             member.connection.replaying += 1
+            member.view.replaying += 1
         member.cursor, member.inclusive, member.lagging, member.read_any = cursor, inclusive, lagging, False
         member.asked = True
         if member not in self._replays:
@@ -493,16 +518,24 @@ class Hub:
 
     def _stop_replay(self, member: Member) -> None:
         if member.replaying:
-            member.replaying = False
-            member.connection.replaying -= 1
+            self._replay_ended_for(member)
         task = self._replays.pop(member, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
 
+    def _replay_ended_for(self, member: Member) -> None:
+        member.replaying = False
+        member.connection.replaying -= 1
+        member.epoch = None  # the position was checked: later lags read the journal as it is now
+        view = member.view
+        view.replaying -= 1
+        if not view.replaying:  # nobody of the view catches up any more: its encodings are not needed
+            view.replay_cache.clear()
+            view.replay_cache_bytes = 0
+
     def _go_live(self, member: Member) -> None:
         conn = member.connection
-        member.replaying = False
-        conn.replaying -= 1
+        self._replay_ended_for(member)
         if not self.synchronous and member.cursor is not None and member.cursor + "\0" > member.start_seq:
             # an asynchronous read may have reached past what this Hub delivered so far: what the replay
             # gave is never delivered again (a synchronous read ends exactly at the last change delivered)
@@ -587,8 +620,13 @@ class Hub:
             self.stats.view_errors += 1
             log.exception("replay of %s %s failed for a view", view.class_name, change.seq)
         cache[key] = result
-        if len(cache) > REPLAY_CACHE:
-            del cache[next(iter(cache))]
+        if result is not None:
+            view.replay_cache_bytes += len(result[0].data)
+        # bounded by count and by one queue's bytes: what one member may hold queued anyway
+        while cache and (len(cache) > REPLAY_CACHE or view.replay_cache_bytes > self.settings.queue_bytes):
+            dropped = cache.pop(next(iter(cache)))
+            if dropped is not None:
+                view.replay_cache_bytes -= len(dropped[0].data)
         return result
 
     def _history_gone(self, member: Member, gone: HistoryGone) -> None:

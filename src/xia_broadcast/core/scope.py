@@ -39,7 +39,7 @@ import orjson
 
 from ..errors import HiddenFieldError, InvalidScopeError
 from .limits import DEFAULT_LIMITS, SubscriptionLimits
-from .schema import DocSchema
+from .schema import DocSchema, FieldSpec
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 
@@ -117,7 +117,13 @@ def validate_scope(data_scope: Any, schema: DocSchema | None = None, *, strict: 
             raise InvalidScopeError(f"{where}: unknown operator {str(op)[:20]!r}, expected one of {list(OPERATORS)}")
         _check_value(where, op, val, limits)
         if schema is not None:
-            _check_path(schema, fn, where, strict, hidden_allowed)
+            target = _check_path(schema, fn, where, strict, hidden_allowed)
+            if (not hidden_allowed and isinstance(val, (list, tuple, dict)) and target is not None
+                    and target.embedded is not None and target.embedded.has_hidden()):
+                # comparing the whole embedded document (or list of them) is a question about its hidden
+                # fields too: only the right guess would match
+                raise HiddenFieldError(f"{where}: {fn!r} holds hidden fields; comparing it whole needs permission "
+                                       "to see hidden fields")
         out.append({"fn": fn, "op": op, "val": list(val) if isinstance(val, tuple) else val})
     return out
 
@@ -148,29 +154,33 @@ def _check_value(where: str, op: str, val: Any, limits: SubscriptionLimits) -> N
         raise InvalidScopeError(f"{where}: '{op}' needs a JSON value, got {type(val).__name__}")
 
 
-def _check_path(schema: DocSchema, path: str, where: str, strict: bool, hidden_allowed: bool) -> None:
+def _check_path(schema: DocSchema, path: str, where: str, strict: bool,
+                hidden_allowed: bool) -> FieldSpec | None:
+    """Check a scope path against a schema; return the spec of the field it ends on (None: not declared)."""
     current: DocSchema | None = schema
     parts = path.split(".")
+    spec: FieldSpec | None = None
     for i, part in enumerate(parts):
         if current is None:
-            return  # below a free-form field: anything goes
+            return None  # below a free-form field: anything goes
         if part == "_id" and not current.embedded and i == 0:
             if len(parts) > 1 and strict:
                 raise InvalidScopeError(f"{where}: '_id' has no sub-fields")
-            return
+            return None
         spec = current.fields.get(part)
         if spec is None:
             if strict:
                 raise InvalidScopeError(f"{where}: {schema.name} has no field {'.'.join(parts[: i + 1])!r}")
-            return  # an undeclared field reads as None
+            return None  # an undeclared field reads as None
         if spec.hidden and not hidden_allowed:
             raise HiddenFieldError(f"{where}: {'.'.join(parts[: i + 1])!r} is hidden; a scope may name it only "
                                    "with permission to see hidden fields")
         if spec.embedded is None and i < len(parts) - 1 and not spec.free_form:
             if strict:
                 raise InvalidScopeError(f"{where}: field {part!r} of {schema.name} has no sub-fields")
-            return  # reads as None below a plain value
+            return None  # reads as None below a plain value
         current = spec.embedded
+    return spec
 
 
 # -- compiled tests ------------------------------------------------------------------------------------

@@ -331,6 +331,11 @@ class RedisBackend(Backend):
             raise HistoryGone(class_name, oldest, epoch=current, reason=f"epoch {epoch!r} is not the journal's")
         if seq is not None and seq < _epoch_start(current):
             raise HistoryGone(class_name, oldest, epoch=current, reason="before the journal's epoch")
+        head = seq_of_id(snap.last) if snap.last else _epoch_start(current)
+        if seq is not None and seq > head:
+            # no position of this epoch lies there (a position from a store that started again, or made up):
+            # going live from it would skip every change up to it
+            raise HistoryGone(class_name, oldest, epoch=current, reason="after the journal's head")
         if snap.trimmed:
             last_trimmed = seq_of_id(snap.trimmed)
             if seq is None or last_trimmed > seq or (inclusive and last_trimmed == seq):
@@ -381,7 +386,9 @@ class RedisBackend(Backend):
         """The one tail loop: a blocking XREAD over the wake stream and every watched stream, forever;
         reconnects with backoff on any connection error."""
         delay = self.backoff_min
-        wake_cursor = "$"
+        # from the start of this node's own wake stream (one entry at most): a watch() that woke it before the
+        # first read must not be missed ("$" would skip it, and the read would sleep block_ms)
+        wake_cursor = "0-0"
         while not self._closed:
             try:
                 if self._resync:

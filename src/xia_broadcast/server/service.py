@@ -126,9 +126,10 @@ class Service:
         start_time = time.time()
         subscribed: dict[str, Any] = {}
         notes: list[bytes] = []
+        for c in known:  # every wait first: from here to the confirmation nothing may run before it
+            await self.hub.watch(c)
         try:
             for c in known:
-                await self.hub.watch(c)
                 params = await self.broadcaster.subscribe(
                     websocket, c, **handshake.requests[c], acl=principal.acl, user_name=principal.user_name,
                     start_time=start_time, control=handshake.control, exits=handshake.exits,

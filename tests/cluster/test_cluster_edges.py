@@ -1,0 +1,131 @@
+"""Cluster mode at its edges: what crosses Redis keeps its hidden fields hidden, the confirmation comes
+first while changes flood in, a made-up resume position is history gone, and classes nobody reads any more
+are no longer tailed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import orjson
+import pytest
+
+from conftest import ServerFactory, recv_json, subscribe, ws_connect
+from xia_broadcast import Broadcaster, Document, field
+from xia_broadcast.core.change import Change
+from xia_broadcast.hub import Hub
+from xia_broadcast.journal.redis import RedisBackend, delete_prefix
+
+
+@pytest.fixture
+async def prefix(redis_url: str) -> AsyncIterator[str]:
+    value = f"xia-test:{uuid.uuid4().hex[:12]}:"
+    yield value
+    await delete_prefix(redis_url, value)
+
+
+class Invoice(Document):
+    customer: str = ""
+    margin: float = field(0.0, hidden=True)
+
+
+async def test_a_document_published_through_redis_keeps_its_hidden_fields_hidden(redis_url: str,
+                                                                                prefix: str) -> None:
+    class B(Broadcaster):
+        got: ClassVar[list[Any]] = []
+
+        @classmethod
+        async def send_message_async(cls, websocket: Any, message: str) -> None:
+            cls.got.append(json.loads(message)["message"])
+
+        @classmethod
+        def make_backend(cls) -> RedisBackend:
+            return RedisBackend(redis_url, prefix=prefix, block_ms=200)
+
+    hub = B.hub()
+    await hub.start()
+    try:
+        await B.subscribe("w", "Invoice")  # the class was never registered: its schema comes with the document
+        await B.document_sent_async(Invoice(customer="acme", margin=0.42), "I", "")
+        for _ in range(500):
+            if B.got:
+                break
+            await asyncio.sleep(0.01)
+        assert B.got and B.got[0]["customer"] == "acme" and "margin" not in B.got[0]
+    finally:
+        await hub.close()
+
+
+async def test_the_confirmation_comes_first_while_changes_of_a_watched_class_flood_in(
+        make_server: ServerFactory, redis_url: str, prefix: str) -> None:
+    server = await make_server(redis_url=redis_url, redis_prefix=prefix, allow_undeclared_classes=True)
+    publisher = RedisBackend(redis_url, prefix=prefix)
+    await server.service.hub.watch("A")
+    stop = asyncio.Event()
+
+    async def flood() -> None:
+        for i in range(20_000):
+            if stop.is_set():
+                return
+            await publisher.publish(Change("A", "U", "", {"_id": f"a{i % 50}", "n": i}))
+
+    task = asyncio.get_running_loop().create_task(flood())
+    try:
+        for k in range(20):  # A is watched already, B<k> is not: the node waits for Redis while A flows
+            async with ws_connect(server.url) as ws:
+                await ws.send(json.dumps({"A": {}, f"B{k}": {}}))
+                first = await recv_json(ws)
+                assert "doc_class" not in first and set(first) == {"A", f"B{k}"}, first
+    finally:
+        stop.set()
+        await task
+        await publisher.close()
+
+
+async def test_a_resume_position_after_the_streams_head_is_history_gone(redis_url: str, prefix: str) -> None:
+    got: list[Any] = []
+    closed: list[int] = []
+
+    def ready(conn: Any) -> None:
+        got.extend(orjson.loads(o.data) for o in conn.take())
+        conn.scheduled = False
+
+    hub = Hub(RedisBackend(redis_url, prefix=prefix, block_ms=200), on_ready=ready,
+              on_close=lambda conn, code, reason: closed.append(code))
+    await hub.start()
+    try:
+        await hub.watch("A")
+        await hub.publish(Change("A", "I", "", {"_id": "a"}))
+        hub.subscribe(object(), "A", {"after_seq": "9999999999999-0000000000"}, None, control=True)
+        hub.subscribe(object(), "A", {"after_seq": "9999999999999-0000000000"}, None)
+        for _ in range(500):
+            if got and closed:
+                break
+            await asyncio.sleep(0.01)
+        assert got[0]["_control"] == "history_gone" and closed == [4410]  # never a silent skip
+        seq = await hub.publish(Change("A", "I", "", {"_id": "b"}))
+        for _ in range(500):
+            if any(m.get("seq") == seq for m in got):
+                break
+            await asyncio.sleep(0.01)
+        assert any(m.get("seq") == seq for m in got)  # the control client goes on live
+    finally:
+        await hub.close()
+
+
+async def test_classes_nobody_reads_any_more_are_no_longer_tailed(make_server: ServerFactory, redis_url: str,
+                                                                 prefix: str) -> None:
+    server = await make_server(redis_url=redis_url, redis_prefix=prefix, allow_undeclared_classes=True)
+    backend = server.service.hub.backend
+    assert isinstance(backend, RedisBackend)
+    for k in range(5):
+        ws, _ = await subscribe(server.url, {f"junk{k}_{j}": {} for j in range(8)})
+        await ws.close()
+    for _ in range(500):
+        if server.service.connection_count == 0 and not backend.watched():
+            break
+        await asyncio.sleep(0.01)
+    assert backend.watched() == [] and server.service.hub.view_count() == 0
