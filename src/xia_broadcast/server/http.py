@@ -240,9 +240,8 @@ class HttpConnection(asyncio.Protocol):
         except Exception:
             log.exception("HTTP request failed unexpectedly")
             response, close = HttpResponse.error(500, "internal", "internal error"), True
-        if endpoint.reads_body:
-            # the whole request is fanned out: write it now, one write per socket, before answering
-            self.server.broadcaster.flush_pending()
+        # what the request fanned out is written by the broadcaster's flush scheduler, with whatever other
+        # requests and publishers queue meanwhile (one write per socket), within ``max_write_delay``
         self._answer(response, close=close)
 
     @staticmethod
