@@ -78,6 +78,8 @@ class SocketWriter:
     continues from the journal once it is written again, as it does when its queue overflows.
     """
 
+    __slots__ = ("closed", "engine", "high_water", "max_outbound", "paused", "pending", "service", "transport")
+
     def __init__(self, transport: asyncio.Transport, engine: Hub, service: Service) -> None:
         self.transport = transport
         self.engine = engine
