@@ -65,6 +65,8 @@ REFERENCES = (ReferenceTarget, NodeReferenceTarget)
 PUBLISHERS = 8
 """Concurrent publishers of the headline scenario."""
 XIA_SETTINGS = {"max_connections": 20000}
+QUIET_WAIT_S = 15.0
+"""Seconds a step waits at most for the machine to be quiet before it starts."""
 
 
 def views(v: int, distinct_catalogs: bool = False) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -124,11 +126,11 @@ def run_case(n: int, target: str, v: int | None, distinct: bool, profile: Any, l
         assert v is not None
         handshakes, keys = views(v, distinct)
         with XiaTarget(log_dir=log_dir, api_keys=keys, settings=XIA_SETTINGS) as t:
-            wait_until_quiet(timeout_s=30.0)
+            wait_until_quiet(timeout_s=QUIET_WAIT_S)
             return run_publish_scenario(t, n, profile, handshakes=handshakes, count_syscalls=True, log_dir=log_dir)
     cls = ReferenceTarget if target == ReferenceTarget.name else NodeReferenceTarget
     with cls(log_dir=log_dir) as ref:
-        wait_until_quiet(timeout_s=30.0)
+        wait_until_quiet(timeout_s=QUIET_WAIT_S)
         return run_publish_scenario(ref, n, profile, count_syscalls=True, log_dir=log_dir)
 
 
@@ -172,7 +174,7 @@ def main() -> None:
                               "publishers": PUBLISHERS}
 
     def quiet() -> float:
-        return wait_until_quiet(timeout_s=30.0)
+        return wait_until_quiet(timeout_s=QUIET_WAIT_S)
 
     # 1. the load generator's own limits
     cap_n, cap_count = (1000, 2000) if not quick else (100, 500)
@@ -241,9 +243,10 @@ def main() -> None:
     # 6. replay
     def replay_run() -> Any:
         with XiaTarget(log_dir=log_dir, journal={"max_count": replay_n}) as t:
+            start = head_seq(t.ws_url)  # the journal's start: a replay after it misses nothing
             drive(t, FullSpeed(replay_n, batch=1000), timeout_s=300)
             quiet()
-            handshake = {"Order": {**DEFAULT_HANDSHAKE["Order"], "start_seq": "0"}}
+            handshake = {"Order": {**DEFAULT_HANDSHAKE["Order"], "after_seq": start}}
             lg = Loadgen(t.ws_url, 1, handshakes=[handshake], expect=replay_n, timeout_s=120, log_dir=log_dir)
             try:
                 lg.wait_ready()
@@ -265,6 +268,17 @@ def main() -> None:
     if not quick:
         (ROOT / "docs" / "benchmarks.md").write_text(text)
         print("wrote docs/benchmarks.md")
+
+
+def head_seq(url: str) -> str:
+    """The ``head_seq`` of ``Order`` a subscriber is confirmed with now (one short-lived subscription)."""
+    from websockets.sync.client import connect
+
+    with connect(url, open_timeout=10, close_timeout=5) as ws:
+        ws.send(json.dumps(DEFAULT_HANDSHAKE))
+        confirmation = json.loads(ws.recv(timeout=10))
+    seq: str = confirmation["Order"]["head_seq"]
+    return seq
 
 
 def row(target: str, n: int, v: int | None, distinct: bool, res: Any, refs: dict[str, Any]) -> dict[str, Any]:
@@ -305,8 +319,8 @@ def machine() -> dict[str, Any]:
 def _throughput_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| server | N | V | deliveries/s | vs websockets | vs Node ws | socket writes per delivery | server busy | "
-        "publish requests/s | loss | reordered |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "publish requests/s | other CPU s | loss | reordered |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for f in rows:
         v = "-" if f["views"] is None else f"{f['views']}" + (" (distinct catalogs)" if f["distinct_catalogs"] else "")
@@ -315,7 +329,7 @@ def _throughput_table(rows: list[dict[str, Any]]) -> list[str]:
         loss = "none" if f["complete"] else f"INCOMPLETE (min {f['min_received']})"
         lines.append(f"| {f['target']} | {f['connections']} | {v} | {f['deliveries_per_s']:,.0f} | {ratios[0]} | "
                      f"{ratios[1]} | {writes} | {f['server_busy']:.2f} | {f['publish_requests_per_s']:,.0f} | "
-                     f"{loss} | {f['out_of_order']} |")
+                     f"{f['other_cpu_s']:.1f} | {loss} | {f['out_of_order']} |")
     return lines
 
 
@@ -372,7 +386,10 @@ def render(r: dict[str, Any]) -> str:
         "received them. V = distinct views (each a different scope and ACL; catalogs cycle over three, so views",
         "share their projections three ways, except in the row marked \"distinct catalogs\", where each view",
         "names its own). Socket writes per delivery: the server's write/writev/sendto/sendmsg system calls",
-        "(`perf stat` tracepoints) divided by the deliveries, HTTP answers included.",
+        "(`perf stat` tracepoints) divided by the deliveries, HTTP answers included. Publish requests/s: what",
+        "the publishers achieved (they run unpinned, in the benchmark's own process). Other CPU s: CPU seconds",
+        "the rest of the machine used during the step (anything but a few tenths means the step competed with",
+        "something else and its figures are low).",
         "",
         *_throughput_table(r["one_per_request"]),
         "",
@@ -417,7 +434,7 @@ def render(r: dict[str, Any]) -> str:
         "",
         "## Replay",
         "",
-        f"{rep['retained']:,} retained changes replayed into one subscriber (`start_seq`): "
+        f"{rep['retained']:,} retained changes replayed into one subscriber (`after_seq`): "
         f"**{rep['changes_per_s']:,.0f} changes/s** ({rep['duration_s']:.2f} s), "
         f"{'none lost' if rep['complete'] else 'INCOMPLETE'}, {rep['out_of_order']} reordered.",
         "",

@@ -76,6 +76,21 @@ async def test_while_busy_messages_wait_together_and_never_longer_than_the_bound
     assert min(len(items) for _, items in busy) >= bound / step
 
 
+async def test_while_busy_a_connection_with_a_full_batch_is_written_before_the_bound() -> None:
+    clock = FakeClock()  # never moves: only the batch limit can make a busy loop write
+    flushed = Recorder(clock)
+    queued = 0
+    scheduler = FlushScheduler(flushed, max_write_delay=3600.0, clock=clock, queued=lambda: queued, max_batch=5)
+    scheduler.add("conn")  # type: ignore[arg-type]
+    for _ in range(12):  # a publisher queueing one message a loop turn to the one waiting connection
+        queued += 1
+        await asyncio.sleep(0)
+        if flushed.flushes:
+            break
+    assert len(flushed.flushes) == 1
+    assert 5 <= queued <= 6  # written once five were queued (within a loop turn), not at the bound
+
+
 async def test_without_delay_every_flush_is_on_the_next_loop_turn() -> None:
     clock = FakeClock()
     flushed = Recorder(clock)

@@ -180,6 +180,9 @@ class FlushScheduler:
     write them all now (``flush``, one write per connection carrying everything queued for it):
 
     * the first collected message has waited ``max_write_delay`` seconds (``clock`` time): write (the bound);
+    * the messages queued since then (``queued``, a running count such as the Hub's deliveries) reach
+      ``max_batch`` per collected connection on average: write, so that coalescing never fills a queue that
+      a client reading promptly would keep near empty;
     * the loop has nothing else ready to run, and has polled its sockets once since the first message was
       collected: write (idle: one or two loop turns after the fan-out, never waiting for the bound);
     * otherwise the callback goes behind the work that is waiting (requests read, publishers woken, other
@@ -194,12 +197,18 @@ class FlushScheduler:
 
     def __init__(self, flush: Callable[[list[Connection]], None], max_write_delay: float = DEFAULT_MAX_WRITE_DELAY,
                  clock: Callable[[], float] = time.monotonic,
-                 backlog: Callable[[asyncio.AbstractEventLoop], int | None] = _loop_backlog) -> None:
+                 backlog: Callable[[asyncio.AbstractEventLoop], int | None] = _loop_backlog,
+                 queued: Callable[[], int] | None = None, max_batch: int = 0) -> None:
         self.flush = flush
         #: seconds a message may wait to be written together with later ones (the latency bound)
         self.max_write_delay = max_write_delay
         self.clock = clock
         self.backlog = backlog
+        #: a running count of messages queued to connections, and how many per pending connection, on
+        #: average, make the flush happen at once (0: no such limit)
+        self.queued = queued
+        self.max_batch = max_batch
+        self.queued_at = 0
         self.pending: list[Connection] = []
         self.handle: asyncio.Handle | None = None
         #: ``clock()`` when the first pending connection was added
@@ -213,11 +222,13 @@ class FlushScheduler:
         if self.handle is None:
             self.since = self.clock()
             self.polled = False
+            if self.queued is not None:
+                self.queued_at = self.queued()
             self.handle = asyncio.get_running_loop().call_soon(self._turn)
 
     def _turn(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.clock() - self.since < self.max_write_delay:
+        if self.clock() - self.since < self.max_write_delay and not self._batch_full():
             backlog = self.backlog(loop)
             if backlog or not self.polled:
                 # busy, or the loop has not looked at its sockets yet: let what waits run first
@@ -225,6 +236,11 @@ class FlushScheduler:
                 self.handle = loop.call_soon(self._turn)
                 return
         self.flush_now()
+
+    def _batch_full(self) -> bool:
+        if self.queued is None or self.max_batch <= 0:
+            return False
+        return self.queued() - self.queued_at >= self.max_batch * len(self.pending)
 
     def flush_now(self) -> None:
         """Write every pending connection now."""
@@ -246,6 +262,9 @@ class NativeBroadcaster(Broadcaster):
 
     #: the latency bound of write coalescing, in seconds (the server's ``max_write_delay`` setting)
     max_write_delay: float = DEFAULT_MAX_WRITE_DELAY
+    #: a write happens at once when this fraction of ``max_queue_messages`` is queued per waiting connection
+    #: (on average) since the first: coalescing never makes a queue overflow
+    BATCH_FRACTION = 0.25
     _scheduler: FlushScheduler | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -256,7 +275,9 @@ class NativeBroadcaster(Broadcaster):
     def scheduler(cls) -> FlushScheduler:
         """This class's flush scheduler (made at first use, with ``max_write_delay`` as set then)."""
         if cls._scheduler is None:
-            cls._scheduler = FlushScheduler(cls._write_pending, cls.max_write_delay)
+            cls._scheduler = FlushScheduler(
+                cls._write_pending, cls.max_write_delay, queued=lambda: cls.hub().stats.deliveries,
+                max_batch=max(1, int(cls.max_queue_messages * cls.BATCH_FRACTION)))
         return cls._scheduler
 
     @classmethod
