@@ -187,12 +187,10 @@ class Body(dict[str, Any]):
     ``show_hidden`` and schema). It carries the message made of it (:func:`envelope`), so that those views
     share that too: a change is projected and encoded once per distinct catalog, not once per view."""
 
+    #: ``message``: (op, seq, class name, the message) once :func:`envelope` made it (unset before: no
+    #: ``__init__`` of our own, so that making a Body costs what copying a dict costs)
     __slots__ = ("message",)
-
-    def __init__(self, projected: Mapping[str, Any]) -> None:
-        super().__init__(projected)
-        #: (op, seq, class name, the message) once :func:`envelope` made it
-        self.message: tuple[str, str, str, Outgoing] | None = None
+    message: tuple[str, str, str, Outgoing]
 
 
 class SharedCatalog:
@@ -224,7 +222,10 @@ class SharedCatalog:
         last = self.last  # one read: the tuple is consistent
         if last is not None and last[0] is change and last[1] is data:
             return last[2]
-        body = Body(self.projector(change.schema)(data))
+        project = self.projectors.get(change.schema)
+        if project is None:
+            project = self.projector(change.schema)
+        body = Body(project(data))
         self.last = (change, data, body)
         return body
 
@@ -331,7 +332,7 @@ def envelope(class_name: str, op: str, seq: str, body: Any) -> Outgoing:
     """The document message, as the original sends it. Made once per :class:`Body` (shared by the views
     whose catalogs are alike), once per call for any other body."""
     if type(body) is Body:
-        made = body.message
+        made: tuple[str, str, str, Outgoing] | None = getattr(body, "message", None)
         if made is not None and made[0] == op and made[1] == seq and made[2] == class_name:
             return made[3]
         out = Outgoing(encode_json({"doc_class": class_name, "op": op, "seq": seq, "message": body}))
