@@ -5,7 +5,7 @@ is the same bytes for every recipient) and cached on its :class:`~xia_broadcast.
 fan-out, :class:`NativeBroadcaster` writes every connection with queued messages in **one**
 ``transport.write`` per connection (all its queued frames together), with no task and no await per socket.
 
-When it writes is adaptive (see :class:`FlushPolicy`): when the loop has nothing else to do, at once (on
+When it writes is adaptive (see :class:`FlushScheduler`): when the loop has nothing else to do, at once (on
 the next loop turn: no added latency at low rates); while the loop is busy (more changes, requests or
 other callbacks waiting), the write waits for them, at most ``max_write_delay`` seconds after the first
 message was queued, so that changes arriving one per loop turn from many publishers leave in one write per
