@@ -22,6 +22,7 @@ request per batch, so its own cost is small next to the fan-out it triggers.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import http.client
 import itertools
 import json
@@ -278,8 +279,13 @@ class Target(ABC):
         """Launch the server and return once it accepts connections."""
 
     @abstractmethod
-    def publish_batch(self, changes: Sequence[Change]) -> None:
-        """Publish ``changes`` in order; return once the server has accepted them."""
+    def publish_batch(self, changes: Sequence[Change], connection: http.client.HTTPConnection | None = None) -> None:
+        """Publish ``changes`` in order (on ``connection``, default the target's own); return once the server
+        has accepted them."""
+
+    @abstractmethod
+    def publisher(self) -> http.client.HTTPConnection:
+        """A new connection for one more concurrent publisher."""
 
     @abstractmethod
     def stop(self) -> None:
@@ -347,15 +353,21 @@ class HttpPublishTarget(Target):
         except BaseException:
             self.stop()
             raise
-        self._http = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=self.publish_timeout_s)
+        self._http = self.publisher()
 
-    def publish_batch(self, changes: Sequence[Change]) -> None:
-        if self._http is None or self._child is None:
+    def publisher(self) -> http.client.HTTPConnection:
+        """A new keep-alive HTTP connection to publish on (one per concurrent publisher)."""
+        return http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=self.publish_timeout_s)
+
+    def publish_batch(self, changes: Sequence[Change], connection: http.client.HTTPConnection | None = None) -> None:
+        """POST ``changes`` (one body) on ``connection`` (default: the target's own); return after the answer."""
+        conn = connection or self._http
+        if conn is None or self._child is None:
             raise BenchError(f"{self.name} is not running")
         body = json.dumps({"changes": list(changes)}).encode()
         headers = {"Content-Type": "application/json", "X-Publisher-Key": self.publisher_key}
-        self._http.request("POST", "/publish", body=body, headers=headers)
-        response = self._http.getresponse()
+        conn.request("POST", "/publish", body=body, headers=headers)
+        response = conn.getresponse()
         reply = response.read()
         if not 200 <= response.status < 300:
             self._child.check_alive()
@@ -384,6 +396,16 @@ class ReferenceTarget(HttpPublishTarget):
             "--http-port",
             str(self.http_port),
         ]
+
+
+class NodeReferenceTarget(HttpPublishTarget):
+    """``bench/node/reference_server.js``: plain Node.js ``ws`` broadcast to every client, no filtering."""
+
+    name = "node-ws"
+
+    def argv(self) -> list[str]:
+        return [node_binary(), str(NODE_DIR / "reference_server.js"), "--ws-port", str(self.ws_port),
+                "--http-port", str(self.http_port)]
 
 
 BENCH_CLASSES = """
@@ -450,6 +472,16 @@ class FullSpeed:
 
 
 @dataclass(frozen=True)
+class OnePerRequest:
+    """Publish ``count`` changes from ``publishers`` concurrent publishers, ONE change per request, each
+    publisher sending its next request after the previous answer (keep-alive, one connection each): how a
+    server sees changes in real use. Each change's ``ts`` is taken just before its own request."""
+
+    count: int
+    publishers: int = 8
+
+
+@dataclass(frozen=True)
 class FixedRate:
     """Publish ``rate_per_s`` changes per second for ``duration_s`` seconds.
 
@@ -474,8 +506,49 @@ class PublishStats:
     seconds: float
 
 
-def drive(target: Target, profile: FullSpeed | FixedRate, timeout_s: float) -> PublishStats:
+Profile = FullSpeed | FixedRate | OnePerRequest
+
+
+def _drive_concurrently(target: Target, profile: OnePerRequest, timeout_s: float) -> PublishStats:
+    """:class:`OnePerRequest`: ``profile.publishers`` threads, each on its own connection, one change per POST."""
+    start = time.monotonic()
+    deadline = start + timeout_s
+    numbers = itertools.count()
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def publisher() -> None:
+        conn = target.publisher()
+        try:
+            while not errors:
+                with lock:
+                    n = next(numbers)
+                if n >= profile.count:
+                    return
+                if time.monotonic() > deadline:
+                    raise BenchError(f"publishing stopped by the {timeout_s} s bound after about {n} changes")
+                target.publish_batch([make_change(n, monotonic_us())], conn)
+        except BaseException as exc:  # reported by the caller
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=publisher, daemon=True) for _ in range(profile.publishers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()) + STOP_GRACE_S)
+    if errors:
+        raise errors[0]
+    if any(t.is_alive() for t in threads):
+        raise BenchError(f"publishers still running after the {timeout_s} s bound")
+    return PublishStats(published=profile.count, seconds=time.monotonic() - start)
+
+
+def drive(target: Target, profile: Profile, timeout_s: float) -> PublishStats:
     """Publish ``profile`` to ``target``; raise BenchError if it takes longer than ``timeout_s`` seconds."""
+    if isinstance(profile, OnePerRequest):
+        return _drive_concurrently(target, profile, timeout_s)
     start = time.monotonic()
     deadline = start + timeout_s
     sent = 0
@@ -589,6 +662,46 @@ class Loadgen:
         self._child.stop()
 
 
+SYSCALLS = ("write", "writev", "sendto", "sendmsg")
+"""The system calls a server can write a socket with (asyncio: ``send``, i.e. sendto; Node: writev)."""
+
+
+class SyscallCounter:
+    """Counts the socket-writing system calls of a running process with ``perf stat`` tracepoints.
+
+    Start it, run the load, :meth:`stop` it: a dict system call -> count, or None where ``perf`` is
+    missing or may not trace (then the figure is reported as not measured). Tracepoints count in the
+    kernel, so the process is not slowed the way ``strace`` slows it.
+    """
+
+    def __init__(self, pid: int, log_dir: Path) -> None:
+        self.out = log_dir / f"perf-{pid}-{next(_log_numbers)}.csv"
+        perf = shutil.which("perf")
+        self.child: Child | None = None
+        if perf is not None:
+            events = ",".join(f"syscalls:sys_enter_{name}" for name in SYSCALLS)
+            self.child = Child("perf", [perf, "stat", "-x,", "-o", str(self.out), "-e", events, "-p", str(pid)],
+                               cpu=None, log_dir=log_dir)
+            time.sleep(0.3)  # attached before the load starts
+
+    def stop(self) -> dict[str, int] | None:
+        if self.child is None:
+            return None
+        proc = self.child.proc
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(STOP_GRACE_S)  # perf writes its counts when interrupted
+        self.child.stop()
+        counts: dict[str, int] = {}
+        if self.out.exists():
+            for line in self.out.read_text().splitlines():
+                fields = line.split(",")
+                if len(fields) > 2 and fields[2].startswith("syscalls:sys_enter_") and fields[0].isdigit():
+                    counts[fields[2].removeprefix("syscalls:sys_enter_")] = int(fields[0])
+        return counts or None
+
+
 @dataclass
 class ScenarioResult:
     """One publish scenario: the loadgen's ``result`` event plus server-side readings.
@@ -610,23 +723,27 @@ class ScenarioResult:
     other_cpu_s: float
     server_rss_kib_idle: int
     server_rss_kib_after: int
+    #: socket-writing system calls of the server during the scenario (``count_syscalls``), else None
+    syscalls: dict[str, int] | None = None
 
 
 def run_publish_scenario(
     target: Target,
     connections: int,
-    profile: FullSpeed | FixedRate,
+    profile: Profile,
     *,
     handshakes: Sequence[dict[str, Any]] = (DEFAULT_HANDSHAKE,),
     expect: int | None = None,
     timeout_s: float = 300.0,
+    count_syscalls: bool = False,
     log_dir: Path,
 ) -> ScenarioResult:
     """Subscribe ``connections`` clients to the started ``target``, publish ``profile``, collect results.
 
     ``expect`` is the number of documents each client should receive (default: all of
     ``profile``, right for a target that does not filter). The scenario is bounded by
-    ``timeout_s`` seconds for publishing and as much again for delivery.
+    ``timeout_s`` seconds for publishing and as much again for delivery. ``count_syscalls`` counts the
+    server's socket writes meanwhile (:class:`SyscallCounter`).
     """
     loadgen = Loadgen(
         target.ws_url,
@@ -639,10 +756,12 @@ def run_publish_scenario(
     try:
         loadgen.wait_ready()
         rss_idle = rss_kib(target.pid)
+        counter = SyscallCounter(target.pid, log_dir) if count_syscalls else None
         cpu = CpuWindow(target.pid, loadgen.pid)
         stats = drive(target, profile, timeout_s)
         result = loadgen.wait_result(timeout_s + STOP_GRACE_S)
         server_cpu_s, loadgen_cpu_s, other_cpu_s = cpu.close(result)
+        syscalls = counter.stop() if counter is not None else None
         return ScenarioResult(
             target=target.name,
             connections=connections,
@@ -654,6 +773,7 @@ def run_publish_scenario(
             other_cpu_s=other_cpu_s,
             server_rss_kib_idle=rss_idle,
             server_rss_kib_after=rss_kib(target.pid),
+            syscalls=syscalls,
         )
     finally:
         loadgen.stop()

@@ -176,3 +176,37 @@ async def test_members_of_one_view_keep_their_own_start_seq() -> None:
     assert await b.flush()
     assert [json.loads(m)["seq"] for ws, m in b.sent if ws is early] == ["0001", "0002", "0003"]
     assert [json.loads(m)["seq"] for ws, m in b.sent if ws is late] == ["0002", "0003"]
+
+
+async def test_views_differing_only_by_scope_or_acl_share_one_projection_and_one_message_per_change() -> None:
+    b = fresh()
+    narrow = [{"fn": "total", "op": ">=", "val": 20}]
+    other_acl = {"content": [{"obj": "Order/*", "act": "read"}]}
+    wide, by_scope, by_acl = Socket(), Socket(), Socket()
+    await b.subscribe(wide, "Order", None, CATALOG, False, "", ACL)
+    await b.subscribe(by_scope, "Order", narrow, CATALOG, False, "", ACL)
+    await b.subscribe(by_acl, "Order", None, CATALOG, False, "", other_acl)
+    assert b.engine().view_count("Order") == 3
+    connections = b.engine().connections
+    b.publish("Order", "I", order(1))  # total 10: out of the narrow scope
+    b.publish("Order", "I", order(2))
+    queued = {ws: list(connections[ws].queue) for ws in (wide, by_scope, by_acl)}
+    assert [len(q) for q in queued.values()] == [2, 1, 2]  # each view still filters by its own scope
+    assert queued[wide][1] is queued[by_scope][0] is queued[by_acl][1]  # one message, made once
+    assert queued[wide][0] is queued[by_acl][0]
+    body = json.loads(queued[wide][1].data)["message"]
+    assert body == {"_id": "o2", "total": 20.0, "lines": [{"sku": "x", "qty": 2}]}
+
+
+async def test_a_document_mutated_and_published_again_is_projected_again() -> None:
+    b = fresh()
+    a, c = Socket(), Socket()
+    await b.subscribe(a, "Order", None, {"status": None}, False, "", ACL)
+    await b.subscribe(c, "Order", [{"fn": "total", "op": ">=", "val": 0}], {"status": None}, False, "", ACL)
+    doc = order(1)
+    b.publish("Order", "I", doc)
+    doc["status"] = "paid"  # the same dict object, changed, published again
+    b.publish("Order", "U", doc)
+    for ws in (a, c):
+        got = [json.loads(o.data) for o in b.engine().connections[ws].queue]
+        assert [(m["op"], m["message"]["status"]) for m in got] == [("I", "new"), ("U", "paid")]

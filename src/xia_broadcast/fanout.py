@@ -15,15 +15,14 @@ import asyncio
 import json
 import logging
 import time
-from collections import deque
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
-
-import orjson
 
 from .core.acl import Acl
 from .core.catalog import Projector, compile_normalised
 from .core.change import Change
+from .core.encoding import dumps
 from .core.schema import DocSchema
 from .core.scope import Predicate
 from .core.viewkey import ViewKey
@@ -70,7 +69,7 @@ def encode_json(content: Any) -> bytes:
     and objects with non-string keys, is encoded by ``json``, never dropped.
     """
     try:
-        return orjson.dumps(content, default=_json_default)
+        return dumps(content, default=_json_default)
     except TypeError:
         return json.dumps(content, ensure_ascii=False, default=_json_default, separators=(",", ":")).encode()
 
@@ -108,7 +107,8 @@ class Connection:
 
     def __init__(self, websocket: Any, max_messages: int, max_bytes: int) -> None:
         self.websocket = websocket
-        self.queue: deque[Outgoing] = deque()
+        #: queued messages, oldest first (a list: an empty one costs 56 bytes, an empty deque over 600)
+        self.queue: list[Outgoing] = []
         self.queued_bytes = 0
         self.max_messages = max_messages
         self.max_bytes = max_bytes
@@ -130,17 +130,17 @@ class Connection:
         if room is not None and not room.done():
             room.set_result(None)
         if max_bytes is None or self.queued_bytes <= max_bytes:
-            batch = list(self.queue)
-            self.queue.clear()
+            batch, self.queue = self.queue, []
             self.queued_bytes = 0
             return batch
         q = self.queue
-        batch = [q.popleft()]
-        size = len(batch[0].data)
-        while q and size + len(q[0].data) <= max_bytes:
-            out = q.popleft()
-            size += len(out.data)
-            batch.append(out)
+        size = len(q[0].data)
+        n = 1
+        while n < len(q) and size + len(q[n].data) <= max_bytes:
+            size += len(q[n].data)
+            n += 1
+        batch = q[:n]
+        del q[:n]  # O(len(q)), at most max_messages references, once per write
         self.queued_bytes -= size
         return batch
 
@@ -184,11 +184,76 @@ class Member:
         return self.view.class_name
 
 
-class View:
-    """Subscribers of one class sharing (scope, catalog, show_hidden, ACL), and what they compile to."""
+class Body(dict[str, Any]):
+    """A projected document, made once per change for all the views whose catalogs are alike (same catalog,
+    ``show_hidden`` and schema). It carries the message made of it (:func:`envelope`), so that those views
+    share that too: a change is projected and encoded once per distinct catalog, not once per view."""
 
-    __slots__ = ("_projectors", "acl", "acl_param", "catalog", "class_name", "key", "members", "predicate",
-                 "replay_cache", "replay_cache_bytes", "replaying", "scope", "show_hidden")
+    #: ``message``: (op, seq, class name, the message) once :func:`envelope` made it (unset before: no
+    #: ``__init__`` of our own, so that making a Body costs what copying a dict costs)
+    __slots__ = ("message",)
+    message: tuple[str, str, str, Outgoing]
+
+
+class SharedCatalog:
+    """A catalog with its ``show_hidden``, compiled once for every view that asks for it (whatever their scopes
+    and ACLs): one projector per schema the class is published with, and the last projection made.
+
+    Memory: the projectors, and one change with its projection (the last), per distinct catalog in use.
+    """
+
+    __slots__ = ("__weakref__", "catalog", "last", "projectors", "show_hidden")
+
+    def __init__(self, catalog: dict[str, Any], show_hidden: bool) -> None:
+        self.catalog = catalog
+        self.show_hidden = show_hidden
+        self.projectors: dict[DocSchema | None, Projector] = {}
+        #: (change, data, body): the projection of ``data`` of ``change`` made last
+        self.last: tuple[Change, Mapping[str, Any], Body] | None = None
+
+    def projector(self, schema: DocSchema | None) -> Projector:
+        """The catalog compiled against ``schema`` (cached: one per schema the class is published with)."""
+        p = self.projectors.get(schema)
+        if p is None:
+            p = self.projectors[schema] = compile_normalised(self.catalog, schema, self.show_hidden)
+        return p
+
+    def project(self, change: Change, data: Mapping[str, Any]) -> Body:
+        """``data`` (the change's data or previous data) projected, once per change for every view sharing
+        this catalog. The change is held while it is the last one, so no other object takes its identity."""
+        last = self.last  # one read: the tuple is consistent
+        if last is not None and last[0] is change and last[1] is data:
+            return last[2]
+        project = self.projectors.get(change.schema)
+        if project is None:
+            project = self.projector(change.schema)
+        body = Body(project(data))
+        self.last = (change, data, body)
+        return body
+
+
+#: the compiled catalogs in use, by (canonical catalog, show_hidden); an entry goes with its last view
+_CATALOGS: weakref.WeakValueDictionary[tuple[bytes, bool], SharedCatalog] = weakref.WeakValueDictionary()
+
+
+def shared_catalog(canonical: bytes, catalog: dict[str, Any], show_hidden: bool) -> SharedCatalog:
+    """The :class:`SharedCatalog` of ``catalog`` (``canonical``: its canonical JSON, as in view keys)."""
+    key = (canonical, show_hidden)
+    shared = _CATALOGS.get(key)
+    if shared is None:
+        shared = _CATALOGS[key] = SharedCatalog(catalog, show_hidden)
+    return shared
+
+
+class View:
+    """Subscribers of one class sharing (scope, catalog, show_hidden, ACL), and what they compile to.
+
+    The compiled catalog is shared with every other view of the same catalog (:class:`SharedCatalog`), so
+    views that differ only by scope or ACL project and encode each change once between them.
+    """
+
+    __slots__ = ("acl", "acl_param", "catalog", "class_name", "key", "members", "predicate", "replay_cache",
+                 "replay_cache_bytes", "replaying", "scope", "shared", "show_hidden")
 
     def __init__(self, key: ViewKey, class_name: str, scope: list[dict[str, Any]], predicate: Predicate,
                  catalog: dict[str, Any], show_hidden: bool, acl: Acl | None, acl_param: Any) -> None:
@@ -202,7 +267,8 @@ class View:
         #: the ACL object as the first subscriber gave it, for documents that check ACLs themselves
         self.acl_param = acl_param
         self.members: dict[Connection, Member] = {}
-        self._projectors: dict[DocSchema | None, Projector] = {}
+        self.shared = shared_catalog(key[1], catalog, show_hidden)
+        self.catalog = self.shared.catalog  # one equal dict for all the views sharing it
         #: seq -> (message, is_exit) or None, for the changes its members replayed lately (shared by them)
         self.replay_cache: dict[str, tuple[Outgoing, bool] | None] = {}
         #: bytes of the messages in ``replay_cache``; members of the view replaying now
@@ -211,10 +277,7 @@ class View:
 
     def projector(self, schema: DocSchema | None) -> Projector:
         """The catalog compiled against ``schema`` (cached: one per schema the class is published with)."""
-        p = self._projectors.get(schema)
-        if p is None:
-            p = self._projectors[schema] = compile_normalised(self.catalog, schema, self.show_hidden)
-        return p
+        return self.shared.projector(schema)
 
     def evaluate(self, change: Change, slow: SlowHooks | None) -> Evaluation | None:
         """What this view's members get for ``change``: ``(op, message body, is_exit)``, or None.
@@ -228,14 +291,14 @@ class View:
             return self._evaluate_slow(change, slow)
         data, acl = change.data, self.acl
         if (acl is None or acl.allows(change.subjects)) and self.predicate(data):
-            return change.op, self.projector(change.schema)(data), False
+            return change.op, self.shared.project(change, data), False
         prev = change.prev
         if change.op == "I" or prev is None:
             return None
         if (acl is None or acl.allows(change.prev_subjects)) and self.predicate(prev):
             if change.op == "U":
                 return "X", {"_id": data.get("_id")}, True
-            return change.op, self.projector(change.schema)(prev), True
+            return change.op, self.shared.project(change, prev), True
         return None
 
     def _evaluate_slow(self, change: Change, slow: SlowHooks | None) -> Evaluation | None:
@@ -271,7 +334,15 @@ Evaluation = tuple[str, Any, bool]
 
 
 def envelope(class_name: str, op: str, seq: str, body: Any) -> Outgoing:
-    """The document message, as the original sends it."""
+    """The document message, as the original sends it. Made once per :class:`Body` (shared by the views
+    whose catalogs are alike), once per call for any other body."""
+    if type(body) is Body:
+        made: tuple[str, str, str, Outgoing] | None = getattr(body, "message", None)
+        if made is not None and made[0] == op and made[1] == seq and made[2] == class_name:
+            return made[3]
+        out = Outgoing(encode_json({"doc_class": class_name, "op": op, "seq": seq, "message": body}))
+        body.message = (op, seq, class_name, out)
+        return out
     return Outgoing(encode_json({"doc_class": class_name, "op": op, "seq": seq, "message": body}))
 
 

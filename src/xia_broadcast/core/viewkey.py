@@ -13,12 +13,13 @@ from typing import Any
 import orjson
 
 from .acl import Acl
+from .encoding import dumps
 
 ViewKey = tuple[bytes, bytes, bool, tuple[tuple[str, str], ...] | None, Any]
 
 
 def _canon(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
 def raw_acl_key(raw: Any) -> Any:
@@ -46,7 +47,7 @@ def _only_items(display: Any) -> bool:
 
 
 def _canon_any(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=repr)
+    return dumps(value, option=orjson.OPT_SORT_KEYS, default=repr)
 
 
 def view_key(

@@ -65,6 +65,8 @@ class Authenticator:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        #: the principal of each configured API key, made once and shared by its subscribers (memory)
+        self._key_principals: dict[str, Principal] = {}
 
     def subscriber(self, header: Mapping[str, Any], upgrade_headers: Mapping[str, Any] | None = None) -> Principal:
         """The principal of a subscriber, from ``_header`` and the upgrade request headers.
@@ -84,16 +86,20 @@ class Authenticator:
             raise AuthError("App Name or API Key missing for authentication")
         if not isinstance(api_key, str):
             raise AuthError("X-Api-Key must be a string")
-        entry = None
+        entry = matched = None
         for key, candidate in s.api_keys.items():  # constant-time compare of every configured key
             if hmac.compare_digest(key.encode(), api_key.encode()):
-                entry = candidate
-        if entry is None:
+                entry, matched = candidate, key
+        if entry is None or matched is None:
             raise AuthError("Authentication Error: unknown API key")
         if entry.app_name is not None and _get(header, "X-App-Name") != entry.app_name:
             raise AuthError("Authentication Error: API key is not valid for this X-App-Name")
-        return Principal(entry.user_name, None if entry.acl is None else Acl.from_display(**entry.acl),
-                         show_hidden=entry.show_hidden)
+        principal = self._key_principals.get(matched)
+        if principal is None:
+            principal = self._key_principals[matched] = Principal(
+                entry.user_name, None if entry.acl is None else Acl.from_display(**entry.acl),
+                show_hidden=entry.show_hidden)
+        return principal
 
     def _from_jwt(self, token: str) -> Principal:
         s = self.settings

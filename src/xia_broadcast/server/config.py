@@ -58,6 +58,9 @@ class Settings:
     max_outbound_bytes: int = 256 * 1024 * 1024
     #: Origin header values a WebSocket upgrade may carry; empty: any. Another Origin is answered 403
     origin_allowlist: list[str] = field(default_factory=list)
+    #: seconds a queued message may wait to be written together with later ones while the server is busy
+    #: (adaptive write coalescing: when idle it is written at once); 0 writes on the next loop turn always
+    max_write_delay: float = 0.002
     max_subscriptions: int = 32
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
@@ -119,9 +122,9 @@ class Settings:
 _SECTIONS = {
     "server": {"host", "port", "path", "handshake_timeout", "max_message_size", "max_publish_size",
                "max_connections", "max_http_connections", "max_body_bytes", "max_outbound_bytes",
-               "origin_allowlist", "max_subscriptions", "ping_interval", "ping_timeout", "queue_messages",
-               "queue_bytes", "shutdown_timeout", "log_format", "log_level", "allow_undeclared_classes",
-               "show_hidden_requires_grant"},
+               "max_write_delay", "origin_allowlist", "max_subscriptions", "ping_interval", "ping_timeout",
+               "queue_messages", "queue_bytes", "shutdown_timeout", "log_format", "log_level",
+               "allow_undeclared_classes", "show_hidden_requires_grant"},
     "limits": {"max_scope_conditions", "max_scope_path_depth", "max_scope_in_values", "max_scope_value_length",
                "max_catalog_depth", "max_catalog_fields"},
     "journal": {"max_count", "max_age", "max_bytes", "max_total_bytes", "max_tracked_ids"},
@@ -288,6 +291,8 @@ def check(settings: Settings) -> None:
                           f"max_publish_size ({settings.max_publish_size})")
     if settings.log_format not in ("json", "text"):
         raise ConfigError(f"log_format must be json or text, not {settings.log_format!r}")
+    if not 0 <= settings.max_write_delay <= 1:
+        raise ConfigError(f"max_write_delay must be between 0 and 1 (seconds), not {settings.max_write_delay}")
     for name in ("port", "max_message_size", "max_publish_size", "max_connections", "max_subscriptions",
                  "queue_messages", "queue_bytes", "journal_max_count", "journal_max_bytes",
                  "journal_max_total_bytes", "max_http_connections", "max_body_bytes",

@@ -16,6 +16,7 @@ import enum
 import logging
 import time
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from websockets.frames import Frame, Opcode
@@ -31,6 +32,9 @@ from ..core.protocol import (
 )
 from ..fanout import Connection
 from .writer import SocketWriter
+
+#: what ``upgrade_headers`` holds once the handshake is answered
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 if TYPE_CHECKING:
     from .native import NativeServer
@@ -62,6 +66,9 @@ class WebSocketConnection(asyncio.Protocol):
     The server counts it against ``max_connections`` from :meth:`start` to :meth:`connection_lost`.
     """
 
+    __slots__ = ("early", "fragments", "handshake_timer", "last_recv", "opening", "peer", "phase", "server",
+                 "service", "session", "transport", "upgrade_headers", "writer", "ws")
+
     def __init__(self, server: NativeServer, transport: asyncio.Transport, upgrade_headers: Mapping[str, str],
                  peer: str) -> None:
         self.server = server
@@ -69,7 +76,8 @@ class WebSocketConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = transport
         self.ws = Protocol(Side.SERVER, state=State.OPEN, max_size=self.service.settings.max_message_size)
         self.writer = SocketWriter(transport, server.service.hub, self.service)
-        self.upgrade_headers = dict(upgrade_headers)
+        #: the upgrade request's headers, until the handshake is answered (then forgotten: memory)
+        self.upgrade_headers: Mapping[str, str] = dict(upgrade_headers)
         self.peer = peer
         self.phase = Phase.AWAITING_HANDSHAKE
         self.session: Any = None
@@ -220,6 +228,9 @@ class WebSocketConnection(asyncio.Protocol):
             log.exception("handshake failed unexpectedly")
             self.close(1011, "internal error")
             return
+        finally:
+            self.upgrade_headers = NO_HEADERS
+            self.opening = None  # a finished task keeps its coroutine's memory while referenced
         self.session = session
         if self.phase is not Phase.OPENING:  # closed meanwhile: connection_lost came before the session
             self.service.close_session(self, session)

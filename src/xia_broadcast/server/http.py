@@ -271,9 +271,8 @@ class HttpConnection(asyncio.Protocol):
             self._process()  # a request pipelined behind this one
 
     def _finish(self, endpoint: Endpoint, response: HttpResponse, close: bool) -> None:
-        if endpoint.reads_body:
-            # the whole request is fanned out: write it now, one write per socket, before answering
-            self.server.broadcaster.flush_pending()
+        # what the request fanned out is written by the broadcaster's flush scheduler, with whatever other
+        # requests and publishers queue meanwhile (one write per socket), within ``max_write_delay``
         self._answer(response, close=close)
 
     @staticmethod

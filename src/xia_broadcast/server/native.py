@@ -77,6 +77,7 @@ class NativeServer:
     def __init__(self, settings: Settings, broadcaster: type[NativeBroadcaster] | None = None) -> None:
         self.settings = settings
         self.broadcaster: type[NativeBroadcaster] = broadcaster or type("ServerBroadcaster", (NativeBroadcaster,), {})
+        self.broadcaster.max_write_delay = settings.max_write_delay
         self.service = Service(settings, self.broadcaster)
         self.endpoints: EndpointTable = default_endpoints(settings)
         self.http_limits = HttpLimits(settings.max_http_connections)

@@ -2,8 +2,14 @@
 
 A message is framed once (server frames are not masked and compression is never negotiated, so the frame
 is the same bytes for every recipient) and cached on its :class:`~xia_broadcast.fanout.Outgoing`. After a
-fan-out, :class:`NativeBroadcaster` writes every connection with queued messages on the next loop turn, in
-**one** ``transport.write`` per connection, with no task and no await per socket.
+fan-out, :class:`NativeBroadcaster` writes every connection with queued messages in **one**
+``transport.write`` per connection (all its queued frames together), with no task and no await per socket.
+
+When it writes is adaptive (see :class:`FlushScheduler`): when the loop has nothing else to do, at once (on
+the next loop turn: no added latency at low rates); while the loop is busy (more changes, requests or
+other callbacks waiting), the write waits for them, at most ``max_write_delay`` seconds after the first
+message was queued, so that changes arriving one per loop turn from many publishers leave in one write per
+socket instead of one write per delivery.
 
 What waits in transport buffers (the only per-socket copies of outbound bytes) is bounded: a socket is
 written only up to its share of ``max_outbound_bytes`` (that divided by the open WebSockets when it is
@@ -24,11 +30,13 @@ import asyncio
 import logging
 import struct
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..broadcast import Broadcaster
 from ..fanout import Connection, Outgoing
 from ..hub import Hub
+from .config import Settings
 
 if TYPE_CHECKING:
     from .service import Service
@@ -69,6 +77,8 @@ class SocketWriter:
     than the share is still queued, the connection takes no more live changes (``Hub.lag``): it
     continues from the journal once it is written again, as it does when its queue overflows.
     """
+
+    __slots__ = ("closed", "engine", "high_water", "max_outbound", "paused", "pending", "service", "transport")
 
     def __init__(self, transport: asyncio.Transport, engine: Hub, service: Service) -> None:
         self.transport = transport
@@ -152,20 +162,123 @@ class SocketWriter:
         self.pending = None
 
 
+#: default bound of :class:`FlushScheduler`, in seconds (the ``max_write_delay`` setting's default)
+DEFAULT_MAX_WRITE_DELAY: float = Settings.max_write_delay
+
+
+def _loop_backlog(loop: asyncio.AbstractEventLoop) -> int | None:
+    """How many callbacks are ready to run in ``loop`` besides the one running now (requests read, tasks
+    woken, timers due), or None where the loop does not tell (asyncio's loops keep them in ``_ready``)."""
+    ready = getattr(loop, "_ready", None)
+    return len(ready) if ready is not None else None
+
+
+class FlushScheduler:
+    """Decides when queued messages are written: at once when the loop is idle, together while it is busy.
+
+    Connections that got messages are collected (:meth:`add`); one callback a loop turn decides whether to
+    write them all now (``flush``, one write per connection carrying everything queued for it):
+
+    * the first collected message has waited ``max_write_delay`` seconds (``clock`` time): write (the bound);
+    * the messages queued since then (``queued``, a running count such as the Hub's deliveries) reach
+      ``max_batch`` per collected connection on average: write, so that coalescing never fills a queue that
+      a client reading promptly would keep near empty;
+    * the loop has nothing else ready to run, and has polled its sockets once since the first message was
+      collected: write (idle: one or two loop turns after the fan-out, never waiting for the bound);
+    * otherwise the callback goes behind the work that is waiting (requests read, publishers woken, other
+      callbacks), which may queue more messages to the same sockets: they leave in the same write.
+
+    So changes arriving one per loop turn from many publishers leave in one write per socket per flush, not
+    one write per delivery, and a message waits at most ``max_write_delay`` plus the loop turn in which the
+    bound passes (and the writes to the sockets flushed before its own). A socket over its high-water mark is
+    written when it drains, not by the bound. ``max_write_delay`` 0: every flush on the next loop turn.
+    Cost: one callback a loop turn while messages wait; none when nothing waits.
+    """
+
+    def __init__(self, flush: Callable[[list[Connection]], None], max_write_delay: float = DEFAULT_MAX_WRITE_DELAY,
+                 clock: Callable[[], float] = time.monotonic,
+                 backlog: Callable[[asyncio.AbstractEventLoop], int | None] = _loop_backlog,
+                 queued: Callable[[], int] | None = None, max_batch: int = 0) -> None:
+        self.flush = flush
+        #: seconds a message may wait to be written together with later ones (the latency bound)
+        self.max_write_delay = max_write_delay
+        self.clock = clock
+        self.backlog = backlog
+        #: a running count of messages queued to connections, and how many per pending connection, on
+        #: average, make the flush happen at once (0: no such limit)
+        self.queued = queued
+        self.max_batch = max_batch
+        self.queued_at = 0
+        self.pending: list[Connection] = []
+        self.handle: asyncio.Handle | None = None
+        #: ``clock()`` when the first pending connection was added
+        self.since = 0.0
+        #: the loop has polled its sockets since then (our callback has been re-queued once)
+        self.polled = False
+
+    def add(self, conn: Connection) -> None:
+        """``conn`` has messages to write (and was idle): write it with the next flush."""
+        self.pending.append(conn)
+        if self.handle is None:
+            self.since = self.clock()
+            self.polled = False
+            if self.queued is not None:
+                self.queued_at = self.queued()
+            self.handle = asyncio.get_running_loop().call_soon(self._turn)
+
+    def _turn(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.clock() - self.since < self.max_write_delay and not self._batch_full():
+            backlog = self.backlog(loop)
+            if backlog or not self.polled:
+                # busy, or the loop has not looked at its sockets yet: let what waits run first
+                self.polled = True
+                self.handle = loop.call_soon(self._turn)
+                return
+        self.flush_now()
+
+    def _batch_full(self) -> bool:
+        if self.queued is None or self.max_batch <= 0:
+            return False
+        return self.queued() - self.queued_at >= self.max_batch * len(self.pending)
+
+    def flush_now(self) -> None:
+        """Write every pending connection now."""
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        pending, self.pending = self.pending, []
+        if pending:
+            self.flush(pending)
+
+
 class NativeBroadcaster(Broadcaster):
     """A broadcaster whose websockets are :class:`~.connection.WebSocketConnection` objects.
 
-    After a fan-out, connections that have messages are written once each, on the next loop turn, so that
-    a burst of changes published in one go leaves in one write per socket.
+    After a fan-out, connections that have messages are written once each, when :class:`FlushScheduler`
+    says (at once when the loop is idle, at most ``max_write_delay`` seconds later when it is busy), so
+    that changes published one after another leave in one write per socket.
     """
 
-    _pending: list[Connection] = []
-    _flush_handle: asyncio.Handle | None = None
+    #: the latency bound of write coalescing, in seconds (the server's ``max_write_delay`` setting)
+    max_write_delay: float = DEFAULT_MAX_WRITE_DELAY
+    #: a write happens at once when this fraction of ``max_queue_messages`` is queued per waiting connection
+    #: (on average) since the first: coalescing never makes a queue overflow
+    BATCH_FRACTION = 0.25
+    _scheduler: FlushScheduler | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._pending = []
-        cls._flush_handle = None
+        cls._scheduler = None
+
+    @classmethod
+    def scheduler(cls) -> FlushScheduler:
+        """This class's flush scheduler (made at first use, with ``max_write_delay`` as set then)."""
+        if cls._scheduler is None:
+            cls._scheduler = FlushScheduler(
+                cls._write_pending, cls.max_write_delay, queued=lambda: cls.hub().stats.deliveries,
+                max_batch=max(1, int(cls.max_queue_messages * cls.BATCH_FRACTION)))
+        return cls._scheduler
 
     @classmethod
     def subscriber_is_connected(cls, websocket: Any) -> bool:
@@ -181,15 +294,15 @@ class NativeBroadcaster(Broadcaster):
 
     @classmethod
     def _connection_ready(cls, conn: Connection) -> None:
-        cls._pending.append(conn)
-        if cls._flush_handle is None:
-            cls._flush_handle = asyncio.get_running_loop().call_soon(cls.flush_pending)
+        cls.scheduler().add(conn)
 
     @classmethod
     def flush_pending(cls) -> None:
-        """Write every pending connection's queued messages, one write per connection."""
-        cls._flush_handle = None
-        pending, cls._pending = cls._pending, []
+        """Write every pending connection's queued messages now, one write per connection."""
+        cls.scheduler().flush_now()
+
+    @classmethod
+    def _write_pending(cls, pending: list[Connection]) -> None:
         oldest: float | None = None
         for conn in pending:
             try:

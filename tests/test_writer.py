@@ -1,0 +1,164 @@
+"""Adaptive write coalescing (``server/writer.py``): written at once when idle, together while busy, within
+``max_write_delay``, in order and without loss.
+
+Time is an injected clock advanced by the test, never the wall clock; "busy" is a task that stays ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from conftest import RECV_TIMEOUT, order, raw_subscribe, read_frame
+from xia_broadcast.server.config import ConfigError, load_settings
+from xia_broadcast.server.writer import FlushScheduler
+
+
+class FakeClock:
+    """A clock that moves only when the test says so (seconds)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder:
+    """The flush callback: records, per flush, the clock time and what was written."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.flushes: list[tuple[float, list[Any]]] = []
+        self.written = asyncio.get_running_loop().create_future()
+
+    def __call__(self, pending: list[Any]) -> None:
+        self.flushes.append((self.clock(), list(pending)))
+        if not self.written.done():
+            self.written.set_result(None)
+
+
+async def test_a_lone_message_at_idle_is_written_without_waiting_for_the_bound() -> None:
+    clock = FakeClock()  # never moves: the bound (an hour) can never pass
+    flushed = Recorder(clock)
+    scheduler = FlushScheduler(flushed, max_write_delay=3600.0, clock=clock)
+    scheduler.add("conn")  # type: ignore[arg-type]  # any object stands for a connection here
+    assert flushed.flushes == []  # never written inside the fan-out that queued it
+    await asyncio.wait_for(flushed.written, RECV_TIMEOUT)  # the loop is idle: nothing else is ready
+    assert flushed.flushes == [(clock.now, ["conn"])]
+
+
+async def test_while_busy_messages_wait_together_and_never_longer_than_the_bound() -> None:
+    clock = FakeClock()
+    flushed = Recorder(clock)
+    bound, step, turns = 0.002, 0.00025, 400
+    scheduler = FlushScheduler(flushed, max_write_delay=bound, clock=clock)
+    added_at: dict[int, float] = {}
+    for i in range(turns):  # a publisher: one message per loop turn, the clock moving a step a turn
+        added_at[i] = clock.now
+        scheduler.add(i)  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        clock.now += step
+    await asyncio.wait_for(flushed.written, RECV_TIMEOUT)
+    while scheduler.pending:  # the rest is written once the loop is idle
+        await asyncio.sleep(0.01)
+
+    written = [item for _, items in flushed.flushes for item in items]
+    assert written == list(range(turns))  # every message once, in order
+    for at, items in flushed.flushes:
+        # written within one loop turn (a clock step) of the bound after the oldest was queued
+        assert at - added_at[items[0]] <= bound + step + 1e-9
+    busy = flushed.flushes[:-1]  # the last flush came when the publisher had stopped
+    assert len(busy) <= turns * step / bound + 1  # one write per bound, not one per message
+    assert min(len(items) for _, items in busy) >= bound / step
+
+
+async def test_while_busy_a_connection_with_a_full_batch_is_written_before_the_bound() -> None:
+    clock = FakeClock()  # never moves: only the batch limit can make a busy loop write
+    flushed = Recorder(clock)
+    queued = 0
+    scheduler = FlushScheduler(flushed, max_write_delay=3600.0, clock=clock, queued=lambda: queued, max_batch=5)
+    scheduler.add("conn")  # type: ignore[arg-type]
+    for _ in range(12):  # a publisher queueing one message a loop turn to the one waiting connection
+        queued += 1
+        await asyncio.sleep(0)
+        if flushed.flushes:
+            break
+    assert len(flushed.flushes) == 1
+    assert 5 <= queued <= 6  # written once five were queued (within a loop turn), not at the bound
+
+
+async def test_without_delay_every_flush_is_on_the_next_loop_turn() -> None:
+    clock = FakeClock()
+    flushed = Recorder(clock)
+    scheduler = FlushScheduler(flushed, max_write_delay=0.0, clock=clock)
+    for i in range(5):
+        scheduler.add(i)  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    assert [items for _, items in flushed.flushes] == [[0], [1], [2], [3], [4]]
+
+
+class CountingTransport:
+    """Counts the writes to a transport, passing everything through."""
+
+    def __init__(self, inner: asyncio.Transport) -> None:
+        self.inner = inner
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.inner.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_changes_published_one_per_loop_turn_reach_every_socket_in_order_in_fewer_writes(make_server) -> None:
+    server = await make_server()
+    clients = [await raw_subscribe(server.port, {"Order": {"catalog": {"amount": None}}}) for _ in range(40)]
+    counters = []
+    for websocket in list(server.service.hub.connections):
+        counter = CountingTransport(websocket.writer.transport)
+        websocket.writer.transport = counter
+        counters.append(counter)
+    assert len(counters) == len(clients)
+    changes = 600
+
+    async def publisher() -> list[str]:
+        seqs = []
+        for i in range(changes):  # one change per loop turn, as many publishers deliver them
+            seqs.append(server.broadcaster.publish("Order", "I", order(i)))
+            await asyncio.sleep(0)
+        return seqs
+
+    async def receive(reader: asyncio.StreamReader) -> list[str]:
+        seqs = []
+        while len(seqs) < changes:
+            opcode, payload = await read_frame(reader)
+            assert opcode == 0x1
+            seqs.append(json.loads(payload)["seq"])
+        return seqs
+
+    published, *received = await asyncio.wait_for(
+        asyncio.gather(publisher(), *(receive(reader) for reader, _ in clients)), 60)
+    for seqs in received:
+        assert seqs == published  # nothing lost, nothing reordered, nothing twice
+    writes = sum(c.writes for c in counters)
+    assert writes < changes * len(clients) / 4, f"{writes} writes for {changes * len(clients)} deliveries"
+    for _, writer in clients:
+        writer.close()
+
+
+def test_max_write_delay_is_a_setting_with_a_file_key_an_environment_name_and_a_check(tmp_path) -> None:
+    assert load_settings(environ={}).max_write_delay == 0.002
+    config = tmp_path / "server.toml"
+    config.write_text("[server]\nmax_write_delay = 0.01\n")
+    assert load_settings(config, environ={}).max_write_delay == 0.01
+    assert load_settings(environ={"XIA_BROADCAST_MAX_WRITE_DELAY": "0"}).max_write_delay == 0.0
+    for bad in ("-0.001", "2"):
+        with pytest.raises(ConfigError, match="max_write_delay"):
+            load_settings(environ={"XIA_BROADCAST_MAX_WRITE_DELAY": bad})
