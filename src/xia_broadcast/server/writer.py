@@ -211,6 +211,8 @@ class FlushScheduler:
         self.queued_at = 0
         self.pending: list[Connection] = []
         self.handle: asyncio.Handle | None = None
+        #: the loop the pending flush runs in (asked once per flush: asking costs a getpid system call)
+        self.loop: asyncio.AbstractEventLoop | None = None
         #: ``clock()`` when the first pending connection was added
         self.since = 0.0
         #: the loop has polled its sockets since then (our callback has been re-queued once)
@@ -224,10 +226,12 @@ class FlushScheduler:
             self.polled = False
             if self.queued is not None:
                 self.queued_at = self.queued()
-            self.handle = asyncio.get_running_loop().call_soon(self._turn)
+            self.loop = asyncio.get_running_loop()
+            self.handle = self.loop.call_soon(self._turn)
 
     def _turn(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
+        assert loop is not None
         if self.clock() - self.since < self.max_write_delay and not self._batch_full():
             backlog = self.backlog(loop)
             if backlog or not self.polled:
