@@ -183,6 +183,8 @@ class FlushScheduler:
     * the messages queued since then (``queued``, a running count such as the Hub's deliveries) reach
       ``max_batch`` per collected connection on average: write, so that coalescing never fills a queue that
       a client reading promptly would keep near empty;
+    * a collected connection is replaying from the journal (its messages come in chunks already, and the
+      replay waits for its queue to be taken): write at once;
     * the loop has nothing else ready to run, and has polled its sockets once since the first message was
       collected: write (idle: one or two loop turns after the fan-out, never waiting for the bound);
     * otherwise the callback goes behind the work that is waiting (requests read, publishers woken, other
@@ -217,10 +219,14 @@ class FlushScheduler:
         self.since = 0.0
         #: the loop has polled its sockets since then (our callback has been re-queued once)
         self.polled = False
+        #: a pending connection is replaying: the next turn writes without waiting
+        self.urgent = False
 
     def add(self, conn: Connection) -> None:
         """``conn`` has messages to write (and was idle): write it with the next flush."""
         self.pending.append(conn)
+        if conn.replaying:
+            self.urgent = True
         if self.handle is None:
             self.since = self.clock()
             self.polled = False
@@ -232,7 +238,7 @@ class FlushScheduler:
     def _turn(self) -> None:
         loop = self.loop
         assert loop is not None
-        if self.clock() - self.since < self.max_write_delay and not self._batch_full():
+        if not self.urgent and self.clock() - self.since < self.max_write_delay and not self._batch_full():
             backlog = self.backlog(loop)
             if backlog or not self.polled:
                 # busy, or the loop has not looked at its sockets yet: let what waits run first
@@ -251,6 +257,7 @@ class FlushScheduler:
         if self.handle is not None:
             self.handle.cancel()
             self.handle = None
+        self.urgent = False
         pending, self.pending = self.pending, []
         if pending:
             self.flush(pending)
