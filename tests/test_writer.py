@@ -27,6 +27,17 @@ class FakeClock:
         return self.now
 
 
+class FakeConn:
+    """Stands for a connection: a number, and whether it replays from the journal."""
+
+    def __init__(self, n: int, replaying: int = 0) -> None:
+        self.n = n
+        self.replaying = replaying
+
+    def __repr__(self) -> str:
+        return f"conn{self.n}"
+
+
 class Recorder:
     """The flush callback: records, per flush, the clock time and what was written."""
 
@@ -36,7 +47,7 @@ class Recorder:
         self.written = asyncio.get_running_loop().create_future()
 
     def __call__(self, pending: list[Any]) -> None:
-        self.flushes.append((self.clock(), list(pending)))
+        self.flushes.append((self.clock(), [c.n for c in pending]))
         if not self.written.done():
             self.written.set_result(None)
 
@@ -45,10 +56,10 @@ async def test_a_lone_message_at_idle_is_written_without_waiting_for_the_bound()
     clock = FakeClock()  # never moves: the bound (an hour) can never pass
     flushed = Recorder(clock)
     scheduler = FlushScheduler(flushed, max_write_delay=3600.0, clock=clock)
-    scheduler.add("conn")  # type: ignore[arg-type]  # any object stands for a connection here
+    scheduler.add(FakeConn(0))  # type: ignore[arg-type]
     assert flushed.flushes == []  # never written inside the fan-out that queued it
     await asyncio.wait_for(flushed.written, RECV_TIMEOUT)  # the loop is idle: nothing else is ready
-    assert flushed.flushes == [(clock.now, ["conn"])]
+    assert flushed.flushes == [(clock.now, [0])]
 
 
 async def test_while_busy_messages_wait_together_and_never_longer_than_the_bound() -> None:
@@ -59,7 +70,7 @@ async def test_while_busy_messages_wait_together_and_never_longer_than_the_bound
     added_at: dict[int, float] = {}
     for i in range(turns):  # a publisher: one message per loop turn, the clock moving a step a turn
         added_at[i] = clock.now
-        scheduler.add(i)  # type: ignore[arg-type]
+        scheduler.add(FakeConn(i))  # type: ignore[arg-type]
         await asyncio.sleep(0)
         clock.now += step
     await asyncio.wait_for(flushed.written, RECV_TIMEOUT)
@@ -81,7 +92,7 @@ async def test_while_busy_a_connection_with_a_full_batch_is_written_before_the_b
     flushed = Recorder(clock)
     queued = 0
     scheduler = FlushScheduler(flushed, max_write_delay=3600.0, clock=clock, queued=lambda: queued, max_batch=5)
-    scheduler.add("conn")  # type: ignore[arg-type]
+    scheduler.add(FakeConn(0))  # type: ignore[arg-type]
     for _ in range(12):  # a publisher queueing one message a loop turn to the one waiting connection
         queued += 1
         await asyncio.sleep(0)
@@ -91,12 +102,27 @@ async def test_while_busy_a_connection_with_a_full_batch_is_written_before_the_b
     assert 5 <= queued <= 6  # written once five were queued (within a loop turn), not at the bound
 
 
+async def test_while_busy_a_replaying_connection_is_written_on_the_next_loop_turn() -> None:
+    clock = FakeClock()  # never moves: the bound cannot be what makes the busy loop write
+    flushed = Recorder(clock)
+    scheduler = FlushScheduler(flushed, max_write_delay=3600.0, clock=clock)
+    scheduler.add(FakeConn(0))  # type: ignore[arg-type]
+    scheduler.add(FakeConn(1, replaying=1))  # type: ignore[arg-type]  # a replay chunk: a batch already
+    for _ in range(3):  # busy: this task is ready every turn
+        await asyncio.sleep(0)
+    assert [items for _, items in flushed.flushes] == [[0, 1]]
+    scheduler.add(FakeConn(2))  # type: ignore[arg-type]  # live again: waits while the loop is busy
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert [items for _, items in flushed.flushes] == [[0, 1]]
+
+
 async def test_without_delay_every_flush_is_on_the_next_loop_turn() -> None:
     clock = FakeClock()
     flushed = Recorder(clock)
     scheduler = FlushScheduler(flushed, max_write_delay=0.0, clock=clock)
     for i in range(5):
-        scheduler.add(i)  # type: ignore[arg-type]
+        scheduler.add(FakeConn(i))  # type: ignore[arg-type]
         await asyncio.sleep(0)
         await asyncio.sleep(0)
     assert [items for _, items in flushed.flushes] == [[0], [1], [2], [3], [4]]

@@ -183,6 +183,8 @@ class FlushScheduler:
     * the messages queued since then (``queued``, a running count such as the Hub's deliveries) reach
       ``max_batch`` per collected connection on average: write, so that coalescing never fills a queue that
       a client reading promptly would keep near empty;
+    * a collected connection is replaying from the journal (its messages come in chunks already, and the
+      replay waits for its queue to be taken): write at once;
     * the loop has nothing else ready to run, and has polled its sockets once since the first message was
       collected: write (idle: one or two loop turns after the fan-out, never waiting for the bound);
     * otherwise the callback goes behind the work that is waiting (requests read, publishers woken, other
@@ -211,24 +213,32 @@ class FlushScheduler:
         self.queued_at = 0
         self.pending: list[Connection] = []
         self.handle: asyncio.Handle | None = None
+        #: the loop the pending flush runs in (asked once per flush: asking costs a getpid system call)
+        self.loop: asyncio.AbstractEventLoop | None = None
         #: ``clock()`` when the first pending connection was added
         self.since = 0.0
         #: the loop has polled its sockets since then (our callback has been re-queued once)
         self.polled = False
+        #: a pending connection is replaying: the next turn writes without waiting
+        self.urgent = False
 
     def add(self, conn: Connection) -> None:
         """``conn`` has messages to write (and was idle): write it with the next flush."""
         self.pending.append(conn)
+        if conn.replaying:
+            self.urgent = True
         if self.handle is None:
             self.since = self.clock()
             self.polled = False
             if self.queued is not None:
                 self.queued_at = self.queued()
-            self.handle = asyncio.get_running_loop().call_soon(self._turn)
+            self.loop = asyncio.get_running_loop()
+            self.handle = self.loop.call_soon(self._turn)
 
     def _turn(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self.clock() - self.since < self.max_write_delay and not self._batch_full():
+        loop = self.loop
+        assert loop is not None
+        if not self.urgent and self.clock() - self.since < self.max_write_delay and not self._batch_full():
             backlog = self.backlog(loop)
             if backlog or not self.polled:
                 # busy, or the loop has not looked at its sockets yet: let what waits run first
@@ -247,6 +257,7 @@ class FlushScheduler:
         if self.handle is not None:
             self.handle.cancel()
             self.handle = None
+        self.urgent = False
         pending, self.pending = self.pending, []
         if pending:
             self.flush(pending)
