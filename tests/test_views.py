@@ -188,8 +188,10 @@ async def test_views_differing_only_by_scope_or_acl_share_one_projection_and_one
     await b.subscribe(by_acl, "Order", None, CATALOG, False, "", other_acl)
     assert b.engine().view_count("Order") == 3
     connections = b.engine().connections
+    before = b.engine().stats.encodings
     b.publish("Order", "I", order(1))  # total 10: out of the narrow scope
     b.publish("Order", "I", order(2))
+    assert b.engine().stats.encodings - before == 2  # one per change, counted once for the three views
     queued = {ws: list(connections[ws].queue) for ws in (wide, by_scope, by_acl)}
     assert [len(q) for q in queued.values()] == [2, 1, 2]  # each view still filters by its own scope
     assert queued[wide][1] is queued[by_scope][0] is queued[by_acl][1]  # one message, made once

@@ -434,6 +434,7 @@ class Hub:
         slow = self._slow_for(change)
         ready: list[Connection] = []
         lagged: list[Connection] = []
+        encoded: set[int] = set()
         queued = 0
         data = change.data
         candidates = views.values() if (slow is not None or data is None) else views.candidates(data, change.prev)
@@ -446,7 +447,9 @@ class Hub:
                     continue
                 stats.projections += 1
                 out = envelope(class_name, result[0], seq, result[1])
-                stats.encodings += 1
+                if id(out) not in encoded:  # views sharing a catalog share one message
+                    encoded.add(id(out))
+                    stats.encodings += 1
             except Exception:
                 stats.view_errors += 1
                 log.exception("change %s %s %s failed for a view of %s; other views go on",
