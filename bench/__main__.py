@@ -442,7 +442,8 @@ def render(r: dict[str, Any]) -> str:
         "",
         "## Cluster mode",
         "",
-        "Not measured here.",
+        "Measured by its own benchmark, `.venv/bin/python -m bench.cluster` (one node on the memory journal, one",
+        "on Redis Streams, two nodes on one Redis): its figures are in [cluster.md](cluster.md#measured).",
         "",
     ]
     return "\n".join(lines)
