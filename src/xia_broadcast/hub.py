@@ -45,6 +45,8 @@ from .core.viewindex import ViewIndex, equality_key
 from .core.viewkey import view_key
 from .errors import HiddenFieldError, SubscriptionError
 from .fanout import (
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_MAX_QUEUE_MESSAGES,
     Connection,
     Evaluation,
     Member,
@@ -70,9 +72,9 @@ class HubSettings:
     """What a Hub is built with. Units: messages and bytes."""
 
     #: bound of each connection's outbound queue, in messages
-    queue_messages: int = 1000
+    queue_messages: int = DEFAULT_MAX_QUEUE_MESSAGES
     #: bound of each connection's outbound queue, in bytes of encoded messages
-    queue_bytes: int = 8 * 1024 * 1024
+    queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
     #: last versions remembered per class, to find scope exits when a publisher gives no previous state
     max_tracked_ids: int = 100_000
     #: what one subscription may cost

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from ..core.acl import Acl
-from ..core.limits import SubscriptionLimits
+from ..core.limits import DEFAULT_LIMITS, SubscriptionLimits
 from ..core.schema import DocSchema, load_schemas
 from ..errors import InvalidAclError, SchemaError
+from ..fanout import DEFAULT_MAX_QUEUE_BYTES as DEFAULT_QUEUE_BYTES
+from ..fanout import DEFAULT_MAX_QUEUE_MESSAGES as DEFAULT_QUEUE_MESSAGES
 
 
 class ConfigError(ValueError):
@@ -65,8 +67,8 @@ class Settings:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     #: each connection's outbound queue bound, in messages and in bytes
-    queue_messages: int = 1000
-    queue_bytes: int = 8 * 1024 * 1024
+    queue_messages: int = DEFAULT_QUEUE_MESSAGES
+    queue_bytes: int = DEFAULT_QUEUE_BYTES
     shutdown_timeout: float = 5.0
     #: journal retention per class: changes kept and their age in seconds
     journal_max_count: int = 100_000
@@ -100,13 +102,14 @@ class Settings:
     #: on an authenticated server, hidden fields (show_hidden, or a scope naming a hidden field) only for
     #: keys and tokens granted show_hidden; false restores the original (anyone may ask)
     show_hidden_requires_grant: bool = True
-    #: what one subscription may cost (docs/configuration.md, "Subscription limits")
-    max_scope_conditions: int = 32
-    max_scope_path_depth: int = 8
-    max_scope_in_values: int = 1024
-    max_scope_value_length: int = 4096
-    max_catalog_depth: int = 8
-    max_catalog_fields: int = 512
+    #: what one subscription may cost (docs/configuration.md, "Subscription limits"); the defaults are the
+    #: core's (``core.limits.SubscriptionLimits``)
+    max_scope_conditions: int = DEFAULT_LIMITS.max_conditions
+    max_scope_path_depth: int = DEFAULT_LIMITS.max_path_depth
+    max_scope_in_values: int = DEFAULT_LIMITS.max_in_values
+    max_scope_value_length: int = DEFAULT_LIMITS.max_value_length
+    max_catalog_depth: int = DEFAULT_LIMITS.max_catalog_depth
+    max_catalog_fields: int = DEFAULT_LIMITS.max_catalog_fields
 
     def subscription_limits(self) -> SubscriptionLimits:
         """The subscription limits these settings give."""
