@@ -44,10 +44,10 @@ async def run(subscribers: int, views: int, changes: int) -> dict[str, Any]:
         v = i % views
         await b.subscribe(f"ws{i}", "Order", data_scope=[{"fn": "amount", "op": ">=", "val": v}],
                           catalog={"order_id": None, "customer": None, "amount": None, "status": None})
-    assert b.engine().view_count("Order") == views
+    assert b.hub().view_count("Order") == views
     docs = [{"_id": f"O{i % 500}", "order_id": f"O{i % 500}", "customer": "acme", "region": "EU",
              "amount": 1000.0 + i, "status": "paid", "margin": 1.0} for i in range(changes)]
-    stats = b.engine().stats
+    stats = b.hub().stats
     d0 = stats.deliveries
     t0 = time.perf_counter()
     for doc in docs:

@@ -103,7 +103,7 @@ async def test_acls_that_differ_beyond_obj_and_act_never_share_a_view_on_the_slo
     eu, us = Socket("eu"), Socket("us")
     await b.subscribe(eu, "Region", acl={"content": [{"obj": "Region/*", "act": "read", "cond": {"region": "EU"}}]})
     await b.subscribe(us, "Region", acl={"content": [{"obj": "Region/*", "act": "read", "cond": {"region": "US"}}]})
-    assert b.engine().view_count("Region") == 2
+    assert b.hub().view_count("Region") == 2
     await b.document_sent_async(Region(order_id="A", region="EU"), "I", "1")
     assert await b.flush()
     assert len(eu.got) == 1 and us.got == []
@@ -189,7 +189,7 @@ async def test_chosen_seqs_before_the_journal_epoch_are_delivered_live_without_a
     await B.subscribe(late, "Region", from_seq="0001")
     assert await B.flush(2)
     assert [m["seq"] for m in live.got] == ["0001"]
-    assert late.got == [] and B.engine().stats.history_gone <= 1
+    assert late.got == [] and B.hub().stats.history_gone <= 1
 
 
 async def test_a_replay_never_queues_past_the_byte_bound_and_reads_once_per_round() -> None:

@@ -57,8 +57,8 @@ async def test_fifty_identical_subscribers_cost_one_projection_and_one_encoding_
     sockets = [Socket() for _ in range(50)]
     for ws in sockets:
         await b.subscribe(ws, "Order", SCOPE, CATALOG, False, "", ACL)
-    assert b.engine().view_count("Order") == 1
-    stats = b.engine().stats
+    assert b.hub().view_count("Order") == 1
+    stats = b.hub().stats
     for i in range(1, 4):
         projections, encodings = stats.projections, stats.encodings
         b.publish("Order", "I", order(i))
@@ -83,10 +83,10 @@ async def test_subscribers_in_three_views_cost_three_projections_per_change() ->
     sockets = [Socket() for _ in range(30)]
     for i, ws in enumerate(sockets):
         await b.subscribe(ws, "Order", catalog=catalogs[i % 3])
-    assert b.engine().view_count("Order") == 3
-    before = b.engine().stats.encodings
+    assert b.hub().view_count("Order") == 3
+    before = b.hub().stats.encodings
     b.publish("Order", "U", order(1))
-    assert b.engine().stats.encodings - before == 3
+    assert b.hub().stats.encodings - before == 3
     assert await b.flush()
     assert len(b.sent) == 30
     assert len({m for _, m in b.sent}) == 3
@@ -96,10 +96,10 @@ async def test_out_of_scope_or_unreadable_changes_are_not_encoded() -> None:
     b = fresh()
     for _ in range(10):
         await b.subscribe(Socket(), "Order", SCOPE, None, False, "", ACL)
-    before = b.engine().stats.encodings
+    before = b.hub().stats.encodings
     b.publish("Order", "I", order(0))  # total 0: out of scope
     b.publish("Order", "I", order(5, customer="c2"))  # not readable by the ACL
-    assert b.engine().stats.encodings == before
+    assert b.hub().stats.encodings == before
     assert await b.flush()
     assert b.sent == []
 
@@ -116,7 +116,7 @@ async def test_equal_requests_written_differently_share_one_view() -> None:
                       ACL)  # key order inside a condition
     await b.subscribe(Socket(), "Order", SCOPE, CATALOG, False, "0005", ACL)  # start_seq is per subscriber
     await b.subscribe(Socket(), "Order", SCOPE, CATALOG, False, "", ACL, app_name="other")  # extra params
-    assert b.engine().view_count("Order") == 1
+    assert b.hub().view_count("Order") == 1
     assert len(b.active_connections["Order"]) == 7
 
 
@@ -126,7 +126,7 @@ async def test_no_catalog_and_empty_catalog_share_one_view_as_do_no_scope_and_em
     await b.subscribe(Socket(), "Order", [], {})
     await b.subscribe(Socket(), "Order", [], {"lines": {}, "total": None})
     await b.subscribe(Socket(), "Order", None, {"total": None, "lines": None})
-    assert b.engine().view_count("Order") == 2
+    assert b.hub().view_count("Order") == 2
 
 
 async def test_different_requests_get_different_views() -> None:
@@ -147,7 +147,7 @@ async def test_different_requests_get_different_views() -> None:
     base = {"data_scope": SCOPE, "catalog": CATALOG, "show_hidden": False, "start_seq": "", "acl": ACL}
     for n, variant in enumerate(variants, start=2):
         await b.subscribe(Socket(), "Order", **{**base, **variant})
-        assert b.engine().view_count("Order") == n, variant
+        assert b.hub().view_count("Order") == n, variant
 
 
 async def test_views_are_per_class_and_go_away_with_their_last_member() -> None:
@@ -156,13 +156,13 @@ async def test_views_are_per_class_and_go_away_with_their_last_member() -> None:
     await b.subscribe(w1, "Order", catalog=CATALOG)
     await b.subscribe(w2, "Order", catalog=CATALOG)
     await b.subscribe(w1, "Invoice", catalog=None)
-    assert b.engine().view_count("Order") == 1
-    assert b.engine().view_count("Invoice") == 1
+    assert b.hub().view_count("Order") == 1
+    assert b.hub().view_count("Invoice") == 1
     b.disconnect(w1)
-    assert b.engine().view_count("Order") == 1
-    assert b.engine().view_count("Invoice") == 0
+    assert b.hub().view_count("Order") == 1
+    assert b.hub().view_count("Invoice") == 0
     b.disconnect(w2)
-    assert b.engine().view_count() == 0
+    assert b.hub().view_count() == 0
 
 
 async def test_members_of_one_view_keep_their_own_start_seq() -> None:
@@ -170,7 +170,7 @@ async def test_members_of_one_view_keep_their_own_start_seq() -> None:
     early, late = Socket(), Socket()
     await b.subscribe(early, "Order", catalog={"total": None})
     await b.subscribe(late, "Order", catalog={"total": None}, start_seq="0002")
-    assert b.engine().view_count("Order") == 1
+    assert b.hub().view_count("Order") == 1
     for i in range(1, 4):
         b.publish("Order", "I", order(i), seq=f"000{i}")
     assert await b.flush()
@@ -186,12 +186,12 @@ async def test_views_differing_only_by_scope_or_acl_share_one_projection_and_one
     await b.subscribe(wide, "Order", None, CATALOG, False, "", ACL)
     await b.subscribe(by_scope, "Order", narrow, CATALOG, False, "", ACL)
     await b.subscribe(by_acl, "Order", None, CATALOG, False, "", other_acl)
-    assert b.engine().view_count("Order") == 3
-    connections = b.engine().connections
-    before = b.engine().stats.encodings
+    assert b.hub().view_count("Order") == 3
+    connections = b.hub().connections
+    before = b.hub().stats.encodings
     b.publish("Order", "I", order(1))  # total 10: out of the narrow scope
     b.publish("Order", "I", order(2))
-    assert b.engine().stats.encodings - before == 2  # one per change, counted once for the three views
+    assert b.hub().stats.encodings - before == 2  # one per change, counted once for the three views
     queued = {ws: list(connections[ws].queue) for ws in (wide, by_scope, by_acl)}
     assert [len(q) for q in queued.values()] == [2, 1, 2]  # each view still filters by its own scope
     assert queued[wide][1] is queued[by_scope][0] is queued[by_acl][1]  # one message, made once
@@ -210,5 +210,5 @@ async def test_a_document_mutated_and_published_again_is_projected_again() -> No
     doc["status"] = "paid"  # the same dict object, changed, published again
     b.publish("Order", "U", doc)
     for ws in (a, c):
-        got = [json.loads(o.data) for o in b.engine().connections[ws].queue]
+        got = [json.loads(o.data) for o in b.hub().connections[ws].queue]
         assert [(m["op"], m["message"]["status"]) for m in got] == [("I", "new"), ("U", "paid")]

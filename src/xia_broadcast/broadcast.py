@@ -110,11 +110,6 @@ class Broadcaster:
         return hub
 
     @classmethod
-    def engine(cls) -> Hub:
-        """This class's Hub (its former name)."""
-        return cls.hub()
-
-    @classmethod
     def make_backend(cls) -> Backend:
         """The journal backend of this class's Hub (override to use another one, e.g. Redis Streams)."""
         return MemoryBackend(max_count=cls.journal_max_count, max_age=cls.journal_max_age,

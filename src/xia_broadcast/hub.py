@@ -441,8 +441,6 @@ class Hub:
         data = change.data
         candidates = views.values() if (slow is not None or data is None) else views.candidates(data, change.prev)
         for view in candidates:
-            if not view.members:
-                continue
             try:
                 result = view.evaluate(change, slow)
                 if result is None:
@@ -668,4 +666,4 @@ class Hub:
         return True
 
 
-__all__ = ["REPLAY_CHUNK", "Hub", "HubSettings", "HubStats", "SeqOrderError"]
+__all__ = ["REPLAY_CHUNK", "Hub", "HubSettings", "HubStats"]

@@ -41,7 +41,7 @@ from websockets.uri import parse_uri
 from ..core.protocol import (
     CLOSE_AUTH_FAILED,
     CLOSE_BAD_HANDSHAKE,
-    CLOSE_CLASS_FORBIDDEN,
+    CLOSE_FORBIDDEN,
     CLOSE_INVALID_CATALOG,
     CLOSE_INVALID_SCOPE,
     CLOSE_MESSAGE_TOO_BIG,
@@ -67,7 +67,7 @@ log = logging.getLogger("xia_broadcast.client")
 
 #: close codes after which reconnecting with the same request cannot succeed
 TERMINAL_CLOSE_CODES = frozenset({
-    CLOSE_MESSAGE_TOO_BIG, CLOSE_BAD_HANDSHAKE, CLOSE_AUTH_FAILED, CLOSE_CLASS_FORBIDDEN, CLOSE_NO_CLASS,
+    CLOSE_MESSAGE_TOO_BIG, CLOSE_BAD_HANDSHAKE, CLOSE_AUTH_FAILED, CLOSE_FORBIDDEN, CLOSE_NO_CLASS,
     CLOSE_INVALID_SCOPE, CLOSE_INVALID_CATALOG, CLOSE_TOO_MANY_SUBSCRIPTIONS,
 })
 #: HTTP statuses refusing the upgrade that are worth retrying (others in 4xx are not)

@@ -26,7 +26,7 @@ class _ServiceCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         svc = self.service
-        engine = svc.broadcaster.engine()
+        engine = svc.broadcaster.hub()
         stats = engine.stats
         yield GaugeMetricFamily("xia_connections", "Open WebSocket connections", value=svc.connection_count)
         yield GaugeMetricFamily("xia_subscriptions", "Active subscriptions (connection x class)",

@@ -73,13 +73,6 @@ class Service:
     def __init__(self, settings: Settings, broadcaster: type[Broadcaster]) -> None:
         self.settings = settings
         self.broadcaster = broadcaster
-        broadcaster.max_queue_messages = settings.queue_messages
-        broadcaster.max_queue_bytes = settings.queue_bytes
-        broadcaster.journal_max_count = settings.journal_max_count
-        broadcaster.journal_max_age = settings.journal_max_age
-        broadcaster.max_tracked_ids = settings.max_tracked_ids
-        broadcaster.journal_epoch_now = True
-        broadcaster.subscription_limits = settings.subscription_limits()
         for schema in settings.classes.values():
             broadcaster.register_class(schema)
         #: this service's own Hub, made from its settings (never one made earlier from class defaults)

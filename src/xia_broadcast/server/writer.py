@@ -273,7 +273,7 @@ class NativeBroadcaster(Broadcaster):
 
     #: the latency bound of write coalescing, in seconds (the server's ``max_write_delay`` setting)
     max_write_delay: float = DEFAULT_MAX_WRITE_DELAY
-    #: a write happens at once when this fraction of ``max_queue_messages`` is queued per waiting connection
+    #: a write happens at once when this fraction of the Hub's ``queue_messages`` is queued per waiting connection
     #: (on average) since the first: coalescing never makes a queue overflow
     BATCH_FRACTION = 0.25
     _scheduler: FlushScheduler | None = None
@@ -288,7 +288,7 @@ class NativeBroadcaster(Broadcaster):
         if cls._scheduler is None:
             cls._scheduler = FlushScheduler(
                 cls._write_pending, cls.max_write_delay, queued=lambda: cls.hub().stats.deliveries,
-                max_batch=max(1, int(cls.max_queue_messages * cls.BATCH_FRACTION)))
+                max_batch=max(1, int(cls.hub().settings.queue_messages * cls.BATCH_FRACTION)))
         return cls._scheduler
 
     @classmethod
