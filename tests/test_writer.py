@@ -144,7 +144,8 @@ class CountingTransport:
 
 
 async def test_changes_published_one_per_loop_turn_reach_every_socket_in_order_in_fewer_writes(make_server) -> None:
-    server = await make_server()
+    # a bound far longer than the test: what makes writes happen is the loop's state, not the wall clock
+    server = await make_server(max_write_delay=0.05)
     clients = [await raw_subscribe(server.port, {"Order": {"catalog": {"amount": None}}}) for _ in range(40)]
     counters = []
     for websocket in list(server.service.hub.connections):
@@ -188,3 +189,115 @@ def test_max_write_delay_is_a_setting_with_a_file_key_an_environment_name_and_a_
     for bad in ("-0.001", "2"):
         with pytest.raises(ConfigError, match="max_write_delay"):
             load_settings(environ={"XIA_BROADCAST_MAX_WRITE_DELAY": bad})
+
+
+# -- writes during the fan-out after a lull ---------------------------------------------------------------
+
+
+class Written:
+    """``write_now`` of a scheduler: records the connections written during a fan-out."""
+
+    def __init__(self) -> None:
+        self.conns: list[int] = []
+
+    def __call__(self, conn: Any) -> Any:
+        self.conns.append(conn.n)
+        return True
+
+
+async def test_a_fan_out_writes_at_once_only_after_a_lull_of_the_bound_and_an_idle_loop_turn() -> None:
+    clock = FakeClock()
+    flushed = Recorder(clock)
+    written = Written()
+    scheduler = FlushScheduler(flushed, max_write_delay=0.002, clock=clock, write_now=written)
+    assert scheduler.begin()  # nothing happened yet: a lull
+    assert scheduler.write(FakeConn(0))  # type: ignore[arg-type]
+    scheduler.end()
+    assert written.conns == [0]
+    assert not scheduler.begin()  # the next change comes right after: it waits for the flush, with others
+    clock.now += 0.003
+    assert not scheduler.begin()  # the bound has passed, but the loop has not been idle since
+    await asyncio.sleep(0.001)  # this task waits on a timer: the probe sees a turn with nothing else ready
+    assert scheduler.begin()
+    scheduler.end()
+    clock.now += 0.003
+    for _ in range(3):  # busy: this task is ready every turn, so the probe never sees an idle turn
+        await asyncio.sleep(0)
+    assert not scheduler.begin()
+
+
+async def test_no_fan_out_writes_at_once_while_a_flush_waits_or_other_work_is_ready() -> None:
+    clock = FakeClock()
+    flushed = Recorder(clock)
+    scheduler = FlushScheduler(flushed, max_write_delay=0.002, clock=clock, write_now=Written())
+    scheduler.add(FakeConn(0))  # type: ignore[arg-type]
+    assert not scheduler.begin()  # something is queued for the flush: writing now would overtake it
+    await asyncio.wait_for(flushed.written, RECV_TIMEOUT)
+    clock.now += 0.003
+    await asyncio.sleep(0.001)  # an idle loop turn
+    asyncio.get_running_loop().call_soon(lambda: None)  # a request read, a task woken: work is ready
+    assert not scheduler.begin()
+    await asyncio.sleep(0.001)
+    assert scheduler.begin()
+    scheduler.end()
+
+
+def test_without_writes_during_fan_out_or_outside_a_loop_every_fan_out_waits_for_the_flush() -> None:
+    scheduler = FlushScheduler(lambda pending: None, max_write_delay=0.002)
+    assert not scheduler.begin()  # no write_now
+    scheduler = FlushScheduler(lambda pending: None, max_write_delay=0.002, write_now=Written())
+    assert not scheduler.begin()  # no running loop (a publish from synchronous code)
+    scheduler.end()  # outside a loop: nothing to probe with, nothing fails
+
+
+async def test_at_idle_a_publish_writes_every_subscriber_before_it_returns(make_server) -> None:
+    server = await make_server()
+    clients = [await raw_subscribe(server.port, {"Order": {"catalog": {"amount": None}}}) for _ in range(20)]
+    counters = []
+    for websocket in list(server.service.hub.connections):
+        counter = CountingTransport(websocket.writer.transport)
+        websocket.writer.transport = counter
+        counters.append(counter)
+    await asyncio.sleep(0.05)  # a lull
+    first = server.broadcaster.publish("Order", "I", order(1))
+    assert [c.writes for c in counters] == [1] * len(clients)  # written inside the publish call
+    second = server.broadcaster.publish("Order", "I", order(2))  # no lull: waits for the flush
+    assert [c.writes for c in counters] == [1] * len(clients)
+    for reader, _ in clients:
+        seqs = []
+        for _ in range(2):
+            opcode, payload = await asyncio.wait_for(read_frame(reader), RECV_TIMEOUT)
+            assert opcode == 0x1
+            seqs.append(json.loads(payload)["seq"])
+        assert seqs == [first, second]
+    assert [c.writes for c in counters] == [2] * len(clients)
+    for _, writer in clients:
+        writer.close()
+
+
+class FailingTransport(CountingTransport):
+    def write(self, data: bytes) -> None:
+        raise OSError("the socket is broken")
+
+
+async def test_a_write_failing_during_the_fan_out_closes_that_subscriber_only(make_server) -> None:
+    server = await make_server()
+    clients = [await raw_subscribe(server.port, {"Order": {"catalog": {"amount": None}}}) for _ in range(5)]
+    websockets = list(server.service.hub.connections)
+    broken = websockets[2]
+    broken.writer.transport = FailingTransport(broken.writer.transport)
+    await asyncio.sleep(0.05)  # a lull: the fan-out writes at once
+    seq = server.broadcaster.publish("Order", "I", order(1))
+    for websocket, (reader, _) in zip(websockets, clients, strict=True):  # subscribed one after another
+        if websocket is broken:
+            continue
+        opcode, payload = await asyncio.wait_for(read_frame(reader), RECV_TIMEOUT)
+        assert (opcode, json.loads(payload)["seq"]) == (0x1, seq)
+    for _ in range(100):
+        if broken not in server.service.hub.connections:
+            break
+        await asyncio.sleep(0.01)
+    assert broken not in server.service.hub.connections
+    assert len(server.service.hub.connections) == len(clients) - 1
+    for _, writer in clients:
+        writer.close()

@@ -31,7 +31,7 @@ import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .core.acl import Acl
 from .core.catalog import validate_catalog
@@ -95,6 +95,23 @@ class HubStats:
     view_errors: int = 0
 
 
+class DirectWrites(Protocol):
+    """A transport that may write connections during a fan-out instead of after it (``Hub.direct``).
+
+    :meth:`begin` is asked once per fan-out; when it says yes, each connection that gets a message and was
+    idle is handed to :meth:`write` right then (so the first subscribers are written while the fan-out goes
+    on to the others); a connection it does not write (False) goes to ``on_ready`` after the fan-out as
+    usual. :meth:`write` must not change views or connections (it may schedule such work for later).
+    :meth:`end` closes a fan-out that began.
+    """
+
+    def begin(self) -> bool: ...
+
+    def write(self, conn: Connection) -> bool: ...
+
+    def end(self) -> None: ...
+
+
 def _noop_ready(_conn: Connection) -> None:
     pass
 
@@ -137,6 +154,8 @@ class Hub:
             self._started = True
         self.on_ready = on_ready
         self.on_close = on_close
+        #: a transport that writes connections during the fan-out when it can (see :class:`DirectWrites`)
+        self.direct: DirectWrites | None = None
         #: the views of each class, indexed by an equality condition of each
         self.channels: dict[str, ViewIndex[View]] = {}
         self.connections: dict[Any, Connection] = {}
@@ -439,6 +458,8 @@ class Hub:
         encoded: set[int] = set()
         queued = 0
         data = change.data
+        direct = self.direct
+        write_now = direct.write if direct is not None and direct.begin() else None
         candidates = views.values() if (slow is not None or data is None) else views.candidates(data, change.prev)
         for view in candidates:
             try:
@@ -470,8 +491,11 @@ class Hub:
                 queued += 1
                 if not conn.scheduled:
                     conn.scheduled = True
-                    ready.append(conn)
+                    if write_now is None or not write_now(conn):
+                        ready.append(conn)
         stats.deliveries += queued
+        if write_now is not None and direct is not None:
+            direct.end()
         for conn in lagged:
             self._lag(conn, change)
         for conn in ready:

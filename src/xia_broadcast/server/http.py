@@ -271,8 +271,9 @@ class HttpConnection(asyncio.Protocol):
             self._process()  # a request pipelined behind this one
 
     def _finish(self, endpoint: Endpoint, response: HttpResponse, close: bool) -> None:
-        # what the request fanned out is written by the broadcaster's flush scheduler, with whatever other
-        # requests and publishers queue meanwhile (one write per socket), within ``max_write_delay``
+        # what the request fanned out was written during the fan-out (after a lull) or is written by the
+        # broadcaster's flush scheduler, with whatever other requests and publishers queue meanwhile (one
+        # write per socket), within ``max_write_delay``
         self._answer(response, close=close)
 
     @staticmethod

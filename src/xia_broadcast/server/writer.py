@@ -1,15 +1,15 @@
 """Outbound bytes of the standalone server: frames built once per view, one write per socket, bounded buffers.
 
 A message is framed once (server frames are not masked and compression is never negotiated, so the frame
-is the same bytes for every recipient) and cached on its :class:`~xia_broadcast.fanout.Outgoing`. After a
-fan-out, :class:`NativeBroadcaster` writes every connection with queued messages in **one**
-``transport.write`` per connection (all its queued frames together), with no task and no await per socket.
+is the same bytes for every recipient) and cached on its :class:`~xia_broadcast.fanout.Outgoing`.
+:class:`NativeBroadcaster` writes every connection with queued messages in **one** ``transport.write`` per
+connection (all its queued frames together), with no task and no await per socket.
 
-When it writes is adaptive (see :class:`FlushScheduler`): when the loop has nothing else to do, at once (on
-the next loop turn: no added latency at low rates); while the loop is busy (more changes, requests or
-other callbacks waiting), the write waits for them, at most ``max_write_delay`` seconds after the first
-message was queued, so that changes arriving one per loop turn from many publishers leave in one write per
-socket instead of one write per delivery.
+When it writes is adaptive (see :class:`FlushScheduler`): after a lull, during the fan-out itself (each
+subscriber as soon as its message is queued: no added latency at low rates); while changes come one after
+another or the loop is busy (requests or other callbacks waiting), the write waits for them, at most
+``max_write_delay`` seconds after the first message was queued, so that changes arriving one per loop turn
+from many publishers leave in one write per socket instead of one write per delivery.
 
 What waits in transport buffers (the only per-socket copies of outbound bytes) is bounded: a socket is
 written only up to its share of ``max_outbound_bytes`` (that divided by the open WebSockets when it is
@@ -138,6 +138,24 @@ class SocketWriter:
             conn.scheduled = False
         return oldest
 
+    def write_direct(self, conn: Connection) -> Outgoing | None:
+        """Write what is queued for this socket now, during a fan-out, if one write within the high-water
+        mark carries all of it; returns the oldest message written, or None when nothing was written (the
+        socket is paused or closed, or more is queued than one write may carry: the flush writes it as
+        usual). Never calls back into the Hub."""
+        if self.closed or self.paused:
+            return None
+        transport = self.transport
+        high_water = self._fit_high_water()
+        queue = conn.queue
+        if self.paused or conn.queued_bytes + transport.get_write_buffer_size() > high_water:
+            return None
+        first = queue[0]
+        transport.write(frame_of(first) if len(queue) == 1 else b"".join([frame_of(o) for o in queue]))
+        conn.take()
+        conn.scheduled = False
+        return first
+
     def _write_observed(self, conn: Connection) -> None:
         """:meth:`write_queue` outside a flush (replay rounds, a drained transport)."""
         born = self.write_queue(conn)
@@ -186,9 +204,15 @@ class FlushScheduler:
     * a collected connection is replaying from the journal (its messages come in chunks already, and the
       replay waits for its queue to be taken): write at once;
     * the loop has nothing else ready to run, and has polled its sockets once since the first message was
-      collected: write (idle: one or two loop turns after the fan-out, never waiting for the bound);
+      collected: write (one or two loop turns after the fan-out, never waiting for the bound);
     * otherwise the callback goes behind the work that is waiting (requests read, publishers woken, other
       callbacks), which may queue more messages to the same sockets: they leave in the same write.
+
+    It is also the Hub's :class:`~xia_broadcast.hub.DirectWrites`: after a lull (no fan-out nor flush for
+    ``max_write_delay``, an idle loop turn since, nothing collected, nothing else ready), a fan-out writes
+    each connection as soon as its message is queued (``write_now``), so the first subscribers are written
+    while the fan-out goes on and a change at a low rate waits for nothing; a fan-out that comes soon after
+    another collects as above.
 
     So changes arriving one per loop turn from many publishers leave in one write per socket per flush, not
     one write per delivery, and a message waits at most ``max_write_delay`` plus the loop turn in which the
@@ -200,7 +224,9 @@ class FlushScheduler:
     def __init__(self, flush: Callable[[list[Connection]], None], max_write_delay: float = DEFAULT_MAX_WRITE_DELAY,
                  clock: Callable[[], float] = time.monotonic,
                  backlog: Callable[[asyncio.AbstractEventLoop], int | None] = _loop_backlog,
-                 queued: Callable[[], int] | None = None, max_batch: int = 0) -> None:
+                 queued: Callable[[], int] | None = None, max_batch: int = 0,
+                 write_now: Callable[[Connection], Outgoing | bool | None] | None = None,
+                 observe: Callable[[Connection, float], None] | None = None) -> None:
         self.flush = flush
         #: seconds a message may wait to be written together with later ones (the latency bound)
         self.max_write_delay = max_write_delay
@@ -210,6 +236,8 @@ class FlushScheduler:
         #: average, make the flush happen at once (0: no such limit)
         self.queued = queued
         self.max_batch = max_batch
+        #: called with a connection written during a fan-out and the seconds its message waited (a metric)
+        self.observe = observe
         self.queued_at = 0
         self.pending: list[Connection] = []
         self.handle: asyncio.Handle | None = None
@@ -221,6 +249,17 @@ class FlushScheduler:
         self.polled = False
         #: a pending connection is replaying: the next turn writes without waiting
         self.urgent = False
+        #: writes a connection during a fan-out: returns the oldest message written, True when the
+        #: connection was dealt with otherwise (it failed and is closed later), None when it was left to the
+        #: flush; None: every write waits for a flush
+        self.write_now = write_now
+        #: ``clock()`` when the last fan-out or flush ended: writes during a fan-out happen only after a lull
+        self.quiet_since = float("-inf")
+        #: the loop has had nothing else ready to run since then (seen by :meth:`_probe`)
+        self.idle_seen = True
+        self.probing = False
+        #: the first connection written during the current fan-out, and when its message was made
+        self.direct_first: tuple[Connection, float] | None = None
 
     def add(self, conn: Connection) -> None:
         """``conn`` has messages to write (and was idle): write it with the next flush."""
@@ -261,6 +300,65 @@ class FlushScheduler:
         pending, self.pending = self.pending, []
         if pending:
             self.flush(pending)
+            self._active()
+
+    # -- writes during a fan-out (the Hub's DirectWrites) --------------------------------------------------
+
+    def _active(self) -> None:
+        """A fan-out or a flush just ended: the next fan-out writes at once only after a lull (no fan-out
+        nor flush for ``max_write_delay``, and a loop turn with nothing else ready since)."""
+        self.quiet_since = self.clock()
+        self.idle_seen = False
+        if not self.probing:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self.probing = True
+            loop.call_soon(self._probe, loop)
+
+    def _probe(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Once a loop turn after activity, until the loop has nothing else ready: then it is idle."""
+        backlog = self.backlog(loop)
+        if backlog:
+            loop.call_soon(self._probe, loop)
+        else:  # idle; or a loop that does not tell, where no fan-out writes at once anyway (begin)
+            self.idle_seen = backlog == 0
+            self.probing = False
+
+    def begin(self) -> bool:
+        """A fan-out starts: may its connections be written right away, each as soon as its message is
+        queued? Yes when nothing waits for a flush, the loop has nothing else ready, and no fan-out or flush
+        ended in the last ``max_write_delay`` seconds (a lull: changes are not coming one after another, so
+        there is nothing to write together with and waiting would only add latency)."""
+        if self.write_now is None or self.handle is not None or not self.idle_seen:
+            return False
+        if self.clock() - self.quiet_since < self.max_write_delay:
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return self.backlog(loop) == 0
+
+    def write(self, conn: Connection) -> bool:
+        """Write ``conn`` now (its queue holds what this fan-out gave it); False: leave it to the flush."""
+        assert self.write_now is not None
+        first = self.write_now(conn)
+        if first is None:
+            return False
+        if self.direct_first is None and isinstance(first, Outgoing):
+            self.direct_first = (conn, first.born)
+        return True
+
+    def end(self) -> None:
+        """The fan-out that began is over."""
+        self._active()
+        if self.direct_first is not None:
+            conn, born = self.direct_first
+            self.direct_first = None
+            if self.observe is not None:
+                self.observe(conn, time.perf_counter() - born)
 
 
 class NativeBroadcaster(Broadcaster):
@@ -288,8 +386,35 @@ class NativeBroadcaster(Broadcaster):
         if cls._scheduler is None:
             cls._scheduler = FlushScheduler(
                 cls._write_pending, cls.max_write_delay, queued=lambda: cls.hub().stats.deliveries,
-                max_batch=max(1, int(cls.hub().settings.queue_messages * cls.BATCH_FRACTION)))
+                max_batch=max(1, int(cls.hub().settings.queue_messages * cls.BATCH_FRACTION)),
+                write_now=cls._write_direct, observe=cls._observe_send)
         return cls._scheduler
+
+    @classmethod
+    def use_hub(cls, hub: Hub) -> Hub:
+        """As :meth:`Broadcaster.use_hub`; the Hub also writes sockets during a fan-out after a lull."""
+        hub = super().use_hub(hub)
+        hub.direct = cls.scheduler()
+        return hub
+
+    @classmethod
+    def _write_direct(cls, conn: Connection) -> Outgoing | bool | None:
+        try:
+            return conn.websocket.writer.write_direct(conn)  # type: ignore[no-any-return]
+        except Exception:  # one connection's fault never stops the others; it is closed after the fan-out
+            log.exception("writing to a subscriber failed; it is closed")
+            asyncio.get_running_loop().call_soon(cls._fail, conn)  # stays scheduled: nothing re-adds it
+            return True
+
+    @classmethod
+    def _fail(cls, conn: Connection) -> None:
+        conn.scheduled = False
+        cls.disconnect(conn.websocket)
+        conn.websocket.close(1011, "internal error")
+
+    @classmethod
+    def _observe_send(cls, conn: Connection, seconds: float) -> None:
+        conn.websocket.service.metrics.send_latency.observe(seconds)
 
     @classmethod
     def subscriber_is_connected(cls, websocket: Any) -> bool:
