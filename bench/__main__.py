@@ -45,6 +45,7 @@ from typing import Any
 from bench.harness import (
     BENCH_DIR,
     DEFAULT_HANDSHAKE,
+    NICE,
     FixedRate,
     FullSpeed,
     Loadgen,
@@ -314,7 +315,7 @@ def machine() -> dict[str, Any]:
     import xia_broadcast
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kib / 2**20, 1),
             "kernel": platform.release(), "python": platform.python_version(), "websockets": version("websockets"),
-            "node": node, "node_ws": ws_version, "xia_broadcast": xia_broadcast.__version__}
+            "node": node, "node_ws": ws_version, "xia_broadcast": xia_broadcast.__version__, "nice": NICE}
 
 
 def _throughput_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -351,7 +352,8 @@ def render(r: dict[str, Any]) -> str:
         "(`bench/node/reference_server.js`), each encoding a message once and sending it to every client with",
         "no filtering, one socket write per delivery. All servers are driven by the same Node.js load generator",
         "(`bench/node/loadgen.js`) and the same publishers (`POST /publish`). Server pinned to CPU 0, load",
-        "generator to CPU 1, publishers unpinned, 127.0.0.1 only. Documents of about 200 bytes.",
+        "generator to CPU 1, publishers unpinned, 127.0.0.1 only. Documents of about 200 bytes. Every server",
+        f"and the load generator run at niceness {m['nice']} (`XIA_BENCH_NICE`), the same for all.",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}.",
         f"Python {m['python']}, websockets {m['websockets']}, Node.js {m['node']} with ws {m['node_ws']},",
