@@ -58,6 +58,7 @@ from bench.harness import (
     measure_loadgen_capacity,
     node_binary,
     run_publish_scenario,
+    set_niceness,
     wait_until_quiet,
 )
 
@@ -158,6 +159,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help="small sizes, a smoke test")
     args = ap.parse_args()
+    set_niceness()
     quick = args.quick
     sizes = {100: 500, 1000: 300} if quick else {100: 5000, 1000: 2000, 5000: 400}
     batched_n, batched_count = (1000, 300) if quick else (1000, 2000)
@@ -352,8 +354,8 @@ def render(r: dict[str, Any]) -> str:
         "(`bench/node/reference_server.js`), each encoding a message once and sending it to every client with",
         "no filtering, one socket write per delivery. All servers are driven by the same Node.js load generator",
         "(`bench/node/loadgen.js`) and the same publishers (`POST /publish`). Server pinned to CPU 0, load",
-        "generator to CPU 1, publishers unpinned, 127.0.0.1 only. Documents of about 200 bytes. Every server",
-        f"and the load generator run at niceness {m['nice']} (`XIA_BENCH_NICE`), the same for all.",
+        "generator to CPU 1, publishers unpinned, 127.0.0.1 only. Documents of about 200 bytes. Servers, load",
+        f"generator and publishers all run at niceness {m['nice']} (`XIA_BENCH_NICE`).",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}.",
         f"Python {m['python']}, websockets {m['websockets']}, Node.js {m['node']} with ws {m['node_ws']},",

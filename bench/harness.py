@@ -52,9 +52,16 @@ SERVER_CPU = 0
 LOADGEN_CPU = 1
 """CPU the load generator (and the synthetic sender's clients) is pinned to."""
 NICE = int(os.environ.get("XIA_BENCH_NICE", "-10" if os.geteuid() == 0 else "0"))
-"""Scheduling niceness of every server, reference and load generator started here (the same for all of
-them): below 0, unrelated processes of the machine (databases, brokers) interrupt the measured ones less.
-Needs root; ``XIA_BENCH_NICE=0`` runs them at the default priority."""
+"""Scheduling niceness of the benchmark (see :func:`set_niceness`): below 0, unrelated processes of the
+machine (databases, brokers) interrupt the measured ones less. Needs root; ``XIA_BENCH_NICE=0`` keeps the
+default priority."""
+
+
+def set_niceness() -> None:
+    """Run this process at :data:`NICE`, before it starts any thread or child: its publishers, and every
+    server, reference and load generator it starts, inherit it, so all of them have the same priority."""
+    if NICE:
+        os.setpriority(os.PRIO_PROCESS, 0, NICE)
 
 DEFAULT_HANDSHAKE: dict[str, Any] = {"Order": {"data_scope": [], "catalog": {}, "show_hidden": False, "start_seq": ""}}
 """Subscription sent by every loadgen connection unless a scenario gives its own list."""
@@ -187,8 +194,6 @@ class Child:
         self.log_path = log_dir / f"{name}-{next(_log_numbers)}.log"
         self._log: IO[bytes] = self.log_path.open("wb")
         prefix = ["setpriv", "--pdeathsig", "SIGTERM", "--"]
-        if NICE:
-            prefix = ["nice", "-n", str(NICE), *prefix]
         if cpu is not None:
             prefix += ["taskset", "-c", str(cpu)]
         self.proc = subprocess.Popen(
