@@ -143,16 +143,23 @@ class CountingTransport:
         return getattr(self.inner, name)
 
 
-async def test_changes_published_one_per_loop_turn_reach_every_socket_in_order_in_fewer_writes(make_server) -> None:
-    # a bound far longer than the test: what makes writes happen is the loop's state, not the wall clock
-    server = await make_server(max_write_delay=0.05)
-    clients = [await raw_subscribe(server.port, {"Order": {"catalog": {"amount": None}}}) for _ in range(40)]
+async def counted_subscribers(server: Any, n: int) -> tuple[list[Any], list[CountingTransport]]:
+    """``n`` raw subscribers to Order (each with its reader and writer), and the server-side transports of
+    their sockets, counting writes, in the same order."""
+    clients = [await raw_subscribe(server.port, {"Order": {"catalog": {"amount": None}}}) for _ in range(n)]
     counters = []
     for websocket in list(server.service.hub.connections):
         counter = CountingTransport(websocket.writer.transport)
         websocket.writer.transport = counter
         counters.append(counter)
     assert len(counters) == len(clients)
+    return clients, counters
+
+
+async def test_changes_published_one_per_loop_turn_reach_every_socket_in_order_in_fewer_writes(make_server) -> None:
+    # a bound far longer than the test: what makes writes happen is the loop's state, not the wall clock
+    server = await make_server(max_write_delay=0.05)
+    clients, counters = await counted_subscribers(server, 40)
     changes = 600
 
     async def publisher() -> list[str]:
@@ -252,12 +259,7 @@ def test_without_writes_during_fan_out_or_outside_a_loop_every_fan_out_waits_for
 
 async def test_at_idle_a_publish_writes_every_subscriber_before_it_returns(make_server) -> None:
     server = await make_server()
-    clients = [await raw_subscribe(server.port, {"Order": {"catalog": {"amount": None}}}) for _ in range(20)]
-    counters = []
-    for websocket in list(server.service.hub.connections):
-        counter = CountingTransport(websocket.writer.transport)
-        websocket.writer.transport = counter
-        counters.append(counter)
+    clients, counters = await counted_subscribers(server, 20)
     await asyncio.sleep(0.05)  # a lull
     first = server.broadcaster.publish("Order", "I", order(1))
     assert [c.writes for c in counters] == [1] * len(clients)  # written inside the publish call
