@@ -212,7 +212,7 @@ class Written:
         return True
 
 
-async def test_a_fan_out_writes_at_once_only_after_a_lull_of_the_bound_and_an_idle_loop_turn() -> None:
+async def test_a_fan_out_writes_at_once_only_after_a_lull_of_the_bound() -> None:
     clock = FakeClock()
     flushed = Recorder(clock)
     written = Written()
@@ -222,15 +222,37 @@ async def test_a_fan_out_writes_at_once_only_after_a_lull_of_the_bound_and_an_id
     scheduler.end()
     assert written.conns == [0]
     assert not scheduler.begin()  # the next change comes right after: it waits for the flush, with others
-    clock.now += 0.003
-    assert not scheduler.begin()  # the bound has passed, but the loop has not been idle since
-    await asyncio.sleep(0.001)  # this task waits on a timer: the probe sees a turn with nothing else ready
+    clock.now += 0.0015
+    assert not scheduler.begin()
+    clock.now += 0.001  # the bound has passed since the last fan-out
     assert scheduler.begin()
     scheduler.end()
+
+
+async def test_after_a_flush_the_next_fan_out_waits_for_the_bound_then_writes_at_once() -> None:
+    clock = FakeClock()
+    flushed = Recorder(clock)
+    written = Written()
+    scheduler = FlushScheduler(flushed, max_write_delay=0.002, clock=clock, write_now=written)
+    scheduler.add(FakeConn(0))  # type: ignore[arg-type]
+    await asyncio.wait_for(flushed.written, RECV_TIMEOUT)  # idle: flushed a loop turn or two later
+    assert not scheduler.begin()  # a flush just ended
     clock.now += 0.003
-    for _ in range(3):  # busy: this task is ready every turn, so the probe never sees an idle turn
-        await asyncio.sleep(0)
-    assert not scheduler.begin()
+    await asyncio.sleep(0.001)  # nothing else ready in the loop
+    assert scheduler.begin()
+
+
+async def test_with_nothing_written_at_once_a_collected_change_is_still_flushed_on_an_idle_loop() -> None:
+    clock = FakeClock()  # never moves: only an idle loop can make the flush happen
+    flushed = Recorder(clock)
+    scheduler = FlushScheduler(flushed, max_write_delay=3600.0, clock=clock, write_now=Written())
+    assert scheduler.begin()
+    scheduler.end()
+    assert not scheduler.begin()  # within the bound of that fan-out: this one is collected
+    scheduler.add(FakeConn(1))  # type: ignore[arg-type]
+    scheduler.end()
+    await asyncio.wait_for(flushed.written, RECV_TIMEOUT)
+    assert flushed.flushes == [(clock.now, [1])]
 
 
 async def test_no_fan_out_writes_at_once_while_a_flush_waits_or_other_work_is_ready() -> None:
@@ -241,10 +263,9 @@ async def test_no_fan_out_writes_at_once_while_a_flush_waits_or_other_work_is_re
     assert not scheduler.begin()  # something is queued for the flush: writing now would overtake it
     await asyncio.wait_for(flushed.written, RECV_TIMEOUT)
     clock.now += 0.003
-    await asyncio.sleep(0.001)  # an idle loop turn
     asyncio.get_running_loop().call_soon(lambda: None)  # a request read, a task woken: work is ready
     assert not scheduler.begin()
-    await asyncio.sleep(0.001)
+    await asyncio.sleep(0.001)  # it ran; nothing else is ready
     assert scheduler.begin()
     scheduler.end()
 

@@ -60,8 +60,8 @@ class Settings:
     max_outbound_bytes: int = 256 * 1024 * 1024
     #: Origin header values a WebSocket upgrade may carry; empty: any. Another Origin is answered 403
     origin_allowlist: list[str] = field(default_factory=list)
-    #: seconds a queued message may wait to be written together with later ones while the server is busy
-    #: (adaptive write coalescing: when idle it is written at once); 0 writes on the next loop turn always
+    #: seconds a queued message may wait to be written together with later ones while changes keep coming
+    #: (adaptive write coalescing: after a lull this long it is written during the fan-out); 0: never waits
     max_write_delay: float = 0.002
     max_subscriptions: int = 32
     ping_interval: float = 20.0

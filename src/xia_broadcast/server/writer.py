@@ -209,7 +209,7 @@ class FlushScheduler:
       callbacks), which may queue more messages to the same sockets: they leave in the same write.
 
     It is also the Hub's :class:`~xia_broadcast.hub.DirectWrites`: after a lull (no fan-out nor flush for
-    ``max_write_delay``, an idle loop turn since, nothing collected, nothing else ready), a fan-out writes
+    ``max_write_delay``, nothing collected, nothing else ready in the loop), a fan-out writes
     each connection as soon as its message is queued (``write_now``), so the first subscribers are written
     while the fan-out goes on and a change at a low rate waits for nothing; a fan-out that comes soon after
     another collects as above.
@@ -255,9 +255,6 @@ class FlushScheduler:
         self.write_now = write_now
         #: ``clock()`` when the last fan-out or flush ended: writes during a fan-out happen only after a lull
         self.quiet_since = float("-inf")
-        #: the loop has had nothing else ready to run since then (seen by :meth:`_probe`)
-        self.idle_seen = True
-        self.probing = False
         #: the first connection written during the current fan-out, and when its message was made
         self.direct_first: tuple[Connection, float] | None = None
 
@@ -300,38 +297,17 @@ class FlushScheduler:
         pending, self.pending = self.pending, []
         if pending:
             self.flush(pending)
-            self._active()
+            self.quiet_since = self.clock()
 
     # -- writes during a fan-out (the Hub's DirectWrites) --------------------------------------------------
 
-    def _active(self) -> None:
-        """A fan-out or a flush just ended: the next fan-out writes at once only after a lull (no fan-out
-        nor flush for ``max_write_delay``, and a loop turn with nothing else ready since)."""
-        self.quiet_since = self.clock()
-        self.idle_seen = False
-        if not self.probing:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return
-            self.probing = True
-            loop.call_soon(self._probe, loop)
-
-    def _probe(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Once a loop turn after activity, until the loop has nothing else ready: then it is idle."""
-        backlog = self.backlog(loop)
-        if backlog:
-            loop.call_soon(self._probe, loop)
-        else:  # idle; or a loop that does not tell, where no fan-out writes at once anyway (begin)
-            self.idle_seen = backlog == 0
-            self.probing = False
-
     def begin(self) -> bool:
         """A fan-out starts: may its connections be written right away, each as soon as its message is
-        queued? Yes when nothing waits for a flush, the loop has nothing else ready, and no fan-out or flush
-        ended in the last ``max_write_delay`` seconds (a lull: changes are not coming one after another, so
-        there is nothing to write together with and waiting would only add latency)."""
-        if self.write_now is None or self.handle is not None or not self.idle_seen:
+        queued? Yes after a lull: no fan-out nor flush in the last ``max_write_delay`` seconds (changes are
+        not coming one after another, so there is nothing to write together with), nothing collected for a
+        flush (it would be overtaken), and nothing else ready to run in the loop (no request or task whose
+        work could share the write). On a loop that does not tell what is ready: never."""
+        if self.write_now is None or self.handle is not None:
             return False
         if self.clock() - self.quiet_since < self.max_write_delay:
             return False
@@ -353,7 +329,7 @@ class FlushScheduler:
 
     def end(self) -> None:
         """The fan-out that began is over."""
-        self._active()
+        self.quiet_since = self.clock()
         if self.direct_first is not None:
             conn, born = self.direct_first
             self.direct_first = None
