@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from conftest import (
     http_base,
     order,
     publish_orders,
+    raw_subscribe,
+    read_frame,
     read_until_closed,
     recv_json,
     recv_until,
@@ -25,6 +28,7 @@ from conftest import (
     subscribe,
     ws_connect,
 )
+from xia_broadcast.server.native import KEEPALIVE_ROUNDS
 
 EU_SCOPE = [{"fn": "region", "op": "==", "val": "EU"}]
 
@@ -163,6 +167,27 @@ async def test_keepalive_drops_a_silent_client_and_keeps_a_live_one(make_server)
     assert [m["message"]["_id"] for m in got] == ["O-000001", "O-000002", "O-000003"]
     assert after["seq"] == seq[0]
     assert health["connections"] == 1, "the silent client was not dropped"
+
+
+async def test_keepalive_pings_are_spread_over_the_interval_not_sent_to_everyone_at_once(make_server) -> None:
+    interval = 0.4
+    server = await make_server(ping_interval=interval)
+    clients = [await raw_subscribe(server.port, {"Order": {}}) for _ in range(2 * KEEPALIVE_ROUNDS)]
+    per_round = Counter(sock.keepalive_slot for sock in server.service.hub.connections)
+    assert sorted(per_round.values()) == [2] * KEEPALIVE_ROUNDS  # dealt round-robin
+
+    async def first_ping(reader: asyncio.StreamReader) -> float:
+        while True:
+            opcode, _ = await read_frame(reader)
+            if opcode == 0x9:
+                return time.monotonic()
+
+    arrivals = await asyncio.wait_for(asyncio.gather(*(first_ping(r) for r, _ in clients)), 5 * interval)
+    # every connection is pinged once within an interval, the rounds a twentieth of it apart: all at once
+    # would arrive within milliseconds of each other
+    assert max(arrivals) - min(arrivals) >= interval / 4
+    for _, writer in clients:
+        writer.close()
 
 
 # -- shutdown ---------------------------------------------------------------------------------------------

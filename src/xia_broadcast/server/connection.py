@@ -66,8 +66,8 @@ class WebSocketConnection(asyncio.Protocol):
     The server counts it against ``max_connections`` from :meth:`start` to :meth:`connection_lost`.
     """
 
-    __slots__ = ("early", "fragments", "handshake_timer", "last_recv", "opening", "peer", "phase", "server",
-                 "service", "session", "transport", "upgrade_headers", "writer", "ws")
+    __slots__ = ("early", "fragments", "handshake_timer", "keepalive_slot", "last_recv", "opening", "peer", "phase",
+                 "server", "service", "session", "transport", "upgrade_headers", "writer", "ws")
 
     def __init__(self, server: NativeServer, transport: asyncio.Transport, upgrade_headers: Mapping[str, str],
                  peer: str) -> None:
@@ -79,6 +79,8 @@ class WebSocketConnection(asyncio.Protocol):
         #: the upgrade request's headers, until the handshake is answered (then forgotten: memory)
         self.upgrade_headers: Mapping[str, str] = dict(upgrade_headers)
         self.peer = peer
+        #: which of the server's keepalive rounds pings this connection (pings are spread over the interval)
+        self.keepalive_slot = server.next_keepalive_slot()
         self.phase = Phase.AWAITING_HANDSHAKE
         self.session: Any = None
         self.handshake_timer: asyncio.TimerHandle | None = None
