@@ -45,6 +45,7 @@ from .harness import (
     XiaTarget,
     drive,
     rss_kib,
+    set_niceness,
 )
 
 
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency runs")
     parser.add_argument("--count", type=int, default=3000, help="changes of the full-speed runs")
     args = parser.parse_args(argv)
+    set_niceness()
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     prefix = f"xia-bench:{uuid.uuid4().hex[:10]}:"
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"xia-bench-cluster-{uuid.uuid4().hex[:8]}"
