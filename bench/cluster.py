@@ -13,7 +13,7 @@ with Redis every change waits for its XADD). On this 2-core machine both nodes r
 generators on CPU 1: two nodes share one core, so ``redis x2`` shows what cluster mode costs per node, not
 how it scales (that needs a core per node).
 
-Run from the repository root (about 2 minutes), after ``npm ci --prefix bench/node``::
+Run from the repository root (about 3 minutes), after ``npm ci --prefix bench/node``::
 
     .venv/bin/python -m bench.cluster [--connections 1000] [--rate 20] [--seconds 10] [--count 3000]
 
