@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from conftest import RECV_TIMEOUT, order, raw_subscribe, read_frame
+from xia_broadcast.fanout import Outgoing
 from xia_broadcast.server.config import ConfigError, load_settings
 from xia_broadcast.server.writer import FlushScheduler
 
@@ -28,11 +29,12 @@ class FakeClock:
 
 
 class FakeConn:
-    """Stands for a connection: a number, and whether it replays from the journal."""
+    """Stands for a connection: a number, whether it replays from the journal, and one queued message."""
 
     def __init__(self, n: int, replaying: int = 0) -> None:
         self.n = n
         self.replaying = replaying
+        self.queue = [Outgoing(b"{}")]
 
     def __repr__(self) -> str:
         return f"conn{self.n}"

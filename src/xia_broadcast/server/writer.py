@@ -138,23 +138,20 @@ class SocketWriter:
             conn.scheduled = False
         return oldest
 
-    def write_direct(self, conn: Connection) -> Outgoing | None:
+    def write_direct(self, conn: Connection) -> bool:
         """Write what is queued for this socket now, during a fan-out, if one write within the high-water
-        mark carries all of it; returns the oldest message written, or None when nothing was written (the
-        socket is paused or closed, or more is queued than one write may carry: the flush writes it as
-        usual). Never calls back into the Hub."""
-        if self.closed or self.paused:
-            return None
+        mark carries all of it; False when nothing was written (the socket is paused or closed, or more is
+        queued than one write may carry: the flush writes it as usual). Never calls back into the Hub."""
+        if self.closed:
+            return False
         transport = self.transport
-        high_water = self._fit_high_water()
-        queue = conn.queue
+        high_water = self._fit_high_water()  # may pause the transport at once
         if self.paused or conn.queued_bytes + transport.get_write_buffer_size() > high_water:
-            return None
-        first = queue[0]
-        transport.write(frame_of(first) if len(queue) == 1 else b"".join([frame_of(o) for o in queue]))
-        conn.take()
+            return False
+        queue = conn.take()
+        transport.write(frame_of(queue[0]) if len(queue) == 1 else b"".join([frame_of(o) for o in queue]))
         conn.scheduled = False
-        return first
+        return True
 
     def _write_observed(self, conn: Connection) -> None:
         """:meth:`write_queue` outside a flush (replay rounds, a drained transport)."""
@@ -225,7 +222,7 @@ class FlushScheduler:
                  clock: Callable[[], float] = time.monotonic,
                  backlog: Callable[[asyncio.AbstractEventLoop], int | None] = _loop_backlog,
                  queued: Callable[[], int] | None = None, max_batch: int = 0,
-                 write_now: Callable[[Connection], Outgoing | bool | None] | None = None,
+                 write_now: Callable[[Connection], bool] | None = None,
                  observe: Callable[[Connection, float], None] | None = None) -> None:
         self.flush = flush
         #: seconds a message may wait to be written together with later ones (the latency bound)
@@ -249,9 +246,8 @@ class FlushScheduler:
         self.polled = False
         #: a pending connection is replaying: the next turn writes without waiting
         self.urgent = False
-        #: writes a connection during a fan-out: returns the oldest message written, True when the
-        #: connection was dealt with otherwise (it failed and is closed later), None when it was left to the
-        #: flush; None: every write waits for a flush
+        #: writes a connection during a fan-out: False when it leaves it to the flush (True also when the
+        #: write failed and the connection is closed later); None: every write waits for a flush
         self.write_now = write_now
         #: ``clock()`` when the last fan-out or flush ended: writes during a fan-out happen only after a lull
         self.quiet_since = float("-inf")
@@ -320,11 +316,11 @@ class FlushScheduler:
     def write(self, conn: Connection) -> bool:
         """Write ``conn`` now (its queue holds what this fan-out gave it); False: leave it to the flush."""
         assert self.write_now is not None
-        first = self.write_now(conn)
-        if first is None:
+        born = conn.queue[0].born
+        if not self.write_now(conn):
             return False
-        if self.direct_first is None and isinstance(first, Outgoing):
-            self.direct_first = (conn, first.born)
+        if self.direct_first is None:
+            self.direct_first = (conn, born)
         return True
 
     def end(self) -> None:
@@ -374,9 +370,9 @@ class NativeBroadcaster(Broadcaster):
         return hub
 
     @classmethod
-    def _write_direct(cls, conn: Connection) -> Outgoing | bool | None:
+    def _write_direct(cls, conn: Connection) -> bool:
         try:
-            return conn.websocket.writer.write_direct(conn)  # type: ignore[no-any-return]
+            return bool(conn.websocket.writer.write_direct(conn))
         except Exception:  # one connection's fault never stops the others; it is closed after the fan-out
             log.exception("writing to a subscriber failed; it is closed")
             asyncio.get_running_loop().call_soon(cls._fail, conn)  # stays scheduled: nothing re-adds it
@@ -384,6 +380,7 @@ class NativeBroadcaster(Broadcaster):
 
     @classmethod
     def _fail(cls, conn: Connection) -> None:
+        """A write to ``conn`` raised: it is forgotten and its socket closed with 1011."""
         conn.scheduled = False
         cls.disconnect(conn.websocket)
         conn.websocket.close(1011, "internal error")
@@ -423,9 +420,7 @@ class NativeBroadcaster(Broadcaster):
                     oldest = born
             except Exception:  # one connection's fault never stops the others
                 log.exception("writing to a subscriber failed; it is closed")
-                conn.scheduled = False
-                cls.disconnect(conn.websocket)
-                conn.websocket.close(1011, "internal error")
+                cls._fail(conn)
         if oldest is not None and pending:
             pending[0].websocket.service.metrics.send_latency.observe(time.perf_counter() - oldest)
 
