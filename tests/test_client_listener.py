@@ -9,7 +9,9 @@ code under test.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import random
 import time
 import uuid
@@ -33,6 +35,7 @@ from xia_broadcast.client import (
     Refused,
     ReplayDone,
 )
+from xia_broadcast.client.backoff import Backoff
 from xia_broadcast.server.native import NativeServer
 
 EU = [{"fn": "region", "op": "==", "val": "EU"}]
@@ -312,6 +315,45 @@ async def test_max_retries_gives_up_on_a_server_that_is_not_there() -> None:
                 events.append(event)
     assert info.value.failures == 3 and info.value.code == 1006
     assert [e.failures for e in events if isinstance(e, Reconnecting)] == [1, 2]
+
+
+async def test_a_cut_between_the_upgrade_and_the_subscription_is_retried() -> None:
+    """A server that completes the WebSocket upgrade and then drops the TCP connection, sometimes at once,
+    sometimes a moment later: whether the cut is seen while the subscription message is sent or while the
+    confirmation is awaited, it is a drop to retry, never an error that ends the iteration."""
+    rng = random.Random(7)
+    cuts = 0
+
+    async def upgrade_then_cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal cuts
+        request = await reader.readuntil(b"\r\n\r\n")
+        key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        delay = rng.choice([0.0, 0.0, 0.0005, 0.002])
+        if delay:
+            await asyncio.sleep(delay)
+        cuts += 1
+        writer.transport.abort()
+
+    tcp = await asyncio.start_server(upgrade_then_cut, "127.0.0.1", 0)
+    port = tcp.sockets[0].getsockname()[1]
+    lst = listener(f"ws://127.0.0.1:{port}/ws", {"Order": {}}, max_retries=40,
+                   backoff=Backoff(initial=0.001, factor=1.0, max_delay=0.001, rng=random.Random(1)))
+    events: list[Event] = []
+    try:
+        with pytest.raises(GaveUp) as info:
+            async with asyncio.timeout(SCENARIO_TIMEOUT):
+                async for event in lst:
+                    events.append(event)
+    finally:
+        tcp.close()
+        await tcp.wait_closed()
+    assert info.value.failures == 41 and info.value.code == 1006
+    assert [e.failures for e in events if isinstance(e, Reconnecting)] == list(range(1, 41))
+    assert cuts == 41
 
 
 async def test_close_ends_the_iteration_without_error(server: NativeServer,

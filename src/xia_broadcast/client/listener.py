@@ -268,7 +268,10 @@ class Listener:
         try:
             if self._closing.is_set():  # close() was called while connecting
                 return
-            await ws.send(orjson.dumps(handshake).decode())
+            try:
+                await ws.send(orjson.dumps(handshake).decode())
+            except ConnectionClosed as exc:  # cut between the upgrade and the subscription message
+                raise _dropped(exc) from None
             confirmation = await self._confirmation(ws)
             self.confirmation = confirmation
             heads: dict[str, str] = {}
