@@ -142,3 +142,49 @@ async def test_a_full_redis_refuses_to_publish_loudly(own_redis: RedisServer, ma
     finally:
         await admin.aclose()
     assert [c.data["n"] for c in await node.read("T", None, inclusive=True, limit=10) if c.data] == [0]
+
+
+
+
+async def connections_received(server: RedisServer) -> int:
+    import redis.asyncio as aioredis
+
+    admin = aioredis.Redis.from_url(server.url)
+    try:
+        return int((await admin.info("stats"))["total_connections_received"])
+    finally:
+        await admin.aclose()
+
+
+async def test_the_tails_first_read_leaves_the_publishing_connections_alone(
+        own_redis: RedisServer, make_node: NodeFactory) -> None:
+    """Closing pooled connections when the tail first reads raced with a publish taking one of them at that
+    moment (redis-py closes them in tasks that run later): the publish failed with "Connection lost". At its
+    first read the tail now leaves them alone; the publishes that follow use the connection already open."""
+    node = make_node()
+    await node.start(Recorder())
+    first = await node.publish(change(0))  # opens the publishing connection, idle afterwards
+    assert not node.ready
+    await until(lambda: node.ready, what="ready")  # the tail's first read (its block_ms ran out)
+    before = await connections_received(own_redis)
+    later = [await node.publish(change(i)) for i in range(1, 6)]
+    assert await connections_received(own_redis) == before + 1  # the admin's own, none for the publishes
+    assert [c.seq for c in await node.read("T", None, inclusive=True, limit=10)] == [
+        p.seq for p in [first, *later]]
+
+
+async def test_after_a_restart_the_first_publish_once_ready_succeeds(
+        own_redis: RedisServer, make_node: NodeFactory) -> None:
+    """Pooled connections from before a restart of Redis are dead: once the node is ready again, it publishes
+    on fresh ones (a new client), so the first publish does not fail on a connection the old server closed."""
+    node = make_node()
+    await node.start(Recorder())
+    await node.watch("T")
+    await until(lambda: node.ready, what="ready")
+    await asyncio.gather(*(node.publish(change(i)) for i in range(4)))  # several pooled connections
+    own_redis.stop()
+    await until(lambda: not node.ready, what="not ready during the outage")
+    own_redis.start()
+    await until(lambda: node.ready, what="ready again")
+    positions = await asyncio.gather(*(node.publish(change(i)) for i in range(4, 8)))
+    assert len({p.seq for p in positions}) == 4

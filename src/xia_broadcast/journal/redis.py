@@ -209,13 +209,19 @@ class RedisBackend(Backend):
         self._schema_of = schema_of
         # no retries inside redis-py: a retried XADD could append a change twice; failures surface here
         no_retry = Retry(NoBackoff(), 0)
-        self._redis: Redis = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                                     retry=no_retry)
+        self._timeout = timeout
+        self._no_retry = no_retry
+        self._redis: Redis = self._client()
         self._tail_redis: Redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout + block_ms / 1000, socket_connect_timeout=timeout, retry=no_retry,
             single_connection_client=True)
         self._publish = self._redis.register_script(_PUBLISH)
         self._read = self._redis.register_script(_READ)
+        #: the client replaced after a reconnection, closed once its commands in flight are done
+        self._retired: Redis | None = None
+        self._retiring: asyncio.Task[None] | None = None
+        #: the tail has read from Redis at least once (a later first read follows a reconnection)
+        self._has_read = False
         self._tail_read = self._tail_redis.register_script(_READ)
         self._wake_key = f"{prefix}wake:{self.node}"
         self._on_change: OnChange | None = None
@@ -265,6 +271,10 @@ class RedisBackend(Backend):
         self.ready = False  # again: a read that completed as the task was cancelled may have set it
         with contextlib.suppress(Exception):
             await self._redis.delete(self._wake_key)
+        if self._retiring is not None:
+            self._retiring.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._retiring
         await self._tail_redis.aclose()
         await self._redis.aclose()
 
@@ -283,8 +293,9 @@ class RedisBackend(Backend):
         minid = ""
         if self.max_age is not None:
             minid = str(max(0, int((self._clock() - self.max_age) * 1000)))
-        args = [secrets.token_hex(4), record, entry_id, "" if self.max_count is None else str(self.max_count),
-                "0" if self.exact_trim else "1", minid]
+        args: list[bytes | str] = [secrets.token_hex(4), record, entry_id,
+                                   "" if self.max_count is None else str(self.max_count),
+                                   "0" if self.exact_trim else "1", minid]
         try:
             added, epoch = await self._publish(keys=[self.stream_key(change.class_name),
                                                      self.meta_key(change.class_name)], args=args)
@@ -401,9 +412,9 @@ class RedisBackend(Backend):
                 reply: Any = await self._tail_redis.xread(streams, count=self.read_count, block=self.block_ms)
                 if not self.ready:
                     log.info("tailing Redis at %s (%d classes)", self.url, len(classes))
-                    # idle pooled connections may predate a restart of Redis: drop them, so that the first
-                    # publish after it does not fail on a connection the old server closed
-                    await self._redis.connection_pool.disconnect(inuse_connections=False)
+                    if self._has_read:
+                        self._renew_client()
+                    self._has_read = True
                 self.ready = not self._closed
                 delay = self.backoff_min
                 for key, entries in reply or ():
@@ -428,6 +439,36 @@ class RedisBackend(Backend):
                 self.ready = False
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, self.backoff_max)
+
+    def _client(self) -> Redis:
+        """A client for publishing and reading (a pool of connections)."""
+        client: Redis = _import_redis().Redis.from_url(self.url, socket_timeout=self._timeout,
+                                                       socket_connect_timeout=self._timeout,
+                                                       retry=self._no_retry)
+        return client
+
+    def _renew_client(self) -> None:
+        """After a reconnection, publish and read on a new client: the pooled connections of the old one may
+        predate a restart of Redis, and the first publish after it would fail on one the old server closed.
+        The old pool is not disconnected in place (a command may be taking one of its connections at that
+        moment, redis-py's ``disconnect`` does not exclude it); the old client is closed ``timeout`` seconds
+        later, when whatever it was doing has answered or timed out."""
+        old, self._redis = self._redis, self._client()
+        self._publish = self._redis.register_script(_PUBLISH)
+        self._read = self._redis.register_script(_READ)
+        if self._retiring is not None:  # at most one retired client: the one before goes now
+            self._retiring.cancel()
+        self._retired = old
+        self._retiring = asyncio.get_running_loop().create_task(self._close_retired(old, self._timeout))
+
+    async def _close_retired(self, client: Redis, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            if self._retired is client:
+                self._retired = self._retiring = None
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     async def _check_epochs(self) -> None:
         """After a reconnection: a class whose epoch changed (Redis came back empty) is read from the
