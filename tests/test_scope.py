@@ -399,13 +399,20 @@ def test_subscription_limits_are_refused_at_compile_time() -> None:
     assert compile_scope([{"fn": "a.b", "op": "in", "val": [1, 2, 3]}] * 2, limits=small)({"a": {"b": 2}})
 
 
+#: an order whose hidden values are all above 0, and one whose values are all 0
+HIDDEN_DOC = {"total": 1.0, "margin": 0.5, "customer": {"name": "Bob", "secret": 7}, "lines": [{"sku": "a", "cost": 2}]}
+ZERO_DOC = {"total": 0.0, "margin": 0.0, "customer": {"name": "Bob", "secret": 0}, "lines": [{"sku": "a", "cost": 0}]}
+
+
 def test_a_scope_naming_a_hidden_field_needs_permission() -> None:
     for fn in ("margin", "customer.secret", "lines.cost"):
         with pytest.raises(HiddenFieldError) as info:
             compile_scope([{"fn": fn, "op": ">", "val": 0}], HIDDEN_ORDER, hidden_allowed=False)
         assert info.value.code == 4403
-        assert compile_scope([{"fn": fn, "op": ">", "val": 0}], HIDDEN_ORDER, hidden_allowed=True)
-    assert compile_scope([{"fn": "total", "op": ">", "val": 0}], HIDDEN_ORDER, hidden_allowed=False)
+        allowed = compile_scope([{"fn": fn, "op": ">", "val": 0}], HIDDEN_ORDER, hidden_allowed=True)
+        assert allowed(HIDDEN_DOC) and not allowed(ZERO_DOC)
+    visible = compile_scope([{"fn": "total", "op": ">", "val": 0}], HIDDEN_ORDER, hidden_allowed=False)
+    assert visible(HIDDEN_DOC) and not visible(ZERO_DOC)
 
 
 def test_comparing_a_whole_embedded_document_with_hidden_fields_needs_permission() -> None:
@@ -415,6 +422,8 @@ def test_comparing_a_whole_embedded_document_with_hidden_fields_needs_permission
         for op in ("==", "!="):
             with pytest.raises(HiddenFieldError, match="comparing it whole"):
                 compile_scope([{"fn": fn, "op": op, "val": val}], HIDDEN_ORDER, hidden_allowed=False)
-            assert compile_scope([{"fn": fn, "op": op, "val": val}], HIDDEN_ORDER, hidden_allowed=True)
+            allowed = compile_scope([{"fn": fn, "op": op, "val": val}], HIDDEN_ORDER, hidden_allowed=True)
+            assert allowed({fn: val}) is (op == "==") and allowed({fn: None}) is (op == "!=")
     # a field without hidden fields below it may be compared whole by anyone
-    assert compile_scope([{"fn": "tags", "op": "==", "val": ["a"]}], ORDER, hidden_allowed=False)
+    whole = compile_scope([{"fn": "tags", "op": "==", "val": ["a"]}], ORDER, hidden_allowed=False)
+    assert whole({"tags": ["a"]}) and not whole({"tags": ["a", "b"]})
