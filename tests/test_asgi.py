@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import httpx
 
 from conftest import AsgiServer, order, read_until_closed, recv_json, recv_until, refused, subscribe
 from xia_broadcast.server.config import ApiKey
@@ -22,7 +25,8 @@ def change(i: int, **fields: Any) -> dict[str, Any]:
     return {"class": "Order", "op": "I", "doc": order(i, **fields)}
 
 
-async def test_handshake_publish_receive(asgi_server, http) -> None:
+async def test_handshake_publish_receive(
+        asgi_server: Callable[..., Awaitable[AsgiServer]], http: httpx.AsyncClient) -> None:
     server = await asgi_server()
     scoped, confirmation = await subscribe(server.url, {"Order": {
         "data_scope": [{"fn": "region", "op": "==", "val": "EU"}], "catalog": {"amount": None, "margin": None}}})
@@ -47,7 +51,7 @@ async def test_handshake_publish_receive(asgi_server, http) -> None:
     assert all(set(m) == {"doc_class", "op", "seq", "message"} and "margin" not in m["message"] for m in all_got)
 
 
-async def test_refusals_while_a_good_client_keeps_receiving(asgi_server) -> None:
+async def test_refusals_while_a_good_client_keeps_receiving(asgi_server: Callable[..., Awaitable[AsgiServer]]) -> None:
     server = await asgi_server(max_subscriptions=2, handshake_timeout=0.5)
     good, _ = await subscribe(server.url, {"Order": {}})
     cases = [
@@ -71,7 +75,8 @@ async def test_refusals_while_a_good_client_keeps_receiving(asgi_server) -> None
     assert [m["seq"] for m in received] == seqs
 
 
-async def test_api_key_acl_and_publish_key(asgi_server, http) -> None:
+async def test_api_key_acl_and_publish_key(
+        asgi_server: Callable[..., Awaitable[AsgiServer]], http: httpx.AsyncClient) -> None:
     server = await asgi_server(api_keys={"k-alice": ApiKey("alice", {"content": [
         {"obj": "Order/customer/acme", "act": "read"}]})}, publish_keys=["p-1"])
     code, reason, _ = await refused(server.url, json.dumps({"Order": {}, "_header": {"X-Api-Key": "k-bad"}}))
@@ -89,7 +94,8 @@ async def test_api_key_acl_and_publish_key(asgi_server, http) -> None:
     assert [(m["seq"], m["message"]["customer"]) for m in got] == [(seqs[1], "acme"), (seqs[3], "acme")]
 
 
-async def test_publish_errors_and_operations_endpoints(asgi_server, http) -> None:
+async def test_publish_errors_and_operations_endpoints(
+        asgi_server: Callable[..., Awaitable[AsgiServer]], http: httpx.AsyncClient) -> None:
     server = await asgi_server(max_publish_size=2000)
     ws, _ = await subscribe(server.url, {"Order": {}})
     async with ws:
@@ -115,7 +121,7 @@ async def test_publish_errors_and_operations_endpoints(asgi_server, http) -> Non
     assert re.search(r"^xia_connections 1\.0$", metrics, re.M)
 
 
-async def test_4503_too_many_connections(asgi_server) -> None:
+async def test_4503_too_many_connections(asgi_server: Callable[..., Awaitable[AsgiServer]]) -> None:
     server = await asgi_server(max_connections=1)
     good, _ = await subscribe(server.url, {"Order": {}})
     async with good:
@@ -126,7 +132,8 @@ async def test_4503_too_many_connections(asgi_server) -> None:
     assert got["seq"] == seq
 
 
-async def test_http_error_answers_match_the_native_server(asgi_server, http) -> None:
+async def test_http_error_answers_match_the_native_server(
+        asgi_server: Callable[..., Awaitable[AsgiServer]], http: httpx.AsyncClient) -> None:
     server = await asgi_server()
     get_publish = await http.get(f"{server.base}/publish")
     plain_ws = await http.get(f"{server.base}/ws")
@@ -136,13 +143,15 @@ async def test_http_error_answers_match_the_native_server(asgi_server, http) -> 
     assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
 
 
-async def test_binary_non_json_handshake_is_refused_with_4400(asgi_server) -> None:
+async def test_binary_non_json_handshake_is_refused_with_4400(
+        asgi_server: Callable[..., Awaitable[AsgiServer]]) -> None:
     server = await asgi_server()
     code, reason, _ = await refused(server.url, b"\x00\x01garbage")
     assert (code, reason) == (4400, "Connection information should be a Json string")
 
 
-async def test_shutdown_flushes_and_closes_with_1001_when_the_host_calls_it(asgi_server) -> None:
+async def test_shutdown_flushes_and_closes_with_1001_when_the_host_calls_it(
+        asgi_server: Callable[..., Awaitable[AsgiServer]]) -> None:
     """As documented in asgi.py: the host calls app.state.shutdown() before stopping its ASGI server."""
     server = await asgi_server()
     ws, _ = await subscribe(server.url, {"Order": {}})
@@ -156,7 +165,8 @@ async def test_shutdown_flushes_and_closes_with_1001_when_the_host_calls_it(asgi
     assert code == 1001
 
 
-async def test_publish_key_is_checked_before_the_body_is_read_and_the_body_is_bounded(asgi_server) -> None:
+async def test_publish_key_is_checked_before_the_body_is_read_and_the_body_is_bounded(
+        asgi_server: Callable[..., Awaitable[AsgiServer]]) -> None:
     """The server answers while the client is still sending: it did not wait to read a body it refuses."""
     server = await asgi_server(publish_keys=["p-1"], max_publish_size=1024)
 

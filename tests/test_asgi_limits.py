@@ -6,16 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from conftest import RECV_TIMEOUT, read_response, subscribe, ws_connect
+from conftest import RECV_TIMEOUT, AsgiServer, read_response, subscribe, ws_connect
 
 MIB = 1024 * 1024
 
 
-async def test_origin_allowlist_refuses_other_origins_with_403(asgi_server) -> None:
+async def test_origin_allowlist_refuses_other_origins_with_403(
+        asgi_server: Callable[..., Awaitable[AsgiServer]]) -> None:
     server = await asgi_server(origin_allowlist=["https://shop.example"])
     with pytest.raises(InvalidStatus) as refused_upgrade:
         await ws_connect(server.url, origin="https://evil.example")
@@ -25,7 +27,8 @@ async def test_origin_allowlist_refuses_other_origins_with_403(asgi_server) -> N
     await ws.close()
 
 
-async def test_bodies_in_flight_are_bounded_over_all_requests(asgi_server) -> None:
+async def test_bodies_in_flight_are_bounded_over_all_requests(
+        asgi_server: Callable[..., Awaitable[AsgiServer]]) -> None:
     server = await asgi_server(max_publish_size=MIB, max_body_bytes=2 * MIB)
     budget = server.app.state.body_budget
     started = []

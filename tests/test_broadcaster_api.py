@@ -529,6 +529,7 @@ async def overflow(b: type[Recorder], n: int) -> tuple[Socket, list[Socket], lis
 
 
 async def test_queue_overflow_beyond_the_journal_cuts_off_only_the_slow_subscriber_with_4409() -> None:
+    closes: list[tuple[Any, int, str]]
     release, closes = asyncio.Event(), []
     b = bounded(release, closes, journal=2)  # the journal cannot make up for what the slow one missed
     slow, fast, seqs = await overflow(b, 12)
@@ -548,6 +549,7 @@ async def test_queue_overflow_beyond_the_journal_cuts_off_only_the_slow_subscrib
 
 
 async def test_queue_overflow_within_the_journal_loses_nothing() -> None:
+    closes: list[tuple[Any, int, str]]
     release, closes = asyncio.Event(), []
     b = bounded(release, closes, journal=1000)
     slow, fast, seqs = await overflow(b, 12)

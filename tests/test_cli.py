@@ -73,7 +73,7 @@ async def serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -
             await proc.wait()
 
 
-async def test_demo_end_to_end_and_sigterm(tmp_path) -> None:
+async def test_demo_end_to_end_and_sigterm(tmp_path: Path) -> None:
     port = free_port()
     async with serve(tmp_path, "--demo", "--port", str(port), env=clean_env(XIA_BROADCAST_DEMO_RATE="100")) as srv:
         assert srv.port == port
@@ -103,13 +103,13 @@ async def test_demo_end_to_end_and_sigterm(tmp_path) -> None:
     assert any(m["op"] == "I" for m in hidden_changes)
 
 
-async def test_sigterm_without_clients_exits_0(tmp_path) -> None:
+async def test_sigterm_without_clients_exits_0(tmp_path: Path) -> None:
     async with serve(tmp_path, "--port", str(free_port())) as srv:
         code = await srv.terminate()
     assert code == 0
 
 
-async def test_env_port_is_honoured(tmp_path) -> None:
+async def test_env_port_is_honoured(tmp_path: Path) -> None:
     port = free_port()
     async with serve(tmp_path, env=clean_env(XIA_BROADCAST_PORT=str(port))) as srv:
         async with httpx.AsyncClient(trust_env=False, timeout=5) as http:
@@ -120,7 +120,7 @@ async def test_env_port_is_honoured(tmp_path) -> None:
     assert code == 0
 
 
-async def test_config_file_env_and_flag_priorities(tmp_path) -> None:
+async def test_config_file_env_and_flag_priorities(tmp_path: Path) -> None:
     """Flags beat the environment, which beats the file; the file's classes and keys are in force."""
     file_port, env_port, flag_port = free_port(), free_port(), free_port()
     config = tmp_path / "broadcast.toml"
@@ -178,7 +178,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     pytest.param("", {"XIA_BROADCAST_PORT": "abc"}, "port: invalid value 'abc'", id="bad-env"),
     pytest.param("", {"XIA_BROADCAST_COLOUR": "red"}, "XIA_BROADCAST_COLOUR: unknown setting", id="unknown-env"),
 ])
-def test_bad_configuration_exits_2_with_a_clear_message(tmp_path, config_text, env, message) -> None:
+def test_bad_configuration_exits_2_with_a_clear_message(
+        tmp_path: Path, config_text: str, env: dict[str, str], message: str) -> None:
     config = tmp_path / "bad.toml"
     config.write_text(config_text)
     result = run_cli("serve", "--config", str(config), "--port", str(free_port()), env=clean_env(**env))
@@ -188,14 +189,14 @@ def test_bad_configuration_exits_2_with_a_clear_message(tmp_path, config_text, e
     assert "listening" not in result.stdout
 
 
-def test_missing_config_file_exits_2_naming_it(tmp_path) -> None:
+def test_missing_config_file_exits_2_naming_it(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     result = run_cli("serve", "--config", str(missing))
     assert result.returncode == 2
     assert f"cannot read config file {missing}" in result.stderr
 
 
-def test_port_in_use_exits_1(tmp_path) -> None:
+def test_port_in_use_exits_1(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -11,11 +11,12 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from conftest import RECV_TIMEOUT, raw_subscribe, read_frame, read_response
+from conftest import RECV_TIMEOUT, ServerProcess, raw_subscribe, read_frame, read_response
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and uses prlimit")
 
@@ -33,7 +34,8 @@ async def http_get(port: int, path: str) -> int:
         writer.close()
 
 
-async def test_under_a_low_fd_limit_max_connections_is_lowered_and_one_more_gets_4503(server_process) -> None:
+async def test_under_a_low_fd_limit_max_connections_is_lowered_and_one_more_gets_4503(
+        server_process: Callable[..., ServerProcess]) -> None:
     server = server_process(fd_limit=128)
     lowered = records(server, "max_connections lowered")
     assert len(lowered) == 1, server.log_text()
@@ -57,7 +59,8 @@ async def test_under_a_low_fd_limit_max_connections_is_lowered_and_one_more_gets
     assert "Traceback" not in server.log_text()
 
 
-async def test_out_of_fds_accepting_pauses_with_one_line_per_pause_and_resumes(server_process) -> None:
+async def test_out_of_fds_accepting_pauses_with_one_line_per_pause_and_resumes(
+        server_process: Callable[..., ServerProcess]) -> None:
     server = server_process(fd_limit=256)
     # a kept-alive connection, opened before the process runs out of descriptors
     keep_reader, keep_writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", server.port),

@@ -6,14 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
 from conftest import (
     RECV_TIMEOUT,
     UPGRADE_REQUEST,
+    GoodClient,
+    ServerFactory,
     closed_by_peer,
     read_response,
     recv_json,
@@ -21,6 +25,7 @@ from conftest import (
     subscribe,
     ws_connect,
 )
+from xia_broadcast.server.native import NativeServer
 
 
 async def open_http(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -42,7 +47,8 @@ async def wait_for(condition: Any, timeout: float = RECV_TIMEOUT) -> None:
 # -- nothing is read before it is allowed ------------------------------------------------------------------
 
 
-async def test_a_publish_without_key_is_refused_from_its_headers_and_the_body_never_read(make_server) -> None:
+async def test_a_publish_without_key_is_refused_from_its_headers_and_the_body_never_read(
+        make_server: ServerFactory) -> None:
     """The client declares 10 MB and sends none of it: the answer comes at once, then the server closes."""
     server = await make_server(publish_keys=["p-1"])
     reader, writer = await open_http(server.port)
@@ -56,7 +62,7 @@ async def test_a_publish_without_key_is_refused_from_its_headers_and_the_body_ne
 @pytest.mark.parametrize(("method", "path", "status"), [("POST", "/healthz", 405), ("PUT", "/publish", 405),
                                                         ("POST", "/nope", 404), ("GET", "/healthz", 200)])
 async def test_a_body_where_none_is_expected_is_answered_and_the_connection_closed_unread(
-        make_server, method: str, path: str, status: int) -> None:
+        make_server: ServerFactory, method: str, path: str, status: int) -> None:
     server = await make_server()
     reader, writer = await open_http(server.port)
     writer.write(head(method, path, "Content-Length: 10000000") + b"x" * 1000)
@@ -66,7 +72,7 @@ async def test_a_body_where_none_is_expected_is_answered_and_the_connection_clos
     writer.close()
 
 
-async def test_a_declared_body_over_max_publish_size_is_413_before_it_is_sent(make_server) -> None:
+async def test_a_declared_body_over_max_publish_size_is_413_before_it_is_sent(make_server: ServerFactory) -> None:
     server = await make_server(max_publish_size=1000)
     reader, writer = await open_http(server.port)
     writer.write(head("POST", "/publish", "Content-Length: 1001"))
@@ -76,7 +82,7 @@ async def test_a_declared_body_over_max_publish_size_is_413_before_it_is_sent(ma
     writer.close()
 
 
-async def test_expect_100_continue_is_answered_only_once_key_and_length_pass(make_server) -> None:
+async def test_expect_100_continue_is_answered_only_once_key_and_length_pass(make_server: ServerFactory) -> None:
     server = await make_server(publish_keys=["p-1"], max_publish_size=10_000)
     change = json.dumps({"class": "Order", "op": "I", "doc": {"_id": "O-1", "order_id": "O-1"}}).encode()
     reader, writer = await open_http(server.port)
@@ -96,7 +102,8 @@ async def test_expect_100_continue_is_answered_only_once_key_and_length_pass(mak
         writer.close()
 
 
-async def test_transfer_encoding_with_content_length_is_400_and_the_connection_closed(make_server) -> None:
+async def test_transfer_encoding_with_content_length_is_400_and_the_connection_closed(
+        make_server: ServerFactory) -> None:
     server = await make_server()
     reader, writer = await open_http(server.port)
     writer.write(head("POST", "/publish", "Transfer-Encoding: chunked", "Content-Length: 5") + b"0\r\n\r\n"
@@ -110,7 +117,7 @@ async def test_transfer_encoding_with_content_length_is_400_and_the_connection_c
 # -- bounds over all connections ---------------------------------------------------------------------------
 
 
-async def test_bodies_in_flight_are_bounded_over_all_connections(make_server) -> None:
+async def test_bodies_in_flight_are_bounded_over_all_connections(make_server: ServerFactory) -> None:
     """Two bodies of 1 MiB fill max_body_bytes = 2 MiB: a third is 503 at once; when one is done, room again."""
     mib = 1024 * 1024
     server = await make_server(max_publish_size=mib, max_body_bytes=2 * mib)
@@ -135,7 +142,7 @@ async def test_bodies_in_flight_are_bounded_over_all_connections(make_server) ->
         w.close()
 
 
-async def test_sockets_that_never_upgrade_are_bounded_and_the_next_one_gets_503(make_server) -> None:
+async def test_sockets_that_never_upgrade_are_bounded_and_the_next_one_gets_503(make_server: ServerFactory) -> None:
     server = await make_server(max_http_connections=4)
     idle = []
     for n in range(1, 5):
@@ -160,7 +167,8 @@ async def test_sockets_that_never_upgrade_are_bounded_and_the_next_one_gets_503(
         w.close()
 
 
-async def test_a_request_dribbled_on_a_kept_alive_connection_is_cut_at_handshake_timeout(make_server) -> None:
+async def test_a_request_dribbled_on_a_kept_alive_connection_is_cut_at_handshake_timeout(
+        make_server: ServerFactory) -> None:
     server = await make_server(handshake_timeout=0.5)
     reader, writer = await open_http(server.port)
     writer.write(head("GET", "/healthz"))
@@ -192,8 +200,8 @@ async def test_a_request_dribbled_on_a_kept_alive_connection_is_cut_at_handshake
     (("Connection: Upgrade", "Connection: keep-alive, notupgrade"), 426),  # a token, not a substring
     (("Connection: Upgrade", "Connection: keep-alive, Upgrade"), 101),
 ])
-async def test_upgrade_requests_are_checked_as_websockets_checks_them(make_server, replace: tuple[str, str],
-                                                                      status: int) -> None:
+async def test_upgrade_requests_are_checked_as_websockets_checks_them(
+        make_server: ServerFactory, replace: tuple[str, str], status: int) -> None:
     server = await make_server()
     reader, writer = await open_http(server.port)
     writer.write(UPGRADE_REQUEST.format(path="/ws").replace(*replace).encode())
@@ -202,7 +210,7 @@ async def test_upgrade_requests_are_checked_as_websockets_checks_them(make_serve
     writer.close()
 
 
-async def test_origin_allowlist_refuses_other_origins_with_403_before_the_upgrade(make_server) -> None:
+async def test_origin_allowlist_refuses_other_origins_with_403_before_the_upgrade(make_server: ServerFactory) -> None:
     server = await make_server(origin_allowlist=["https://shop.example"])
     with pytest.raises(InvalidStatus) as refused_upgrade:
         await ws_connect(server.url, origin="https://evil.example")
@@ -216,7 +224,7 @@ async def test_origin_allowlist_refuses_other_origins_with_403_before_the_upgrad
 # -- the endpoint table ------------------------------------------------------------------------------------
 
 
-async def test_a_static_get_endpoint_is_one_registration(make_server, http) -> None:
+async def test_a_static_get_endpoint_is_one_registration(make_server: ServerFactory, http: httpx.AsyncClient) -> None:
     server = await make_server()
     server.endpoints.add_static("/hello.txt", lambda: ("text/plain", b"hello"))
     got = await http.get(f"http://127.0.0.1:{server.port}/hello.txt")
@@ -228,7 +236,8 @@ async def test_a_static_get_endpoint_is_one_registration(make_server, http) -> N
 # -- WebSocket input ---------------------------------------------------------------------------------------
 
 
-async def test_invalid_utf8_in_a_text_message_closes_with_1007(server, good_client) -> None:
+async def test_invalid_utf8_in_a_text_message_closes_with_1007(
+        server: NativeServer, good_client: Callable[..., Awaitable[GoodClient]]) -> None:
     good = await good_client(server)
     for first in (True, False):  # as the handshake, and after it
         async with ws_connect(server.url) as ws:
@@ -242,7 +251,8 @@ async def test_invalid_utf8_in_a_text_message_closes_with_1007(server, good_clie
     await good.verify()
 
 
-async def test_a_document_nested_deeper_than_the_bound_is_refused_with_422(make_server, http) -> None:
+async def test_a_document_nested_deeper_than_the_bound_is_refused_with_422(
+        make_server: ServerFactory, http: httpx.AsyncClient) -> None:
     server = await make_server(allow_undeclared_classes=True)
     ws, _ = await subscribe(server.url, {"Free": {}})
 
@@ -264,7 +274,7 @@ async def test_a_document_nested_deeper_than_the_bound_is_refused_with_422(make_
     assert got["message"]["_id"] == "fine"  # the refused one was never delivered
 
 
-async def test_a_deeply_nested_catalog_is_refused_with_4421(make_server) -> None:
+async def test_a_deeply_nested_catalog_is_refused_with_4421(make_server: ServerFactory) -> None:
     server = await make_server(allow_undeclared_classes=True)
     catalog: Any = None
     for _ in range(300):
@@ -273,7 +283,7 @@ async def test_a_deeply_nested_catalog_is_refused_with_4421(make_server) -> None
     assert code == 4421, reason
 
 
-async def test_a_jwt_with_exp_as_a_numeric_string_is_refused_with_4401(make_server) -> None:
+async def test_a_jwt_with_exp_as_a_numeric_string_is_refused_with_4401(make_server: ServerFactory) -> None:
     import jwt
 
     server = await make_server(jwt_secret="s" * 32)

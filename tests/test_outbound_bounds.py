@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 
 import httpx
 import pytest
 
-from conftest import RECV_TIMEOUT, raw_subscribe, read_frame
+from conftest import RECV_TIMEOUT, ServerProcess, raw_subscribe, read_frame
 from xia_broadcast.core.change import Change
 from xia_broadcast.hub import Hub
 
@@ -28,7 +29,8 @@ OUTBOUND = 8 * MIB
 
 
 @LINUX_ONLY
-async def test_stalled_clients_hold_bounded_memory_and_lose_nothing(server_process) -> None:
+async def test_stalled_clients_hold_bounded_memory_and_lose_nothing(
+        server_process: Callable[..., ServerProcess]) -> None:
     server = server_process(env={"XIA_BROADCAST_MAX_OUTBOUND_BYTES": str(OUTBOUND),
                                  "XIA_BROADCAST_LOG_LEVEL": "WARNING"})
     stalled = [await raw_subscribe(server.port, {"Order": {}}, stall=True) for _ in range(STALLED)]

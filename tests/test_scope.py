@@ -217,7 +217,7 @@ def test_path_ending_in_a_list_of_scalars() -> None:
 
 
 def test_empty_list_satisfies_negative_operators_only() -> None:
-    doc = {"tags": [], "lines": []}
+    doc: dict[str, Any] = {"tags": [], "lines": []}
     assert not in_scope(doc, ("tags", "==", "red"))
     assert in_scope(doc, ("tags", "!=", "red"))
     assert not in_scope(doc, ("lines.sku", "in", ["a"]))

@@ -19,8 +19,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from conftest import order, recv_json, recv_until, refused, subscribe
+from conftest import ServerFactory, order, recv_json, recv_until, refused, subscribe
 from xia_broadcast.server.config import ApiKey
+from xia_broadcast.server.native import NativeServer
 
 SECRET = "hs-test-secret-long-enough-for-hs512-too-0123456789-0123456789-abcdef"
 ACME = {"content": [{"obj": "Order/customer/acme", "act": "read"}]}
@@ -81,7 +82,7 @@ async def received_customers(ws: Any, last_id: str) -> list[tuple[str, str]]:
 # -- public -----------------------------------------------------------------------------------------------
 
 
-async def test_public_server_subscriber_is_anonymous_and_reads_everything(server) -> None:
+async def test_public_server_subscriber_is_anonymous_and_reads_everything(server: NativeServer) -> None:
     ws, confirmation = await subscribe(server.url, {"Order": {}, "_header": {"X-Api-Key": "ignored"}})
     async with ws:
         published = publish_mix(server)
@@ -97,7 +98,7 @@ async def test_public_server_subscriber_is_anonymous_and_reads_everything(server
 # -- API keys ---------------------------------------------------------------------------------------------
 
 
-async def test_api_key_acl_is_applied_to_deliveries(make_server) -> None:
+async def test_api_key_acl_is_applied_to_deliveries(make_server: ServerFactory) -> None:
     server = await make_server(api_keys={
         "k-alice": ApiKey("alice", ACME, app_name="shop"),
         "k-gina": ApiKey("gina", GLOBEX),
@@ -122,7 +123,7 @@ async def test_api_key_acl_is_applied_to_deliveries(make_server) -> None:
     assert admin_got == [*published, (sentinel, "globex")]
 
 
-async def test_api_key_without_app_binding_ignores_x_app_name(make_server) -> None:
+async def test_api_key_without_app_binding_ignores_x_app_name(make_server: ServerFactory) -> None:
     server = await make_server(api_keys={"k-any": ApiKey("any", None)})
     ws, confirmation = await subscribe(server.url, {"Order": {}, "_header": {"X-Api-Key": "k-any",
                                                                              "X-App-Name": "whatever"}})
@@ -130,7 +131,7 @@ async def test_api_key_without_app_binding_ignores_x_app_name(make_server) -> No
     assert confirmation["Order"]["user_name"] == "any"
 
 
-async def test_bearer_token_on_an_api_key_only_server_is_refused(make_server) -> None:
+async def test_bearer_token_on_an_api_key_only_server_is_refused(make_server: ServerFactory) -> None:
     server = await make_server(api_keys={"k-any": ApiKey("any", None)})
     code, reason, _ = await refused(server.url, json.dumps(
         {"Order": {}, "_header": {"Authorization": f"Bearer {make_token(SECRET)}"}}))
@@ -142,7 +143,8 @@ async def test_bearer_token_on_an_api_key_only_server_is_refused(make_server) ->
 
 @pytest.mark.parametrize("where", ["header", "upgrade"])
 @pytest.mark.parametrize("alg", ["HS256", "RS256"])
-async def test_jwt_subscriber_gets_its_acl(make_server, rsa_keys, alg, where) -> None:
+async def test_jwt_subscriber_gets_its_acl(
+        make_server: ServerFactory, rsa_keys: tuple[str, str], alg: str, where: str) -> None:
     private, public = rsa_keys
     server = await make_server(jwt_secret=SECRET, jwt_public_key=public)
     token = make_token(SECRET if alg == "HS256" else private, alg, sub="alice")
@@ -160,7 +162,7 @@ async def test_jwt_subscriber_gets_its_acl(make_server, rsa_keys, alg, where) ->
     assert got == [p for p in published if p[1] == "acme"]
 
 
-async def test_jwt_acl_claim_name_is_configurable(make_server) -> None:
+async def test_jwt_acl_claim_name_is_configurable(make_server: ServerFactory) -> None:
     server = await make_server(jwt_secret=SECRET, jwt_acl_claim="perms")
     token = jwt.encode({"sub": "gina", "exp": int(time.time()) + 60, "perms": GLOBEX}, SECRET, algorithm="HS256")
     ws, confirmation = await subscribe(server.url, {"Order": {}, "_header": {"Authorization": f"Bearer {token}"}})
@@ -172,7 +174,8 @@ async def test_jwt_acl_claim_name_is_configurable(make_server) -> None:
     assert got[:-1] == [p for p in published if p[1] == "globex"]
 
 
-async def test_an_acl_that_reads_nothing_of_a_class_is_subscribed_and_receives_nothing_of_it(make_server) -> None:
+async def test_an_acl_that_reads_nothing_of_a_class_is_subscribed_and_receives_nothing_of_it(
+        make_server: ServerFactory) -> None:
     """The original never refused a subscription for its ACL: the ACL is checked on every delivery."""
     server = await make_server(jwt_secret=SECRET)
     token = make_token(SECRET, sub="bob", acl={"content": [{"obj": "Customer/*", "act": "read"},
@@ -212,7 +215,8 @@ def _bad_tokens(private: str, other_private: str, public: str) -> list[Any]:
     ]
 
 
-async def test_jwt_refusals(make_server, rsa_keys, other_rsa_keys) -> None:
+async def test_jwt_refusals(
+        make_server: ServerFactory, rsa_keys: tuple[str, str], other_rsa_keys: tuple[str, str]) -> None:
     """Each bad token is refused with 4401 and a reason naming the problem, in _header and in the upgrade."""
     private, public = rsa_keys
     server = await make_server(jwt_secret=SECRET, jwt_public_key=public)
@@ -229,7 +233,7 @@ async def test_jwt_refusals(make_server, rsa_keys, other_rsa_keys) -> None:
             assert reason.startswith(reason_start), (param.id, where, reason)
 
 
-async def test_jwt_algorithm_not_configured_is_refused(make_server, rsa_keys) -> None:
+async def test_jwt_algorithm_not_configured_is_refused(make_server: ServerFactory, rsa_keys: tuple[str, str]) -> None:
     """A server configured for HS256 only refuses a validly signed RS256 token."""
     private, public = rsa_keys
     server = await make_server(jwt_secret=SECRET, jwt_public_key=public, jwt_algorithms=["HS256"])
@@ -238,7 +242,7 @@ async def test_jwt_algorithm_not_configured_is_refused(make_server, rsa_keys) ->
     assert (code, reason) == (4401, "token algorithm 'RS256' is not accepted")
 
 
-async def test_jwt_rs256_key_confusion_is_refused(make_server, rsa_keys) -> None:
+async def test_jwt_rs256_key_confusion_is_refused(make_server: ServerFactory, rsa_keys: tuple[str, str]) -> None:
     """The classic attack: an HS256 token 'signed' with the server's RSA public key as HMAC secret."""
     _, public = rsa_keys
     server = await make_server(jwt_public_key=public)
@@ -249,7 +253,7 @@ async def test_jwt_rs256_key_confusion_is_refused(make_server, rsa_keys) -> None
     assert (code, reason) == (4401, "no key configured for HS256 tokens")
 
 
-async def test_jwt_audience_and_issuer_are_checked_when_configured(make_server) -> None:
+async def test_jwt_audience_and_issuer_are_checked_when_configured(make_server: ServerFactory) -> None:
     server = await make_server(jwt_secret=SECRET, jwt_audience="shop", jwt_issuer="auth.example")
     good = make_token(SECRET, aud="shop", iss="auth.example")
     ws, confirmation = await subscribe(server.url, {"Order": {}, "_header": {"Authorization": f"Bearer {good}"}})
@@ -262,7 +266,7 @@ async def test_jwt_audience_and_issuer_are_checked_when_configured(make_server) 
         assert code == 4401 and reason.startswith("invalid token"), reason
 
 
-async def test_jwt_server_without_credentials_in_handshake_is_refused(make_server) -> None:
+async def test_jwt_server_without_credentials_in_handshake_is_refused(make_server: ServerFactory) -> None:
     server = await make_server(jwt_secret=SECRET)
     code, reason, _ = await refused(server.url, json.dumps({"Order": {}}))
     assert (code, reason) == (4401, "App Name or API Key missing for authentication")

@@ -11,11 +11,15 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from conftest import (
+    GoodClient,
+    ServerFactory,
     http_base,
     publish_orders,
     read_until_closed,
@@ -27,6 +31,7 @@ from conftest import (
     ws_connect,
 )
 from xia_broadcast.server.config import ApiKey
+from xia_broadcast.server.native import NativeServer
 
 KEYS = {
     "k-admin": ApiKey("admin", None),
@@ -91,8 +96,9 @@ REFUSALS: list[tuple[str, dict[str, Any], dict[str, Any] | None, str, int, str]]
 
 @pytest.mark.parametrize(("settings", "good_request", "message", "code", "reason"),
                          [pytest.param(*case[1:], id=case[0]) for case in REFUSALS])
-async def test_refusal_while_a_good_client_keeps_receiving(make_server, good_client, http, settings, good_request,
-                                                          message, code, reason) -> None:
+async def test_refusal_while_a_good_client_keeps_receiving(
+        make_server: ServerFactory, good_client: Callable[..., Awaitable[GoodClient]], http: httpx.AsyncClient,
+        settings: dict[str, Any], good_request: dict[str, Any] | None, message: str, code: int, reason: str) -> None:
     server = await make_server(**settings)
     good = await good_client(server, good_request)
     good.publish(5)
@@ -107,7 +113,8 @@ async def test_refusal_while_a_good_client_keeps_receiving(make_server, good_cli
     assert (health["connections"], health["views"]) == (1, 1)
 
 
-async def test_4400_refused_second_class_leaves_nothing_subscribed(make_server, good_client, http) -> None:
+async def test_4400_refused_second_class_leaves_nothing_subscribed(
+        make_server: ServerFactory, good_client: Callable[..., Awaitable[GoodClient]], http: httpx.AsyncClient) -> None:
     """Order is valid, Customer's catalog is not: the whole handshake is refused, Order included."""
     server = await make_server()
     good = await good_client(server)
@@ -121,7 +128,8 @@ async def test_4400_refused_second_class_leaves_nothing_subscribed(make_server, 
     assert re.search(r"^xia_subscriptions 1\.0$", metrics, re.M), metrics
 
 
-async def test_4400_handshake_timeout(make_server, good_client) -> None:
+async def test_4400_handshake_timeout(
+        make_server: ServerFactory, good_client: Callable[..., Awaitable[GoodClient]]) -> None:
     server = await make_server(handshake_timeout=0.3)
     good = await good_client(server)
     async with ws_connect(server.url) as silent:
@@ -135,7 +143,7 @@ async def test_4400_handshake_timeout(make_server, good_client) -> None:
     await good.verify()
 
 
-async def test_handshake_timeout_does_not_close_a_subscribed_client(make_server) -> None:
+async def test_handshake_timeout_does_not_close_a_subscribed_client(make_server: ServerFactory) -> None:
     server = await make_server(handshake_timeout=0.2)
     ws, _ = await subscribe(server.url, {"Order": {}})
     async with ws:
@@ -145,7 +153,8 @@ async def test_handshake_timeout_does_not_close_a_subscribed_client(make_server)
     assert (msg["seq"], msg["message"]["_id"]) == (seq, "late")
 
 
-async def test_4401_wrong_app_name(make_server, good_client) -> None:
+async def test_4401_wrong_app_name(
+        make_server: ServerFactory, good_client: Callable[..., Awaitable[GoodClient]]) -> None:
     keys = {"k-shop": ApiKey("shopper", None, app_name="shop"), **KEYS}
     server = await make_server(api_keys=keys)
     good = await good_client(server, GOOD_KEYED)
@@ -161,7 +170,8 @@ async def test_4401_wrong_app_name(make_server, good_client) -> None:
 # -- 1009 --------------------------------------------------------------------------------------------------
 
 
-async def test_1009_oversized_handshake(make_server, good_client) -> None:
+async def test_1009_oversized_handshake(
+        make_server: ServerFactory, good_client: Callable[..., Awaitable[GoodClient]]) -> None:
     server = await make_server(max_message_size=1024)
     good = await good_client(server)
     good.publish(3)
@@ -172,7 +182,8 @@ async def test_1009_oversized_handshake(make_server, good_client) -> None:
     await good.verify()
 
 
-async def test_1009_oversized_message_after_the_handshake(make_server, good_client, http) -> None:
+async def test_1009_oversized_message_after_the_handshake(
+        make_server: ServerFactory, good_client: Callable[..., Awaitable[GoodClient]], http: httpx.AsyncClient) -> None:
     """A subscribed client that sends a huge message is cut off; its subscription goes with it."""
     server = await make_server(max_message_size=1024)
     good = await good_client(server)
@@ -188,7 +199,8 @@ async def test_1009_oversized_message_after_the_handshake(make_server, good_clie
     assert (health["connections"], health["views"]) == (1, 1)
 
 
-async def test_1009_counts_the_whole_fragmented_message(make_server, good_client) -> None:
+async def test_1009_counts_the_whole_fragmented_message(
+        make_server: ServerFactory, good_client: Callable[..., Awaitable[GoodClient]]) -> None:
     """Three fragments of 600 bytes are one message of 1800 bytes: over a 1024-byte limit."""
     server = await make_server(max_message_size=1024)
     good = await good_client(server)
@@ -200,7 +212,8 @@ async def test_1009_counts_the_whole_fragmented_message(make_server, good_client
     await good.verify()
 
 
-async def test_client_messages_after_the_handshake_are_ignored(server, good_client) -> None:
+async def test_client_messages_after_the_handshake_are_ignored(
+        server: NativeServer, good_client: Callable[..., Awaitable[GoodClient]]) -> None:
     ws, _ = await subscribe(server.url, {"Order": {}})
     async with ws:
         await ws.send(hs({"Customer": {}}))
@@ -220,8 +233,8 @@ async def test_client_messages_after_the_handshake_are_ignored(server, good_clie
 # -- 4409 --------------------------------------------------------------------------------------------------
 
 
-async def test_4409_slow_subscriber_is_cut_off_and_nothing_is_lost_silently(make_server, good_client,
-                                                                            http) -> None:
+async def test_4409_slow_subscriber_is_cut_off_and_nothing_is_lost_silently(
+        make_server: ServerFactory, good_client: Callable[..., Awaitable[GoodClient]], http: httpx.AsyncClient) -> None:
     # a 20-message queue, and a journal of 50 changes: a client that falls further behind cannot be caught up
     server = await make_server(queue_messages=20, queue_bytes=1 << 20, journal_max_count=50)
     good = await good_client(server)
@@ -255,7 +268,8 @@ async def test_4409_slow_subscriber_is_cut_off_and_nothing_is_lost_silently(make
 # -- 4503 --------------------------------------------------------------------------------------------------
 
 
-async def test_4503_too_many_connections(make_server, good_client, http) -> None:
+async def test_4503_too_many_connections(
+        make_server: ServerFactory, good_client: Callable[..., Awaitable[GoodClient]], http: httpx.AsyncClient) -> None:
     server = await make_server(max_connections=1)
     good = await good_client(server)
     good.publish(3)
@@ -275,7 +289,7 @@ async def test_4503_too_many_connections(make_server, good_client, http) -> None
 # -- 1001 --------------------------------------------------------------------------------------------------
 
 
-async def test_1001_on_shutdown_after_everything_published(make_server) -> None:
+async def test_1001_on_shutdown_after_everything_published(make_server: ServerFactory) -> None:
     server = await make_server()
     a, _ = await subscribe(server.url, {"Order": {}})
     b, _ = await subscribe(server.url, {"Order": {"catalog": {"amount": None}}})
@@ -290,7 +304,8 @@ async def test_1001_on_shutdown_after_everything_published(make_server) -> None:
     assert results[1][0][0]["message"] == {"_id": "O-000001", "amount": 1.0}
 
 
-async def test_1011_is_not_sent_for_ordinary_bad_input(server, good_client) -> None:
+async def test_1011_is_not_sent_for_ordinary_bad_input(
+        server: NativeServer, good_client: Callable[..., Awaitable[GoodClient]]) -> None:
     """Garbage of every documented kind gets its documented 44xx code, never an internal error."""
     good = await good_client(server)
     bad = ["", "null", "42", '"Order"', hs({"Order": None, "Customer": 5}), hs({"Order": {"catalog": 5}}),

@@ -10,10 +10,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import (
+    ServerFactory,
     http_base,
     order,
     publish_orders,
@@ -28,7 +30,7 @@ from conftest import (
     subscribe,
     ws_connect,
 )
-from xia_broadcast.server.native import KEEPALIVE_ROUNDS
+from xia_broadcast.server.native import KEEPALIVE_ROUNDS, NativeServer
 
 EU_SCOPE = [{"fn": "region", "op": "==", "val": "EU"}]
 
@@ -52,7 +54,7 @@ def samples(text: str) -> dict[str, float]:
     return out
 
 
-async def test_healthz_and_readyz(server, http) -> None:
+async def test_healthz_and_readyz(server: NativeServer, http: httpx.AsyncClient) -> None:
     base = http_base(server)
     empty = (await http.get(f"{base}/healthz")).json()
     a, _ = await subscribe(server.url, {"Order": {}, "Customer": {}})
@@ -69,7 +71,7 @@ async def test_healthz_and_readyz(server, http) -> None:
     assert (after["connections"], after["views"]) == (0, 0)
 
 
-async def test_metrics_after_deliveries(server, http) -> None:
+async def test_metrics_after_deliveries(server: NativeServer, http: httpx.AsyncClient) -> None:
     wide, _ = await subscribe(server.url, {"Order": {}, "Customer": {}})
     small_1, _ = await subscribe(server.url, {"Order": {"catalog": {"amount": None}}})
     small_2, _ = await subscribe(server.url, {"Order": {"catalog": {"amount": None}}})
@@ -104,7 +106,7 @@ async def test_metrics_after_deliveries(server, http) -> None:
     assert m["xia_publish_to_send_seconds_bucket{le=2.5}"] == count
 
 
-async def test_metrics_served_are_the_documented_ones(server, http) -> None:
+async def test_metrics_served_are_the_documented_ones(server: NativeServer, http: httpx.AsyncClient) -> None:
     """docs/protocol.md section 6 names every metric, and /metrics serves exactly those."""
     text = (await http.get(f"{http_base(server)}/metrics")).text
     served = {f.name for f in text_string_to_metric_families(text)
@@ -113,7 +115,7 @@ async def test_metrics_served_are_the_documented_ones(server, http) -> None:
     assert served == documented
 
 
-async def test_metrics_count_1009_as_a_refusal(make_server, http) -> None:
+async def test_metrics_count_1009_as_a_refusal(make_server: ServerFactory, http: httpx.AsyncClient) -> None:
     server = await make_server(max_message_size=1024)
     code, _, _ = await refused(server.url, "x" * 2000)
     assert code == 1009
@@ -121,7 +123,7 @@ async def test_metrics_count_1009_as_a_refusal(make_server, http) -> None:
     assert m["xia_refusals_total"] == 1
 
 
-async def test_confirmation_is_first_and_head_seq_leaves_no_gap_while_changes_stream(server) -> None:
+async def test_confirmation_is_first_and_head_seq_leaves_no_gap_while_changes_stream(server: NativeServer) -> None:
     """Clients subscribing while changes are being published get the confirmation before any change; the
     first change they get is the one right after the confirmation's ``head_seq``, then publish order."""
     stop = asyncio.Event()
@@ -150,7 +152,7 @@ async def test_confirmation_is_first_and_head_seq_leaves_no_gap_while_changes_st
         await asyncio.wait_for(task, 5)
 
 
-async def test_keepalive_drops_a_silent_client_and_keeps_a_live_one(make_server) -> None:
+async def test_keepalive_drops_a_silent_client_and_keeps_a_live_one(make_server: ServerFactory) -> None:
     server = await make_server(ping_interval=0.2, ping_timeout=0.2)
     live, _ = await subscribe(server.url, {"Order": {}})
     # a client that stops reading (its library stops reading the socket once one frame waits) never pongs
@@ -169,7 +171,8 @@ async def test_keepalive_drops_a_silent_client_and_keeps_a_live_one(make_server)
     assert health["connections"] == 1, "the silent client was not dropped"
 
 
-async def test_keepalive_pings_are_spread_over_the_interval_not_sent_to_everyone_at_once(make_server) -> None:
+async def test_keepalive_pings_are_spread_over_the_interval_not_sent_to_everyone_at_once(
+        make_server: ServerFactory) -> None:
     interval = 0.4
     server = await make_server(ping_interval=interval)
     clients = [await raw_subscribe(server.port, {"Order": {}}) for _ in range(2 * KEEPALIVE_ROUNDS)]
@@ -194,7 +197,7 @@ async def test_keepalive_pings_are_spread_over_the_interval_not_sent_to_everyone
 # -- shutdown ---------------------------------------------------------------------------------------------
 
 
-async def test_graceful_shutdown_delivers_everything_queued_then_1001(make_server) -> None:
+async def test_graceful_shutdown_delivers_everything_queued_then_1001(make_server: ServerFactory) -> None:
     """2000 changes published in one burst (twice the default queue bound), shutdown called at once: every
     subscriber gets all it may see, in order, then 1001."""
     server = await make_server(shutdown_timeout=10.0)
@@ -220,7 +223,8 @@ async def test_graceful_shutdown_delivers_everything_queued_then_1001(make_serve
     assert elapsed < 10
 
 
-async def test_readyz_is_503_during_shutdown_and_a_slow_reader_still_gets_everything(make_server, http) -> None:
+async def test_readyz_is_503_during_shutdown_and_a_slow_reader_still_gets_everything(
+        make_server: ServerFactory, http: httpx.AsyncClient) -> None:
     server = await make_server(queue_messages=10_000, queue_bytes=1 << 30, shutdown_timeout=10.0)
     base = http_base(server)
     before = await http.get(f"{base}/readyz")  # opens the keep-alive connection used during shutdown
@@ -245,7 +249,7 @@ async def test_readyz_is_503_during_shutdown_and_a_slow_reader_still_gets_everyt
     assert (code, reason) == (1001, "shutting down")
 
 
-async def test_no_new_connections_after_shutdown(make_server) -> None:
+async def test_no_new_connections_after_shutdown(make_server: ServerFactory) -> None:
     server = await make_server()
     await server.shutdown()
     with pytest.raises(OSError):
@@ -253,7 +257,7 @@ async def test_no_new_connections_after_shutdown(make_server) -> None:
             pass
 
 
-async def test_shutdown_with_idle_clients_is_prompt(make_server) -> None:
+async def test_shutdown_with_idle_clients_is_prompt(make_server: ServerFactory) -> None:
     server = await make_server()
     clients = [(await subscribe(server.url, {"Order": {}}))[0] for _ in range(20)]
     readers = [asyncio.get_running_loop().create_task(read_until_closed(ws)) for ws in clients]

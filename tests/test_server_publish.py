@@ -9,10 +9,12 @@ import asyncio
 import json
 from typing import Any
 
+import httpx
 import pytest
 
-from conftest import RECV_TIMEOUT, http_base, order, recv_json, recv_until, subscribe
+from conftest import RECV_TIMEOUT, ServerFactory, http_base, order, recv_json, recv_until, subscribe
 from xia_broadcast.server.config import ApiKey
+from xia_broadcast.server.native import NativeServer
 
 EU_SCOPE = [{"fn": "region", "op": "==", "val": "EU"}]
 SMALL_CATALOG = {"order_id": None, "amount": None}
@@ -27,7 +29,8 @@ async def post(http: Any, server: Any, body: Any, headers: dict[str, str] | None
     return await http.post(f"{http_base(server)}/publish", content=content, headers=headers or {})
 
 
-async def test_single_change_is_received_through_scope_and_catalog(server, http) -> None:
+async def test_single_change_is_received_through_scope_and_catalog(
+        server: NativeServer, http: httpx.AsyncClient) -> None:
     eu, eu_conf = await subscribe(server.url, {"Order": {"data_scope": EU_SCOPE, "catalog": SMALL_CATALOG}})
     everything, _ = await subscribe(server.url, {"Order": {}})
     async with eu, everything:
@@ -45,7 +48,7 @@ async def test_single_change_is_received_through_scope_and_catalog(server, http)
     assert all_msg == {"doc_class": "Order", "op": "I", "seq": seq, "message": expected}
 
 
-async def test_batch_is_received_in_order_filtered_by_scope(server, http) -> None:
+async def test_batch_is_received_in_order_filtered_by_scope(server: NativeServer, http: httpx.AsyncClient) -> None:
     regions = ["EU", "US", "EU", "APAC", "EU", "US"]
     eu, _ = await subscribe(server.url, {"Order": {"data_scope": EU_SCOPE, "catalog": {"region": None}}})
     hidden, _ = await subscribe(server.url, {"Order": {"show_hidden": True, "catalog": {"margin": None}}})
@@ -62,7 +65,7 @@ async def test_batch_is_received_in_order_filtered_by_scope(server, http) -> Non
         (seqs[i], {"_id": f"O-{i + 1:06d}", "margin": 0.25}) for i in range(len(regions))]
 
 
-async def test_update_and_delete_ops_are_delivered_as_published(server, http) -> None:
+async def test_update_and_delete_ops_are_delivered_as_published(server: NativeServer, http: httpx.AsyncClient) -> None:
     ws, _ = await subscribe(server.url, {"Order": {"catalog": {"status": None}}})
     async with ws:
         resp = await post(http, server, {"changes": [
@@ -76,7 +79,7 @@ async def test_update_and_delete_ops_are_delivered_as_published(server, http) ->
         ("D", resp.json()["seqs"][2], {"_id": "O-000001", "status": "paid"})]
 
 
-async def test_acl_applies_to_http_published_changes(make_server, http) -> None:
+async def test_acl_applies_to_http_published_changes(make_server: ServerFactory, http: httpx.AsyncClient) -> None:
     server = await make_server(
         api_keys={"k-alice": ApiKey("alice", {"content": [{"obj": "Order/customer/acme", "act": "read"}]}),
                   "k-ops": ApiKey("ops", None)},
@@ -131,7 +134,8 @@ ERRORS = [
 
 
 @pytest.mark.parametrize(("body", "status", "error", "message"), ERRORS)
-async def test_publish_errors_apply_nothing(server, http, body, status, error, message) -> None:
+async def test_publish_errors_apply_nothing(
+        server: NativeServer, http: httpx.AsyncClient, body: Any, status: int, error: str, message: str) -> None:
     ws, _ = await subscribe(server.url, {"Order": {}})
     async with ws:
         resp = await post(http, server, body)
@@ -146,7 +150,7 @@ async def test_publish_errors_apply_nothing(server, http, body, status, error, m
     assert (got["seq"], got["message"]["_id"]) == (sentinel.json()["seqs"][0], "O-000777")
 
 
-async def test_publish_405_and_413(make_server, http) -> None:
+async def test_publish_405_and_413(make_server: ServerFactory, http: httpx.AsyncClient) -> None:
     server = await make_server(max_publish_size=1000)
     ws, _ = await subscribe(server.url, {"Order": {}})
     async with ws:
@@ -160,7 +164,7 @@ async def test_publish_405_and_413(make_server, http) -> None:
     assert got["message"]["_id"] == "O-000002"
 
 
-async def test_publish_keys(make_server, http) -> None:
+async def test_publish_keys(make_server: ServerFactory, http: httpx.AsyncClient) -> None:
     server = await make_server(publish_keys=["p-1"])
     ws, _ = await subscribe(server.url, {"Order": {}})
     async with ws:
@@ -176,28 +180,29 @@ async def test_publish_keys(make_server, http) -> None:
     assert got["message"]["_id"] == "O-000004"
 
 
-async def test_publishing_is_closed_on_an_authenticated_server_without_publish_keys(make_server, http) -> None:
+async def test_publishing_is_closed_on_an_authenticated_server_without_publish_keys(
+        make_server: ServerFactory, http: httpx.AsyncClient) -> None:
     server = await make_server(api_keys={"k": ApiKey("u", None)})
     resp = await post(http, server, change(1), {"X-Publisher-Key": "anything"})
     assert resp.status_code == 401
     assert resp.json()["message"].startswith("publishing is disabled")
 
 
-async def test_unauthorized_is_checked_before_the_body(make_server, http) -> None:
+async def test_unauthorized_is_checked_before_the_body(make_server: ServerFactory, http: httpx.AsyncClient) -> None:
     """An unauthenticated publisher learns nothing about the body: 401 even for garbage."""
     server = await make_server(publish_keys=["p-1"])
     resp = await post(http, server, b"{garbage")
     assert resp.status_code == 401
 
 
-async def test_other_http_endpoints(server, http) -> None:
+async def test_other_http_endpoints(server: NativeServer, http: httpx.AsyncClient) -> None:
     ws_plain = await http.get(f"{http_base(server)}/ws")
     missing = await http.get(f"{http_base(server)}/nope")
     assert (ws_plain.status_code, ws_plain.json()["error"]) == (426, "upgrade_required")
     assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
 
 
-async def test_sequential_publishes_arrive_in_publish_order(server, http) -> None:
+async def test_sequential_publishes_arrive_in_publish_order(server: NativeServer, http: httpx.AsyncClient) -> None:
     ws, _ = await subscribe(server.url, {"Order": {}})
     async with ws:
         seqs = []
@@ -208,7 +213,7 @@ async def test_sequential_publishes_arrive_in_publish_order(server, http) -> Non
     assert [m["seq"] for m in got] == seqs
 
 
-async def test_http_keep_alive_and_pipelining(server) -> None:
+async def test_http_keep_alive_and_pipelining(server: NativeServer) -> None:
     """Two requests written at once on one connection get two answers, in order."""
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:

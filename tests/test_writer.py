@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import RECV_TIMEOUT, order, raw_subscribe, read_frame
+from conftest import RECV_TIMEOUT, ServerFactory, order, raw_subscribe, read_frame
 from xia_broadcast.fanout import Outgoing
 from xia_broadcast.server.config import ConfigError, load_settings
 from xia_broadcast.server.writer import FlushScheduler
@@ -158,7 +159,8 @@ async def counted_subscribers(server: Any, n: int) -> tuple[list[Any], list[Coun
     return clients, counters
 
 
-async def test_changes_published_one_per_loop_turn_reach_every_socket_in_order_in_fewer_writes(make_server) -> None:
+async def test_changes_published_one_per_loop_turn_reach_every_socket_in_order_in_fewer_writes(
+        make_server: ServerFactory) -> None:
     # a bound far longer than the test: what makes writes happen is the loop's state, not the wall clock
     server = await make_server(max_write_delay=0.05)
     clients, counters = await counted_subscribers(server, 40)
@@ -172,7 +174,7 @@ async def test_changes_published_one_per_loop_turn_reach_every_socket_in_order_i
         return seqs
 
     async def receive(reader: asyncio.StreamReader) -> list[str]:
-        seqs = []
+        seqs: list[str] = []
         while len(seqs) < changes:
             opcode, payload = await read_frame(reader)
             assert opcode == 0x1
@@ -189,7 +191,7 @@ async def test_changes_published_one_per_loop_turn_reach_every_socket_in_order_i
         writer.close()
 
 
-def test_max_write_delay_is_a_setting_with_a_file_key_an_environment_name_and_a_check(tmp_path) -> None:
+def test_max_write_delay_is_a_setting_with_a_file_key_an_environment_name_and_a_check(tmp_path: Path) -> None:
     assert load_settings(environ={}).max_write_delay == 0.002
     config = tmp_path / "server.toml"
     config.write_text("[server]\nmax_write_delay = 0.01\n")
@@ -280,7 +282,7 @@ def test_without_writes_during_fan_out_or_outside_a_loop_every_fan_out_waits_for
     scheduler.end()  # outside a loop: nothing to probe with, nothing fails
 
 
-async def test_at_idle_a_publish_writes_every_subscriber_before_it_returns(make_server) -> None:
+async def test_at_idle_a_publish_writes_every_subscriber_before_it_returns(make_server: ServerFactory) -> None:
     server = await make_server()
     clients, counters = await counted_subscribers(server, 20)
     await asyncio.sleep(0.05)  # a lull
@@ -305,7 +307,7 @@ class FailingTransport(CountingTransport):
         raise OSError("the socket is broken")
 
 
-async def test_a_write_failing_during_the_fan_out_closes_that_subscriber_only(make_server) -> None:
+async def test_a_write_failing_during_the_fan_out_closes_that_subscriber_only(make_server: ServerFactory) -> None:
     server = await make_server()
     clients = [await raw_subscribe(server.port, {"Order": {"catalog": {"amount": None}}}) for _ in range(5)]
     websockets = list(server.service.hub.connections)

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from conftest import CLASSES, order, read_until_closed, recv_json, subscribe
+from conftest import CLASSES, ServerFactory, order, read_until_closed, recv_json, subscribe
 from journal_contract.journal_helpers import RedisServer
 
 
@@ -29,7 +29,8 @@ async def publish(http: httpx.AsyncClient, base: str, i: int) -> httpx.Response:
     return await http.post(f"{base}/publish", json={"class": "Order", "op": "I", "doc": order(i)})
 
 
-async def test_a_restart_of_redis_loses_nothing_and_readyz_and_publish_say_so(make_server, own_redis) -> None:
+async def test_a_restart_of_redis_loses_nothing_and_readyz_and_publish_say_so(
+        make_server: ServerFactory, own_redis: RedisServer) -> None:
     server = await make_server(redis_url=own_redis.url, classes=dict(CLASSES))
     base = f"http://127.0.0.1:{server.port}"
     ws, _ = await subscribe(server.url, {"Order": {}})
@@ -48,7 +49,8 @@ async def test_a_restart_of_redis_loses_nothing_and_readyz_and_publish_say_so(ma
     await ws.close()
 
 
-async def test_redis_back_empty_tells_resuming_clients_history_is_gone(make_server, own_redis: RedisServer) -> None:
+async def test_redis_back_empty_tells_resuming_clients_history_is_gone(
+        make_server: ServerFactory, own_redis: RedisServer) -> None:
     server = await make_server(redis_url=own_redis.url, classes=dict(CLASSES))
     base = f"http://127.0.0.1:{server.port}"
     async with httpx.AsyncClient(trust_env=False, timeout=5) as http:
@@ -77,7 +79,8 @@ async def test_redis_back_empty_tells_resuming_clients_history_is_gone(make_serv
         await control.close()
 
 
-async def test_a_node_started_while_redis_is_down_becomes_ready_when_it_comes(make_server, own_redis) -> None:
+async def test_a_node_started_while_redis_is_down_becomes_ready_when_it_comes(
+        make_server: ServerFactory, own_redis: RedisServer) -> None:
     own_redis.stop()
     server = await make_server(redis_url=own_redis.url, classes=dict(CLASSES))
     base = f"http://127.0.0.1:{server.port}"

@@ -102,7 +102,8 @@ async def nodes(tmp_path: Path, redis_url: str) -> Any:
         await delete_prefix(redis_url, prefix)
 
 
-async def test_two_nodes_deliver_the_same_permitted_changes_in_the_same_order_and_resume_across(nodes) -> None:
+async def test_two_nodes_deliver_the_same_permitted_changes_in_the_same_order_and_resume_across(
+        nodes: list[ServerProcess]) -> None:
     a, b = nodes
     urls = {node: f"ws://127.0.0.1:{node.port}/ws" for node in nodes}
     clients: dict[tuple[str, str], Any] = {}

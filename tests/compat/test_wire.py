@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from original_listener import OriginalListener
 
-from conftest import CLASSES, order, read_until_closed, refused, subscribe
+from conftest import CLASSES, ServerFactory, order, read_until_closed, refused, subscribe
 from xia_broadcast.core.schema import DocSchema
 from xia_broadcast.server.config import ApiKey
 
@@ -51,7 +51,8 @@ def header(key: str) -> dict[str, str]:
 # -- 1. an ACL never refuses a subscription -----------------------------------------------------------------
 
 
-async def test_an_acl_that_grants_nothing_subscribes_and_receives_only_what_it_may_read(make_server) -> None:
+async def test_an_acl_that_grants_nothing_subscribes_and_receives_only_what_it_may_read(
+        make_server: ServerFactory) -> None:
     server = await make_server(api_keys=KEYS)
     acme = OriginalListener(server.url, {"Order": {}}, header("k-acme"))
     carol = OriginalListener(server.url, {"Order": {}, "Customer": {}}, header("k-cust"))
@@ -83,7 +84,8 @@ async def test_an_acl_that_grants_nothing_subscribes_and_receives_only_what_it_m
 # -- 2. catalogs as xia-engine writes them ------------------------------------------------------------------
 
 
-async def test_catalogs_with_lazy_flags_undeclared_names_and_sub_catalogs_on_plain_fields(make_server) -> None:
+async def test_catalogs_with_lazy_flags_undeclared_names_and_sub_catalogs_on_plain_fields(
+        make_server: ServerFactory) -> None:
     server = await make_server(classes=CLASSES_WITH_SHIPMENT)
     catalog = {"status": True, "tags": False, "ship_to": {"city": True, "planet": None},
                "lines": {"sku": False, "qty": None}, "colour": None, "ref": {"x": None}}
@@ -101,7 +103,7 @@ async def test_catalogs_with_lazy_flags_undeclared_names_and_sub_catalogs_on_pla
     assert code == 4421 and "has no field" in reason
 
 
-async def test_a_catalog_of_only_undeclared_names_gives_the_id_never_everything(make_server) -> None:
+async def test_a_catalog_of_only_undeclared_names_gives_the_id_never_everything(make_server: ServerFactory) -> None:
     server = await make_server(classes=CLASSES_WITH_SHIPMENT)
     listener = OriginalListener(server.url, {"Shipment": {"catalog": {"colour": None}}})
     await listener.connect()
@@ -114,7 +116,7 @@ async def test_a_catalog_of_only_undeclared_names_gives_the_id_never_everything(
 
 
 async def test_extra_keys_are_accepted_and_echoed_and_server_keys_are_never_taken_from_the_client(
-        make_server) -> None:
+        make_server: ServerFactory) -> None:
     server = await make_server(api_keys=KEYS)
     listener = OriginalListener(server.url, {
         "Order": {"lazy": True, "id_only": False, "acl": None, "user_name": "mallory", "start_time": 1.0,
@@ -138,7 +140,7 @@ async def test_extra_keys_are_accepted_and_echoed_and_server_keys_are_never_take
 # -- 4. data scopes as xia-engine evaluates them ------------------------------------------------------------
 
 
-async def test_scopes_as_the_original_reads_them(make_server) -> None:
+async def test_scopes_as_the_original_reads_them(make_server: ServerFactory) -> None:
     server = await make_server(classes=CLASSES_WITH_SHIPMENT)
     cases = {
         "substring": [{"fn": "status", "op": "in", "val": "new or late"}],
@@ -171,7 +173,8 @@ async def test_scopes_as_the_original_reads_them(make_server) -> None:
 
 @pytest.mark.parametrize(("flag", "shown"), [(1, True), ("yes", True), (True, True), (0, False), ("no", False),
                                              (None, False), ("false", False)])
-async def test_show_hidden_takes_the_values_the_original_took(make_server, flag: Any, shown: bool) -> None:
+async def test_show_hidden_takes_the_values_the_original_took(
+        make_server: ServerFactory, flag: Any, shown: bool) -> None:
     server = await make_server()
     listener = OriginalListener(server.url, {"Order": {"show_hidden": flag}})
     await listener.connect()
@@ -181,7 +184,7 @@ async def test_show_hidden_takes_the_values_the_original_took(make_server, flag:
 
 
 async def test_hidden_fields_need_a_grant_on_an_authenticated_server_unless_the_setting_restores_the_original(
-        make_server) -> None:
+        make_server: ServerFactory) -> None:
     strict_server = await make_server(api_keys=KEYS)
     code, reason, _ = await refused(strict_server.url, json.dumps({"Order": {"show_hidden": 1},
                                                                    "_header": header("k-acme")}))
@@ -203,7 +206,7 @@ async def test_hidden_fields_need_a_grant_on_an_authenticated_server_unless_the_
 # -- 6. start_seq keeps its meaning -------------------------------------------------------------------------
 
 
-async def test_start_seq_skips_older_live_changes_and_a_reconnect_replays_nothing(make_server) -> None:
+async def test_start_seq_skips_older_live_changes_and_a_reconnect_replays_nothing(make_server: ServerFactory) -> None:
     server = await make_server()
     publish = server.broadcaster.publish
     first = publish("Order", "I", order(1))
@@ -218,7 +221,7 @@ async def test_start_seq_skips_older_live_changes_and_a_reconnect_replays_nothin
     await listener.close()
 
 
-async def test_replay_is_asked_for_explicitly(make_server) -> None:
+async def test_replay_is_asked_for_explicitly(make_server: ServerFactory) -> None:
     server = await make_server()
     seqs = [server.broadcaster.publish("Order", "I", order(i)) for i in range(3)]
     after, _ = await subscribe(server.url, {"Order": {"after_seq": seqs[0]}})
@@ -231,7 +234,7 @@ async def test_replay_is_asked_for_explicitly(make_server) -> None:
 # -- 7. scope exits only for clients that ask ---------------------------------------------------------------
 
 
-async def test_exits_reach_only_clients_that_ask_for_them(make_server) -> None:
+async def test_exits_reach_only_clients_that_ask_for_them(make_server: ServerFactory) -> None:
     server = await make_server()
     scope = [{"fn": "region", "op": "==", "val": "EU"}]
     original = OriginalListener(server.url, {"Order": {"data_scope": scope}})
@@ -252,7 +255,7 @@ async def test_exits_reach_only_clients_that_ask_for_them(make_server) -> None:
 # -- the original's close codes ------------------------------------------------------------------------------
 
 
-async def test_the_original_close_codes(make_server) -> None:
+async def test_the_original_close_codes(make_server: ServerFactory) -> None:
     server = await make_server(api_keys=KEYS)
     assert (await refused(server.url, "not json"))[:2] == (4400, "Connection information should be a Json string")
     assert (await refused(server.url, json.dumps({"Order": {}})))[:2] == (
