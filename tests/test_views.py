@@ -47,9 +47,9 @@ def order(i: int, **kw: Any) -> dict[str, Any]:
             "margin": 0.2, "lines": [{"sku": "x", "qty": i, "cost": 1.0}], **kw}
 
 
-SCOPE = [{"fn": "status", "op": "==", "val": "new"}, {"fn": "total", "op": ">=", "val": 10}]
-CATALOG = {"total": None, "lines": {"sku": None, "qty": None}}
-ACL = {"content": [{"obj": "Order/customer/c1", "act": "read"}, {"obj": "Invoice/*", "act": "read"}]}
+SCOPE: list[dict[str, Any]] = [{"fn": "status", "op": "==", "val": "new"}, {"fn": "total", "op": ">=", "val": 10}]
+CATALOG: dict[str, Any] = {"total": None, "lines": {"sku": None, "qty": None}}
+ACL: dict[str, Any] = {"content": [{"obj": "Order/customer/c1", "act": "read"}, {"obj": "Invoice/*", "act": "read"}]}
 
 
 async def test_fifty_identical_subscribers_cost_one_projection_and_one_encoding_per_change() -> None:

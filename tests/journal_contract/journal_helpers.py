@@ -25,7 +25,7 @@ import pytest
 
 from xia_broadcast.core.change import Change
 from xia_broadcast.journal import Backend, MemoryBackend
-from xia_broadcast.journal.redis import delete_prefix
+from xia_broadcast.journal.redis import delete_prefix as delete_prefix
 
 #: seconds any wait in these tests may take before the test fails
 WAIT = 5.0
