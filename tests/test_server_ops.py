@@ -178,6 +178,7 @@ async def test_keepalive_pings_are_spread_over_the_interval_not_sent_to_everyone
     clients = [await raw_subscribe(server.port, {"Order": {}}) for _ in range(2 * KEEPALIVE_ROUNDS)]
     per_round = Counter(sock.keepalive_slot for sock in server.service.hub.connections)
     assert sorted(per_round.values()) == [2] * KEEPALIVE_ROUNDS  # dealt round-robin
+    assert [len(r) for r in server.keepalive_rounds] == [per_round[k] for k in range(KEEPALIVE_ROUNDS)]
 
     async def first_ping(reader: asyncio.StreamReader) -> float:
         while True:
@@ -192,6 +193,11 @@ async def test_keepalive_pings_are_spread_over_the_interval_not_sent_to_everyone
     assert max(arrivals) - min(arrivals) >= interval / 4
     for _, writer in clients:
         writer.close()
+    for _ in range(500):
+        if not any(server.keepalive_rounds):
+            break
+        await asyncio.sleep(0.01)
+    assert not any(server.keepalive_rounds)  # a closed connection leaves its round
 
 
 # -- shutdown ---------------------------------------------------------------------------------------------

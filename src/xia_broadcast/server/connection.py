@@ -95,6 +95,7 @@ class WebSocketConnection(asyncio.Protocol):
         """Count this connection, refuse it if the server is full or stopping, and read what the client
         sent behind its upgrade request (``trailing``)."""
         self.server.sockets.add(self)
+        self.server.keepalive_rounds[self.keepalive_slot].add(self)
         self.service.connection_count += 1
         if self.service.shutting_down:
             self.close(CLOSE_GOING_AWAY, "shutting down")
@@ -111,6 +112,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.sockets.discard(self)
+        self.server.keepalive_rounds[self.keepalive_slot].discard(self)
         self._cancel_timer()
         self.writer.close()
         self.service.connection_count -= 1

@@ -93,6 +93,8 @@ class NativeServer:
         self._accept_resume: asyncio.TimerHandle | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._keepalive_slots = 0
+        #: the open WebSockets of each keepalive round (a round pings its own set, it scans nothing else)
+        self.keepalive_rounds: list[set[WebSocketConnection]] = [set() for _ in range(KEEPALIVE_ROUNDS)]
         self._starting: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -215,9 +217,8 @@ class NativeServer:
             await asyncio.sleep(interval / KEEPALIVE_ROUNDS)
             round_no = (round_no + 1) % KEEPALIVE_ROUNDS
             now = time.monotonic()
-            for sock in list(self.sockets):
-                if isinstance(sock, WebSocketConnection) and sock.keepalive_slot == round_no:
-                    sock.keepalive(now, interval, timeout)
+            for sock in list(self.keepalive_rounds[round_no]):
+                sock.keepalive(now, interval, timeout)
 
     async def shutdown(self) -> None:
         """Stop accepting, flush what is queued, close every WebSocket with 1001, wait for them to go."""
