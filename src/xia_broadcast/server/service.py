@@ -21,7 +21,6 @@ from ..core.change import Change
 from ..core.protocol import (
     CLOSE_AUTH_FAILED,
     CLOSE_NO_CLASS,
-    Handshake,
     Refusal,
     acl_may_read_class,
     parse_handshake,
@@ -45,13 +44,14 @@ class PublishError(HttpError):
         return orjson.dumps({"error": self.error, "message": str(self)})
 
 
-@dataclass
+@dataclass(slots=True)
 class Session:
-    """An accepted WebSocket: who it is, what it asked for, and the timers of its token's expiry."""
+    """An accepted WebSocket: who it is, whether it asked for control messages, and the timers of its token's
+    expiry. Its first message is not kept (the subscriptions live in the Hub): per connection, that would be
+    a few objects as big as the request, for every full garbage collection to visit."""
 
     principal: Principal
-    handshake: Handshake
-    classes: list[str]
+    control: bool
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
     def cancel_timers(self) -> None:
@@ -141,7 +141,7 @@ class Service:
         for note in notes:
             engine.send_direct(websocket, note)
         log.info("subscribed", extra={"user": principal.user_name, "classes": known})
-        return Session(principal, handshake, known)
+        return Session(principal, handshake.control)
 
     def arm_expiry(self, websocket: Any, session: Session, close: Callable[[int, str], Any]) -> None:
         """Close with 4401 when the session's token expires; warn a control client before that."""
@@ -151,7 +151,7 @@ class Service:
             return
         loop = asyncio.get_running_loop()
         left = expires_at - time.time()
-        if session.handshake.control:
+        if session.control:
             warn_in = max(0.0, left - min(EXPIRY_WARNING, left / 2))
             session.timers.append(loop.call_later(warn_in, self.hub.send_direct, websocket,
                                                   encode_json({"_control": "token_expiring",
@@ -182,7 +182,7 @@ class Service:
             raise Refusal(CLOSE_AUTH_FAILED, "refreshed token changes the user, the ACL or show_hidden: reconnect")
         session.principal = principal
         self.arm_expiry(websocket, session, close)
-        if session.handshake.control:
+        if session.control:
             self.hub.send_direct(
                 websocket, encode_json({"_control": "token_refreshed", "expires_at": principal.expires_at}))
 
