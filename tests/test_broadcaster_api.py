@@ -163,14 +163,21 @@ async def test_subscribe_returns_the_subscription_params_and_fills_the_library_b
     assert b.active_connections == {"Order": {w1: p1}}
 
 
-async def test_resubscribing_replaces_the_subscription_of_that_class() -> None:
+@pytest.mark.parametrize(("again", "expected"), [
+    ({"catalog": {"customer": None}}, {"_id": "o1", "customer": "c1"}),  # another view
+    ({"catalog": {"total": None}}, {"_id": "o1", "total": 1.0}),  # the same view: it must stay
+    ({"catalog": {"total": None}, "start_seq": "0001"}, {"_id": "o1", "total": 1.0}),  # the same view
+])
+async def test_resubscribing_replaces_the_subscription_of_that_class(
+        again: dict[str, Any], expected: dict[str, Any]) -> None:
     b = fresh()
     ws = Socket("w")
     await b.subscribe(ws, "Order", catalog={"total": None})
-    await b.subscribe(ws, "Order", catalog={"customer": None})
+    await b.subscribe(ws, "Order", **again)
+    assert b.hub().view_count("Order") == 1
     await b.document_sent_async(order(1), "I", "0001")
     assert await b.flush()
-    assert [m["message"] for m in b.to(ws)] == [{"_id": "o1", "customer": "c1"}]
+    assert [m["message"] for m in b.to(ws)] == [expected]  # once, as the last subscription asked
 
 
 @pytest.mark.parametrize(

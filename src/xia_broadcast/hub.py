@@ -300,8 +300,8 @@ class Hub:
         if control:
             conn.control = True
         old = conn.members.get(class_name)
-        if old is not None:
-            self._leave(old)
+        if old is not None:  # subscribing again replaces the subscription; the view joined now stays
+            self._leave(old, keep=view)
         member = conn.members[class_name] = Member(conn, view, start_seq, exits=exits or control)
         member.epoch = epoch or None
         view.members[conn] = member
@@ -322,11 +322,13 @@ class Hub:
             return self.backend.journal.position(class_name)
         return None
 
-    def _leave(self, member: Member) -> None:
+    def _leave(self, member: Member, keep: View | None = None) -> None:
+        """``member`` leaves its view; a view left empty is dropped (and its class unwatched when it was the
+        last), unless it is ``keep``: the one its connection is joining instead."""
         self._stop_replay(member)
         view = member.view
         view.members.pop(member.connection, None)
-        if not view.members:
+        if not view.members and view is not keep:
             views = self.channels.get(view.class_name)
             if views is not None:
                 views.remove(view.key)
