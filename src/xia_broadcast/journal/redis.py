@@ -217,8 +217,7 @@ class RedisBackend(Backend):
             single_connection_client=True)
         self._publish = self._redis.register_script(_PUBLISH)
         self._read = self._redis.register_script(_READ)
-        #: the client replaced after a reconnection, closed once its commands in flight are done
-        self._retired: Redis | None = None
+        #: closes the client replaced after a reconnection, once its commands in flight are done
         self._retiring: asyncio.Task[None] | None = None
         #: the tail has read from Redis at least once (a later first read follows a reconnection)
         self._has_read = False
@@ -458,15 +457,14 @@ class RedisBackend(Backend):
         self._read = self._redis.register_script(_READ)
         if self._retiring is not None:  # at most one retired client: the one before goes now
             self._retiring.cancel()
-        self._retired = old
         self._retiring = asyncio.get_running_loop().create_task(self._close_retired(old, self._timeout))
 
     async def _close_retired(self, client: Redis, delay: float) -> None:
         try:
             await asyncio.sleep(delay)
         finally:
-            if self._retired is client:
-                self._retired = self._retiring = None
+            if self._retiring is asyncio.current_task():
+                self._retiring = None
             with contextlib.suppress(Exception):
                 await client.aclose()
 

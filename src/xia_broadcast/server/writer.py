@@ -67,6 +67,11 @@ def frame_of(out: Outgoing) -> bytes:
     return frame
 
 
+def frames_of(batch: list[Outgoing]) -> bytes:
+    """The wire bytes of queued messages, for one write (a lone message's cached frame as it is)."""
+    return frame_of(batch[0]) if len(batch) == 1 else b"".join([frame_of(o) for o in batch])
+
+
 class SocketWriter:
     """The outbound side of one WebSocket: writes its connection's queue to its transport, within bounds.
 
@@ -131,7 +136,7 @@ class SocketWriter:
             batch = conn.take(max(high_water - transport.get_write_buffer_size(), 1))
             if oldest is None:
                 oldest = batch[0].born
-            transport.write(frame_of(batch[0]) if len(batch) == 1 else b"".join([frame_of(o) for o in batch]))
+            transport.write(frames_of(batch))
         if conn.queue and not conn.closed:  # more than one write may carry: the rest on the next turn
             asyncio.get_running_loop().call_soon(self._write_observed, conn)
         else:
@@ -148,8 +153,7 @@ class SocketWriter:
         high_water = self._fit_high_water()  # may pause the transport at once
         if self.paused or conn.queued_bytes + transport.get_write_buffer_size() > high_water:
             return False
-        queue = conn.take()
-        transport.write(frame_of(queue[0]) if len(queue) == 1 else b"".join([frame_of(o) for o in queue]))
+        transport.write(frames_of(conn.take()))
         conn.scheduled = False
         return True
 
