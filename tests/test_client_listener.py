@@ -9,9 +9,7 @@ code under test.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import random
 import time
 import uuid
@@ -37,6 +35,7 @@ from xia_broadcast.client import (
 )
 from xia_broadcast.client.backoff import Backoff
 from xia_broadcast.server.native import NativeServer
+from xia_broadcast.server.upgrade import accept_key
 
 EU = [{"fn": "region", "op": "==", "val": "EU"}]
 REGIONS = ["EU", "US", "APAC"]
@@ -329,7 +328,7 @@ async def test_a_cut_between_the_upgrade_and_the_subscription_is_retried() -> No
         request = await reader.readuntil(b"\r\n\r\n")
         key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
                    if line.lower().startswith(b"sec-websocket-key:"))
-        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        accept = accept_key(key.decode())
         writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
         delay = rng.choice([0.0, 0.0, 0.0005, 0.002])

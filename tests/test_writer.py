@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from conftest import RECV_TIMEOUT, ServerFactory, order, raw_subscribe, read_frame
+from journal_contract.journal_helpers import until
 from xia_broadcast.fanout import Outgoing
 from xia_broadcast.server.config import ConfigError, load_settings
 from xia_broadcast.server.writer import FlushScheduler
@@ -283,9 +284,10 @@ def test_without_writes_during_fan_out_or_outside_a_loop_every_fan_out_waits_for
 
 
 async def test_at_idle_a_publish_writes_every_subscriber_before_it_returns(make_server: ServerFactory) -> None:
-    server = await make_server()
+    # a lull is max_write_delay without a fan-out: a bound far longer than the two publishes take
+    server = await make_server(max_write_delay=0.5)
     clients, counters = await counted_subscribers(server, 20)
-    await asyncio.sleep(0.05)  # a lull
+    await asyncio.sleep(0.6)  # a lull
     first = server.broadcaster.publish("Order", "I", order(1))
     assert [c.writes for c in counters] == [1] * len(clients)  # written inside the publish call
     second = server.broadcaster.publish("Order", "I", order(2))  # no lull: waits for the flush
@@ -304,27 +306,25 @@ async def test_at_idle_a_publish_writes_every_subscriber_before_it_returns(make_
 
 class FailingTransport(CountingTransport):
     def write(self, data: bytes) -> None:
+        self.writes += 1
         raise OSError("the socket is broken")
 
 
 async def test_a_write_failing_during_the_fan_out_closes_that_subscriber_only(make_server: ServerFactory) -> None:
-    server = await make_server()
-    clients = [await raw_subscribe(server.port, {"Order": {"catalog": {"amount": None}}}) for _ in range(5)]
+    server = await make_server(max_write_delay=0.5)
+    clients, counters = await counted_subscribers(server, 5)
     websockets = list(server.service.hub.connections)
     broken = websockets[2]
-    broken.writer.transport = FailingTransport(broken.writer.transport)
-    await asyncio.sleep(0.05)  # a lull: the fan-out writes at once
+    failing = broken.writer.transport = FailingTransport(counters[2].inner)
+    await asyncio.sleep(0.6)  # a lull: the fan-out writes at once
     seq = server.broadcaster.publish("Order", "I", order(1))
+    assert failing.writes == 1 and [c.writes for c in counters if c is not counters[2]] == [1] * 4  # during it
     for websocket, (reader, _) in zip(websockets, clients, strict=True):  # subscribed one after another
         if websocket is broken:
             continue
         opcode, payload = await asyncio.wait_for(read_frame(reader), RECV_TIMEOUT)
         assert (opcode, json.loads(payload)["seq"]) == (0x1, seq)
-    for _ in range(100):
-        if broken not in server.service.hub.connections:
-            break
-        await asyncio.sleep(0.01)
-    assert broken not in server.service.hub.connections
+    await until(lambda: broken not in server.service.hub.connections, what="the broken subscriber closed")
     assert len(server.service.hub.connections) == len(clients) - 1
     for _, writer in clients:
         writer.close()
