@@ -369,9 +369,9 @@ def render(r: dict[str, Any]) -> str:
             f"{head.get('ratio_node-ws', float('nan')):.2f}x the Node `ws` reference; with one view per",
             f"subscriber {vn.get('ratio_reference', float('nan')):.2f}x and "
             f"{vn.get('ratio_node-ws', float('nan')):.2f}x.",
-            "Earlier versions of this page quoted 2.1x from batched publishing (100 changes per request), which",
-            "lets one write carry 100 messages; that figure belongs to the batched scenario below, not to the",
-            "headline.",
+            "Earlier versions of this page quoted 2.1x, measured with batched publishing (100 changes per",
+            "request), which lets one write carry 100 messages; batched figures have their own table below and",
+            "are not the headline.",
             "",
         ]
     lines += [
@@ -424,14 +424,14 @@ def render(r: dict[str, Any]) -> str:
                      f"{x['latency_ms']['max']:.2f} | {every} | {loss} | {x['out_of_order_all_runs']} |")
     xia_p99 = servers["xia-broadcast"]["latency_ms"]["p99"]
     lines += ["", f"p99 ratio xia-broadcast / `websockets` reference: "
-              f"**{xia_p99 / servers['reference']['latency_ms']['p99']:.2f}x**; / Node `ws` reference: "
-              f"**{xia_p99 / servers['node-ws']['latency_ms']['p99']:.2f}x**.", ""]
+              f"{xia_p99 / servers['reference']['latency_ms']['p99']:.2f}x; / Node `ws` reference: "
+              f"{xia_p99 / servers['node-ws']['latency_ms']['p99']:.2f}x (the runs with the median p99).", ""]
     moved = max(max(x["p99_all_runs"]) - min(x["p99_all_runs"]) for x in servers.values())
     lines += [f"The load generator's own floor at this rate (synthetic sender, above): p50 {floor['p50']:.1f} ms, "
               f"p99 {floor['p99']:.1f} ms. Between runs of one server the p99 moved by up to {moved:.1f} ms: "
               "at this rate the p99 is mostly the machine's "
-              "(other processes, the load generator), and a ratio near 1 does not tell the servers apart; the "
-              "p50 is steadier.", ""]
+              "(other processes, the load generator), and where the servers' ranges of p99 overlap, "
+              "the ratio does not tell them apart.", ""]
     mem = r["memory"]
     lines += [
         f"## Resident memory per idle subscribed connection ({mem['connections']:,} connections)",
