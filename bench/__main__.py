@@ -25,6 +25,8 @@ Steps (each on a fresh server; server pinned to CPU 0, load generator to CPU 1):
 Every step checks loss (every subscriber got every document it should) and order (seqs increase per
 connection) and reports both. Writes ``bench/results/bench-<time>.json`` and ``docs/benchmarks.md``.
 ``--quick`` runs small sizes (a smoke test, about two minutes; it does not write docs/benchmarks.md).
+``--headline-only`` runs steps 1 and 2 at N=1000 only (the load generator's capacity, both references, every
+V): the comparison of one build against another, about three minutes; it writes the JSON result, not the docs.
 """
 
 from __future__ import annotations
@@ -158,10 +160,14 @@ def throughput(progress: Progress, title: str, cases: list[tuple[int, str, int |
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help="small sizes, a smoke test")
+    ap.add_argument("--headline-only", action="store_true",
+                    help="only the load generator's capacity and the headline scenario at N=1000")
     args = ap.parse_args()
     set_niceness()
     quick = args.quick
     sizes = {100: 500, 1000: 300} if quick else {100: 5000, 1000: 2000, 5000: 400}
+    if args.headline_only:
+        sizes = {1000: sizes[1000]}
     batched_n, batched_count = (1000, 300) if quick else (1000, 2000)
     rate = FixedRate(20, 3 if quick else 20)
     latency_n = 100 if quick else 1000
@@ -172,7 +178,7 @@ def main() -> None:
     headline = throughput_cases(sizes)
     batched = [(batched_n, ReferenceTarget.name, None, False), (batched_n, NodeReferenceTarget.name, None, False),
                (batched_n, XiaTarget.name, 1, False), (batched_n, XiaTarget.name, batched_n, False)]
-    total = 2 + len(headline) + len(batched) + 3 * repeats + 4 + 1
+    total = 2 + len(headline) + (0 if args.headline_only else len(batched) + 3 * repeats + 4 + 1)
     progress = Progress(total)
     report: dict[str, Any] = {"machine": machine(), "log_dir": str(log_dir), "quick": quick,
                               "publishers": PUBLISHERS}
@@ -195,6 +201,13 @@ def main() -> None:
     # 2. headline: one change per request, concurrent publishers
     report["one_per_request"] = throughput(progress, "one change per request", headline, sizes,
                                            lambda count: OnePerRequest(count, PUBLISHERS), log_dir)
+    if args.headline_only:
+        report["headline_only"] = True
+        out = save(report)
+        for r in report["one_per_request"]:
+            print(json.dumps({k: v for k, v in r.items() if k in SUMMARY or k.startswith("ratio_")}))
+        print(f"full results: {out.relative_to(ROOT)}")
+        return
     # 3. batched publishing, labelled
     report["batched"] = throughput(progress, "batched, 100 per request", batched, {batched_n: batched_count},
                                    lambda count: FullSpeed(count, batch=100), log_dir)
@@ -262,16 +275,27 @@ def main() -> None:
     report["replay"] = {"retained": replay_n, "changes_per_s": rep["deliveries_per_s"],
                         "duration_s": rep["duration_s"], **checks(rep)}
 
-    out_dir = BENCH_DIR / "results"
-    out_dir.mkdir(exist_ok=True)
-    out = out_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(report, indent=2, default=str))
+    out = save(report)
     text = render(report)
     print(text)
     print(f"full results: {out.relative_to(ROOT)}")
     if not quick:
         (ROOT / "docs" / "benchmarks.md").write_text(text)
         print("wrote docs/benchmarks.md")
+
+
+#: the keys of a throughput row that ``--headline-only`` prints (with every ``ratio_*``)
+SUMMARY = ("target", "connections", "views", "distinct_catalogs", "deliveries_per_s", "server_busy", "complete",
+           "out_of_order")
+
+
+def save(report: dict[str, Any]) -> Path:
+    """Write ``report`` to ``bench/results/bench-<time>.json``; returns the path."""
+    out_dir = BENCH_DIR / "results"
+    out_dir.mkdir(exist_ok=True)
+    out = out_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(report, indent=2, default=str))
+    return out
 
 
 def head_seq(url: str) -> str:
