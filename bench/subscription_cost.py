@@ -16,22 +16,17 @@ from typing import Any
 
 from xia_broadcast.core.change import Change
 from xia_broadcast.errors import SubscriptionError
-from xia_broadcast.fanout import Connection
 from xia_broadcast.hub import Hub
 
+from .engine import TakeAtOnce
+
 DOC = {"_id": "d", "a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": "y"}}}}}}}, "customer": "c7", "n": 1}
-
-
-def _take_at_once(conn: Connection) -> None:
-    """A transport that takes every queued message at once (nothing is written: only the fan-out costs)."""
-    conn.take()
-    conn.scheduled = False
 
 
 def changes_per_second(views: int, scope_of: Callable[[int], list[dict[str, Any]]] | None,
                        count: int = 2000) -> float:
     """Changes/s through a Hub with ``views`` views (one subscriber each, its queue taken at once)."""
-    hub = Hub(on_ready=_take_at_once)
+    hub: Hub[object] = Hub(transport=TakeAtOnce())
     for i in range(views):
         assert scope_of is not None
         hub.subscribe(object(), "Doc", {"data_scope": scope_of(i)}, None)
@@ -51,7 +46,7 @@ def main() -> None:
     for label, scope in [("a 20,000-part path", [{"fn": ".".join(["p"] * 20000), "op": "==", "val": 1}]),
                          ("1,500 conditions", [{"fn": "n", "op": ">", "val": j} for j in range(1500)])]:
         try:
-            Hub().subscribe(object(), "Doc", {"data_scope": scope}, None)
+            Hub[object]().subscribe(object(), "Doc", {"data_scope": scope})
             print(f"{label}: accepted")
         except SubscriptionError as exc:
             print(f"{label}: refused {exc.code} ({str(exc)[:70]})")

@@ -34,7 +34,7 @@ app.mount("/realtime", realtime)
 @app.post("/orders")
 async def create_order(order: dict[str, Any]) -> dict[str, str]:
     """The application's own endpoint: store the order (not shown), then publish the change."""
-    seq = realtime.state.broadcaster.publish("Order", "I", order)
+    seq = await realtime.state.service.publish("Order", "I", order)
     return {"seq": seq}
 
 

@@ -34,7 +34,7 @@ from xia_broadcast.client import Backoff
 from xia_broadcast.core.schema import DocSchema
 from xia_broadcast.server.asgi import create_app
 from xia_broadcast.server.config import Settings
-from xia_broadcast.server.native import NativeBroadcaster, NativeServer
+from xia_broadcast.server.native import NativeServer
 
 #: seconds to wait for any one message; generous for a loaded CI machine, still fails fast
 RECV_TIMEOUT = 5.0
@@ -72,7 +72,7 @@ def order(i: int, customer: str = "acme", region: str = "EU", **extra: Any) -> d
 
 def publish_orders(server: NativeServer, ids: range, **fields: Any) -> list[str]:
     """Publish one Order insert per number in ``ids``, in-process; returns their seqs, in order."""
-    return [server.broadcaster.publish("Order", "I", order(i, **fields)) for i in ids]
+    return [server.service.publish_nowait("Order", "I", order(i, **fields)) for i in ids]
 
 
 def free_port() -> int:
@@ -217,7 +217,7 @@ class GoodClient:
         for _ in range(n):
             self._counter += 1
             doc = order(900_000 + self._counter, **fields)
-            seq = self.server.broadcaster.publish("Order", "I", doc)
+            seq = self.server.service.publish_nowait("Order", "I", doc)
             self.expected.append((seq, doc["_id"]))
             seqs.append(seq)
         return seqs
@@ -256,19 +256,16 @@ ServerFactory = Callable[..., Awaitable[NativeServer]]
 async def make_server() -> AsyncIterator[ServerFactory]:
     """A factory of started servers: ``await make_server(**settings)``; all are shut down afterwards.
 
-    Defaults: ephemeral port on 127.0.0.1, the Order and Customer classes, no keepalive pings. ``broadcaster``
-    (a :class:`NativeBroadcaster` subclass) is subclassed once more, so that its state is this server's.
+    Defaults: ephemeral port on 127.0.0.1, the Order and Customer classes, no keepalive pings.
     """
     servers: list[NativeServer] = []
 
-    async def factory(broadcaster: type[NativeBroadcaster] | None = None, **settings: Any) -> NativeServer:
+    async def factory(**settings: Any) -> NativeServer:
         settings.setdefault("port", 0)
         settings.setdefault("classes", dict(CLASSES))
         settings.setdefault("ping_interval", 0.0)
         settings.setdefault("shutdown_timeout", 2.0)
-        if broadcaster is not None:  # a fresh subclass: its class-level state belongs to this server
-            broadcaster = type(f"Test{broadcaster.__name__}", (broadcaster,), {})
-        server = NativeServer(Settings(**settings), broadcaster)
+        server = NativeServer(Settings(**settings))
         await server.start()
         servers.append(server)
         return server
@@ -331,7 +328,7 @@ class AsgiServer:
 
     def __init__(self, settings: Settings) -> None:
         self.app = create_app(settings)
-        self.broadcaster = self.app.state.broadcaster
+        self.service = self.app.state.service
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]

@@ -34,7 +34,7 @@ async def test_handshake_publish_receive(
     async with scoped, everything:
         resp = await publish(http, server, {"changes": [change(1, region="US"), change(2, region="EU"),
                                                         change(3, region="EU")]})
-        in_process = server.broadcaster.publish("Order", "U", order(3, region="EU", amount=9.5))
+        in_process = server.service.publish_nowait("Order", "U", order(3, region="EU", amount=9.5))
         scoped_got = await recv_until(scoped, "O-000003")
         scoped_got += [await recv_json(scoped)]
         all_got = [await recv_json(everything) for _ in range(4)]
@@ -67,10 +67,10 @@ async def test_refusals_while_a_good_client_keeps_receiving(asgi_server: Callabl
     seqs = []
     async with good:
         for i, (message, code, reason) in enumerate(cases):
-            seqs.append(server.broadcaster.publish("Order", "I", order(i)))
+            seqs.append(server.service.publish_nowait("Order", "I", order(i)))
             got = await refused(server.url, message)
             assert got[:2] == (code, got[1]) and got[1].startswith(reason), (message, got)
-        seqs.append(server.broadcaster.publish("Order", "I", order(99)))
+        seqs.append(server.service.publish_nowait("Order", "I", order(99)))
         received = await recv_until(good, "O-000099")
     assert [m["seq"] for m in received] == seqs
 
@@ -126,7 +126,7 @@ async def test_4503_too_many_connections(asgi_server: Callable[..., Awaitable[As
     good, _ = await subscribe(server.url, {"Order": {}})
     async with good:
         code, reason, _ = await refused(server.url, json.dumps({"Order": {}}))
-        seq = server.broadcaster.publish("Order", "I", order(1))
+        seq = server.service.publish_nowait("Order", "I", order(1))
         got = await recv_json(good)
     assert (code, reason) == (4503, "too many connections")
     assert got["seq"] == seq
@@ -156,7 +156,7 @@ async def test_shutdown_flushes_and_closes_with_1001_when_the_host_calls_it(
     server = await asgi_server()
     ws, _ = await subscribe(server.url, {"Order": {}})
     async with ws:
-        seq = server.broadcaster.publish("Order", "I", order(1))
+        seq = server.service.publish_nowait("Order", "I", order(1))
         reader = asyncio.get_running_loop().create_task(read_until_closed(ws, timeout=10))
         await server.app.state.shutdown()
         await server.stop()

@@ -64,7 +64,7 @@ async def state_is(page: Any, state: str) -> None:
 
 
 def publish(server: NativeServer, op: str, i: int, region: str, amount: float, **extra: Any) -> str:
-    return server.broadcaster.publish("Order", op, order(i, region=region, amount=amount, **extra))
+    return server.service.publish_nowait("Order", op, order(i, region=region, amount=amount, **extra))
 
 
 async def test_demo_page_follows_changes_scopes_and_a_server_restart(make_server: ServerFactory,

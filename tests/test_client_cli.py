@@ -145,7 +145,7 @@ async def test_publish_batches_are_all_or_nothing_and_read_stdin(make_server: Se
     assert await p.wait() == 1
     assert "accepted 3, refused 2 (unknown_class: 2)" in p.err[-2], p.err
     assert "lines 3-4: unknown_class" in p.err[-1]
-    assert len(server.broadcaster.journal().read("Order", None, inclusive=True, limit=100)) == 3
+    assert len(await server.service.hub.backend.read("Order", None, inclusive=True, limit=100)) == 3
 
 
 async def test_publish_needs_the_key_when_one_is_configured(make_server: ServerFactory,
@@ -155,7 +155,7 @@ async def test_publish_needs_the_key_when_one_is_configured(make_server: ServerF
     refused = await run("publish", base(server), "--class", "Order", "--op", "I", "--doc", doc)
     assert await refused.wait() == 1 and "401 unauthorized" in refused.err[-1]
     accepted = await run("publish", base(server), "--class", "Order", "--op", "I", "--doc", doc, "--key", "pk")
-    assert await accepted.wait() == 0 and accepted.out[0] == server.broadcaster.journal().head("Order")
+    assert await accepted.wait() == 0 and accepted.out[0] == server.service.hub.head("Order")
 
 
 async def test_exit_codes_of_refusals_and_unreachable_servers(make_server: ServerFactory,
@@ -181,7 +181,7 @@ async def test_exit_codes_of_refusals_and_unreachable_servers(make_server: Serve
 async def test_listen_stops_on_sigint_with_exit_code_0(server: NativeServer, run: Callable[..., Any]) -> None:
     listen = await run("listen", server.url, "--class", "Order")
     await listen.until(lambda: any("connected" in line for line in listen.err))
-    server.broadcaster.publish("Order", "I", order(1))
+    server.service.publish_nowait("Order", "I", order(1))
     await listen.until(lambda: len(listen.out) == 1)
     listen.proc.send_signal(signal.SIGINT)
     assert await listen.wait() == 0

@@ -134,7 +134,7 @@ class Orders:
                 op, doc = "D", prev
             else:
                 op, doc = "U", {**prev, "region": rng.choice(REGIONS), "amount": prev["amount"] + 1}
-        seq = server.broadcaster.publish("Order", op, dict(doc))
+        seq = server.service.publish_nowait("Order", op, dict(doc))
         if op == "D":
             del self.live[doc["_id"]]
         else:
@@ -187,7 +187,7 @@ async def test_a_drop_before_any_message_resumes_from_the_confirmation_head(
     await c.wait_for(lambda: bool(c.of(Connected)))
     head = c.of(Connected)[0].confirmation["Order"]["head_seq"]
     await proxy.stop()  # the connection drops and new ones are refused meanwhile
-    seqs = [server.broadcaster.publish("Order", "I", order(i)) for i in range(5)]  # published while away
+    seqs = [server.service.publish_nowait("Order", "I", order(i)) for i in range(5)]  # published while away
     await c.wait_for(lambda: bool(c.of(Reconnecting)))
     await proxy.start()
     await c.wait_for(lambda: len(c.of(DocumentMessage)) >= 5)
@@ -208,7 +208,7 @@ async def test_server_restart_reports_history_gone_and_the_caller_reloads(
             database.pop(doc["_id"], None)
         else:
             database[doc["_id"]] = doc
-        srv.broadcaster.publish("Order", op, doc)
+        srv.service.publish_nowait("Order", op, doc)
 
     def apply(event: Event) -> None:
         if isinstance(event, HistoryGone):  # missed changes cannot be replayed: reload from the source
@@ -260,13 +260,13 @@ async def test_server_restart_with_the_redis_journal_resumes_without_loss(
     try:
         c = collect(listener(f"ws://127.0.0.1:{port}/ws", {"Order": {}}))
         await c.wait_for(lambda: bool(c.of(Connected)))
-        seqs = [await other.broadcaster.publish_async("Order", "I", order(i)) for i in range(5)]
+        seqs = [await other.service.publish("Order", "I", order(i)) for i in range(5)]
         await c.wait_for(lambda: len(c.of(DocumentMessage)) == 5)
         await node.shutdown()
-        seqs += [await other.broadcaster.publish_async("Order", "I", order(i)) for i in range(5, 10)]
+        seqs += [await other.service.publish("Order", "I", order(i)) for i in range(5, 10)]
         await make_server(port=port, **cluster)  # the node is back; its journal is the same stream
         await c.wait_for(lambda: len(c.of(DocumentMessage)) == 10)
-        seqs.append(await other.broadcaster.publish_async("Order", "I", order(10)))
+        seqs.append(await other.service.publish("Order", "I", order(10)))
         await c.wait_for(lambda: len(c.of(DocumentMessage)) == 11)
         assert [m.seq for m in c.of(DocumentMessage)] == seqs  # nothing lost, nothing repeated
         assert not c.of(HistoryGone) and len(c.of(Connected)) == 2
@@ -366,7 +366,7 @@ async def test_close_ends_the_iteration_without_error(server: NativeServer,
 
 async def test_after_seq_replays_what_followed_then_replay_done(server: NativeServer,
                                                                  collect: Callable[..., Collector]) -> None:
-    seqs = [server.broadcaster.publish("Order", "I", order(i)) for i in range(4)]
+    seqs = [server.service.publish_nowait("Order", "I", order(i)) for i in range(4)]
     c = collect(listener(server.url, {"Order": {"after_seq": seqs[0]}}))
     await c.wait_for(lambda: bool(c.of(ReplayDone)))
     assert [m.seq for m in c.of(DocumentMessage)] == seqs[1:]  # not mistaken for repeats of the head
@@ -378,8 +378,8 @@ async def test_start_seq_filters_out_earlier_messages(server: NativeServer,
                                                       collect: Callable[..., Collector]) -> None:
     c = collect(listener(server.url, {"Order": {"start_seq": "9"}, "Customer": {}}))  # "9…" is after any seq
     await c.wait_for(lambda: bool(c.of(Connected)))
-    server.broadcaster.publish("Order", "I", order(1))
-    server.broadcaster.publish("Customer", "I", {"_id": "C-1", "customer_id": "C-1", "name": "n"})  # a sentinel
+    server.service.publish_nowait("Order", "I", order(1))
+    server.service.publish_nowait("Customer", "I", {"_id": "C-1", "customer_id": "C-1", "name": "n"})  # a sentinel
     await c.wait_for(lambda: bool(c.of(DocumentMessage)))
     assert [m.doc_class for m in c.of(DocumentMessage)] == ["Customer"]
     assert "start_seq" not in (await c.listener.handshake())["Order"]  # applied here, the same on any server
@@ -402,7 +402,7 @@ async def test_a_token_source_refreshes_the_token_before_it_expires(make_server:
     await c.wait_for(lambda: any(getattr(e, "kind", None) == "token_refreshed" for e in c.events))
     while time.time() < first_exp + 0.5:  # past the first token's expiry (a clock condition, bounded)
         await asyncio.sleep(0.1)
-    seq = server.broadcaster.publish("Order", "I", order(1))
+    seq = server.service.publish_nowait("Order", "I", order(1))
     await c.wait_for(lambda: bool(c.of(DocumentMessage)))
     assert [m.seq for m in c.of(DocumentMessage)] == [seq]
     assert len(c.of(Connected)) == 1 and not c.of(Reconnecting)  # the same connection throughout

@@ -74,12 +74,12 @@ async def test_original_callbacks_across_a_drop_and_exits_only_on_request(
         bl.listen(calls.on_open, calls.on_message, calls.on_error, calls.on_close))  # the original's order
     try:
         await calls.until(lambda: calls.opened == 1)
-        seqs = [server.broadcaster.publish("Order", "I", order(1)),
-                server.broadcaster.publish("Order", "U", order(1, region="US"))]  # leaves the scope: X
+        seqs = [server.service.publish_nowait("Order", "I", order(1)),
+                server.service.publish_nowait("Order", "U", order(1, region="US"))]  # leaves the scope: X
         await calls.until(lambda: len(calls.messages) == 1)
         proxy.cut()
         await calls.until(lambda: calls.opened == 2)
-        seqs.append(server.broadcaster.publish("Order", "I", order(2)))
+        seqs.append(server.service.publish_nowait("Order", "I", order(2)))
         await calls.until(lambda: len(calls.messages) == 2)
     finally:
         await bl.close()
@@ -103,8 +103,8 @@ async def test_exits_reach_on_message_when_asked(make_server: ServerFactory) -> 
     task = asyncio.get_running_loop().create_task(bl.listen())  # callbacks given to the constructor
     try:
         await calls.until(lambda: calls.opened == 1)
-        server.broadcaster.publish("Order", "I", order(1))
-        server.broadcaster.publish("Order", "U", order(1, region="US"))
+        server.service.publish_nowait("Order", "I", order(1))
+        server.service.publish_nowait("Order", "U", order(1, region="US"))
         await calls.until(lambda: len(calls.messages) == 2)
     finally:
         await bl.close()
@@ -121,7 +121,7 @@ async def test_id_only_asks_for_the_id_alone(make_server: ServerFactory) -> None
         bl.listen(calls.on_open, calls.on_message, calls.on_error, calls.on_close, id_only=True))
     try:
         await calls.until(lambda: calls.opened == 1)
-        server.broadcaster.publish("Order", "I", order(7))
+        server.service.publish_nowait("Order", "I", order(7))
         await calls.until(lambda: len(calls.messages) == 1)
     finally:
         await bl.close()

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from conftest import RECV_TIMEOUT, ServerProcess, raw_subscribe, read_frame
+from helpers import Signals
 from xia_broadcast.core.change import Change
 from xia_broadcast.hub import Hub
 
@@ -91,8 +92,9 @@ def test_a_write_takes_the_oldest_messages_that_fit_and_at_least_one() -> None:
 
 
 async def test_a_lagged_connection_goes_on_from_the_journal_with_nothing_lost_or_repeated() -> None:
-    woken = asyncio.Event()
-    hub = Hub(on_ready=lambda conn: woken.set())
+    signals = Signals()
+    woken = signals.ready
+    hub: Hub[object] = Hub(transport=signals)
     ws = object()
     hub.subscribe(ws, "Doc", {}, None)
     publish(hub, 0)

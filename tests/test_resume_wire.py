@@ -126,7 +126,7 @@ async def open_client(srv: NativeServer, name: str, **sub: Any) -> tuple[ClientC
 async def test_clients_dropping_at_random_moments_resume_with_nothing_lost_nor_repeated(server: NativeServer) -> None:
     """Five clients with different scopes, catalogs and ACLs drop their connection at random moments while
     2,000 changes are published at full speed, and reconnect with ``after_seq`` = the last seq they got."""
-    bc = server.broadcaster
+    bc = server.service
     rng = random.Random(7)
     publisher = OrderPublisher(seed=11)
     published: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = []
@@ -168,13 +168,13 @@ async def test_clients_dropping_at_random_moments_resume_with_nothing_lost_nor_r
     async def publish() -> None:
         for i in range(total):
             op, doc, prev = publisher.next()
-            seq = bc.publish("Order", op, doc)
+            seq = bc.publish_nowait("Order", op, doc)
             published.append((seq, op, doc, prev))
             if i % 25 == 0:
                 await asyncio.sleep(0)
         done.set()
 
-    bc.publish("Order", "I", {"_id": "seed", "order_id": "seed", "customer": "acme", "region": "EU"})
+    bc.publish_nowait("Order", "I", {"_id": "seed", "order_id": "seed", "customer": "acme", "region": "EU"})
     tasks = [asyncio.create_task(client(name)) for name in CLIENTS]
     await asyncio.sleep(0.2)  # every client is subscribed
     await publish()
@@ -189,7 +189,7 @@ async def test_clients_dropping_at_random_moments_resume_with_nothing_lost_nor_r
 
 
 async def test_a_stalled_client_delays_no_one_and_gets_everything_once_it_reads(server: NativeServer) -> None:
-    bc = server.broadcaster
+    bc = server.service
     good, _ = await open_client(server, "all")
     stalled, _ = await open_client(server, "all")
     pad = "x" * 10_000
@@ -204,12 +204,12 @@ async def test_a_stalled_client_delays_no_one_and_gets_everything_once_it_reads(
 
     reader = asyncio.create_task(read_good())
     for i in range(count):  # 15 MB: far more than the stalled client's socket buffers and queue hold
-        published.append(bc.publish("Order", "I", {"_id": f"S{i}", "order_id": f"S{i}", "customer": pad,
+        published.append(bc.publish_nowait("Order", "I", {"_id": f"S{i}", "order_id": f"S{i}", "customer": pad,
                                                    "status": repr(time.time())}))
         if i % 5 == 4:
             await asyncio.sleep(0.005)
     await asyncio.wait_for(reader, 10)
-    assert bc.hub().stats.lags >= 1, "the stalled client never overflowed its queue: the test proves nothing"
+    assert bc.hub.stats.lags >= 1, "the stalled client never overflowed its queue: the test proves nothing"
     # the good client was never held back by the stalled one
     assert max(latencies) < 0.5, f"good client waited {max(latencies):.3f} s"
     seqs: list[str] = []
@@ -227,14 +227,14 @@ async def test_history_gone_is_told_with_the_oldest_seq_held() -> None:
                                 log_level="WARNING"))
     await srv.start()
     try:
-        seqs = [srv.broadcaster.publish("Order", "I", {"_id": f"H{i}", "order_id": f"H{i}"}) for i in range(30)]
+        seqs = [srv.service.publish_nowait("Order", "I", {"_id": f"H{i}", "order_id": f"H{i}"}) for i in range(30)]
         ws = await connect(srv.url)
         await ws.send(json.dumps({"Order": {"after_seq": seqs[5]}, "_options": {"control": True}}))
         json.loads(await asyncio.wait_for(ws.recv(), 5))  # confirmation
         gone = json.loads(await asyncio.wait_for(ws.recv(), 5))
         assert gone == {"_control": "history_gone", "class": "Order", "seq": seqs[5], "oldest_seq": seqs[20]}
         # then live, from now on
-        seq = srv.broadcaster.publish("Order", "I", {"_id": "new", "order_id": "new"})
+        seq = srv.service.publish_nowait("Order", "I", {"_id": "new", "order_id": "new"})
         msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
         assert msg["seq"] == seq
         # a client without control messages that asks to resume from what is no longer held is closed with
@@ -248,7 +248,7 @@ async def test_history_gone_is_told_with_the_oldest_seq_held() -> None:
         original = await connect(srv.url)
         await original.send(json.dumps({"Order": {"start_seq": seqs[5]}}))
         json.loads(await asyncio.wait_for(original.recv(), 5))
-        later = srv.broadcaster.publish("Order", "I", {"_id": "later", "order_id": "later"})
+        later = srv.service.publish_nowait("Order", "I", {"_id": "later", "order_id": "later"})
         assert json.loads(await asyncio.wait_for(original.recv(), 5))["seq"] == later
         await ws.close()
         await original.close()

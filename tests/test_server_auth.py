@@ -71,7 +71,7 @@ def publish_mix(server: Any) -> list[tuple[str, str]]:
     """Publish Orders of several customers, then an acme sentinel; returns [(seq, customer)]."""
     out = []
     for i, customer in enumerate(CUSTOMERS, start=1):
-        out.append((server.broadcaster.publish("Order", "I", order(i, customer=customer)), customer))
+        out.append((server.service.publish_nowait("Order", "I", order(i, customer=customer)), customer))
     return out
 
 
@@ -110,7 +110,7 @@ async def test_api_key_acl_is_applied_to_deliveries(make_server: ServerFactory) 
     admin, admin_conf = await subscribe(server.url, {"Order": {}, "_header": {"X-Api-Key": "k-admin"}})
     async with alice, gina, admin:
         published = publish_mix(server)
-        sentinel = server.broadcaster.publish("Order", "I", order(99, customer="globex"))
+        sentinel = server.service.publish_nowait("Order", "I", order(99, customer="globex"))
         alice_got = await received_customers(alice, "O-000006")
         gina_got = await received_customers(gina, "O-000099")
         admin_got = await received_customers(admin, "O-000099")
@@ -168,7 +168,7 @@ async def test_jwt_acl_claim_name_is_configurable(make_server: ServerFactory) ->
     ws, confirmation = await subscribe(server.url, {"Order": {}, "_header": {"Authorization": f"Bearer {token}"}})
     async with ws:
         published = publish_mix(server)
-        server.broadcaster.publish("Order", "I", order(99, customer="globex"))
+        server.service.publish_nowait("Order", "I", order(99, customer="globex"))
         got = await received_customers(ws, "O-000099")
     assert confirmation["Order"]["acl"] == GLOBEX
     assert got[:-1] == [p for p in published if p[1] == "globex"]
@@ -187,8 +187,8 @@ async def test_an_acl_that_reads_nothing_of_a_class_is_subscribed_and_receives_n
     assert set(confirmation) == {"Order", "Customer"} and confirmation["Order"]["user_name"] == "bob"
     # a control client is told that its ACL reads nothing of Order
     assert await recv_json(control) == {"_control": "acl_reads_nothing", "class": "Order"}
-    server.broadcaster.publish("Order", "I", order(1))
-    seq = server.broadcaster.publish("Customer", "I", {"_id": "c1", "customer_id": "c1", "name": "Ann"})
+    server.service.publish_nowait("Order", "I", order(1))
+    seq = server.service.publish_nowait("Customer", "I", {"_id": "c1", "customer_id": "c1", "name": "Ann"})
     for ws in (plain, control):
         got = await recv_json(ws)
         assert (got["doc_class"], got["seq"]) == ("Customer", seq)  # the Order change never arrived

@@ -148,7 +148,7 @@ async def test_handshake_timeout_does_not_close_a_subscribed_client(make_server:
     ws, _ = await subscribe(server.url, {"Order": {}})
     async with ws:
         await asyncio.sleep(0.5)
-        seq = server.broadcaster.publish("Order", "I", {"_id": "late", "order_id": "late"})
+        seq = server.service.publish_nowait("Order", "I", {"_id": "late", "order_id": "late"})
         msg = await recv_json(ws)
     assert (msg["seq"], msg["message"]["_id"]) == (seq, "late")
 
@@ -221,7 +221,7 @@ async def test_client_messages_after_the_handshake_are_ignored(
         good = await good_client(server)
         seqs = good.publish(3)
         got = [await recv_json(ws) for _ in range(3)]
-        server.broadcaster.publish("Customer", "I", {"_id": "c1", "customer_id": "c1"})
+        server.service.publish_nowait("Customer", "I", {"_id": "c1", "customer_id": "c1"})
         await good.verify()
         # still subscribed to Order only: the second "handshake" did nothing
         sentinel = good.publish(1)

@@ -80,8 +80,8 @@ async def test_metrics_after_deliveries(server: NativeServer, http: httpx.AsyncC
     code, _, _ = await refused(server.url, json.dumps({"Invoice": {}}))
     async with wide, small_1, small_2:
         publish_orders(server, range(1, 11))
-        server.broadcaster.publish("Customer", "I", {"_id": "c1", "customer_id": "c1"})
-        server.broadcaster.publish("Customer", "I", {"_id": "c2", "customer_id": "c2"})
+        server.service.publish_nowait("Customer", "I", {"_id": "c1", "customer_id": "c1"})
+        server.service.publish_nowait("Customer", "I", {"_id": "c2", "customer_id": "c2"})
         wide_got = [await recv_json(wide) for _ in range(12)]
         small_got = [await recv_until(ws, "O-000010") for ws in (small_1, small_2)]
         text = (await http.get(f"{http_base(server)}/metrics")).text
@@ -133,7 +133,7 @@ async def test_confirmation_is_first_and_head_seq_leaves_no_gap_while_changes_st
 
     async def publisher() -> None:
         while not stop.is_set() and len(published) < 20_000:
-            published.append(server.broadcaster.publish("Order", "I", order(len(published))))
+            published.append(server.service.publish_nowait("Order", "I", order(len(published))))
             await asyncio.sleep(0)
 
     task = asyncio.get_running_loop().create_task(publisher())
@@ -218,7 +218,7 @@ async def test_graceful_shutdown_delivers_everything_queued_then_1001(make_serve
     clients = [(await subscribe(server.url, r))[0] for r in requests]
     readers = [asyncio.get_running_loop().create_task(read_until_closed(ws, timeout=20)) for ws in clients]
     regions = ["EU", "US", "APAC", "EU"]
-    seqs = [server.broadcaster.publish("Order", "I", order(i, region=regions[i % 4])) for i in range(2000)]
+    seqs = [server.service.publish_nowait("Order", "I", order(i, region=regions[i % 4])) for i in range(2000)]
     started = time.monotonic()
     async with asyncio.timeout(20):  # no new task: shutdown starts before the loop has written anything
         await server.shutdown()
@@ -244,7 +244,7 @@ async def test_readyz_is_503_during_shutdown_and_a_slow_reader_still_gets_everyt
     note = "x" * 32_768
     seqs: list[str] = []
     for i in range(250):  # ~8 MB: more than the kernel buffers take, so the server must wait for it
-        seqs.append(server.broadcaster.publish("Order", "I", order(i, note=note)))
+        seqs.append(server.service.publish_nowait("Order", "I", order(i, note=note)))
         await asyncio.sleep(0)
     shutdown = asyncio.get_running_loop().create_task(server.shutdown())
     await asyncio.sleep(0.2)

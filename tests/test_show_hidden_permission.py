@@ -45,7 +45,7 @@ async def open_ws(srv: NativeServer, header: dict[str, str], show_hidden: bool) 
 
 async def first_document(srv: NativeServer, ws: Any) -> dict[str, Any]:
     assert "Order" in json.loads(await asyncio.wait_for(ws.recv(), 5))
-    srv.broadcaster.publish("Order", "I", dict(DOC))
+    srv.service.publish_nowait("Order", "I", dict(DOC))
     message: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 5))["message"]
     return message
 

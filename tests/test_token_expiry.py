@@ -57,7 +57,7 @@ async def test_an_expired_token_closes_the_connection_with_4401(server: NativeSe
             await asyncio.wait_for(short.recv(), 5)
     assert closed.value.rcvd is not None
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4401, "token expired")
-    seq = server.broadcaster.publish("Order", "I", {"_id": "1", "order_id": "1"})
+    seq = server.service.publish_nowait("Order", "I", {"_id": "1", "order_id": "1"})
     assert (await recv(other))["seq"] == seq  # the other subscriber is untouched
     await other.close()
 
@@ -71,7 +71,7 @@ async def test_a_control_client_is_warned_and_refreshes_its_token(server: Native
     refreshed = await recv(ws)
     assert refreshed == {"_control": "token_refreshed", "expires_at": jwt.decode(fresh, SECRET, ["HS256"])["exp"]}
     await asyncio.sleep(2.0)  # past the first token's expiry: still subscribed
-    seq = server.broadcaster.publish("Order", "I", {"_id": "2", "order_id": "2"})
+    seq = server.service.publish_nowait("Order", "I", {"_id": "2", "order_id": "2"})
     assert (await recv(ws))["seq"] == seq
     await ws.close()
 
@@ -96,7 +96,7 @@ async def test_other_client_messages_are_ignored_as_the_original(server: NativeS
     ws = await subscribe(server, token(), control=False)
     await ws.send("hello")
     await ws.send(json.dumps({"anything": 1}))
-    seq = server.broadcaster.publish("Order", "I", {"_id": "3", "order_id": "3"})
+    seq = server.service.publish_nowait("Order", "I", {"_id": "3", "order_id": "3"})
     assert (await recv(ws))["seq"] == seq
     await ws.close()
 

@@ -1,5 +1,5 @@
-"""Adaptive write coalescing (``server/writer.py``): written at once when idle, together while busy, within
-``max_write_delay``, in order and without loss.
+"""Adaptive write coalescing (``server/flush.py``, ``server/native_transport.py``): written at once when
+idle, together while busy, within ``max_write_delay``, in order and without loss.
 
 Time is an injected clock advanced by the test, never the wall clock; "busy" is a task that stays ready.
 """
@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from conftest import RECV_TIMEOUT, ServerFactory, order, raw_subscribe, read_frame
 from journal_contract.journal_helpers import until
 from xia_broadcast.fanout import Outgoing
-from xia_broadcast.server.config import ConfigError, load_settings
-from xia_broadcast.server.writer import FlushScheduler
+from xia_broadcast.server.flush import FlushScheduler
 
 
 class FakeClock:
@@ -95,10 +91,11 @@ async def test_while_busy_a_connection_with_a_full_batch_is_written_before_the_b
     clock = FakeClock()  # never moves: only the batch limit can make a busy loop write
     flushed = Recorder(clock)
     queued = 0
-    scheduler = FlushScheduler(flushed, max_write_delay=3600.0, clock=clock, queued=lambda: queued, max_batch=5)
+    scheduler = FlushScheduler(flushed, max_write_delay=3600.0, clock=clock, max_batch=5)
     scheduler.add(FakeConn(0))  # type: ignore[arg-type]
     for _ in range(12):  # a publisher queueing one message a loop turn to the one waiting connection
         queued += 1
+        scheduler.count(1)  # as each fan-out ends
         await asyncio.sleep(0)
         if flushed.flushes:
             break
@@ -170,7 +167,7 @@ async def test_changes_published_one_per_loop_turn_reach_every_socket_in_order_i
     async def publisher() -> list[str]:
         seqs = []
         for i in range(changes):  # one change per loop turn, as many publishers deliver them
-            seqs.append(server.broadcaster.publish("Order", "I", order(i)))
+            seqs.append(server.service.publish_nowait("Order", "I", order(i)))
             await asyncio.sleep(0)
         return seqs
 
@@ -190,17 +187,6 @@ async def test_changes_published_one_per_loop_turn_reach_every_socket_in_order_i
     assert writes < changes * len(clients) / 4, f"{writes} writes for {changes * len(clients)} deliveries"
     for _, writer in clients:
         writer.close()
-
-
-def test_max_write_delay_is_a_setting_with_a_file_key_an_environment_name_and_a_check(tmp_path: Path) -> None:
-    assert load_settings(environ={}).max_write_delay == 0.002
-    config = tmp_path / "server.toml"
-    config.write_text("[server]\nmax_write_delay = 0.01\n")
-    assert load_settings(config, environ={}).max_write_delay == 0.01
-    assert load_settings(environ={"XIA_BROADCAST_MAX_WRITE_DELAY": "0"}).max_write_delay == 0.0
-    for bad in ("-0.001", "2"):
-        with pytest.raises(ConfigError, match="max_write_delay"):
-            load_settings(environ={"XIA_BROADCAST_MAX_WRITE_DELAY": bad})
 
 
 # -- writes during the fan-out after a lull ---------------------------------------------------------------
@@ -288,9 +274,9 @@ async def test_at_idle_a_publish_writes_every_subscriber_before_it_returns(make_
     server = await make_server(max_write_delay=0.5)
     clients, counters = await counted_subscribers(server, 20)
     await asyncio.sleep(0.6)  # a lull
-    first = server.broadcaster.publish("Order", "I", order(1))
+    first = server.service.publish_nowait("Order", "I", order(1))
     assert [c.writes for c in counters] == [1] * len(clients)  # written inside the publish call
-    second = server.broadcaster.publish("Order", "I", order(2))  # no lull: waits for the flush
+    second = server.service.publish_nowait("Order", "I", order(2))  # no lull: waits for the flush
     assert [c.writes for c in counters] == [1] * len(clients)
     for reader, _ in clients:
         seqs = []
@@ -317,7 +303,7 @@ async def test_a_write_failing_during_the_fan_out_closes_that_subscriber_only(ma
     broken = websockets[2]
     failing = broken.writer.transport = FailingTransport(counters[2].inner)
     await asyncio.sleep(0.6)  # a lull: the fan-out writes at once
-    seq = server.broadcaster.publish("Order", "I", order(1))
+    seq = server.service.publish_nowait("Order", "I", order(1))
     assert failing.writes == 1 and [c.writes for c in counters if c is not counters[2]] == [1] * 4  # during it
     for websocket, (reader, _) in zip(websockets, clients, strict=True):  # subscribed one after another
         if websocket is broken:

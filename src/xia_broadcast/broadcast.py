@@ -3,10 +3,11 @@
 Every member of the original keeps its name, signature, default and async-ness. What changed is inside:
 
 * each subclass has its own connection library (``active_connections``) and Hub (made from the class's
-  settings on first use, or given with :meth:`Broadcaster.use_hub`);
+  settings, backend and hooks on first use);
 * subscribers sharing (scope, catalog, show_hidden, ACL) form one view, computed once per change;
 * ``document_sent_async`` only queues: each websocket has a bounded outbound queue drained by its own
-  task, so a slow or failing client never delays, stops or breaks the delivery to the others;
+  task (a :class:`~xia_broadcast.transport.TaskTransport` over this class's transport hooks), so a slow or
+  failing client never delays, stops or breaks the delivery to the others;
 * every change goes into a journal first: ``after_seq``/``from_seq`` replay it (gapless, then live), and a
   subscriber whose queue overflows continues from the journal once it reads again instead of losing anything;
 * an update that takes a document out of a view sends ``X`` with its ``_id`` to the members that asked for
@@ -30,22 +31,17 @@ from typing import Any, ClassVar
 
 import orjson
 
-from .core.change import Change
+from .core.change import Change, check_change
 from .core.limits import DEFAULT_LIMITS, SubscriptionLimits
-from .core.nesting import MAX_NESTING, nested_deeper_than
-from .core.protocol import CLOSE_TOO_SLOW
-from .core.schema import OPS, DocSchema
-from .document import Document
-from .errors import DocumentError
-from .fanout import (
-    DEFAULT_MAX_QUEUE_BYTES,
-    DEFAULT_MAX_QUEUE_MESSAGES,
-    Connection,
-    Outgoing,
-    encode_json,
-)
+from .core.protocol import subscription_params
+from .core.schema import DocSchema
+from .core.versions import DEFAULT_MAX_TRACKED_IDS
+from .document import Document, is_out_of_scope
+from .fanout import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_MESSAGES, DocumentHooks, Outgoing, encode_json
 from .hub import Hub, HubSettings
-from .journal import Backend, MemoryBackend, MemoryJournal
+from .journal import Backend, MemoryBackend
+from .journal.base import DEFAULT_MAX_AGE, DEFAULT_MAX_COUNT
+from .transport import TaskTransport
 
 log = logging.getLogger("xia_broadcast")
 
@@ -62,25 +58,25 @@ class Broadcaster:
     #: Document classes known by name (schemas): scopes and catalogs are checked against them at subscribe.
     document_classes: ClassVar[dict[str, DocSchema]] = {}
     #: Journal retention per class: changes kept, and their age in seconds.
-    journal_max_count: ClassVar[int] = 100_000
-    journal_max_age: ClassVar[float] = 3600.0
+    journal_max_count: ClassVar[int] = DEFAULT_MAX_COUNT
+    journal_max_age: ClassVar[float] = DEFAULT_MAX_AGE
     #: Last versions remembered per class (for scope exits when a publisher gives no previous state).
-    max_tracked_ids: ClassVar[int] = 100_000
-    #: True: the journal knows nothing from before this class's engine started (a start_seq older than
+    max_tracked_ids: ClassVar[int] = DEFAULT_MAX_TRACKED_IDS
+    #: True: the journal knows nothing from before this class's Hub started (a start_seq older than
     #: that is reported as history gone). False: the journal is taken as complete from its first change.
     journal_epoch_now: ClassVar[bool] = False
     #: What one subscription may cost (conditions, path depth, list sizes, catalog size).
     subscription_limits: ClassVar[SubscriptionLimits] = DEFAULT_LIMITS
 
-    _hub: ClassVar[Hub | None] = None
-    _background: ClassVar[set[asyncio.Task[Any]]] = set()
+    _hub: ClassVar[Hub[Any] | None] = None
+    _transport: ClassVar[TaskTransport[Any] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.active_connections = {}
         cls.document_classes = dict(cls.document_classes)
         cls._hub = None
-        cls._background = set()
+        cls._transport = None
 
     def __init__(self) -> None:
         pass
@@ -88,25 +84,20 @@ class Broadcaster:
     # -- state of this class ------------------------------------------------------------------------------
 
     @classmethod
-    def hub(cls) -> Hub:
-        """This class's Hub: the one given with :meth:`use_hub`, else one made from this class's settings
-        on first use."""
+    def hub(cls) -> Hub[Any]:
+        """This class's Hub, made on first use from this class's settings, its backend (:meth:`make_backend`),
+        its document hooks and its transport hooks (each websocket drained by a task of its own)."""
         hub = cls.__dict__.get("_hub")
         if hub is None:
-            hub = cls.use_hub(Hub(cls.make_backend(), HubSettings(
-                queue_messages=cls.max_queue_messages, queue_bytes=cls.max_queue_bytes,
-                max_tracked_ids=cls.max_tracked_ids, limits=cls.subscription_limits)))
-        return hub
-
-    @classmethod
-    def use_hub(cls, hub: Hub) -> Hub:
-        """Serve this class's subscribers from ``hub`` (its transport hooks become this class's)."""
-        hub.on_ready = cls._connection_ready
-        hub.on_close = cls._connection_closed
-        hub.slow_hooks = (cls.check_subscriber_acl, cls.get_message_body)
-        hub.force_slow = not cls._uses_default_checks()
-        hub.schemas = cls.document_classes
-        cls._hub = hub
+            transport: TaskTransport[Any] = TaskTransport(cls.send_batch_async, cls.subscriber_is_connected,
+                                                          cls.close_async, cls.disconnect)
+            hooks = DocumentHooks(cls.check_subscriber_acl, cls.get_message_body,
+                                  for_every_change=not cls._uses_default_checks())
+            hub = Hub(cls.make_backend(),
+                      HubSettings(queue_messages=cls.max_queue_messages, queue_bytes=cls.max_queue_bytes,
+                                  max_tracked_ids=cls.max_tracked_ids, limits=cls.subscription_limits),
+                      transport, hooks=hooks, schemas=cls.document_classes)
+            cls._hub, cls._transport = hub, transport
         return hub
 
     @classmethod
@@ -114,11 +105,6 @@ class Broadcaster:
         """The journal backend of this class's Hub (override to use another one, e.g. Redis Streams)."""
         return MemoryBackend(max_count=cls.journal_max_count, max_age=cls.journal_max_age,
                              complete=not cls.journal_epoch_now, accept_out_of_order=True)
-
-    @classmethod
-    def journal(cls) -> MemoryJournal:
-        """The memory journal of this class's Hub."""
-        return cls.hub().journal
 
     @classmethod
     def register_class(cls, schema: DocSchema | type[Document]) -> DocSchema:
@@ -175,14 +161,7 @@ class Broadcaster:
             SubscriptionError: the scope, catalog or ACL is invalid (the websocket keeps its other
                 subscriptions; a previous subscription to the same class stays in place).
         """
-        sub_params = {
-            "data_scope": data_scope,
-            "catalog": catalog,
-            "show_hidden": show_hidden,
-            "start_seq": start_seq,
-            "acl": acl,
-            **kwargs,
-        }
+        sub_params = subscription_params(data_scope, catalog, show_hidden, start_seq, acl, **kwargs)
         hub = cls.hub()
         await hub.watch(class_name)
         hub.subscribe(websocket, class_name, sub_params, cls.document_classes.get(class_name),
@@ -201,8 +180,9 @@ class Broadcaster:
             if not subscribers:
                 del cls.active_connections[class_name]
         conn = cls.hub().remove(websocket)
-        if conn is not None and conn.task is not None and conn.task is not _current_task():
-            conn.task.cancel()
+        transport = cls.__dict__.get("_transport")
+        if conn is not None and transport is not None:
+            transport.stop(conn)
 
     @classmethod
     async def send_message_async(cls, websocket: Any, message: str) -> None:
@@ -257,12 +237,7 @@ class Broadcaster:
             op: operation type (``I``, ``U``, ``D``)
             seq: sequence of the change
         """
-        change = cls._change_of(doc, op, seq)
-        hub = cls.hub()
-        if hub.synchronous:
-            cls._record(change)
-        else:
-            await hub.publish(change)
+        await cls.hub().publish(cls._change_of(doc, op, seq))
 
     # -- beyond the original ------------------------------------------------------------------------------
 
@@ -302,24 +277,11 @@ class Broadcaster:
         does not fit the class schema or, without a schema, is not an object with a string or integer
         ``_id``; a previous state of another ``_id``; a document nested deeper than ``MAX_NESTING``.
         """
-        if op not in OPS:
-            raise DocumentError(f"op must be one of {sorted(OPS)}, not {op!r}")
-        schema = cls.document_classes.get(class_name)
-        for state in [data] if previous is None else [data, previous]:
-            if nested_deeper_than(state):  # it could not be encoded for delivery
-                raise DocumentError(f"{class_name}: a document may nest at most {MAX_NESTING} levels deep")
-            if schema is not None:
-                schema.validate(state)
-            elif not isinstance(state, Mapping) or not valid_id(state.get("_id")):
-                raise DocumentError(f"{class_name}: a document must be a JSON object with an '_id' "
-                                    "(a non-empty string or an integer)")
-        if previous is not None and previous.get("_id") != data.get("_id"):
-            raise DocumentError(f"{class_name}: the previous state has another _id than the document")
-        return schema
+        return check_change(cls.document_classes.get(class_name), class_name, op, data, previous)
 
     @classmethod
     def _record(cls, change: Change) -> None:
-        """Hand the change to the Hub (journal, previous state, fan-out), synchronously (memory backend)."""
+        """Hand the change to the Hub (journal, previous state, fan-out) without waiting (memory backend)."""
         hub = cls.hub()
         if hub.connections:
             try:
@@ -342,8 +304,9 @@ class Broadcaster:
             if type(doc).keeps_default_protocol():
                 # its data is what the compiled views read, and it gives the previous state for scope exits;
                 # broadcasters overriding the hooks still get the document object itself
+                hooks = cls.hub().hooks
                 return Change(class_name, op, seq, doc.stored_data(), schema,
-                              doc=doc.model_copy(deep=True) if cls.hub().force_slow else None)
+                              doc=doc.model_copy(deep=True) if hooks and hooks.for_every_change else None)
             return Change(class_name, op, seq, doc=doc.model_copy(deep=True))
         return Change(class_name, op, seq, doc=_snapshot(doc))
 
@@ -378,51 +341,6 @@ class Broadcaster:
         """True when a subclass replaces ``Broadcaster.<name>``."""
         return bool(getattr(cls, name).__func__ is not getattr(Broadcaster, name).__func__)
 
-    @classmethod
-    def _connection_ready(cls, conn: Connection) -> None:
-        conn.task = cls._spawn(cls._drain(conn))
-
-    @classmethod
-    async def _drain(cls, conn: Connection) -> None:
-        ws = conn.websocket
-        try:
-            while not conn.closed and conn.queue:
-                if not cls.subscriber_is_connected(ws):
-                    log.info("subscriber closed; removed")
-                    cls.disconnect(ws)
-                    return
-                await cls.send_batch_async(ws, conn.take())
-        except Exception as exc:  # a failing send affects this websocket only
-            log.warning("send failed (%s: %s); subscriber removed", type(exc).__name__, exc)
-            cls.disconnect(ws)
-            cls._spawn(cls.close_async(ws, 1011, "internal error"))
-        finally:
-            conn.scheduled = False
-            conn.task = None
-
-    @classmethod
-    def _connection_closed(cls, conn: Connection, code: int = CLOSE_TOO_SLOW, reason: str = "") -> None:
-        log.warning("subscriber disconnected with %s (%s)", code, reason)
-        ws = conn.websocket
-        pending = [] if conn.closed else conn.take()  # e.g. the confirmation: sent before the close
-        cls.disconnect(ws)
-        cls._spawn(cls._send_then_close(ws, pending, code, reason))
-
-    @classmethod
-    async def _send_then_close(cls, websocket: Any, pending: list[Outgoing], code: int, reason: str) -> None:
-        try:
-            if pending and cls.subscriber_is_connected(websocket):
-                await cls.send_batch_async(websocket, pending)
-        finally:
-            await cls.close_async(websocket, code, reason)
-
-    @classmethod
-    def _spawn(cls, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        cls._background.add(task)
-        task.add_done_callback(cls._background.discard)
-        return task
-
 
 def _snapshot(doc: Any) -> Any:
     """A deep copy of a document object (the object itself when it cannot be copied)."""
@@ -431,20 +349,3 @@ def _snapshot(doc: Any) -> Any:
     except Exception:
         log.debug("%s cannot be copied: journaled by reference", type(doc).__name__)
         return doc
-
-
-def is_out_of_scope(exc: BaseException) -> bool:
-    """True for an out-of-scope error of any document library: an exception whose class, or a base of
-    it, is named ``OutOfScopeError``."""
-    return any(k.__name__ == "OutOfScopeError" for k in type(exc).__mro__)
-
-
-def valid_id(value: Any) -> bool:
-    return (isinstance(value, str) and value != "") or (isinstance(value, int) and not isinstance(value, bool))
-
-
-def _current_task() -> asyncio.Task[Any] | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None

@@ -15,9 +15,10 @@ import asyncio
 import contextlib
 import signal
 import sys
+from typing import Any
 
 from .client.commands import add_parsers as add_client_parsers
-from .server.config import ConfigError, Settings, load_settings
+from .server.config import DECLARATIONS, ConfigError, Settings, default_text, load_settings
 from .server.demo import ORDER_SCHEMA, run_demo
 from .server.logs import setup_logging
 from .server.native import NativeServer
@@ -27,15 +28,33 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xia-broadcast", description=__doc__.split("\n")[0] if __doc__ else None)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run the server (embedded in-memory default)")
-    s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    s.add_argument("--port", type=int, help="port to listen on (default 8765)")
     s.add_argument("--config", help="TOML config file (classes, auth, limits); also $XIA_BROADCAST_CONFIG")
-    s.add_argument("--redis", metavar="URL", help="cluster mode: carry every change through the Redis server at URL "
-                                                  "(e.g. redis://127.0.0.1:6379/0); also $XIA_BROADCAST_REDIS_URL")
-    s.add_argument("--demo", action="store_true", default=None,
-                   help="add the demo class Order and publish a stream of changes of it")
+    _add_setting_flags(s)
     add_client_parsers(sub)
     return p
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting declared with one (``setting(..., flag=...)`` in :mod:`.server.config`): its help
+    is the declaration's doc line, default and environment variable. A flag not given is None (not set)."""
+    for decl in DECLARATIONS:
+        if decl.flag is None:
+            continue
+        notes = [f"also ${decl.env_name}"]
+        if decl.default is not None and not isinstance(decl.default, bool):
+            unit = f" {decl.unit}" if decl.unit else ""
+            notes.insert(0, f"default {default_text(decl, toml=False)}{unit}")
+        help_text = f"{decl.doc} ({'; '.join(notes)})".replace("%", "%%")
+        if decl.base_type is bool:
+            parser.add_argument(decl.flag, dest=decl.name, action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(decl.flag, dest=decl.name, type=decl.base_type, metavar=decl.name.upper(),
+                                help=help_text)
+
+
+def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the ``serve`` flags give (None for a flag not given), by attribute name."""
+    return {decl.name: getattr(args, decl.name) for decl in DECLARATIONS if decl.flag is not None}
 
 
 async def serve(settings: Settings) -> None:
@@ -48,8 +67,8 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    demo = loop.create_task(run_demo(server.broadcaster, settings.demo_rate)) if settings.demo else None
-    classes = ", ".join(sorted(server.broadcaster.document_classes)) or "none declared"
+    demo = loop.create_task(run_demo(server.service, settings.demo_rate)) if settings.demo else None
+    classes = ", ".join(sorted(server.service.hub.schemas)) or "none declared"
     auth = "API keys/JWT" if settings.authenticated else "public (no authentication)"
     journal = f"Redis Streams at {settings.redis_url}" if settings.redis_url else "in memory"
     print(f"xia-broadcast listening on {server.url}  (classes: {classes}; auth: {auth}; journal: {journal})",
@@ -72,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "serve":
         return int(args.run(args))
     try:
-        settings = load_settings(args.config, host=args.host, port=args.port, demo=args.demo,
-                                 redis_url=args.redis)
+        settings = load_settings(args.config, **setting_overrides(args))
     except ConfigError as exc:
         print(f"xia-broadcast: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -215,3 +215,9 @@ class DataDocument:
         if raise_error:
             raise AuthorizationError(f"{act} on {self.class_name} {self.id} is not granted")
         return False
+
+
+def is_out_of_scope(exc: BaseException) -> bool:
+    """True for an out-of-scope error of any document library: an exception whose class, or a base of
+    it, is named ``OutOfScopeError`` (this package's, xia-engine's)."""
+    return any(k.__name__ == "OutOfScopeError" for k in type(exc).__mro__)

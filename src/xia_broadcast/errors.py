@@ -24,7 +24,6 @@ class SubscriptionError(XiaBroadcastError, ValueError):
     """A subscription request is refused. ``code`` is the close code the server uses for it."""
 
     code: int = 4400
-    reason_prefix: str = "invalid subscription"
 
     def __init__(self, message: str, *, class_name: str | None = None) -> None:
         super().__init__(message)

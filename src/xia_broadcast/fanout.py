@@ -16,8 +16,9 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from .core.acl import Acl
 from .core.catalog import Projector, compile_normalised
@@ -28,9 +29,17 @@ from .core.scope import Predicate
 from .core.viewkey import ViewKey
 from .document import DataDocument
 
+if TYPE_CHECKING:
+    from .replay import Replay
+
 log = logging.getLogger("xia_broadcast.fanout")
 
-__all__ = ["Change", "Connection", "Member", "Outgoing", "View", "encode_json"]
+__all__ = ["DEFAULT_MAX_QUEUE_BYTES", "DEFAULT_MAX_QUEUE_MESSAGES", "Body", "Connection", "DocumentHooks",
+           "Evaluation", "HubStats", "Member", "Outgoing", "View", "W", "control_message", "encode_json",
+           "envelope", "truthy"]
+
+#: the transport's object for one socket (a key of the Hub's connections)
+W = TypeVar("W", bound=Hashable)
 
 #: Default bound of a connection's outbound queue, in messages.
 DEFAULT_MAX_QUEUE_MESSAGES = 1000
@@ -97,30 +106,48 @@ class Outgoing:
         return self._text
 
 
-class Connection:
-    """The outbound state of one websocket: its queue and its subscriptions (one per class)."""
+@dataclass
+class HubStats:
+    """Counters of a Hub since it started. ``deliveries`` counts messages queued to connections by the
+    fan-out, ``replayed`` those queued by replays; ``encodings`` counts messages encoded by both."""
+
+    changes: int = 0
+    projections: int = 0
+    encodings: int = 0
+    deliveries: int = 0
+    replayed: int = 0
+    lags: int = 0
+    history_gone: int = 0
+    view_errors: int = 0
+
+
+class Connection(Generic[W]):
+    """The outbound state of one websocket: its queue and its subscriptions (one per class).
+
+    ``websocket`` is the transport's own object for the socket (the key the Hub knows it by); the Hub never
+    calls it, it hands the connection to its :class:`~xia_broadcast.transport.Transport`.
+    """
 
     __slots__ = (
         "_room", "closed", "control", "max_bytes", "max_messages", "members", "queue", "queued_bytes",
-        "replaying", "scheduled", "task", "websocket",
+        "replaying", "scheduled", "websocket",
     )
 
-    def __init__(self, websocket: Any, max_messages: int, max_bytes: int) -> None:
+    def __init__(self, websocket: W, max_messages: int, max_bytes: int) -> None:
         self.websocket = websocket
         #: queued messages, oldest first (a list: an empty one costs 56 bytes, an empty deque over 600)
         self.queue: list[Outgoing] = []
         self.queued_bytes = 0
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        self.members: dict[str, Member] = {}
-        #: a transport has been told (``on_ready``) and has not finished draining yet
+        self.members: dict[str, Member[W]] = {}
+        #: the transport has been told (``Transport.writable``) and has not finished writing the queue yet
         self.scheduled = False
         self.closed = False
         #: the client asked for control messages
         self.control = False
-        #: how many members are replaying from the journal
+        #: how many of its members are catching up from the journal (kept by :class:`~.replay.Replays`)
         self.replaying = 0
-        self.task: Any = None
         self._room: asyncio.Future[None] | None = None
 
     def take(self, max_bytes: int | None = None) -> list[Outgoing]:
@@ -144,6 +171,16 @@ class Connection:
         self.queued_bytes -= size
         return batch
 
+    def put(self, out: Outgoing) -> None:
+        """Queue one message after what is queued (no bound checked: the caller checked it)."""
+        self.queue.append(out)
+        self.queued_bytes += len(out.data)
+
+    def full(self, size: int = 0) -> bool:
+        """True when the queue holds ``max_messages``, or ``size`` more bytes would pass ``max_bytes``; an
+        empty queue is never full (it takes any one message)."""
+        return bool(self.queue) and (len(self.queue) >= self.max_messages or self.queued_bytes + size > self.max_bytes)
+
     def room(self) -> asyncio.Future[None]:
         """A future done when the transport next takes the queue."""
         if self._room is None or self._room.done():
@@ -151,13 +188,14 @@ class Connection:
         return self._room
 
 
-class Member:
-    """One subscription: a connection in a view, live or replaying from a journal position."""
+class Member(Generic[W]):
+    """One subscription: a connection in a view, live (``replay`` None) or catching up from the journal
+    (``replay``: its position and why, see :mod:`xia_broadcast.replay`)."""
 
-    __slots__ = ("asked", "connection", "cursor", "epoch", "exits", "inclusive", "lagging", "read_any",
-                 "replaying", "start_seq", "view")
+    __slots__ = ("connection", "epoch", "exits", "replay", "start_seq", "view")
 
-    def __init__(self, connection: Connection, view: View, start_seq: str, exits: bool = False) -> None:
+    def __init__(self, connection: Connection[W], view: View, start_seq: str, exits: bool = False,
+                 epoch: str | None = None) -> None:
         self.connection = connection
         self.view = view
         #: changes with a seq before this are not for this member (the original's start_seq)
@@ -165,19 +203,11 @@ class Member:
         #: the member receives scope exits (``X``, and ``D`` of a document that had left); original clients
         #: never ask, so they never receive an op they do not know
         self.exits = exits
-        self.replaying = False
-        #: replay position: changes after ``cursor`` (from it, when ``inclusive``); None: from the start
-        self.cursor: str | None = None
-        self.inclusive = False
-        #: replaying because the queue overflowed (not because the client asked)
-        self.lagging = False
-        #: this replay has read from the journal already (a gap from here on must not be skipped)
-        self.read_any = False
-        #: the client asked for this replay (after_seq/from_seq), rather than it being the start of a live
-        #: subscription or a lag
-        self.asked = False
-        #: the journal epoch the client's position belongs to (None: not given, only the seq is checked)
-        self.epoch: str | None = None
+        #: the journal epoch of the position the client asked to resume from (None: not given, only the seq
+        #: is checked); used by the replay it asked for, then forgotten
+        self.epoch = epoch
+        #: None while live; the replay in progress otherwise
+        self.replay: Replay | None = None
 
     @property
     def class_name(self) -> str:
@@ -266,7 +296,7 @@ class View:
         self.acl = acl
         #: the ACL object as the first subscriber gave it, for documents that check ACLs themselves
         self.acl_param = acl_param
-        self.members: dict[Connection, Member] = {}
+        self.members: dict[Connection[Any], Member[Any]] = {}
         self.shared = shared_catalog(key[1], catalog, show_hidden)
         self.catalog = self.shared.catalog  # one equal dict for all the views sharing it
         #: seq -> (message, is_exit) or None, for the changes its members replayed lately (shared by them)
@@ -279,7 +309,7 @@ class View:
         """The catalog compiled against ``schema`` (cached: one per schema the class is published with)."""
         return self.shared.projector(schema)
 
-    def evaluate(self, change: Change, slow: SlowHooks | None) -> Evaluation | None:
+    def evaluate(self, change: Change, slow: DocumentHooks | None) -> Evaluation | None:
         """What this view's members get for ``change``: ``(op, message body, is_exit)``, or None.
 
         In the view now: the change as published (an update that brings a document in arrives as ``U``).
@@ -301,9 +331,9 @@ class View:
             return change.op, self.shared.project(change, prev), True
         return None
 
-    def _evaluate_slow(self, change: Change, slow: SlowHooks | None) -> Evaluation | None:
+    def _evaluate_slow(self, change: Change, slow: DocumentHooks | None) -> Evaluation | None:
         """The same rules through the document hooks (``check_subscriber_acl``, ``get_message_body``): for
-        documents the engine cannot read as data, and for broadcasters that override the hooks (a change
+        documents the Hub cannot read as data, and for broadcasters that override the hooks (a change
         published as data is then handed to them as a :class:`DataDocument`)."""
         if slow is None:
             raise TypeError("a change without data needs the document's own hooks")
@@ -321,14 +351,25 @@ class View:
             return None
         return ("X", {"_id": change.doc_id}, True) if change.op == "U" else (change.op, prev_body, True)
 
-    def _visible_slow(self, doc: Any, slow: SlowHooks) -> Any:
-        check_acl, get_body = slow
-        if not check_acl(doc, self.acl_param):
+    def _visible_slow(self, doc: Any, slow: DocumentHooks) -> Any:
+        if not slow.check_acl(doc, self.acl_param):
             return None
-        return get_body(doc, self.scope or None, self.catalog or None, self.show_hidden)
+        return slow.get_body(doc, self.scope or None, self.catalog or None, self.show_hidden)
 
 
-SlowHooks = tuple[Callable[[Any, Any], bool], Callable[[Any, Any, Any, bool], Any]]
+class DocumentHooks(NamedTuple):
+    """The original's document hooks, for documents the Hub cannot read as data (objects published
+    without their data) and for broadcasters that override them.
+
+    ``check_acl(doc, acl)`` is True when ``acl`` may read ``doc``; ``get_body(doc, data_scope, catalog,
+    show_hidden)`` is the projected document if it is in scope, else None. ``for_every_change``: use them
+    for changes published as data too (a broadcaster overriding them gets every change through them).
+    """
+
+    check_acl: Callable[[Any, Any], bool]
+    get_body: Callable[[Any, Any, Any, bool], Any]
+    for_every_change: bool = False
+
 #: what a view's members get for a change: (op, message body, whether it is a scope exit)
 Evaluation = tuple[str, Any, bool]
 

@@ -14,6 +14,8 @@ import orjson
 import pytest
 
 from conftest import ServerFactory, recv_json, subscribe, ws_connect
+from helpers import Signals
+from journal_contract.journal_helpers import until
 from xia_broadcast import Broadcaster, Document, field
 from xia_broadcast.core.change import Change
 from xia_broadcast.hub import Hub
@@ -86,32 +88,23 @@ async def test_the_confirmation_comes_first_while_changes_of_a_watched_class_flo
 
 
 async def test_a_resume_position_after_the_streams_head_is_history_gone(redis_url: str, prefix: str) -> None:
-    got: list[Any] = []
-    closed: list[int] = []
+    signals = Signals(take=True)
+    hub: Hub[object] = Hub(RedisBackend(redis_url, prefix=prefix, block_ms=200), transport=signals)
 
-    def ready(conn: Any) -> None:
-        got.extend(orjson.loads(o.data) for o in conn.take())
-        conn.scheduled = False
+    def got() -> list[Any]:
+        return [orjson.loads(data) for data in signals.taken]
 
-    hub = Hub(RedisBackend(redis_url, prefix=prefix, block_ms=200), on_ready=ready,
-              on_close=lambda conn, code, reason: closed.append(code))
     await hub.start()
     try:
         await hub.watch("A")
         await hub.publish(Change("A", "I", "", {"_id": "a"}))
         hub.subscribe(object(), "A", {"after_seq": "9999999999999-0000000000"}, None, control=True)
         hub.subscribe(object(), "A", {"after_seq": "9999999999999-0000000000"}, None)
-        for _ in range(500):
-            if got and closed:
-                break
-            await asyncio.sleep(0.01)
-        assert got[0]["_control"] == "history_gone" and closed == [4410]  # never a silent skip
+        await until(lambda: bool(signals.taken and signals.closed))
+        assert got()[0]["_control"] == "history_gone"
+        assert [code for code, _ in signals.closed] == [4410]  # never a silent skip
         seq = await hub.publish(Change("A", "I", "", {"_id": "b"}))
-        for _ in range(500):
-            if any(m.get("seq") == seq for m in got):
-                break
-            await asyncio.sleep(0.01)
-        assert any(m.get("seq") == seq for m in got)  # the control client goes on live
+        await until(lambda: any(m.get("seq") == seq for m in got()))  # the control client goes on live
     finally:
         await hub.close()
 

@@ -104,7 +104,7 @@ class GaveUp(ListenerError):
         self.failures = failures
 
 
-class _Drop(Exception):
+class _Drop(XiaBroadcastError):
     """Internal: the current connection ended (or could not be made) with ``code`` and ``reason``."""
 
     def __init__(self, code: int, reason: str) -> None:

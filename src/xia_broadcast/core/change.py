@@ -1,4 +1,4 @@
-"""A published change, as the engine and the journal see it."""
+"""A published change, as the Hub and the journal see it, and the check of one given as data."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 
 import orjson
 
-from ..errors import XiaBroadcastError
+from ..errors import DocumentError, XiaBroadcastError
 from .acl import subjects_of
-from .schema import DocSchema
+from .nesting import MAX_NESTING, nested_deeper_than
+from .schema import OPS, DocSchema
 
 
 class ChangeNotSerialisable(XiaBroadcastError, TypeError):
@@ -28,7 +29,7 @@ class Change:
     """One published change.
 
     ``data`` is the document's stored, JSON-ready data (fast path); ``doc`` is the original object, used
-    through its own ``check_scope``/``get_display_data``/``check_acl`` when the engine cannot read it as
+    through its own ``check_scope``/``get_display_data``/``check_acl`` when the Hub cannot read it as
     data (slow path). ``prev`` is the document's state before the change (given by the publisher, or the
     last version the server saw of that ``_id``); it decides scope exits.
     """
@@ -138,3 +139,31 @@ class Change:
             except ChangeNotSerialisable:
                 self._size = len(repr(self.data if self.data is not None else self.doc)) + 64
         return self._size
+
+
+def valid_id(value: Any) -> bool:
+    """True for a document ``_id``: a non-empty string or an integer (not a bool)."""
+    return (isinstance(value, str) and value != "") or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def check_change(schema: DocSchema | None, class_name: str, op: Any, data: Any,
+                 previous: Any = None) -> DocSchema | None:
+    """Check a change given as data before it is published; returns ``schema`` (None: the class is undeclared).
+
+    Raises :class:`DocumentError` naming the problem: an unknown op; a document (or previous state) that does
+    not fit the class schema or, without a schema, is not an object with a string or integer ``_id``; a
+    previous state of another ``_id``; a document nested deeper than ``MAX_NESTING``.
+    """
+    if op not in OPS:
+        raise DocumentError(f"op must be one of {sorted(OPS)}, not {op!r}")
+    for state in [data] if previous is None else [data, previous]:
+        if nested_deeper_than(state):  # it could not be encoded for delivery
+            raise DocumentError(f"{class_name}: a document may nest at most {MAX_NESTING} levels deep")
+        if schema is not None:
+            schema.validate(state)
+        elif not isinstance(state, Mapping) or not valid_id(state.get("_id")):
+            raise DocumentError(f"{class_name}: a document must be a JSON object with an '_id' "
+                                "(a non-empty string or an integer)")
+    if previous is not None and previous.get("_id") != data.get("_id"):
+        raise DocumentError(f"{class_name}: the previous state has another _id than the document")
+    return schema

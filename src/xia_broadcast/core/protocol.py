@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from ..errors import XiaBroadcastError
 from .acl import act_grants
 
 # Close codes, in one table. 4400, 4401 and 4404 are the original's; 1001, 1007 and 1009 are RFC 6455's.
@@ -46,7 +47,7 @@ SUBSCRIPTION_KEYS = frozenset({"data_scope", "catalog", "show_hidden", "start_se
 _RESERVED = frozenset({"websocket", "class_name", "cls", "control", "exits", "strict", "hidden_allowed"})
 
 
-class Refusal(Exception):
+class Refusal(XiaBroadcastError):
     """A connection is refused or closed: ``code`` and ``reason`` go into the close frame."""
 
     def __init__(self, code: int, reason: str) -> None:
@@ -118,6 +119,15 @@ def parse_handshake(message: str | bytes, max_subscriptions: int) -> Handshake:
         raise Refusal(CLOSE_TOO_MANY_SUBSCRIPTIONS,
                       f"too many subscriptions: {len(requests)} > {max_subscriptions}")
     return Handshake(header, requests, options)
+
+
+def subscription_params(data_scope: list[dict[str, Any]] | None = None, catalog: dict[str, Any] | None = None,
+                        show_hidden: Any = False, start_seq: Any = "", acl: Any = None,
+                        **kwargs: Any) -> dict[str, Any]:
+    """The subscription params as the original's ``subscribe`` returns them, and the server confirms them:
+    its four parameters with their defaults, the ACL, then every other key in the order given."""
+    return {"data_scope": data_scope, "catalog": catalog, "show_hidden": show_hidden, "start_seq": start_seq,
+            "acl": acl, **kwargs}
 
 
 def acl_may_read_class(acl_items: Any, class_name: str) -> bool:

@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+#: default bound of remembered versions per class
+DEFAULT_MAX_TRACKED_IDS = 100_000
+
 
 class LastVersions:
     """``_id`` -> last published data of one class, keeping at most ``max_ids`` (least recently

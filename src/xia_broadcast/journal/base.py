@@ -1,6 +1,5 @@
-"""The journal interfaces: the synchronous :class:`Journal` the current engine uses, and the asynchronous
-:class:`Backend` (memory, Redis Streams) through which every change, published on this node or another,
-reaches an engine.
+"""The one backend contract: :class:`Backend` (memory, Redis Streams), through which every change, published
+on this node or another, reaches a Hub; positions and the errors a backend raises.
 """
 
 from __future__ import annotations
@@ -11,6 +10,10 @@ from typing import NamedTuple
 
 from ..core.change import Change
 from ..errors import XiaBroadcastError
+
+#: default retention per class, for every backend: changes kept, and their age in seconds
+DEFAULT_MAX_COUNT = 100_000
+DEFAULT_MAX_AGE = 3600.0
 
 
 class SeqOrderError(XiaBroadcastError, ValueError):
@@ -38,40 +41,6 @@ class BackendUnavailable(XiaBroadcastError):
     (or, for a read, nothing was read). The caller may retry; the server answers HTTP 503."""
 
 
-class Journal(ABC):
-    """Every change of every class, in seq order per class, with bounded retention.
-
-    Positions: ``read(cls, seq, inclusive=True)`` reads changes with ``seq >= seq`` (a client's
-    ``start_seq``); ``inclusive=False`` reads ``seq > seq`` (resuming after the last change seen);
-    ``seq=None`` reads from the first change the journal ever held for the class.
-    """
-
-    #: the journal knows nothing from before this seq (None: complete from its first change on)
-    epoch_seq: str | None = None
-
-    def position(self, class_name: str) -> str | None:
-        """Where a subscriber that goes live now stands: resuming ``after_seq`` this position misses
-        nothing. The head, or the epoch when the class has no change yet."""
-        return self.head(class_name) or self.epoch_seq
-
-    @abstractmethod
-    def append(self, change: Change) -> str:
-        """Append a change; assign its seq when it has none. Returns the seq. Raises :class:`SeqOrderError`."""
-
-    @abstractmethod
-    def read(self, class_name: str, seq: str | None, *, inclusive: bool, limit: int) -> list[Change]:
-        """Up to ``limit`` changes from a position, in order. Raises :class:`HistoryGone` when changes from
-        that position on are no longer all held."""
-
-    @abstractmethod
-    def head(self, class_name: str) -> str | None:
-        """The seq of the last change of the class (None when there was none)."""
-
-    @abstractmethod
-    def oldest(self, class_name: str) -> str | None:
-        """The oldest seq still held for the class."""
-
-
 class Position(NamedTuple):
     """Where a subscriber stands in a class's journal: the seq of the last change it has (or the epoch's
     start seq when it has none), and the journal's epoch. A position is only meaningful in its epoch: a
@@ -82,14 +51,14 @@ class Position(NamedTuple):
     epoch: str
 
 
-#: The one callback through which every change reaches the engine (see :class:`Backend`).
+#: The one callback through which every change reaches a Hub (see :class:`Backend`).
 OnChange = Callable[[Change], None]
 
 
 class Backend(ABC):
     """An asynchronous journal and broker: where changes are published, kept for replay, and delivered.
 
-    Every change, published on this node or on any other sharing the store, reaches the engine through ONE
+    Every change, published on this node or on any other sharing the store, reaches a Hub through ONE
     callback, ``on_change`` (given to :meth:`start`), with ``change.seq`` and ``change.epoch`` set. The
     callback is called from the event loop, in seq order per class, never twice for one seq, and only for
     classes this node :meth:`watch`-es (the memory backend delivers every class). It must not block: it is
@@ -106,6 +75,23 @@ class Backend(ABC):
 
     #: True when the backend can publish and deliver (Redis: connected and tailing)
     ready: bool = False
+    #: A capability: publishing, starting and reading a class's head complete without waiting (the memory
+    #: backend), so :meth:`bind`, :meth:`publish_nowait` and :meth:`position_nowait` work, and a Hub on it
+    #: can publish from synchronous code. A Hub checks it in one place; other backends leave it False.
+    synchronous: bool = False
+
+    def bind(self, on_change: OnChange) -> None:
+        """:meth:`start` without waiting (``synchronous`` backends only)."""
+        raise NotImplementedError(f"{type(self).__name__} starts asynchronously: await start()")
+
+    def publish_nowait(self, change: Change) -> Position:
+        """:meth:`publish` without waiting: ``on_change`` has been called when it returns (``synchronous``
+        backends only)."""
+        raise NotImplementedError(f"{type(self).__name__} publishes asynchronously: await publish()")
+
+    def position_nowait(self, class_name: str) -> Position:
+        """:meth:`position` without waiting (``synchronous`` backends only)."""
+        raise NotImplementedError(f"{type(self).__name__} reads positions asynchronously: await position()")
 
     @abstractmethod
     async def start(self, on_change: OnChange) -> None:

@@ -7,8 +7,8 @@ ACL subjects the record computes). The byte bounds count the change's encoded re
 1.5 us for a 2 KB document, 0.2 ms for 2 MB); the Python objects behind a change usually take 1 to 3 times
 that. Reading is a binary search plus a slice.
 
-:class:`MemoryJournal` is the synchronous journal the current engine uses; :class:`MemoryBackend` is the
-same storage behind the asynchronous :class:`~.base.Backend` interface, for one node.
+:class:`MemoryJournal` is the storage, synchronous and usable on its own; :class:`MemoryBackend` serves it
+behind the :class:`~.base.Backend` contract, for one node, and declares the synchronous capability.
 """
 
 from __future__ import annotations
@@ -20,11 +20,21 @@ from collections.abc import Callable
 
 from ..core.change import Change
 from ..core.seq import SeqClock, format_seq
-from .base import Backend, BackendUnavailable, HistoryGone, Journal, OnChange, Position, SeqOrderError
+from .base import (
+    DEFAULT_MAX_AGE,
+    DEFAULT_MAX_COUNT,
+    Backend,
+    BackendUnavailable,
+    HistoryGone,
+    OnChange,
+    Position,
+    SeqOrderError,
+)
 
-#: default retention per class: changes kept, their age in seconds, their bytes
-DEFAULT_MAX_COUNT = 100_000
-DEFAULT_MAX_AGE = 3600.0
+__all__ = ["DEFAULT_MAX_AGE", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_COUNT", "DEFAULT_MAX_TOTAL_BYTES", "MemoryBackend",
+           "MemoryJournal"]
+
+#: default bytes retained per class (encoded changes)
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 #: default bytes kept over all classes
 DEFAULT_MAX_TOTAL_BYTES = 256 * 1024 * 1024
@@ -76,8 +86,12 @@ class _ClassLog:
         return dropped
 
 
-class MemoryJournal(Journal):
-    """In-memory journal.
+class MemoryJournal:
+    """In-memory journal: every change of every class, in seq order per class, with bounded retention.
+
+    Positions: ``read(cls, seq, inclusive=True)`` reads changes with ``seq >= seq`` (a client's ``from_seq``);
+    ``inclusive=False`` reads ``seq > seq`` (resuming after the last change seen); ``seq=None`` reads from the
+    first change the journal ever held for the class.
 
     Args:
         max_count: changes retained per class (oldest dropped first).
@@ -119,7 +133,13 @@ class MemoryJournal(Journal):
         return cls(max_count, max_age, format_seq(time.time_ns() // 1_000_000, 0), max_bytes=max_bytes,
                    max_total_bytes=max_total_bytes, clock=clock)
 
+    def position(self, class_name: str) -> str | None:
+        """Where a subscriber that goes live now stands: resuming after this position misses nothing. The
+        head, or the epoch's start when the class has no change yet."""
+        return self.head(class_name) or self.epoch_seq
+
     def append(self, change: Change) -> str:
+        """Append a change; assign its seq when it has none. Returns the seq. Raises :class:`SeqOrderError`."""
         log = self._logs.get(change.class_name)
         if log is None:
             log = self._logs[change.class_name] = _ClassLog(self._epoch_ms)
@@ -162,6 +182,8 @@ class MemoryJournal(Journal):
             self._held_bytes -= oldest.drop_oldest()
 
     def read(self, class_name: str, seq: str | None, *, inclusive: bool, limit: int) -> list[Change]:
+        """Up to ``limit`` changes from a position, in order. Raises :class:`HistoryGone` when changes from
+        that position on are no longer all held."""
         log = self._logs.get(class_name)
         if seq is not None and self.epoch_seq is not None and seq < self.epoch_seq:
             raise HistoryGone(class_name, self.oldest(class_name), reason="before the journal's epoch")
@@ -181,10 +203,12 @@ class MemoryJournal(Journal):
         return log.changes[i:i + limit]
 
     def head(self, class_name: str) -> str | None:
+        """The seq of the last change of the class (None when there was none)."""
         log = self._logs.get(class_name)
         return log.seqs[-1] if log is not None and log.seqs else None
 
     def oldest(self, class_name: str) -> str | None:
+        """The oldest seq still held for the class."""
         log = self._logs.get(class_name)
         if log is None or log.start >= len(log.seqs):
             return None
@@ -207,7 +231,8 @@ class MemoryBackend(Backend):
     """The embedded backend for one node: a :class:`MemoryJournal` behind the :class:`~.base.Backend`
     interface.
 
-    Guarantees: ``publish`` journals the change and calls ``on_change`` before it returns (so delivery order
+    Guarantees: ``publish`` (and ``publish_nowait``: the backend is ``synchronous``) journals the change and
+    calls ``on_change`` before it returns (so delivery order
     is publish order); every class is delivered (``watch`` is not needed); the epoch is one random token per
     backend instance, so positions from before a restart of the process are history gone. Retention and
     memory: as :class:`MemoryJournal` (the keyword arguments are its own).
@@ -231,13 +256,13 @@ class MemoryBackend(Backend):
         self._closed = False
         self.ready = False
 
+    synchronous = True
+
     def bind(self, on_change: OnChange) -> None:
-        """:meth:`start` without awaiting (the memory backend has nothing to connect to)."""
         self._on_change = on_change
         self.ready = not self._closed
 
     def publish_nowait(self, change: Change) -> Position:
-        """:meth:`publish`, synchronously: the memory backend never waits."""
         if self._closed:
             raise BackendUnavailable("the memory backend is closed")
         # no await between the append and the callback: delivery order is append order
@@ -246,10 +271,6 @@ class MemoryBackend(Backend):
         if self._on_change is not None:
             self._on_change(change)
         return Position(seq, self._epoch)
-
-    @property
-    def epoch_now(self) -> str:
-        return self._epoch
 
     async def start(self, on_change: OnChange) -> None:
         self.bind(on_change)
@@ -274,16 +295,16 @@ class MemoryBackend(Backend):
             raise
 
     async def position(self, class_name: str) -> Position:
-        return self._position(class_name)
+        return self.position_nowait(class_name)
 
-    def _position(self, class_name: str) -> Position:
+    def position_nowait(self, class_name: str) -> Position:
         return Position(self.journal.position(class_name) or "", self._epoch)
 
     async def epoch(self, class_name: str) -> str:
         return self._epoch
 
     async def watch(self, class_name: str) -> Position:
-        return self._position(class_name)
+        return self.position_nowait(class_name)
 
     def unwatch(self, class_name: str) -> None:
         pass

@@ -44,7 +44,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..core.change import BadChangeRecord, Change
 from ..core.schema import DocSchema
 from ..core.seq import format_seq
-from .base import Backend, BackendUnavailable, HistoryGone, OnChange, Position, SeqOrderError
+from .base import (
+    DEFAULT_MAX_AGE,
+    DEFAULT_MAX_COUNT,
+    Backend,
+    BackendUnavailable,
+    HistoryGone,
+    OnChange,
+    Position,
+    SeqOrderError,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -187,8 +196,8 @@ class RedisBackend(Backend):
     """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "xia:",
-                 max_count: int | None = 100_000, max_age: float | None = 3600.0, exact_trim: bool = False,
-                 block_ms: int = 2000, read_count: int = 512, backoff_min: float = 0.05,
+                 max_count: int | None = DEFAULT_MAX_COUNT, max_age: float | None = DEFAULT_MAX_AGE,
+                 exact_trim: bool = False, block_ms: int = 2000, read_count: int = 512, backoff_min: float = 0.05,
                  backoff_max: float = 5.0, timeout: float = 5.0, clock: Callable[[], float] = time.time,
                  schema_of: Callable[[str], DocSchema | None] | None = None, node: str | None = None) -> None:
         aioredis = _import_redis()

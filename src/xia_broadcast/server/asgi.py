@@ -18,8 +18,9 @@ documented 1001 after a flush, call ``await app.state.shutdown()`` before stoppi
 inbound message size limit and keepalive pings are the ASGI server's (uvicorn: ``--ws-max-size``,
 ``--ws-ping-interval``), not ``max_message_size``/``ping_interval``.
 Sending goes through the ASGI server, one
-awaited ``send_text`` per message in each websocket's own task; the inbound size limit is the ASGI
-server's (uvicorn: ``--ws-max-size``). The in-process publisher is ``app.state.broadcaster.publish(...)``.
+awaited ``send_text`` per message in each websocket's own task (a
+:class:`~xia_broadcast.transport.TaskTransport`). The in-process publisher is
+``await app.state.service.publish(...)`` (``app.state.service.publish_nowait(...)`` on the memory journal).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -36,10 +36,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from ..broadcast import Broadcaster
-from ..core.protocol import CLOSE_BAD_HANDSHAKE, CLOSE_GOING_AWAY, CLOSE_TOO_MANY_CONNECTIONS, Refusal
+from ..core.protocol import CLOSE_BAD_HANDSHAKE, CLOSE_GOING_AWAY, Refusal
 from ..errors import HttpError
 from ..fanout import Outgoing
+from ..transport import TaskTransport
 from .config import Settings
 from .endpoints import (
     BodyBudget,
@@ -54,39 +54,36 @@ from .service import Service, Session
 from .upgrade import UpgradeError, check_origin
 
 
-class StarletteBroadcaster(Broadcaster):
-    """The original API's transport hooks for Starlette websockets."""
-
-    @classmethod
-    async def accept(cls, websocket: Any) -> None:
-        await websocket.accept()
-
-    @classmethod
-    async def send_message_async(cls, websocket: Any, message: str) -> None:
-        await websocket.send_text(message)
-
-    @classmethod
-    def subscriber_is_connected(cls, websocket: Any) -> bool:
-        return bool(websocket.application_state == WebSocketState.CONNECTED
-                    and websocket.client_state == WebSocketState.CONNECTED)
-
-    @classmethod
-    async def close_async(cls, websocket: Any, code: int, reason: str) -> None:
-        with contextlib.suppress(Exception):
-            await websocket.close(code, reason)
-
-    @classmethod
-    async def send_batch_async(cls, websocket: Any, messages: list[Outgoing]) -> None:
-        for out in messages:
-            await websocket.send_text(out.text)
+async def _send(websocket: WebSocket, messages: list[Outgoing]) -> None:
+    for out in messages:
+        await websocket.send_text(out.text)
 
 
-def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] | None = None) -> Starlette:
-    """A Starlette app serving the WebSocket endpoint (``settings.path``) and the HTTP endpoints."""
+def _connected(websocket: WebSocket) -> bool:
+    return (websocket.application_state == WebSocketState.CONNECTED
+            and websocket.client_state == WebSocketState.CONNECTED)
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    with contextlib.suppress(Exception):
+        await websocket.close(code, reason)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """A Starlette app serving the WebSocket endpoint (``settings.path``) and the HTTP endpoints; its
+    :class:`~.service.Service` (with the Hub) is ``app.state.service``."""
     settings = settings or Settings()
-    bc: type[Broadcaster] = broadcaster or type("AppBroadcaster", (StarletteBroadcaster,), {})
-    service = Service(settings, bc)
     sockets: set[WebSocket] = set()
+
+    def forget(websocket: WebSocket) -> None:
+        service.hub.remove(websocket)
+
+    transport: TaskTransport[WebSocket] = TaskTransport(_send, _connected, _close, forget)
+    service: Service[WebSocket] = Service(settings, transport)
+
+    async def refuse(websocket: WebSocket, code: int, reason: str) -> None:
+        service.note_close(code)
+        await _close(websocket, code, reason)
 
     async def ws_endpoint(websocket: WebSocket) -> None:
         try:
@@ -94,22 +91,18 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
         except UpgradeError:
             await websocket.close()  # before the accept: the ASGI server answers 403
             return
-        await bc.accept(websocket)
+        await websocket.accept()
         session: Session | None = None
-        service.connection_count += 1
+        refusal = service.admit()
         sockets.add(websocket)
         try:
-            if service.shutting_down:
-                await bc.close_async(websocket, CLOSE_GOING_AWAY, "shutting down")
-                return
-            if service.connection_count > settings.max_connections:
-                await bc.close_async(websocket, CLOSE_TOO_MANY_CONNECTIONS, "too many connections")
+            if refusal is not None:
+                await refuse(websocket, refusal.code, refusal.reason)
                 return
             try:
                 first = await asyncio.wait_for(websocket.receive(), settings.handshake_timeout)
             except TimeoutError:
-                service.refusals += 1
-                await bc.close_async(websocket, CLOSE_BAD_HANDSHAKE, "Need connection information")
+                await refuse(websocket, CLOSE_BAD_HANDSHAKE, "Need connection information")
                 return
             if first["type"] == "websocket.disconnect":
                 return
@@ -119,13 +112,11 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
             try:
                 session = await service.open_session(websocket, message, dict(websocket.headers))
             except Refusal as exc:
-                service.refusals += 1
-                await bc.close_async(websocket, exc.code, exc.reason)
+                await refuse(websocket, exc.code, exc.reason)
                 return
 
             def close(code: int, reason: str) -> None:
-                service.refusals += 1
-                bc._spawn(bc.close_async(websocket, code, reason))
+                transport.spawn(refuse(websocket, code, reason))
 
             service.arm_expiry(websocket, session, close)
             while True:  # client messages: token refresh; anything else is ignored, as the original
@@ -141,7 +132,10 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
             return
         finally:
             sockets.discard(websocket)
-            service.connection_count -= 1
+            service.release()
+            conn = service.hub.connections.get(websocket)
+            if conn is not None:
+                transport.stop(conn)  # its draining task, if any: nothing more is sent
             service.close_session(websocket, session)
 
     table = default_endpoints(settings)
@@ -160,8 +154,7 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
                 except HttpError as exc:
                     response = HttpResponse.of(exc)
             if response is None:
-                answer = endpoint.handler(service, HttpRequest(request.method, endpoint.path, headers, body))
-                response = answer if isinstance(answer, HttpResponse) else await answer
+                response = await endpoint.handler(service, HttpRequest(request.method, endpoint.path, headers, body))
             return Response(response.body, status_code=response.status, media_type=response.content_type)
 
         return Route(endpoint.path, answer, methods=[endpoint.method])
@@ -191,9 +184,9 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
         """Flush what is queued, then close every websocket with 1001 (the app's lifespan calls this;
         a parent app that mounts this one calls ``app.state.shutdown()`` from its own lifespan)."""
         service.shutting_down = True
-        await bc.flush(settings.shutdown_timeout)
+        await service.hub.idle(settings.shutdown_timeout)
         for ws in list(sockets):
-            await bc.close_async(ws, CLOSE_GOING_AWAY, "shutting down")
+            await _close(ws, CLOSE_GOING_AWAY, "shutting down")
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -204,7 +197,6 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
 
     # a mounted app's lifespan does not run: with the memory backend it is ready once built; with Redis the
     # host app calls ``await app.state.start()`` from its own lifespan
-    service.started = service.hub.synchronous
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -215,7 +207,6 @@ def create_app(settings: Settings | None = None, broadcaster: type[Broadcaster] 
     routes += [route(endpoint) for endpoint in table]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.service = service
-    app.state.broadcaster = bc
     app.state.start = service.start
     app.state.shutdown = shutdown
     app.state.body_budget = bodies

@@ -1,27 +1,232 @@
 """Server settings: defaults, a TOML file, ``XIA_BROADCAST_*`` environment variables, command-line flags.
 
-Later sources override earlier ones in that order. Every setting is documented in ``docs/configuration.md``.
+Later sources override earlier ones in that order. Each setting is declared once, as a field of
+:class:`Settings` made by :func:`setting`: its default, TOML section and key, unit, bounds, flag and one line
+of documentation. Everything else is derived from those declarations: the keys :func:`apply_toml` accepts,
+the variables :func:`apply_env` accepts (``XIA_BROADCAST_<ATTRIBUTE>``), the bounds :func:`check` enforces,
+the ``serve`` flags of the CLI, and the settings table of ``docs/configuration.md`` (printed by
+``python -m xia_broadcast.server.config``).
 """
+
+# setting() and section_setting() return dataclasses.field(default_factory=...) for lists and dicts, so a
+# default is never shared between instances (which is what RUF009 guards against):
+# ruff: noqa: RUF009
 
 from __future__ import annotations
 
+import copy
+import functools
+import math
 import os
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..core.acl import Acl
 from ..core.limits import DEFAULT_LIMITS, SubscriptionLimits
 from ..core.schema import DocSchema, load_schemas
-from ..errors import InvalidAclError, SchemaError
-from ..fanout import DEFAULT_MAX_QUEUE_BYTES as DEFAULT_QUEUE_BYTES
-from ..fanout import DEFAULT_MAX_QUEUE_MESSAGES as DEFAULT_QUEUE_MESSAGES
+from ..core.versions import DEFAULT_MAX_TRACKED_IDS
+from ..errors import InvalidAclError, SchemaError, XiaBroadcastError
+from ..fanout import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_MESSAGES
+from ..journal.memory import DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, DEFAULT_MAX_TOTAL_BYTES
+
+T = TypeVar("T")
+V = TypeVar("V")
+
+#: every environment variable of a setting starts with it
+ENV_PREFIX = "XIA_BROADCAST_"
+#: the environment variable naming the config file (read by :func:`load_settings`, not a setting)
+CONFIG_ENV = "XIA_BROADCAST_CONFIG"
+
+_METADATA_KEY = "xia_broadcast.setting"
 
 
-class ConfigError(ValueError):
-    """The configuration file or an environment variable is invalid."""
+class ConfigError(XiaBroadcastError, ValueError):
+    """The configuration file, an environment variable or a flag is invalid; the message names it."""
+
+
+# -- declarations ----------------------------------------------------------------------------------------
+
+
+Check = Callable[[Any], str | None]
+"""A custom check of one setting's value: None when it is fine, else what is wrong ("must ..., not ...").
+Its docstring's first line says what is allowed (shown in the settings table)."""
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """One setting, declared once by :func:`setting` (or :func:`section_setting`) on a field of
+    :class:`Settings`; ``name`` and ``type`` are filled in from that field (see :data:`DECLARATIONS`)."""
+
+    #: TOML section (``[server]``)
+    section: str
+    #: key in that section; "" for a setting that is a whole section (``[api_keys]``, ``[classes]``)
+    key: str
+    #: one line: what it means (shown in the settings table and in the flag's help)
+    doc: str
+    default: Any
+    #: what a number counts: "seconds", "bytes", ... ("" when the doc line says it)
+    unit: str = ""
+    #: inclusive bounds of a number
+    minimum: float | None = None
+    maximum: float | None = None
+    #: the values a string may take (compared ignoring case when ``ignore_case``)
+    choices: tuple[str, ...] = ()
+    ignore_case: bool = False
+    check: Check | None = None
+    #: the ``serve`` command-line flag that sets it
+    flag: str | None = None
+    #: a second key of the section whose value is the path of a file holding this setting's value
+    file_key: str | None = None
+    #: reads a whole section into this setting's value (merged into the current one)
+    load: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    #: the attribute of :class:`Settings`
+    name: str = ""
+    #: its annotation (``int``, ``str | None``, ``list[str]``, ...)
+    type: Any = None
+
+    @property
+    def env_name(self) -> str | None:
+        """``XIA_BROADCAST_<NAME>``; None for a whole section (not settable from the environment)."""
+        return None if self.load is not None else ENV_PREFIX + self.name.upper()
+
+    @property
+    def label(self) -> str:
+        """The name used in messages: the attribute, and the file key when it differs."""
+        if self.load is not None:
+            return f"{self.name} ([{self.section}])"
+        return self.name if self.key == self.name else f"{self.name} ([{self.section}] {self.key})"
+
+    @property
+    def base_type(self) -> Any:
+        """The type without ``| None``."""
+        args = [a for a in typing.get_args(self.type) if a is not type(None)]
+        if typing.get_origin(self.type) in (typing.Union, types.UnionType) and len(args) == 1:
+            return args[0]
+        return self.type
+
+    def from_toml(self, value: Any) -> Any:
+        """The value of a TOML key, checked against the declared type (an integer is also a float)."""
+        base = self.base_type
+        ok = {bool: isinstance(value, bool),
+              int: isinstance(value, int) and not isinstance(value, bool),
+              float: isinstance(value, (int, float)) and not isinstance(value, bool),
+              str: isinstance(value, str)}.get(base)
+        if ok is None and typing.get_origin(base) is list:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if not ok or (base is float and math.isnan(value)):
+            raise ConfigError(f"[{self.section}] {self.key}: invalid value {value!r} (expected {self.expected})")
+        return float(value) if base is float else list(value) if isinstance(value, list) else value
+
+    def from_text(self, text: str, source: str) -> Any:
+        """The value of the environment variable ``source``: lists are comma-separated (empty items
+        dropped), booleans 1/true/yes/on or 0/false/no/off (any case)."""
+        base = self.base_type
+        try:
+            if base is bool:
+                if text.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if text.lower() in ("0", "false", "no", "off", ""):
+                    return False
+                raise ValueError(text)
+            if base is int:
+                return int(text)
+            if base is float:
+                number = float(text)
+                if math.isnan(number):
+                    raise ValueError(text)
+                return number
+            if typing.get_origin(base) is list:
+                return [v.strip() for v in text.split(",") if v.strip()]
+            return text
+        except ValueError:
+            raise ConfigError(f"{self.name}: invalid value {text!r} in {source} (expected {self.expected})") from None
+
+    @property
+    def expected(self) -> str:
+        base = self.base_type
+        if typing.get_origin(base) is list:
+            return "a list of strings (comma-separated in the environment)"
+        return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(base, str(base))
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` by this declaration's bounds, choices and check; None if nothing."""
+        if value is None:
+            return None
+        low, high = self.minimum, self.maximum
+        unit = f" {self.unit}" if self.unit else ""
+        if low is not None and high is not None and not low <= value <= high:
+            return f"must be between {_number(low)} and {_number(high)}{unit}, not {value!r}"
+        if low is not None and not value >= low:
+            return f"must be at least {_number(low)}{unit}, not {value!r}"
+        if high is not None and not value <= high:
+            return f"must be at most {_number(high)}{unit}, not {value!r}"
+        if self.choices:
+            given = value.upper() if self.ignore_case else value
+            if given not in self.choices:
+                return f"must be {_alternatives(self.choices)}, not {value!r}"
+        return self.check(value) if self.check is not None else None
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _alternatives(words: tuple[str, ...]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def setting(default: T, section: str, doc: str, *, key: str | None = None, unit: str = "",
+            minimum: float | None = None, maximum: float | None = None, choices: tuple[str, ...] = (),
+            ignore_case: bool = False, check: Check | None = None, flag: str | None = None,
+            file_key: str | None = None) -> T:
+    """Declare a setting: a dataclass field of :class:`Settings` defaulting to ``default`` (copied for each
+    instance when it is a list), read from ``[section] key`` (``key`` defaults to the attribute name) and
+    from ``XIA_BROADCAST_<ATTRIBUTE>``."""
+    declared = Declaration(section, key or "", doc, default, unit, minimum, maximum, choices, ignore_case, check,
+                           flag, file_key)
+    metadata = {_METADATA_KEY: declared}
+    if isinstance(default, list):
+        return field(default_factory=functools.partial(copy.copy, default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def section_setting(section: str, doc: str, load: Callable[[Mapping[str, Any]], dict[str, V]]) -> dict[str, V]:
+    """Declare a setting that is a whole TOML section, read by ``load`` (no environment variable)."""
+    declared = Declaration(section, "", doc, {}, load=load)
+    return field(default_factory=dict, metadata={_METADATA_KEY: declared})
+
+
+# -- custom checks (their docstring is the "allowed" column of the settings table) -----------------------
+
+
+def _absolute_path(value: str) -> str | None:
+    """starts with `/`"""
+    return None if value.startswith("/") else f"must start with '/', not {value!r}"
+
+
+def _redis_url(value: str) -> str | None:
+    """`redis://`, `rediss://` or `unix://` URL"""
+    if value.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    return f"must start with redis://, rediss:// or unix://, not {value!r}"
+
+
+def _not_blank(value: str) -> str | None:
+    """not blank"""
+    return None if value.strip() else "is empty: remove it, or set a real one"
+
+
+def _no_empty_item(value: list[str]) -> str | None:
+    """no empty item"""
+    return None if all(value) else f"cannot hold an empty value: {value!r}"
+
+
+# -- the whole sections ----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -35,185 +240,9 @@ class ApiKey:
     show_hidden: bool = False
 
 
-@dataclass
-class Settings:
-    """Everything the server needs. Units: seconds for times, bytes for sizes."""
-
-    host: str = "127.0.0.1"
-    port: int = 8765
-    path: str = "/ws"
-    handshake_timeout: float = 10.0
-    #: largest inbound WebSocket message; a larger one closes the connection with 1009
-    max_message_size: int = 64 * 1024
-    #: largest body of a POST /publish
-    max_publish_size: int = 8 * 1024 * 1024
-    #: WebSockets at once; one more is closed with 4503 (lowered at start to what the fd limit allows)
-    max_connections: int = 20_000
-    #: sockets at once that have not upgraded to WebSocket (HTTP requests, keep-alive, upgrades under way);
-    #: one more is answered 503 and closed before anything of it is read
-    max_http_connections: int = 1024
-    #: bytes of request bodies being received at once, over every connection (each counts its declared
-    #: Content-Length); a body that would pass it is answered 503 and the connection closed, unread
-    max_body_bytes: int = 64 * 1024 * 1024
-    #: bytes handed to sockets and not yet sent, over every WebSocket; past it nothing more is written and
-    #: subscribers continue from the journal once their sockets drain (as when their queue overflows)
-    max_outbound_bytes: int = 256 * 1024 * 1024
-    #: Origin header values a WebSocket upgrade may carry; empty: any. Another Origin is answered 403
-    origin_allowlist: list[str] = field(default_factory=list)
-    #: seconds a queued message may wait to be written together with later ones while changes keep coming
-    #: (adaptive write coalescing: after a lull this long it is written during the fan-out); 0: never waits
-    max_write_delay: float = 0.002
-    max_subscriptions: int = 32
-    ping_interval: float = 20.0
-    ping_timeout: float = 20.0
-    #: each connection's outbound queue bound, in messages and in bytes
-    queue_messages: int = DEFAULT_QUEUE_MESSAGES
-    queue_bytes: int = DEFAULT_QUEUE_BYTES
-    shutdown_timeout: float = 5.0
-    #: journal retention per class: changes kept and their age in seconds
-    journal_max_count: int = 100_000
-    journal_max_age: float = 3600.0
-    #: memory journal: bytes retained per class and in total (encoded changes)
-    journal_max_bytes: int = 64 * 1024 * 1024
-    journal_max_total_bytes: int = 256 * 1024 * 1024
-    #: last versions remembered per class, to find scope exits when a publisher gives no previous state
-    max_tracked_ids: int = 100_000
-    #: cluster mode: the Redis server whose streams carry every change (None: the embedded memory journal)
-    redis_url: str | None = None
-    #: the prefix of every Redis key of this deployment
-    redis_prefix: str = "xia:"
-    log_format: str = "json"
-    log_level: str = "INFO"
-    #: API key value -> ApiKey
-    api_keys: dict[str, ApiKey] = field(default_factory=dict)
-    jwt_secret: str | None = None
-    jwt_public_key: str | None = None
-    jwt_algorithms: list[str] = field(default_factory=lambda: ["HS256", "RS256"])
-    jwt_acl_claim: str = "acl"
-    jwt_audience: str | None = None
-    jwt_issuer: str | None = None
-    #: keys that may POST /publish; empty: publishing is open when the server runs without authentication
-    publish_keys: list[str] = field(default_factory=list)
-    classes: dict[str, DocSchema] = field(default_factory=dict)
-    #: accept subscriptions to classes that no schema declares (checked at delivery, as the original)
-    allow_undeclared_classes: bool = False
-    demo: bool = False
-    demo_rate: float = 5.0
-    #: on an authenticated server, hidden fields (show_hidden, or a scope naming a hidden field) only for
-    #: keys and tokens granted show_hidden; false restores the original (anyone may ask)
-    show_hidden_requires_grant: bool = True
-    #: what one subscription may cost (docs/configuration.md, "Subscription limits"); the defaults are the
-    #: core's (``core.limits.SubscriptionLimits``)
-    max_scope_conditions: int = DEFAULT_LIMITS.max_conditions
-    max_scope_path_depth: int = DEFAULT_LIMITS.max_path_depth
-    max_scope_in_values: int = DEFAULT_LIMITS.max_in_values
-    max_scope_value_length: int = DEFAULT_LIMITS.max_value_length
-    max_catalog_depth: int = DEFAULT_LIMITS.max_catalog_depth
-    max_catalog_fields: int = DEFAULT_LIMITS.max_catalog_fields
-
-    def subscription_limits(self) -> SubscriptionLimits:
-        """The subscription limits these settings give."""
-        return SubscriptionLimits(self.max_scope_conditions, self.max_scope_path_depth, self.max_scope_in_values,
-                                  self.max_scope_value_length, self.max_catalog_depth, self.max_catalog_fields)
-
-    @property
-    def authenticated(self) -> bool:
-        """True when subscribers must authenticate (API keys or JWT configured)."""
-        return bool(self.api_keys or self.jwt_secret or self.jwt_public_key)
-
-
-_SECTIONS = {
-    "server": {"host", "port", "path", "handshake_timeout", "max_message_size", "max_publish_size",
-               "max_connections", "max_http_connections", "max_body_bytes", "max_outbound_bytes",
-               "max_write_delay", "origin_allowlist", "max_subscriptions", "ping_interval", "ping_timeout",
-               "queue_messages", "queue_bytes", "shutdown_timeout", "log_format", "log_level",
-               "allow_undeclared_classes", "show_hidden_requires_grant"},
-    "limits": {"max_scope_conditions", "max_scope_path_depth", "max_scope_in_values", "max_scope_value_length",
-               "max_catalog_depth", "max_catalog_fields"},
-    "journal": {"max_count", "max_age", "max_bytes", "max_total_bytes", "max_tracked_ids"},
-    "redis": {"url", "prefix"},
-    "jwt": {"secret", "public_key", "public_key_file", "algorithms", "acl_claim", "audience", "issuer"},
-    "publish": {"keys"},
-    "demo": {"enabled", "rate"},
-}
-
-
-def _coerce(name: str, current: Any, value: Any) -> Any:
-    """Convert a raw value (TOML or environment string) to the type of the setting it replaces."""
-    try:
-        if isinstance(current, bool):
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off", ""):
-                    return False
-                raise ValueError(value)
-            if isinstance(value, bool):
-                return value
-            raise ValueError(value)
-        if isinstance(current, int) and not isinstance(current, bool):
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return int(value)
-        if isinstance(current, float):
-            return float(value)
-        if isinstance(current, list):
-            if isinstance(value, str):
-                return [v.strip() for v in value.split(",") if v.strip()]
-            if isinstance(value, list) and all(isinstance(v, str) for v in value):
-                return value
-            raise ValueError(value)
-        if current is None or isinstance(current, str):
-            if not isinstance(value, str):
-                raise ValueError(value)
-            return value
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name}: invalid value {value!r}") from exc
-    raise ConfigError(f"{name}: cannot be set this way")
-
-
-def _set(settings: Settings, name: str, value: Any) -> None:
-    setattr(settings, name, _coerce(name, getattr(settings, name), value))
-
-
-def apply_toml(settings: Settings, data: Mapping[str, Any]) -> None:
-    """Apply a parsed config file (see ``docs/configuration.md``) onto ``settings``."""
-    known = set(_SECTIONS) | {"api_keys", "classes"}
-    unknown = set(data) - known
-    if unknown:
-        raise ConfigError(f"unknown config sections {sorted(unknown)}; known: {sorted(known)}")
-    for section, names in _SECTIONS.items():
-        table = data.get(section, {})
-        if not isinstance(table, Mapping):
-            raise ConfigError(f"[{section}] must be a table")
-        extra = set(table) - names
-        if extra:
-            raise ConfigError(f"[{section}]: unknown settings {sorted(extra)}")
-        for k, v in table.items():
-            if section in ("server", "limits"):
-                _set(settings, k, v)
-            elif section == "jwt":
-                if k == "public_key_file":
-                    try:
-                        settings.jwt_public_key = Path(v).read_text(encoding="utf-8")
-                    except (OSError, TypeError) as exc:
-                        raise ConfigError(f"[jwt] public_key_file: cannot read {v!r}: {exc}") from exc
-                else:
-                    _set(settings, f"jwt_{k}", v)
-            elif section == "journal":
-                _set(settings, k if k == "max_tracked_ids" else f"journal_{k}", v)
-            elif section == "redis":
-                _set(settings, f"redis_{k}", v)
-            elif section == "publish":
-                _set(settings, "publish_keys", v)
-            elif section == "demo":
-                _set(settings, "demo" if k == "enabled" else "demo_rate", v)
-    if data.get("jwt") and not (settings.jwt_secret or settings.jwt_public_key):
-        raise ConfigError("[jwt] needs a secret (HS256) or a public_key / public_key_file (RS256)")
-    keys = data.get("api_keys", {})
-    if not isinstance(keys, Mapping):
-        raise ConfigError("[api_keys] must be a table of key -> {user_name, acl, app_name}")
-    for key, spec in keys.items():
+def _load_api_keys(table: Mapping[str, Any]) -> dict[str, ApiKey]:
+    keys: dict[str, ApiKey] = {}
+    for key, spec in table.items():
         if not isinstance(spec, Mapping) or not isinstance(spec.get("user_name"), str):
             raise ConfigError(f"[api_keys.{key!r}] needs a string user_name")
         acl = spec.get("acl")
@@ -229,36 +258,239 @@ def apply_toml(settings: Settings, data: Mapping[str, Any]) -> None:
         show_hidden = spec.get("show_hidden", False)
         if not isinstance(show_hidden, bool):
             raise ConfigError(f"[api_keys.{key!r}] show_hidden must be true or false")
-        settings.api_keys[key] = ApiKey(spec["user_name"], dict(acl) if acl is not None else None,
-                                        spec.get("app_name"), show_hidden)
-    if "classes" in data:
-        try:
-            settings.classes.update(load_schemas({"classes": data["classes"]}))
-        except SchemaError as exc:
-            raise ConfigError(f"[classes]: {exc}") from exc
+        keys[key] = ApiKey(spec["user_name"], dict(acl) if acl is not None else None, spec.get("app_name"),
+                           show_hidden)
+    return keys
 
 
-_ENV_NAMES = {f.name for f in fields(Settings)} - {"api_keys", "classes"}
+def _load_classes(table: Mapping[str, Any]) -> dict[str, DocSchema]:
+    try:
+        return load_schemas({"classes": table})
+    except SchemaError as exc:
+        raise ConfigError(f"[classes]: {exc}") from exc
+
+
+# -- the settings ----------------------------------------------------------------------------------------
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass
+class Settings:
+    """Everything the server needs. Units: seconds for times, bytes for sizes. Each field is one declaration
+    (see :func:`setting`); ``docs/configuration.md`` shows them as a table."""
+
+    host: str = setting("127.0.0.1", "server", "address to listen on; 0.0.0.0: every IPv4 interface",
+                        flag="--host")
+    port: int = setting(8765, "server", "TCP port to listen on; 0: any free port", minimum=0, flag="--port")
+    path: str = setting("/ws", "server", "URL path of the WebSocket endpoint", check=_absolute_path)
+    handshake_timeout: float = setting(
+        10.0, "server", "WebSocket: time for the first message (then close 4400); HTTP: time for a whole request",
+        unit="seconds", minimum=0)
+    max_message_size: int = setting(
+        64 * 1024, "server", "largest inbound WebSocket message; a larger one closes the connection with 1009",
+        unit="bytes", minimum=1)
+    max_publish_size: int = setting(
+        8 * 1024 * 1024, "server", "largest body of a POST /publish; a larger one is answered 413", unit="bytes",
+        minimum=1)
+    max_connections: int = setting(
+        20_000, "server", "WebSockets at once; one more is closed with 4503 (lowered at start to fit the file "
+        "descriptor limit)", minimum=1)
+    max_http_connections: int = setting(
+        1024, "server", "sockets at once not (yet) upgraded to WebSocket; one more is answered 503 and closed "
+        "unread", minimum=1)
+    max_body_bytes: int = setting(
+        64 * 1024 * 1024, "server", "request bodies being received at once, over every connection (each counts "
+        "its Content-Length); past it 503. At least max_publish_size", unit="bytes", minimum=1)
+    max_outbound_bytes: int = setting(
+        256 * 1024 * 1024, "server", "handed to WebSockets and not yet sent, over all of them; a socket past its "
+        "share is not written and its subscribers continue from the journal once it drains", unit="bytes",
+        minimum=1)
+    max_write_delay: float = setting(
+        0.002, "server", "how long a queued message may wait, while changes keep coming, to share a write with "
+        "later ones; 0: never waits", unit="seconds", minimum=0, maximum=1)
+    origin_allowlist: list[str] = setting(
+        [], "server", "Origin values a WebSocket upgrade may carry; empty: any; another is answered 403")
+    max_subscriptions: int = setting(32, "server", "classes in one handshake; more closes with 4429", minimum=1)
+    ping_interval: float = setting(20.0, "server", "time between two pings of a connection; 0: no pings",
+                                   unit="seconds", minimum=0)
+    ping_timeout: float = setting(20.0, "server", "silence after a ping before a connection is dropped",
+                                  unit="seconds", minimum=0)
+    queue_messages: int = setting(
+        DEFAULT_MAX_QUEUE_MESSAGES, "server", "a connection's outbound queue bound; past it the subscriber "
+        "continues from the journal", unit="messages", minimum=1)
+    queue_bytes: int = setting(
+        DEFAULT_MAX_QUEUE_BYTES, "server", "a connection's outbound queue bound, in encoded messages; past it the "
+        "subscriber continues from the journal", unit="bytes", minimum=1)
+    shutdown_timeout: float = setting(5.0, "server", "time to flush queues on SIGTERM/SIGINT before closing "
+                                      "with 1001", unit="seconds", minimum=0)
+    log_format: str = setting("json", "server", "log lines as JSON objects or as text",
+                              choices=("json", "text"))
+    log_level: str = setting("INFO", "server", "least severe level logged", choices=_LOG_LEVELS,
+                             ignore_case=True)
+    allow_undeclared_classes: bool = setting(
+        False, "server", "accept subscriptions to classes that no schema declares (checked at delivery, as the "
+        "original)")
+    show_hidden_requires_grant: bool = setting(
+        True, "server", "on an authenticated server, hidden fields only for keys and tokens granted show_hidden; "
+        "false: anyone may ask, as the original")
+
+    max_scope_conditions: int = setting(DEFAULT_LIMITS.max_conditions, "limits",
+                                        "conditions in one data_scope; more closes with 4420", minimum=1)
+    max_scope_path_depth: int = setting(DEFAULT_LIMITS.max_path_depth, "limits",
+                                        "parts of a dotted path (a.b.c is 3); more closes with 4420", minimum=1)
+    max_scope_in_values: int = setting(DEFAULT_LIMITS.max_in_values, "limits",
+                                       "values in one in / not in list; more closes with 4420", minimum=1)
+    max_scope_value_length: int = setting(
+        DEFAULT_LIMITS.max_value_length, "limits", "characters of a field path or a string value in a scope (a "
+        "list or object value counted as JSON); more closes with 4420", minimum=1)
+    max_catalog_depth: int = setting(DEFAULT_LIMITS.max_catalog_depth, "limits",
+                                     "nesting of a catalog (a top-level field is depth 1); deeper closes with "
+                                     "4421", minimum=1)
+    max_catalog_fields: int = setting(DEFAULT_LIMITS.max_catalog_fields, "limits",
+                                      "names in a catalog, at every depth; more closes with 4421", minimum=1)
+
+    journal_max_count: int = setting(DEFAULT_MAX_COUNT, "journal", "changes retained per class", key="max_count",
+                                     minimum=0)
+    journal_max_age: float = setting(DEFAULT_MAX_AGE, "journal", "how long a change is retained", key="max_age",
+                                     unit="seconds", minimum=0)
+    journal_max_bytes: int = setting(DEFAULT_MAX_BYTES, "journal",
+                                     "encoded changes retained per class (memory journal)", key="max_bytes",
+                                     unit="bytes", minimum=1)
+    journal_max_total_bytes: int = setting(
+        DEFAULT_MAX_TOTAL_BYTES, "journal", "encoded changes retained over all classes, the oldest of any class "
+        "dropped first (memory journal)", key="max_total_bytes", unit="bytes", minimum=1)
+    max_tracked_ids: int = setting(
+        DEFAULT_MAX_TRACKED_IDS, "journal", "last versions remembered per class, to find scope exits when a "
+        "publisher gives no previous state; 0: none", minimum=0)
+
+    redis_url: str | None = setting(
+        None, "redis", "cluster mode: the Redis server whose streams carry every change, e.g. "
+        "redis://127.0.0.1:6379/0 (docs/cluster.md); unset: the embedded memory journal", key="url",
+        check=_redis_url, flag="--redis")
+    redis_prefix: str = setting("xia:", "redis", "prefix of every Redis key of this deployment", key="prefix")
+
+    jwt_secret: str | None = setting(None, "jwt", "HS256 shared secret of JWT bearer tokens", key="secret",
+                                     check=_not_blank)
+    jwt_public_key: str | None = setting(
+        None, "jwt", "RS256 public key (PEM) of JWT bearer tokens; public_key_file: the path of a file holding it",
+        key="public_key", check=_not_blank, file_key="public_key_file")
+    jwt_algorithms: list[str] = setting(["HS256", "RS256"], "jwt", "algorithms a token may be signed with",
+                                        key="algorithms")
+    jwt_acl_claim: str = setting("acl", "jwt", "the claim holding a token's ACL", key="acl_claim")
+    jwt_audience: str | None = setting(None, "jwt", "audience (aud) a token must name; unset: not checked",
+                                       key="audience")
+    jwt_issuer: str | None = setting(None, "jwt", "issuer (iss) a token must name; unset: not checked",
+                                     key="issuer")
+
+    api_keys: dict[str, ApiKey] = section_setting(
+        "api_keys", "API key -> user_name, acl, app_name, show_hidden (as the original listener sends them in "
+        "_header)", _load_api_keys)
+    publish_keys: list[str] = setting(
+        [], "publish", "X-Publisher-Key values that may POST /publish; empty: publishing is open on a server "
+        "without authentication, closed on one with", key="keys", check=_no_empty_item)
+    classes: dict[str, DocSchema] = section_setting(
+        "classes", "document classes: name -> key, privilege_keys, fields", _load_classes)
+
+    demo: bool = setting(False, "demo", "add the demo class Order and publish a stream of changes of it",
+                         key="enabled", flag="--demo")
+    demo_rate: float = setting(5.0, "demo", "demo changes published per second", key="rate", minimum=0)
+
+    def subscription_limits(self) -> SubscriptionLimits:
+        """The subscription limits these settings give."""
+        return SubscriptionLimits(self.max_scope_conditions, self.max_scope_path_depth, self.max_scope_in_values,
+                                  self.max_scope_value_length, self.max_catalog_depth, self.max_catalog_fields)
+
+    @property
+    def authenticated(self) -> bool:
+        """True when subscribers must authenticate (API keys or JWT configured)."""
+        return bool(self.api_keys or self.jwt_secret or self.jwt_public_key)
+
+
+def _declarations() -> tuple[Declaration, ...]:
+    hints = typing.get_type_hints(Settings)
+    found = []
+    for f in fields(Settings):
+        declared = f.metadata.get(_METADATA_KEY)
+        if not isinstance(declared, Declaration):
+            raise TypeError(f"Settings.{f.name} is not declared with setting() or section_setting()")
+        key = "" if declared.load is not None else declared.key or f.name
+        found.append(replace(declared, name=f.name, key=key, type=hints[f.name]))
+    return tuple(found)
+
+
+#: every setting, in the order of :class:`Settings`
+DECLARATIONS: tuple[Declaration, ...] = _declarations()
+_BY_NAME = {d.name: d for d in DECLARATIONS}
+_BY_ENV = {d.env_name: d for d in DECLARATIONS if d.env_name is not None}
+#: section -> key -> (declaration, True when the key names a file holding the value)
+_KEYS: dict[str, dict[str, tuple[Declaration, bool]]] = {}
+#: section -> the declaration that is the whole section
+_WHOLE_SECTIONS = {d.section: d for d in DECLARATIONS if d.load is not None}
+for _d in DECLARATIONS:
+    if _d.load is None:
+        _KEYS.setdefault(_d.section, {})[_d.key] = (_d, False)
+        if _d.file_key is not None:
+            _KEYS[_d.section][_d.file_key] = (_d, True)
+del _d
+
+
+def declaration(name: str) -> Declaration:
+    """The declaration of the setting ``name`` (an attribute of :class:`Settings`)."""
+    return _BY_NAME[name]
+
+
+# -- sources ---------------------------------------------------------------------------------------------
+
+
+def apply_toml(settings: Settings, data: Mapping[str, Any]) -> None:
+    """Apply a parsed config file (see ``docs/configuration.md``) onto ``settings``."""
+    known = sorted(set(_KEYS) | set(_WHOLE_SECTIONS))
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown config sections {sorted(unknown)}; known: {known}")
+    for section, table in data.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"[{section}] must be a table")
+        whole = _WHOLE_SECTIONS.get(section)
+        if whole is not None and whole.load is not None:
+            getattr(settings, whole.name).update(whole.load(table))
+            continue
+        keys = _KEYS[section]
+        extra = set(table) - set(keys)
+        if extra:
+            raise ConfigError(f"[{section}]: unknown settings {sorted(extra)}; known: {sorted(keys)}")
+        for key, value in table.items():
+            decl, names_a_file = keys[key]
+            if names_a_file:
+                try:
+                    value = Path(value).read_text(encoding="utf-8")
+                except (OSError, TypeError) as exc:
+                    raise ConfigError(f"[{section}] {key}: cannot read {value!r}: {exc}") from exc
+            setattr(settings, decl.name, decl.from_toml(value))
+    if data.get("jwt") and not (settings.jwt_secret or settings.jwt_public_key):
+        raise ConfigError("[jwt] needs a secret (HS256) or a public_key / public_key_file (RS256)")
 
 
 def apply_env(settings: Settings, environ: Mapping[str, str]) -> None:
-    """Apply ``XIA_BROADCAST_<SETTING>`` variables (e.g. ``XIA_BROADCAST_PORT=9000``)."""
+    """Apply ``XIA_BROADCAST_<SETTING>`` variables (e.g. ``XIA_BROADCAST_PORT=9000``); lists are
+    comma-separated. Any other ``XIA_BROADCAST_*`` variable but ``XIA_BROADCAST_CONFIG`` is refused."""
     for key, value in environ.items():
-        if not key.startswith("XIA_BROADCAST_") or key == "XIA_BROADCAST_CONFIG":
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
             continue
-        name = key.removeprefix("XIA_BROADCAST_").lower()
-        if name not in _ENV_NAMES:
-            raise ConfigError(f"{key}: unknown setting (known: {', '.join(sorted(_ENV_NAMES))})")
-        _set(settings, name, value)
+        decl = _BY_ENV.get(key)
+        if decl is None:
+            raise ConfigError(f"{key}: unknown setting (known: {', '.join(sorted([*_BY_ENV, CONFIG_ENV]))})")
+        setattr(settings, decl.name, decl.from_text(value, key))
 
 
 def load_settings(config_file: str | Path | None = None, environ: Mapping[str, str] | None = None,
                   **overrides: Any) -> Settings:
     """Defaults, then the TOML file (``config_file`` or ``$XIA_BROADCAST_CONFIG``), then the environment,
-    then ``overrides`` (command-line flags; a None value means "not given")."""
+    then ``overrides`` (command-line flags; a None value means "not given"); then :func:`check`."""
     env = os.environ if environ is None else environ
     settings = Settings()
-    path = config_file or env.get("XIA_BROADCAST_CONFIG")
+    path = config_file or env.get(CONFIG_ENV)
     if path:
         try:
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -269,6 +501,8 @@ def load_settings(config_file: str | Path | None = None, environ: Mapping[str, s
         apply_toml(settings, raw)
     apply_env(settings, env)
     for k, v in overrides.items():
+        if k not in _BY_NAME:
+            raise ConfigError(f"{k}: unknown setting (known: {', '.join(sorted(_BY_NAME))})")
         if v is not None:
             setattr(settings, k, v)
     check(settings)
@@ -276,30 +510,79 @@ def load_settings(config_file: str | Path | None = None, environ: Mapping[str, s
 
 
 def check(settings: Settings) -> None:
-    """Refuse settings that cannot work, or that would open the server by accident."""
-    if settings.redis_url is not None and not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"redis url must start with redis://, rediss:// or unix://, not {settings.redis_url!r}")
-    if not settings.path.startswith("/"):
-        raise ConfigError(f"path must start with '/': {settings.path!r}")
-    if settings.jwt_secret is not None and not settings.jwt_secret.strip():
-        raise ConfigError("jwt secret is empty: remove it, or set a real secret")
-    if settings.jwt_public_key is not None and not settings.jwt_public_key.strip():
-        raise ConfigError("jwt public key is empty: remove it, or set a real key")
-    if any(not k for k in settings.publish_keys):
-        raise ConfigError("publish keys cannot be empty")
-    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ConfigError(f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {settings.log_level!r}")
+    """Refuse settings that cannot work, or that would open the server by accident: each declaration's
+    bounds, choices and check, then the few that relate two settings."""
+    for decl in DECLARATIONS:
+        problem = decl.problem(getattr(settings, decl.name))
+        if problem is not None:
+            raise ConfigError(f"{decl.label} {problem}")
     if settings.max_body_bytes < settings.max_publish_size:
         raise ConfigError(f"max_body_bytes ({settings.max_body_bytes}) must hold at least one body of "
                           f"max_publish_size ({settings.max_publish_size})")
-    if settings.log_format not in ("json", "text"):
-        raise ConfigError(f"log_format must be json or text, not {settings.log_format!r}")
-    if not 0 <= settings.max_write_delay <= 1:
-        raise ConfigError(f"max_write_delay must be between 0 and 1 (seconds), not {settings.max_write_delay}")
-    for name in ("port", "max_message_size", "max_publish_size", "max_connections", "max_subscriptions",
-                 "queue_messages", "queue_bytes", "journal_max_count", "journal_max_bytes",
-                 "journal_max_total_bytes", "max_http_connections", "max_body_bytes",
-                 "max_outbound_bytes", "max_scope_conditions", "max_scope_path_depth", "max_scope_in_values",
-                 "max_scope_value_length", "max_catalog_depth", "max_catalog_fields"):
-        if getattr(settings, name) < (0 if name in ("port", "journal_max_count") else 1):
-            raise ConfigError(f"{name} must be positive, not {getattr(settings, name)}")
+
+
+# -- documentation ---------------------------------------------------------------------------------------
+
+
+def default_text(decl: Declaration, *, toml: bool = True) -> str:
+    """The default as it would be written in the file (``toml``) or on a command line; "unset" for None."""
+    value = decl.default
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"' if toml else value
+    if isinstance(value, list):
+        return "[" + ", ".join(f'"{v}"' for v in value) + "]"
+    if isinstance(value, dict):
+        return "empty"
+    return str(value)
+
+
+def _mebibytes(value: int) -> str:
+    for size, name in ((1024 * 1024, "MiB"), (1024, "KiB")):
+        if value >= size and value % size == 0:
+            return f" ({value // size} {name})"
+    return ""
+
+
+def allowed_text(decl: Declaration) -> str:
+    """The bounds, choices and check of a declaration, in words."""
+    parts = []
+    if decl.minimum is not None and decl.maximum is not None:
+        parts.append(f"{_number(decl.minimum)} to {_number(decl.maximum)}")
+    elif decl.minimum is not None:
+        parts.append(f"≥ {_number(decl.minimum)}")
+    elif decl.maximum is not None:
+        parts.append(f"≤ {_number(decl.maximum)}")
+    if decl.choices:
+        parts.append(", ".join(f"`{c}`" for c in decl.choices) + (" (any case)" if decl.ignore_case else ""))
+    if decl.check is not None and decl.check.__doc__:
+        parts.append(decl.check.__doc__.strip().splitlines()[0])
+    return "; ".join(parts)
+
+
+def settings_table() -> str:
+    """Every setting as a Markdown table (pasted into ``docs/configuration.md``; a test compares them)."""
+    rows = ["| setting | file | environment, flag | default | allowed | meaning |",
+            "|---|---|---|---|---|---|"]
+    for d in DECLARATIONS:
+        where = f"`[{d.section}]`" if d.load is not None else f"`[{d.section}] {d.key}`"
+        if d.file_key:
+            where += f" or `{d.file_key}`"
+        sources = ", ".join(f"`{s}`" for s in (d.env_name, d.flag) if s) or "(file only)"
+        default = default_text(d)
+        if d.default is not None and not isinstance(d.default, dict):
+            default = f"`{default}`"
+        if d.unit:
+            default += f" {d.unit}"
+        if d.unit == "bytes" and isinstance(d.default, int):
+            default += _mebibytes(d.default)
+        cells = [f"`{d.name}`", where, sources, default, allowed_text(d), d.doc]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_table(), end="")

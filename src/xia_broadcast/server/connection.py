@@ -2,7 +2,8 @@
 
 Inbound frames are parsed by the sans-I/O protocol of ``websockets`` (masking, fragmentation, ping/pong,
 the close handshake, the inbound size limit); a text message that is not UTF-8 closes the connection with
-1007. Outbound messages go through the connection's :class:`~.writer.SocketWriter`.
+1007. Outbound messages go through the connection's :class:`~.socket_writer.SocketWriter`, written by the
+server's :class:`~.native_transport.NativeTransport`.
 
 Memory per idle subscribed connection: this object, a websockets protocol (a few KiB), its writer, the
 asyncio transport and the kernel's socket buffers. No task is kept per connection; one timer of the server
@@ -17,7 +18,7 @@ import logging
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side, State
@@ -27,11 +28,10 @@ from ..core.protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_INVALID_DATA,
     CLOSE_MESSAGE_TOO_BIG,
-    CLOSE_TOO_MANY_CONNECTIONS,
     Refusal,
 )
-from ..fanout import Connection
-from .writer import SocketWriter
+from .service import Session
+from .socket_writer import SocketWriter
 
 #: what ``upgrade_headers`` holds once the handshake is answered
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
@@ -75,14 +75,14 @@ class WebSocketConnection(asyncio.Protocol):
         self.service = server.service
         self.transport: asyncio.Transport | None = transport
         self.ws = Protocol(Side.SERVER, state=State.OPEN, max_size=self.service.settings.max_message_size)
-        self.writer = SocketWriter(transport, server.service.hub, self.service)
+        self.writer = SocketWriter(transport, self.service)
         #: the upgrade request's headers, until the handshake is answered (then forgotten: memory)
         self.upgrade_headers: Mapping[str, str] = dict(upgrade_headers)
         self.peer = peer
         #: which of the server's keepalive rounds pings this connection (pings are spread over the interval)
         self.keepalive_slot = server.next_keepalive_slot()
         self.phase = Phase.AWAITING_HANDSHAKE
-        self.session: Any = None
+        self.session: Session | None = None
         self.handshake_timer: asyncio.TimerHandle | None = None
         #: opcode and frames of a fragmented message being received
         self.fragments: tuple[Opcode, list[bytes]] | None = None
@@ -96,12 +96,9 @@ class WebSocketConnection(asyncio.Protocol):
         sent behind its upgrade request (``trailing``)."""
         self.server.sockets.add(self)
         self.server.keepalive_rounds[self.keepalive_slot].add(self)
-        self.service.connection_count += 1
-        if self.service.shutting_down:
-            self.close(CLOSE_GOING_AWAY, "shutting down")
-            return
-        if self.service.connection_count > self.server.max_connections:
-            self.close(CLOSE_TOO_MANY_CONNECTIONS, "too many connections")
+        refusal = self.service.admit()
+        if refusal is not None:
+            self.close(refusal.code, refusal.reason)
             return
         self.handshake_timer = asyncio.get_running_loop().call_later(self.service.settings.handshake_timeout,
                                                                      self._handshake_timeout)
@@ -115,7 +112,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.server.keepalive_rounds[self.keepalive_slot].discard(self)
         self._cancel_timer()
         self.writer.close()
-        self.service.connection_count -= 1
+        self.service.release()
         self.service.close_session(self, self.session)
         self.phase = Phase.CLOSED
         self.transport = None
@@ -126,7 +123,7 @@ class WebSocketConnection(asyncio.Protocol):
         was_open = ws.state is State.OPEN
         ws.receive_data(data)
         if was_open and ws.close_sent is not None and ws.close_sent.code == CLOSE_MESSAGE_TOO_BIG:
-            self.service.refusals += 1  # the protocol refused an oversized message itself
+            self.service.note_close(CLOSE_MESSAGE_TOO_BIG)  # the protocol refused an oversized message itself
         for frame in ws.events_received():
             if not isinstance(frame, Frame):
                 continue
@@ -156,7 +153,7 @@ class WebSocketConnection(asyncio.Protocol):
             self.transport.resume_reading()
         self.writer.resume()
 
-    # -- outbound (the transport interface of NativeBroadcaster) -------------------------------------------
+    # -- outbound (what NativeTransport calls besides the writer) -------------------------------------
 
     def is_open(self) -> bool:
         return self.ws.state is State.OPEN and self.transport is not None
@@ -165,8 +162,10 @@ class WebSocketConnection(asyncio.Protocol):
         if self.is_open():
             self.writer.write_control(frames)
 
-    def write_queue(self, conn: Connection) -> float | None:
-        return self.writer.write_queue(conn)
+    def fail(self) -> None:
+        """A write to this socket raised: forget its subscriptions now, close it with 1011."""
+        self.service.close_session(self, self.session)
+        self.close(1011, "internal error")
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake with ``code`` and ``reason``; abort if the peer does not answer."""
@@ -175,8 +174,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.phase = Phase.CLOSED
         self._cancel_timer()
         if self.ws.state is State.OPEN:
-            if code >= 4000 or code == CLOSE_INVALID_DATA:
-                self.service.refusals += 1
+            self.service.note_close(code)
             self.ws.send_close(code, reason)
             self._send_pending()
             asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort)
@@ -209,6 +207,7 @@ class WebSocketConnection(asyncio.Protocol):
                 return
         phase = self.phase
         if phase is Phase.SUBSCRIBED:
+            assert self.session is not None  # set with the phase
             try:
                 self.service.client_message(self, self.session, message, self.close)
             except Refusal as exc:

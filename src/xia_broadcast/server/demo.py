@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..broadcast import Broadcaster
 from ..core.schema import DocSchema
 from ..journal import BackendUnavailable
+
+if TYPE_CHECKING:
+    from .service import Service
 
 ORDER_SCHEMA = DocSchema.from_dict({
     "key": ["order_id"],
@@ -63,14 +65,14 @@ class OrderStream:
         return "U", dict(doc)
 
 
-async def run_demo(broadcaster: type[Broadcaster], rate: float, seed: int | None = None) -> None:
+async def run_demo(service: Service[Any], rate: float, seed: int | None = None) -> None:
     """Publish ``rate`` Order changes per second until cancelled."""
     stream = OrderStream(seed)
     delay = 1.0 / rate if rate > 0 else 1.0
     while True:
         op, doc = stream.next_change()
         try:
-            await broadcaster.publish_async("Order", op, doc)
+            await service.publish("Order", op, doc)
         except BackendUnavailable as exc:  # cluster mode with Redis away: the demo waits for it
             log.warning("demo change not published: %s", exc)
         await asyncio.sleep(delay)

@@ -3,8 +3,8 @@
 An :class:`Endpoint` says what a transport must know *before* it reads anything past a request's headers:
 whether the endpoint takes a body at all (only those get their body read; any other request that comes
 with one is answered and its connection closed, the body unread) and which credentials it needs (checked
-from the headers, so that no unauthenticated body is ever buffered). Handlers are plain functions of the
-:class:`~.service.Service` and an :class:`HttpRequest`; they do no I/O.
+from the headers, so that no unauthenticated body is ever buffered). Handlers are coroutine functions of the
+:class:`~.service.Service` and an :class:`HttpRequest`; they do no I/O (a publish may wait for the backend).
 
 Extra ``GET`` endpoints that answer fixed bytes are one line each::
 
@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -71,8 +72,8 @@ class Auth(enum.Enum):
     PUBLISHER = "publisher"
 
 
-#: an endpoint's handler: the response, or an awaitable of it (a publish through an asynchronous backend)
-Handler = Callable[[Service, HttpRequest], HttpResponse | Awaitable[HttpResponse]]
+#: an endpoint's handler (a coroutine: a publish may wait for the backend)
+Handler = Callable[["Service[Any]", HttpRequest], Coroutine[Any, Any, HttpResponse]]
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class EndpointTable:
     def add_static(self, path: str, content: Callable[[], tuple[str, bytes] | None]) -> None:
         """A ``GET path`` answering ``content()``: ``(content type, bytes)``, or 404 when it gives None."""
 
-        def handler(_: Service, request: HttpRequest) -> HttpResponse:
+        async def handler(_: Service[Any], request: HttpRequest) -> HttpResponse:
             found = content()
             if found is None:
                 return HttpResponse.error(404, "not_found", f"no endpoint {request.path}")
@@ -160,7 +161,7 @@ def busy() -> HttpError:
     return HttpError(503, "busy", "too many request bodies at once, retry later")
 
 
-def refuse_before_body(service: Service, endpoint: Endpoint, headers: Mapping[str, str],
+def refuse_before_body(service: Service[Any], endpoint: Endpoint, headers: Mapping[str, str],
                        declared_length: int | None) -> HttpResponse | None:
     """The answer a request gets from its headers alone, or None when its body may be read.
 
@@ -180,37 +181,27 @@ def refuse_before_body(service: Service, endpoint: Endpoint, headers: Mapping[st
 # -- the handlers ------------------------------------------------------------------------------------------
 
 
-def healthz(service: Service, _: HttpRequest) -> HttpResponse:
+async def healthz(service: Service[Any], _: HttpRequest) -> HttpResponse:
     return HttpResponse.json(service.health())
 
 
-def readyz(service: Service, _: HttpRequest) -> HttpResponse:
+async def readyz(service: Service[Any], _: HttpRequest) -> HttpResponse:
     ok = service.ready()
     return HttpResponse.json({"ready": ok}, 200 if ok else 503)
 
 
-def metrics(service: Service, _: HttpRequest) -> HttpResponse:
+async def metrics(service: Service[Any], _: HttpRequest) -> HttpResponse:
     return HttpResponse(200, service.metrics_text(), METRICS_CONTENT_TYPE)
 
 
-def publish(service: Service, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+async def publish(service: Service[Any], request: HttpRequest) -> HttpResponse:
     try:
-        seqs = service.publish_http(request.headers, request.body)
-    except PublishError as exc:
-        return HttpResponse.of(exc)
-    if isinstance(seqs, list):
-        return HttpResponse.json({"seqs": seqs})
-    return _published(seqs)
-
-
-async def _published(seqs: Awaitable[list[str]]) -> HttpResponse:
-    try:
-        return HttpResponse.json({"seqs": await seqs})
+        return HttpResponse.json({"seqs": await service.publish_http(request.headers, request.body)})
     except PublishError as exc:
         return HttpResponse.of(exc)
 
 
-def upgrade_required(_: Service, __: HttpRequest) -> HttpResponse:
+async def upgrade_required(_: Service[Any], __: HttpRequest) -> HttpResponse:
     return HttpResponse.error(426, "upgrade_required", "WebSocket endpoint")
 
 

@@ -27,15 +27,14 @@ import asyncio
 import enum
 import functools
 import logging
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import h11
 
 from .connection import WebSocketConnection
 from .endpoints import Endpoint, HttpRequest, HttpResponse, busy, refuse_before_body
+from .socket_writer import WRITE_HIGH_WATER
 from .upgrade import UpgradeError, check_origin, check_upgrade
-from .writer import WRITE_HIGH_WATER
 
 if TYPE_CHECKING:
     from .native import NativeServer
@@ -69,7 +68,9 @@ class RequestState(enum.Enum):
     #: a new connection, or bytes of a request arrived: the whole request must arrive within
     #: ``handshake_timeout`` of that moment
     RECEIVING = "receiving"
-    #: the request is complete and being answered; the rest of the socket's input waits
+    #: the request's handler runs (a task); nothing more of the socket's input is handled until it answers
+    HANDLING = "handling"
+    #: the answer is written; what is left of the request (its end) is read before the next one begins
     ANSWERING = "answering"
     #: the socket is done with HTTP (answered with close, or upgraded)
     DONE = "done"
@@ -94,7 +95,7 @@ class HttpConnection(asyncio.Protocol):
         self.reserved = 0
         self.timer: asyncio.TimerHandle | None = None
         self.peer = ""
-        #: the answer being awaited (a publish through an asynchronous backend)
+        #: the handler answering the current request
         self._pending: asyncio.Task[HttpResponse] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------
@@ -153,9 +154,10 @@ class HttpConnection(asyncio.Protocol):
     # -- requests -----------------------------------------------------------------------------------------
 
     def _process(self) -> None:
-        """Handle every event h11 has; answers are written in order, one request at a time."""
+        """Handle every event h11 has; answers are written in order, one request at a time (nothing more is
+        handled while a handler runs: what came behind its request waits for the answer)."""
         try:
-            while self.state is not RequestState.DONE:
+            while self.state is not RequestState.DONE and self.state is not RequestState.HANDLING:
                 event = self.http.next_event()
                 if event is h11.NEED_DATA:
                     return
@@ -233,26 +235,19 @@ class HttpConnection(asyncio.Protocol):
     def _handle(self, *, close: bool) -> None:
         """Answer the current request through its endpoint (its body, if it reads one, is complete)."""
         assert self.request is not None and self.endpoint is not None
-        self.state = RequestState.ANSWERING
+        self.state = RequestState.HANDLING
         endpoint = self.endpoint
         request = HttpRequest(self.request.method.decode("latin-1"), endpoint.path,
                               self._header_map(self.request), bytes(self.body))
         self.body.clear()
         self._release()
-        try:
-            answer = endpoint.handler(self.service, request)
-        except Exception:
-            log.exception("HTTP request failed unexpectedly")
-            answer, close = HttpResponse.error(500, "internal", "internal error"), True
-        if not isinstance(answer, HttpResponse):
-            # answered when the backend has it; nothing more is read from this socket meanwhile
-            if self.transport is not None:
-                self.transport.pause_reading()
-            task = asyncio.get_running_loop().create_task(_awaited(answer))
-            task.add_done_callback(functools.partial(self._answered, endpoint, close))
-            self._pending = task
-            return
-        self._finish(endpoint, answer, close)
+        # answered when the handler returns; nothing more is read from this socket meanwhile
+        if self.transport is not None:
+            self.transport.pause_reading()
+        task: asyncio.Task[HttpResponse] = asyncio.get_running_loop().create_task(
+            endpoint.handler(self.service, request))
+        task.add_done_callback(functools.partial(self._answered, endpoint, close))
+        self._pending = task
 
     def _answered(self, endpoint: Endpoint, close: bool, task: asyncio.Task[HttpResponse]) -> None:
         self._pending = None
@@ -265,16 +260,13 @@ class HttpConnection(asyncio.Protocol):
         except Exception:
             log.exception("HTTP request failed unexpectedly")
             response, close = HttpResponse.error(500, "internal", "internal error"), True
-        self._finish(endpoint, response, close)
+        # what the request fanned out was written during the fan-out (after a lull) or is written by the
+        # server's flush scheduler, with whatever other requests and publishers queue meanwhile (one write
+        # per socket), within ``max_write_delay``
+        self._answer(response, close=close)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
             self._process()  # a request pipelined behind this one
-
-    def _finish(self, endpoint: Endpoint, response: HttpResponse, close: bool) -> None:
-        # what the request fanned out was written during the fan-out (after a lull) or is written by the
-        # broadcaster's flush scheduler, with whatever other requests and publishers queue meanwhile (one
-        # write per socket), within ``max_write_delay``
-        self._answer(response, close=close)
 
     @staticmethod
     def _header_map(request: h11.Request) -> dict[str, str]:
@@ -381,6 +373,3 @@ class HttpConnection(asyncio.Protocol):
         self.timer = None
         self._close()
 
-
-async def _awaited(answer: Awaitable[HttpResponse]) -> HttpResponse:
-    return await answer

@@ -1,6 +1,6 @@
-"""Prometheus metrics of a running service, read from the engine at scrape time.
+"""Prometheus metrics of a running service, read from the Hub at scrape time.
 
-Counters and gauges are collected when ``/metrics`` is scraped, from the engine's own counters, so the
+Counters and gauges are collected when ``/metrics`` is scraped, from the Hub's own counters, so the
 fan-out path pays nothing for them. The one histogram, publish-to-send latency, is observed once per
 flush of the sockets that have messages (the age of the oldest message written), not once per delivery.
 """
@@ -8,7 +8,7 @@ flush of the sockets that have messages (the age of the oldest message written),
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,20 +21,20 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _ServiceCollector(Collector):
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service[Any]) -> None:
         self.service = service
 
     def collect(self) -> Iterator[Metric]:
         svc = self.service
-        engine = svc.broadcaster.hub()
-        stats = engine.stats
+        hub = svc.hub
+        stats = hub.stats
         yield GaugeMetricFamily("xia_connections", "Open WebSocket connections", value=svc.connection_count)
         yield GaugeMetricFamily("xia_subscriptions", "Active subscriptions (connection x class)",
-                                value=sum(len(c.members) for c in engine.connections.values()))
+                                value=sum(len(c.members) for c in hub.connections.values()))
         yield GaugeMetricFamily("xia_views", "Distinct views (subscribers sharing scope, catalog, ACL)",
-                                value=engine.view_count())
+                                value=hub.view_count())
         yield GaugeMetricFamily("xia_queue_depth", "Messages waiting in outbound queues",
-                                value=sum(len(c.queue) for c in engine.connections.values()))
+                                value=sum(len(c.queue) for c in hub.connections.values()))
         yield CounterMetricFamily("xia_changes", "Changes published", value=stats.changes)
         yield CounterMetricFamily("xia_deliveries", "Messages queued to subscribers", value=stats.deliveries)
         yield CounterMetricFamily("xia_encodings", "Messages encoded (once per view and change)",
@@ -52,7 +52,7 @@ class _ServiceCollector(Collector):
 class Metrics:
     """The registry of one service: collected counters plus the latency histogram."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service[Any]) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_ServiceCollector(service))
         self.send_latency = Histogram(

@@ -1,8 +1,9 @@
 """The standalone server: the listening socket, the accept loop, file descriptors, keepalive, lifecycle.
 
 Every accepted socket starts in the HTTP stage (:mod:`.http`: operations endpoints, ``POST /publish``,
-the upgrade) and, once upgraded, becomes a :class:`~.connection.WebSocketConnection`, whose outbound bytes
-go through :mod:`.writer`.
+the upgrade) and, once upgraded, becomes a :class:`~.connection.WebSocketConnection`. The server's
+:class:`~.service.Service` holds the Hub, which writes through the server's
+:class:`~.native_transport.NativeTransport`.
 
 File descriptors are a limit of their own: at start the server raises its soft ``RLIMIT_NOFILE`` to the
 hard limit, and keeps ``max_connections`` (plus ``max_http_connections``) below what that limit allows, so
@@ -25,10 +26,10 @@ from .config import Settings
 from .connection import CLOSE_TIMEOUT, WebSocketConnection
 from .endpoints import BodyBudget, EndpointTable, default_endpoints
 from .http import HttpConnection, HttpLimits
+from .native_transport import NativeTransport
 from .service import Service
-from .writer import NativeBroadcaster
 
-__all__ = ["NativeBroadcaster", "NativeServer", "raise_fd_limit"]
+__all__ = ["NativeServer", "raise_fd_limit"]
 
 log = logging.getLogger("xia_broadcast.server")
 
@@ -72,20 +73,17 @@ def open_fd_count() -> int:
 class NativeServer:
     """The standalone server. ``await start()``, then ``await shutdown()``.
 
-    ``max_connections`` is the bound in force (``settings.max_connections``, lowered at start when the fd
-    limit cannot hold that many sockets); ``endpoints`` is the HTTP endpoint table, where more endpoints
-    may be added before ``start``.
+    ``service`` holds the Hub (``service.hub``) and the in-process publisher (``service.publish``);
+    ``endpoints`` is the HTTP endpoint table, where more endpoints may be added before ``start``.
     """
 
-    def __init__(self, settings: Settings, broadcaster: type[NativeBroadcaster] | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.broadcaster: type[NativeBroadcaster] = broadcaster or type("ServerBroadcaster", (NativeBroadcaster,), {})
-        self.broadcaster.max_write_delay = settings.max_write_delay
-        self.service = Service(settings, self.broadcaster)
+        self.transport = NativeTransport(settings.max_write_delay, settings.queue_messages)
+        self.service: Service[WebSocketConnection] = Service(settings, self.transport)
         self.endpoints: EndpointTable = default_endpoints(settings)
         self.http_limits = HttpLimits(settings.max_http_connections)
         self.body_budget = BodyBudget(settings.max_body_bytes)
-        self.max_connections = settings.max_connections
         self.sockets: set[HttpConnection | WebSocketConnection] = set()
         self.port = settings.port
         self._listener: socket.socket | None = None
@@ -96,6 +94,12 @@ class NativeServer:
         #: the open WebSockets of each keepalive round (a round pings its own set, it scans nothing else)
         self.keepalive_rounds: list[set[WebSocketConnection]] = [set() for _ in range(KEEPALIVE_ROUNDS)]
         self._starting: set[asyncio.Task[None]] = set()
+
+    @property
+    def max_connections(self) -> int:
+        """The bound in force: ``settings.max_connections``, lowered at start when the fd limit cannot hold
+        that many sockets."""
+        return self.service.max_connections
 
     async def start(self) -> None:
         self._fit_fd_limit()
@@ -130,7 +134,7 @@ class NativeServer:
         if http < self.http_limits.max_connections:
             self.http_limits.max_connections = http
         if ws < self.max_connections:
-            self.max_connections = ws
+            self.service.max_connections = ws
             log.warning("max_connections lowered from %d to %d: the file descriptor limit is %d "
                         "(%d kept for HTTP connections)", self.settings.max_connections, ws, limit, http,
                         extra={"max_connections": ws, "fd_limit": limit})
@@ -227,7 +231,8 @@ class NativeServer:
         if self._keepalive is not None:
             self._keepalive.cancel()
         deadline = time.monotonic() + self.settings.shutdown_timeout
-        await self.broadcaster.flush(self.settings.shutdown_timeout)
+        self.transport.flush_now()
+        await self.service.hub.idle(self.settings.shutdown_timeout)
         while time.monotonic() < deadline and any(
                 s.transport is not None and s.transport.get_write_buffer_size() > 0 for s in self.sockets):
             await asyncio.sleep(0.01)

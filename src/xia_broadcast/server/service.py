@@ -1,8 +1,12 @@
-"""The service behind every transport: handshake, authentication, subscriptions, publishing, health.
+"""The service behind every transport: admission, handshake, authentication, subscriptions, publishing,
+health. It holds the server's :class:`~xia_broadcast.hub.Hub`.
 
-A transport (native or ASGI) owns sockets and bytes; it calls :meth:`Service.open_session` with the first
-message of a WebSocket, :meth:`Service.publish_http` with the body of a ``POST /publish``, and reads
-:meth:`Service.health`/:meth:`Service.ready`/:meth:`Service.metrics_text` for the operations endpoints.
+A server (native or ASGI) owns sockets and bytes; it gives the Hub its transport when it makes the service,
+asks :meth:`Service.admit` for each new WebSocket, calls :meth:`Service.open_session` with its first message,
+:meth:`Service.note_close` for every close it sends, :meth:`Service.publish_http` with the body of a
+``POST /publish``, and reads :meth:`Service.health`/:meth:`Service.ready`/:meth:`Service.metrics_text` for the
+operations endpoints. In-process publishers call :meth:`Service.publish` (any backend) or
+:meth:`Service.publish_nowait` (the memory backend).
 """
 
 from __future__ import annotations
@@ -10,26 +14,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Generic, cast
 
 import orjson
 
-from ..broadcast import Broadcaster
-from ..core.change import Change
+from ..core.change import Change, check_change
 from ..core.protocol import (
     CLOSE_AUTH_FAILED,
+    CLOSE_GOING_AWAY,
+    CLOSE_INVALID_DATA,
+    CLOSE_MESSAGE_TOO_BIG,
     CLOSE_NO_CLASS,
+    CLOSE_TOO_MANY_CONNECTIONS,
     Refusal,
     acl_may_read_class,
     parse_handshake,
+    subscription_params,
 )
-from ..core.schema import DocSchema
 from ..errors import DocumentError, HttpError, SubscriptionError
-from ..fanout import encode_json
+from ..fanout import W, encode_json
 from ..hub import Hub, HubSettings
-from ..journal import Backend, BackendUnavailable, MemoryBackend
+from ..journal import BackendUnavailable, make_backend
+from ..transport import Transport
 from .auth import Authenticator, AuthError, Principal
 from .config import Settings
 from .metrics import Metrics
@@ -60,47 +68,69 @@ class Session:
         self.timers.clear()
 
 
-#: options given to ``subscribe`` that are not part of the original's confirmation
-_OPTION_KWARGS = frozenset({"control", "exits", "strict", "hidden_allowed"})
+#: close codes counted as refusals (``xia_refusals_total``): every code of ours, and invalid or oversized data
+REFUSAL_CODES = frozenset({CLOSE_INVALID_DATA, CLOSE_MESSAGE_TOO_BIG})
 
 #: control clients are told this many seconds (at most half the token's remaining life) before expiry
 EXPIRY_WARNING = 30.0
 
 
-class Service:
-    """One server's state: settings, the broadcaster class it fans out with, authentication, metrics."""
+class Service(Generic[W]):
+    """One server's state: settings, its Hub (on the backend the settings name, writing through
+    ``transport``), authentication, metrics, connection admission and the refusal count."""
 
-    def __init__(self, settings: Settings, broadcaster: type[Broadcaster]) -> None:
+    def __init__(self, settings: Settings, transport: Transport[W]) -> None:
         self.settings = settings
-        self.broadcaster = broadcaster
-        for schema in settings.classes.values():
-            broadcaster.register_class(schema)
-        #: this service's own Hub, made from its settings (never one made earlier from class defaults)
-        self.hub = broadcaster.use_hub(Hub(
-            make_backend(settings),
+        self.hub: Hub[W] = Hub(
+            make_backend(settings.redis_url, redis_prefix=settings.redis_prefix,
+                         max_count=settings.journal_max_count, max_age=settings.journal_max_age,
+                         max_bytes=settings.journal_max_bytes, max_total_bytes=settings.journal_max_total_bytes),
             HubSettings(queue_messages=settings.queue_messages, queue_bytes=settings.queue_bytes,
-                        max_tracked_ids=settings.max_tracked_ids, limits=settings.subscription_limits())))
+                        max_tracked_ids=settings.max_tracked_ids, limits=settings.subscription_limits()),
+            transport, schemas=dict(settings.classes))
         self.auth = Authenticator(settings)
         self.metrics = Metrics(self)
+        #: WebSockets admitted and not yet released
         self.connection_count = 0
+        #: the bound in force (``max_connections``, lowered by a server whose fd limit cannot hold that many)
+        self.max_connections = settings.max_connections
+        #: connections refused or closed with an error code (:meth:`note_close`)
         self.refusals = 0
         self.shutting_down = False
-        self.started = False
 
     async def start(self) -> None:
         """Start the Hub's backend (Redis: connect and tail; it keeps retrying while Redis is down)."""
         await self.hub.start()
-        self.started = True
 
     async def stop(self) -> None:
         await self.hub.close()
 
+    # -- admission ------------------------------------------------------------------------------------
+
+    def admit(self) -> Refusal | None:
+        """Count a new WebSocket; the refusal it gets (None: admitted): 1001 while shutting down, 4503 over
+        ``max_connections``. Every WebSocket counted here is :meth:`release`-d once gone, refused or not."""
+        self.connection_count += 1
+        if self.shutting_down:
+            return Refusal(CLOSE_GOING_AWAY, "shutting down")
+        if self.connection_count > self.max_connections:
+            return Refusal(CLOSE_TOO_MANY_CONNECTIONS, "too many connections")
+        return None
+
+    def release(self) -> None:
+        self.connection_count -= 1
+
+    def note_close(self, code: int) -> None:
+        """A WebSocket is being closed with ``code``: a refusal is counted (codes 4000 and above, 1007, 1009)."""
+        if code >= 4000 or code in REFUSAL_CODES:
+            self.refusals += 1
+
     # -- subscribers --------------------------------------------------------------------------------------
 
     def class_known(self, class_name: str) -> bool:
-        return self.settings.allow_undeclared_classes or class_name in self.broadcaster.document_classes
+        return self.settings.allow_undeclared_classes or class_name in self.hub.schemas
 
-    async def open_session(self, websocket: Any, message: str | bytes,
+    async def open_session(self, websocket: W, message: str | bytes,
                            upgrade_headers: Mapping[str, Any] | None = None) -> Session:
         """Authenticate and subscribe a websocket from its first message, and queue the confirmation.
 
@@ -121,29 +151,27 @@ class Service:
         notes: list[bytes] = []
         for c in known:  # every wait first: from here to the confirmation nothing may run before it
             await self.hub.watch(c)
+        hub = self.hub
         try:
             for c in known:
-                params = await self.broadcaster.subscribe(
-                    websocket, c, **handshake.requests[c], acl=principal.acl, user_name=principal.user_name,
-                    start_time=start_time, control=handshake.control, exits=handshake.exits,
-                    strict=handshake.strict, hidden_allowed=hidden_allowed)
-                subscribed[c] = {k: v for k, v in params.items() if k not in _OPTION_KWARGS}
-                subscribed[c]["head_seq"] = self.hub.head(c)
-                subscribed[c]["epoch"] = self.hub.epoch(c)
+                params = subscription_params(**handshake.requests[c], acl=principal.acl,
+                                             user_name=principal.user_name, start_time=start_time)
+                hub.subscribe(websocket, c, params, strict=handshake.strict, exits=handshake.exits,
+                              control=handshake.control, hidden_allowed=hidden_allowed)
+                subscribed[c] = {**params, "head_seq": hub.head(c), "epoch": hub.epoch(c)}
                 if handshake.control and principal.acl is not None and \
                         not acl_may_read_class(principal.acl.content, c):
                     notes.append(encode_json({"_control": "acl_reads_nothing", "class": c}))
         except SubscriptionError as exc:
-            self.broadcaster.disconnect(websocket)
+            hub.remove(websocket)
             raise Refusal(exc.code, exc.reason) from exc
-        engine = self.hub
-        engine.send_direct(websocket, encode_json(subscribed))
+        hub.send_direct(websocket, encode_json(subscribed))
         for note in notes:
-            engine.send_direct(websocket, note)
+            hub.send_direct(websocket, note)
         log.info("subscribed", extra={"user": principal.user_name, "classes": known})
         return Session(principal, handshake.control)
 
-    def arm_expiry(self, websocket: Any, session: Session, close: Callable[[int, str], Any]) -> None:
+    def arm_expiry(self, websocket: W, session: Session, close: Callable[[int, str], Any]) -> None:
         """Close with 4401 when the session's token expires; warn a control client before that."""
         session.cancel_timers()
         expires_at = session.principal.expires_at
@@ -158,7 +186,7 @@ class Service:
                                                                "expires_at": expires_at})))
         session.timers.append(loop.call_later(max(0.0, left), close, CLOSE_AUTH_FAILED, "token expired"))
 
-    def client_message(self, websocket: Any, session: Session, message: str | bytes,
+    def client_message(self, websocket: W, session: Session, message: str | bytes,
                        close: Callable[[int, str], Any]) -> None:
         """A message after the handshake. ``{"_control": "refresh", "token": "<jwt>"}`` extends the session
         with a new token of the same user and ACL; anything else is ignored, as the original does.
@@ -186,20 +214,21 @@ class Service:
             self.hub.send_direct(
                 websocket, encode_json({"_control": "token_refreshed", "expires_at": principal.expires_at}))
 
-    def close_session(self, websocket: Any, session: Session | None = None) -> None:
+    def close_session(self, websocket: W, session: Session | None = None) -> None:
+        """The WebSocket is gone (or failed): its timers stop, its subscriptions and queue are dropped."""
         if session is not None:
             session.cancel_timers()
-        self.broadcaster.disconnect(websocket)
+        self.hub.remove(websocket)
 
     # -- publishers ---------------------------------------------------------------------------------------
 
-    def publish_http(self, headers: Mapping[str, Any], body: bytes) -> list[str] | Awaitable[list[str]]:
-        """Apply a ``POST /publish`` body (one change or ``{"changes": [...]}``); returns the seqs, or, with
-        a backend that publishes asynchronously (Redis), an awaitable of them.
+    async def publish_http(self, headers: Mapping[str, Any], body: bytes) -> list[str]:
+        """Apply a ``POST /publish`` body (one change or ``{"changes": [...]}``); returns the seqs.
 
         Every change is checked before any is applied, so a refused batch applies nothing (with Redis, a
         batch is appended change by change: a failure part-way answers 503 naming how many were applied).
-        Raises :class:`PublishError` (503 ``unavailable`` when the backend cannot be reached).
+        On the memory backend nothing here waits. Raises :class:`PublishError` (503 ``unavailable`` when the
+        backend cannot be reached).
         """
         try:
             self.auth.publisher(headers)
@@ -218,24 +247,33 @@ class Service:
         else:
             changes = [obj]
         checked = [self._check_change(i, c) for i, c in enumerate(changes)]
-        if self.hub.synchronous:
-            return [self.broadcaster.publish_checked(schema, cls, op, doc, previous=prev)
-                    for schema, cls, op, doc, prev in checked]
-        return self._publish_async(checked)
-
-    async def _publish_async(self, checked: list[tuple[DocSchema | None, str, str, dict[str, Any],
-                                                        dict[str, Any] | None]]) -> list[str]:
         seqs: list[str] = []
-        for schema, cls, op, doc, prev in checked:
+        for change in checked:
             try:
-                seqs.append(await self.hub.publish(Change(cls, op, "", doc, schema, prev=prev)))
+                seqs.append(await self.hub.publish(change))
             except BackendUnavailable as exc:
                 raise PublishError(503, "unavailable", f"journal unavailable after {len(seqs)} of "
                                                        f"{len(checked)} changes: {exc}") from exc
         return seqs
 
-    def _check_change(self, index: int, change: Any) -> tuple[DocSchema | None, str, str, dict[str, Any],
-                                                               dict[str, Any] | None]:
+    async def publish(self, class_name: str, op: str, doc: Mapping[str, Any],
+                      previous: Mapping[str, Any] | None = None) -> str:
+        """Publish one change in-process, through any backend; returns its seq. Raises
+        :class:`DocumentError` for a change that does not fit its class, :class:`BackendUnavailable` when
+        the backend cannot be reached."""
+        return await self.hub.publish(self._change(class_name, op, doc, previous))
+
+    def publish_nowait(self, class_name: str, op: str, doc: Mapping[str, Any],
+                       previous: Mapping[str, Any] | None = None) -> str:
+        """:meth:`publish` without waiting, on a backend that never waits (the memory one; RuntimeError on
+        another). Call it from the event loop that serves the subscribers."""
+        return self.hub.publish_nowait(self._change(class_name, op, doc, previous))
+
+    def _change(self, class_name: str, op: str, doc: Mapping[str, Any], previous: Mapping[str, Any] | None) -> Change:
+        schema = check_change(self.hub.schemas.get(class_name), class_name, op, doc, previous)
+        return Change(class_name, op, "", doc, schema, prev=previous)
+
+    def _check_change(self, index: int, change: Any) -> Change:
         where = f"change {index}"
         if not isinstance(change, dict):
             raise PublishError(400, "bad_request", f"{where}: a change is an object {{class, op, doc}}")
@@ -247,32 +285,19 @@ class Service:
             raise PublishError(404, "unknown_class", f"{where}: unknown class {class_name!r}")
         previous = change.get("previous")
         try:
-            schema = self.broadcaster.check_change(class_name, op, doc, previous)
+            return self._change(class_name, str(op), cast(dict[str, Any], doc), previous)  # checked there
         except DocumentError as exc:
             raise PublishError(422, "invalid_change", f"{where}: {exc}") from exc
-        return schema, class_name, str(op), cast(dict[str, Any], doc), previous  # checked just above
 
     # -- operations ---------------------------------------------------------------------------------------
 
     def ready(self) -> bool:
-        """Serving: started, not shutting down, and the journal backend reachable."""
-        return self.started and not self.shutting_down and self.hub.ready
+        """Serving: not shutting down, and the Hub's backend started and reachable."""
+        return not self.shutting_down and self.hub.ready
 
     def health(self) -> dict[str, Any]:
-        engine = self.hub
-        return {"status": "ok", "connections": self.connection_count, "views": engine.view_count(),
+        return {"status": "ok", "connections": self.connection_count, "views": self.hub.view_count(),
                 "shutting_down": self.shutting_down}
 
     def metrics_text(self) -> bytes:
         return self.metrics.render()
-
-
-def make_backend(settings: Settings) -> Backend:
-    """The journal backend the settings name: Redis Streams with ``redis_url``, else the memory one."""
-    if settings.redis_url:
-        from ..journal.redis import RedisBackend
-        return RedisBackend(settings.redis_url, prefix=settings.redis_prefix, max_count=settings.journal_max_count,
-                            max_age=settings.journal_max_age)
-    return MemoryBackend(max_count=settings.journal_max_count, max_age=settings.journal_max_age,
-                         max_bytes=settings.journal_max_bytes, max_total_bytes=settings.journal_max_total_bytes,
-                         accept_out_of_order=True)
