@@ -89,8 +89,12 @@ class Broadcaster:
         its document hooks and its transport hooks (each websocket drained by a task of its own)."""
         hub = cls.__dict__.get("_hub")
         if hub is None:
-            transport: TaskTransport[Any] = TaskTransport(cls.send_batch_async, cls.subscriber_is_connected,
-                                                          cls.close_async, cls.disconnect)
+            # the hooks are looked up at each call, as the original does (a hook replaced later is used)
+            transport: TaskTransport[Any] = TaskTransport(
+                lambda ws, messages: cls.send_batch_async(ws, messages),
+                lambda ws: cls.subscriber_is_connected(ws),
+                lambda ws, code, reason: cls.close_async(ws, code, reason),
+                lambda ws: cls.disconnect(ws))
             hooks = DocumentHooks(cls.check_subscriber_acl, cls.get_message_body,
                                   for_every_change=not cls._uses_default_checks())
             hub = Hub(cls.make_backend(),

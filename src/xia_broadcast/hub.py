@@ -344,7 +344,9 @@ class Hub(Generic[W]):
             return self.publish_nowait(change)
         self._learn_schema(change)
         change.schema = change.schema or self.schemas.get(change.class_name)
-        pos = await self.backend.publish(change)
+        # the backend's I/O runs in a task of its own: a caller started eagerly, outside any task (the
+        # server's HTTP handlers, ``server.eager``), never runs a backend's timeouts outside one
+        pos = await asyncio.ensure_future(self.backend.publish(change))
         return pos.seq
 
     def _learn_schema(self, change: Change) -> None:

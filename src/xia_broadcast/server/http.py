@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import h11
 
 from .connection import WebSocketConnection
+from .eager import run_eagerly
 from .endpoints import Endpoint, HttpRequest, HttpResponse, busy, refuse_before_body
 from .socket_writer import WRITE_HIGH_WATER
 from .upgrade import UpgradeError, check_origin, check_upgrade
@@ -96,7 +97,7 @@ class HttpConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.peer = ""
         #: the handler answering the current request
-        self._pending: asyncio.Task[HttpResponse] | None = None
+        self._pending: asyncio.Future[HttpResponse] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------
 
@@ -241,32 +242,38 @@ class HttpConnection(asyncio.Protocol):
                               self._header_map(self.request), bytes(self.body))
         self.body.clear()
         self._release()
-        # answered when the handler returns; nothing more is read from this socket meanwhile
+        answer = run_eagerly(endpoint.handler(self.service, request))
+        if answer.done():  # it did not wait (the memory journal): answered in this loop turn
+            self._respond(answer, close)
+            return
+        # it waits (a backend): answered from its task; nothing more is read from this socket meanwhile
         if self.transport is not None:
             self.transport.pause_reading()
-        task: asyncio.Task[HttpResponse] = asyncio.get_running_loop().create_task(
-            endpoint.handler(self.service, request))
-        task.add_done_callback(functools.partial(self._answered, endpoint, close))
-        self._pending = task
+        answer.add_done_callback(functools.partial(self._answered, close))
+        self._pending = answer
 
-    def _answered(self, endpoint: Endpoint, close: bool, task: asyncio.Task[HttpResponse]) -> None:
+    def _answered(self, close: bool, answer: asyncio.Future[HttpResponse]) -> None:
         self._pending = None
         if self.transport is None or self.state is RequestState.DONE:
             return
-        try:
-            response = task.result()
-        except asyncio.CancelledError:
-            return
-        except Exception:
-            log.exception("HTTP request failed unexpectedly")
-            response, close = HttpResponse.error(500, "internal", "internal error"), True
-        # what the request fanned out was written during the fan-out (after a lull) or is written by the
-        # server's flush scheduler, with whatever other requests and publishers queue meanwhile (one write
-        # per socket), within ``max_write_delay``
-        self._answer(response, close=close)
+        self._respond(answer, close)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
             self._process()  # a request pipelined behind this one
+
+    def _respond(self, answer: asyncio.Future[HttpResponse], close: bool) -> None:
+        """Write the handler's answer (500 when it raised). What the request fanned out was written during
+        the fan-out (after a lull) or is written by the server's flush scheduler, with whatever other
+        requests and publishers queue meanwhile (one write per socket), within ``max_write_delay``."""
+        if answer.cancelled():
+            return
+        exc = answer.exception()
+        if exc is not None:
+            log.error("HTTP request failed unexpectedly", exc_info=exc)
+            response, close = HttpResponse.error(500, "internal", "internal error"), True
+        else:
+            response = answer.result()
+        self._answer(response, close=close)
 
     @staticmethod
     def _header_map(request: h11.Request) -> dict[str, str]:
