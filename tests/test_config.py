@@ -50,6 +50,7 @@ RELEASED_KEYS = {
     ("journal", "max_count"): "journal_max_count", ("journal", "max_age"): "journal_max_age",
     ("journal", "max_bytes"): "journal_max_bytes", ("journal", "max_total_bytes"): "journal_max_total_bytes",
     ("journal", "max_tracked_ids"): "max_tracked_ids",
+    ("journal", "path"): "data", ("journal", "durability"): "journal_durability",
     ("redis", "url"): "redis_url", ("redis", "prefix"): "redis_prefix",
     ("jwt", "secret"): "jwt_secret", ("jwt", "public_key"): "jwt_public_key",
     ("jwt", "public_key_file"): "jwt_public_key", ("jwt", "algorithms"): "jwt_algorithms",
@@ -69,6 +70,7 @@ CUSTOM_CHECKS: dict[str, tuple[Any, str | None, Any]] = {
     "jwt_public_key": (" ", " ", "-----BEGIN PUBLIC KEY-----"),
     # a comma-separated variable drops empty items, so only the file can carry one
     "publish_keys": (["p-1", ""], None, ["p-1", "p-2"]),
+    "data": ("  ", " ", "/var/lib/xia-broadcast"),
 }
 
 
@@ -133,7 +135,7 @@ def test_file_keys_and_environment_names_are_the_released_ones() -> None:
     assert {d.section: d.name for d in DECLARATIONS if d.load is not None} == WHOLE_SECTIONS
     # the flags of `serve`
     assert {d.flag: d.name for d in DECLARATIONS if d.flag} == {
-        "--host": "host", "--port": "port", "--redis": "redis_url", "--demo": "demo"}
+        "--host": "host", "--port": "port", "--redis": "redis_url", "--demo": "demo", "--data": "data"}
 
 
 def test_list_defaults_are_not_shared_between_settings() -> None:
@@ -268,6 +270,14 @@ def test_each_custom_check_is_enforced_from_the_file_and_the_environment(tmp_pat
     assert getattr(load_settings(environ=environment({name: accepted})), name) == accepted
 
 
+def test_a_data_directory_and_redis_exclude_each_other() -> None:
+    env = {"XIA_BROADCAST_DATA": "/var/lib/xia", "XIA_BROADCAST_REDIS_URL": "redis://127.0.0.1:6379/0"}
+    with pytest.raises(ConfigError, match=r"data \(a SQLite journal on this node\) and redis_url"):
+        load_settings(environ=env)
+    assert load_settings(environ={"XIA_BROADCAST_DATA": "/var/lib/xia"}).data == "/var/lib/xia"
+    assert load_settings(data="/d", journal_durability="disk").journal_durability == "disk"
+
+
 def test_max_body_bytes_must_hold_one_body_of_max_publish_size() -> None:
     env = {"XIA_BROADCAST_MAX_PUBLISH_SIZE": "1000", "XIA_BROADCAST_MAX_BODY_BYTES": "999"}
     with pytest.raises(ConfigError, match=r"max_body_bytes \(999\) must hold at least one body of max_publish_size"):
@@ -349,8 +359,8 @@ def test_an_unknown_key_is_refused_naming_the_known_keys_of_its_section(tmp_path
     config = tmp_path / "c.toml"
     config.write_text("[journal]\nmax_changes = 1\n")
     with pytest.raises(ConfigError, match=re.escape("[journal]: unknown settings ['max_changes']; known: "
-                                                    "['max_age', 'max_bytes', 'max_count', 'max_total_bytes', "
-                                                    "'max_tracked_ids']")):
+                                                    "['durability', 'max_age', 'max_bytes', 'max_count', "
+                                                    "'max_total_bytes', 'max_tracked_ids', 'path']")):
         load_settings(config, environ={})
     # an attribute name is not a file key where the file key differs
     config.write_text("[journal]\njournal_max_count = 1\n")

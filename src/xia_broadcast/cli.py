@@ -1,8 +1,10 @@
 """The ``xia-broadcast`` command.
 
-``xia-broadcast serve [--host H] [--port P] [--config FILE] [--demo]`` runs the standalone server on the
-embedded in-memory default. Exit codes: 0 after a graceful shutdown (SIGINT/SIGTERM), 2 for a bad
-configuration, 1 when the server cannot start (e.g. the port is taken).
+``xia-broadcast serve [--host H] [--port P] [--config FILE] [--data DIR] [--redis URL] [--demo]`` runs the
+standalone server, on the embedded in-memory journal by default (``--data DIR``: durable, in a SQLite file).
+Exit codes: 0 after a graceful shutdown (SIGINT/SIGTERM), 2 for a bad configuration or a data directory that
+cannot be used (a corrupt or foreign journal file, another server holding it), 1 when the server cannot
+start otherwise (e.g. the port is taken).
 
 ``xia-broadcast listen URL --class C ...`` and ``xia-broadcast publish URL ...`` are clients of a server;
 their options and exit codes are in :mod:`xia_broadcast.client.commands`.
@@ -18,6 +20,7 @@ import sys
 from typing import Any
 
 from .client.commands import add_parsers as add_client_parsers
+from .journal.sqlite import JournalFileError
 from .server.config import DECLARATIONS, ConfigError, Settings, default_text, load_settings
 from .server.demo import ORDER_SCHEMA, run_demo
 from .server.logs import setup_logging
@@ -70,9 +73,8 @@ async def serve(settings: Settings) -> None:
     demo = loop.create_task(run_demo(server.service, settings.demo_rate)) if settings.demo else None
     classes = ", ".join(sorted(server.service.hub.schemas)) or "none declared"
     auth = "API keys/JWT" if settings.authenticated else "public (no authentication)"
-    journal = f"Redis Streams at {settings.redis_url}" if settings.redis_url else "in memory"
-    print(f"xia-broadcast listening on {server.url}  (classes: {classes}; auth: {auth}; journal: {journal})",
-          flush=True)
+    print(f"xia-broadcast listening on {server.url}  (classes: {classes}; auth: {auth})", flush=True)
+    print(f"  journal: {journal_text(settings)}", flush=True)
     print(f"  publish: POST http://{settings.host}:{server.port}/publish   "
           f"health: /healthz  ready: /readyz  metrics: /metrics", flush=True)
     if settings.demo:
@@ -84,6 +86,17 @@ async def serve(settings: Settings) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await demo
     await server.shutdown()
+
+
+def journal_text(settings: Settings) -> str:
+    """Which journal the server keeps, and what a restart of this process loses."""
+    if settings.redis_url:
+        return f"Redis Streams at {settings.redis_url} (a restart of this node loses nothing Redis holds)"
+    if settings.data:
+        return (f"SQLite in {settings.data}, durability {settings.journal_durability} (a restart loses nothing "
+                "acknowledged; clients resume where they were)")
+    return ("in memory: a restart loses every change and starts a new epoch (resuming clients are told "
+            "history_gone); --data DIR keeps it")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_format, settings.log_level)
     try:
         asyncio.run(serve(settings))
+    except JournalFileError as exc:
+        print(f"xia-broadcast: journal: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"xia-broadcast: cannot start: {exc}", file=sys.stderr)
         return 1

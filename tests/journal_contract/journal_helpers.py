@@ -1,4 +1,4 @@
-"""Helpers and fixtures for the journal backend contract: every backend (memory, Redis) behind one
+"""Helpers and fixtures for the journal backend contract: every backend (memory, SQLite, Redis) behind one
 factory, a Redis to test against, and a ``redis-server`` of our own for fault tests.
 
 Redis: ``REDIS_URL`` if set, else 127.0.0.1:6379 if it answers, else a ``redis-server`` started for the
@@ -8,7 +8,6 @@ Redis are skipped, with a message saying so, only when none answers and no ``red
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -17,51 +16,21 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from helpers import RECV_TIMEOUT, FakeClock, free_port, until
 from xia_broadcast.core.change import Change
 from xia_broadcast.journal import Backend, MemoryBackend
-from xia_broadcast.journal.redis import delete_prefix as delete_prefix
-
-#: seconds any wait in these tests may take before the test fails
-WAIT = 5.0
-
-
-class FakeClock:
-    """An injectable clock (seconds) that only moves when told to."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-async def until(predicate: Callable[[], bool], timeout: float = WAIT, what: str = "condition") -> None:
-    """Wait (polling the event loop) until ``predicate()`` holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.005)
+from xia_broadcast.journal.redis import delete_prefix
 
 
 def change(i: int, class_name: str = "T", **extra: Any) -> Change:
     """A publishable change of document ``i``."""
     return Change(class_name, "I", "", {"_id": f"d{i}", "n": i, **extra})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _answers(host: str, port: int) -> bool:
@@ -85,12 +54,14 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, *, timeout: float = WAIT) -> None:
+    def start(self, *, timeout: float = RECV_TIMEOUT) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--appendonly", "yes",
              "--appendfsync", "always", "--save", "", "--dir", str(self.directory)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # synchronous (a session fixture starts it, outside any event loop), and it stops at once if the
+        # process exits: not a wait for helpers.until
         deadline = time.monotonic() + timeout
         while not _answers("127.0.0.1", self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -102,10 +73,10 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(WAIT)
+                self.proc.wait(RECV_TIMEOUT)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(WAIT)
+                self.proc.wait(RECV_TIMEOUT)
         self.proc = None
 
 
@@ -153,6 +124,8 @@ class MakeBackend:
         self.redis_url = redis_url
         self.prefix = f"xia-test:{uuid.uuid4().hex[:12]}:"
         self.made: list[Backend] = []
+        #: the data directories of SQLite backends, removed afterwards
+        self.directories: list[Path] = []
 
     async def __call__(self, *, max_count: int | None = None, max_age: float | None = None,
                        clock: FakeClock | None = None, block_ms: int = 500) -> Backend:
@@ -160,6 +133,13 @@ class MakeBackend:
         if self.kind == "memory":
             backend = MemoryBackend(max_count=max_count or 10**9, max_age=max_age or float("inf"),
                                     clock=clock or time.monotonic)
+        elif self.kind == "sqlite":
+            from xia_broadcast.journal.sqlite import SqliteBackend
+
+            directory = Path(tempfile.mkdtemp(prefix="xia-journal-"))
+            self.directories.append(directory)
+            backend = SqliteBackend(directory, max_count=max_count or 10**9, max_age=max_age or float("inf"),
+                                    clock=clock or time.time)
         else:
             from xia_broadcast.journal.redis import RedisBackend
 
@@ -169,11 +149,11 @@ class MakeBackend:
         return backend
 
     def clock(self) -> FakeClock:
-        """A clock at "now" on the backend's time scale (monotonic for memory, wall clock for Redis)."""
+        """A clock at "now" on the backend's time scale (monotonic for memory, wall clock for the others)."""
         return FakeClock(time.monotonic() if self.kind == "memory" else time.time())
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def make_backend(request: pytest.FixtureRequest) -> AsyncIterator[MakeBackend]:
     """A factory of backends of one kind; every backend it made is closed afterwards, its keys deleted."""
     kind: str = request.param
@@ -187,10 +167,12 @@ async def make_backend(request: pytest.FixtureRequest) -> AsyncIterator[MakeBack
                 await backend.close()
         if kind == "redis":
             await delete_prefix(url, make.prefix)
+        for directory in make.directories:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
-class Recorder:
-    """An ``on_change`` that keeps what it receives."""
+class ChangeRecorder:
+    """A backend's ``on_change`` that keeps what it receives (``helpers.Recorder`` is a Broadcaster)."""
 
     def __init__(self) -> None:
         self.changes: list[Change] = []
@@ -201,5 +183,7 @@ class Recorder:
     def seqs(self, class_name: str | None = None) -> list[str]:
         return [c.seq for c in self.changes if class_name is None or c.class_name == class_name]
 
-    async def wait_for(self, count: int, class_name: str | None = None) -> None:
-        await until(lambda: len(self.seqs(class_name)) >= count, what=f"{count} changes")
+    async def until_count(self, count: int, class_name: str | None = None) -> None:
+        """Wait until ``count`` changes (of ``class_name``, or of any class) were received."""
+        await until(lambda: len(self.seqs(class_name)) >= count,
+                    what=lambda: f"{count} changes (got {len(self.seqs(class_name))})")

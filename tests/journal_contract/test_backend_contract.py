@@ -1,4 +1,4 @@
-"""The contract every journal backend keeps (memory and Redis run the same tests).
+"""The contract every journal backend keeps (memory, SQLite and Redis run the same tests).
 
 Positions, reads, retention by count and age, history gone (trimmed, before the epoch, another epoch), the
 one callback receiving every change once and in order, concurrent publishers, watching.
@@ -10,15 +10,16 @@ import asyncio
 
 import pytest
 
+from helpers import until
 from xia_broadcast.core.change import Change
 from xia_broadcast.journal import Backend, HistoryGone, Position, SeqOrderError
 from xia_broadcast.journal.redis import id_of_seq, seq_of_id
 
-from .journal_helpers import MakeBackend, Recorder, change, until
+from .journal_helpers import ChangeRecorder, MakeBackend, change
 
 
-async def started(backend: Backend, recorder: Recorder | None = None, *watch: str) -> Backend:
-    await backend.start(recorder if recorder is not None else Recorder())
+async def started(backend: Backend, recorder: ChangeRecorder | None = None, *watch: str) -> Backend:
+    await backend.start(recorder if recorder is not None else ChangeRecorder())
     for class_name in watch:
         await backend.watch(class_name)
     await until(lambda: backend.ready, what="backend ready")
@@ -121,11 +122,11 @@ async def test_a_position_of_another_epoch_or_before_the_epoch_is_history_gone(m
 
 
 async def test_on_change_receives_every_change_once_in_order_with_its_position(make_backend: MakeBackend) -> None:
-    rec = Recorder()
+    rec = ChangeRecorder()
     b = await started(await make_backend(), rec, "T")
     sent = [await b.publish(Change("T", "U", "", {"_id": f"d{i}", "n": i}, prev={"_id": f"d{i}", "n": -i}))
             for i in range(30)]
-    await rec.wait_for(30)
+    await rec.until_count(30)
     await asyncio.sleep(0.05)  # room for a duplicate to show up
     assert [Position(c.seq, c.epoch) for c in rec.changes] == sent
     last = rec.changes[-1]
@@ -135,7 +136,7 @@ async def test_on_change_receives_every_change_once_in_order_with_its_position(m
 
 
 async def test_concurrent_publishers_are_delivered_in_seq_order(make_backend: MakeBackend) -> None:
-    rec = Recorder()
+    rec = ChangeRecorder()
     b = await started(await make_backend(), rec, "T")
 
     async def publisher(k: int) -> list[str]:
@@ -146,19 +147,19 @@ async def test_concurrent_publishers_are_delivered_in_seq_order(make_backend: Ma
         assert r == sorted(r)  # each publisher's own changes in its order
     published = sorted(s for r in results for s in r)
     assert len(set(published)) == 200
-    await rec.wait_for(200)
+    await rec.until_count(200)
     assert rec.seqs() == published
     assert seqs(await b.read("T", None, inclusive=True, limit=1000)) == published
 
 
 async def test_watch_returns_the_position_after_which_everything_is_delivered(make_backend: MakeBackend) -> None:
-    rec = Recorder()
+    rec = ChangeRecorder()
     b = await started(await make_backend(), rec)
     before = await b.publish(change(1, "W"))
     at = await b.watch("W")
     assert at == before
     after = [await b.publish(change(i, "W")) for i in range(2, 5)]
-    await rec.wait_for(3, "W")
+    await rec.until_count(3, "W")
     assert [s for s in rec.seqs("W") if s > at.seq] == [p.seq for p in after]
     assert await b.watch("W") == after[-1]  # watched already: the last position delivered
 

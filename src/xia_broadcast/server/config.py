@@ -355,11 +355,19 @@ class Settings:
     journal_max_age: float = setting(DEFAULT_MAX_AGE, "journal", "how long a change is retained", key="max_age",
                                      unit="seconds", minimum=0)
     journal_max_bytes: int = setting(DEFAULT_MAX_BYTES, "journal",
-                                     "encoded changes retained per class (memory journal)", key="max_bytes",
-                                     unit="bytes", minimum=1)
+                                     "encoded changes retained per class (memory and SQLite journals)",
+                                     key="max_bytes", unit="bytes", minimum=1)
     journal_max_total_bytes: int = setting(
         DEFAULT_MAX_TOTAL_BYTES, "journal", "encoded changes retained over all classes, the oldest of any class "
-        "dropped first (memory journal)", key="max_total_bytes", unit="bytes", minimum=1)
+        "dropped first (memory and SQLite journals)", key="max_total_bytes", unit="bytes", minimum=1)
+    data: str | None = setting(
+        None, "journal", "the data directory: the journal is kept in a SQLite file there and survives restarts "
+        "and crashes (docs/configuration.md, \"The durable journal\"); unset: in memory, lost at each restart",
+        key="path", check=_not_blank, flag="--data")
+    journal_durability: str = setting(
+        "os", "journal", "with a data directory: a publish is acknowledged once its commit is in the operating "
+        "system (os: survives the process being killed) or synced to disk (disk: survives a power loss)",
+        key="durability", choices=("os", "disk"))
     max_tracked_ids: int = setting(
         DEFAULT_MAX_TRACKED_IDS, "journal", "last versions remembered per class, to find scope exits when a "
         "publisher gives no previous state; 0: none", minimum=0)
@@ -519,6 +527,9 @@ def check(settings: Settings) -> None:
     if settings.max_body_bytes < settings.max_publish_size:
         raise ConfigError(f"max_body_bytes ({settings.max_body_bytes}) must hold at least one body of "
                           f"max_publish_size ({settings.max_publish_size})")
+    if settings.data is not None and settings.redis_url is not None:
+        raise ConfigError("data (a SQLite journal on this node) and redis_url (the journal in Redis) exclude each "
+                          "other: cluster mode keeps the journal in Redis")
 
 
 # -- documentation ---------------------------------------------------------------------------------------

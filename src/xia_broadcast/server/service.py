@@ -82,7 +82,8 @@ class Service(Generic[W]):
     def __init__(self, settings: Settings, transport: Transport[W]) -> None:
         self.settings = settings
         self.hub: Hub[W] = Hub(
-            make_backend(settings.redis_url, redis_prefix=settings.redis_prefix,
+            make_backend(settings.redis_url, redis_prefix=settings.redis_prefix, data=settings.data,
+                         durability=settings.journal_durability,
                          max_count=settings.journal_max_count, max_age=settings.journal_max_age,
                          max_bytes=settings.journal_max_bytes, max_total_bytes=settings.journal_max_total_bytes),
             HubSettings(queue_messages=settings.queue_messages, queue_bytes=settings.queue_bytes,
