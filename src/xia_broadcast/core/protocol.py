@@ -27,6 +27,7 @@ CLOSE_MESSAGE_TOO_BIG = 1009  #: an inbound message exceeded max_message_size
 CLOSE_BAD_HANDSHAKE = 4400  #: bad, missing or late first message
 CLOSE_AUTH_FAILED = 4401  #: authentication missing or failed (also: token expired while connected)
 CLOSE_FORBIDDEN = 4403  #: hidden fields (show_hidden, or a scope on a hidden field) without the permission
+CLOSE_FLOOD = 4408  #: the client sent more frames than the protocol needs (client_frame_burst, client_frame_rate)
 CLOSE_NO_CLASS = 4404  #: no requested class is known
 CLOSE_TOO_SLOW = 4409  #: the client fell behind the journal's retention, or does not read what it asks for
 CLOSE_HISTORY_GONE = 4410  #: a replay was asked for from a position the journal no longer holds

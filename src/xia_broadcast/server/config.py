@@ -311,6 +311,12 @@ class Settings:
         "later ones; 0: never waits", unit="seconds", minimum=0, maximum=1)
     origin_allowlist: list[str] = setting(
         [], "server", "Origin values a WebSocket upgrade may carry; empty: any; another is answered 403")
+    client_frame_burst: int = setting(
+        64, "server", "frames a WebSocket client may send at once (handshake, pings, pongs, token refreshes); "
+        "past the burst and client_frame_rate it is closed with 4408", unit="frames", minimum=1)
+    client_frame_rate: float = setting(
+        10.0, "server", "frames per second a WebSocket client may send on average, after its burst",
+        unit="frames/s", minimum=0)
     max_subscriptions: int = setting(32, "server", "classes in one handshake; more closes with 4429", minimum=1)
     ping_interval: float = setting(20.0, "server", "time between two pings of a connection; 0: no pings",
                                    unit="seconds", minimum=0)

@@ -2,8 +2,10 @@
 
 Inbound frames are parsed by the sans-I/O protocol of ``websockets`` (masking, fragmentation, ping/pong,
 the close handshake, the inbound size limit); a text message that is not UTF-8 closes the connection with
-1007. Outbound messages go through the connection's :class:`~.socket_writer.SocketWriter`, written by the
-server's :class:`~.native_transport.NativeTransport`.
+1007. At most :data:`~.inbound.INBOUND_CHUNK` bytes of a connection are parsed per loop turn, and a client
+sending more frames than its :class:`~.inbound.FrameBudget` allows is closed with 4408 (:mod:`.inbound`).
+Outbound messages go through the connection's :class:`~.socket_writer.SocketWriter`, written by the server's
+:class:`~.native_transport.NativeTransport`.
 
 Memory per idle subscribed connection: this object, a websockets protocol (a few KiB), its writer, the
 asyncio transport and the kernel's socket buffers. No task is kept per connection; one timer of the server
@@ -25,11 +27,13 @@ from websockets.protocol import Protocol, Side, State
 
 from ..core.protocol import (
     CLOSE_BAD_HANDSHAKE,
+    CLOSE_FLOOD,
     CLOSE_GOING_AWAY,
     CLOSE_INVALID_DATA,
     CLOSE_MESSAGE_TOO_BIG,
     Refusal,
 )
+from .inbound import INBOUND_CHUNK, FrameBudget
 from .service import Session
 from .socket_writer import SocketWriter
 
@@ -58,6 +62,9 @@ class Phase(enum.Enum):
     SUBSCRIBED = "subscribed"
     #: refused or closing: client messages are ignored
     CLOSED = "closed"
+    #: closed for sending more than the protocol needs: what it still sends is dropped unparsed until the
+    #: socket goes (so that the close frame reaches it, rather than a reset)
+    DISCARDING = "discarding"
 
 
 class WebSocketConnection(asyncio.Protocol):
@@ -66,8 +73,9 @@ class WebSocketConnection(asyncio.Protocol):
     The server counts it against ``max_connections`` from :meth:`start` to :meth:`connection_lost`.
     """
 
-    __slots__ = ("early", "fragments", "handshake_timer", "keepalive_slot", "last_recv", "opening", "peer", "phase",
-                 "server", "service", "session", "transport", "upgrade_headers", "writer", "ws")
+    __slots__ = ("budget", "early", "fragments", "handshake_timer", "inbound", "keepalive_slot", "last_recv",
+                 "opening", "peer", "phase", "server", "service", "session", "transport", "upgrade_headers", "writer",
+                 "ws")
 
     def __init__(self, server: NativeServer, transport: asyncio.Transport, upgrade_headers: Mapping[str, str],
                  peer: str) -> None:
@@ -90,6 +98,10 @@ class WebSocketConnection(asyncio.Protocol):
         self.early: list[bytes] = []
         self.last_recv = time.monotonic()
         self.opening: asyncio.Task[None] | None = None
+        settings = self.service.settings
+        self.budget = FrameBudget(settings.client_frame_burst, settings.client_frame_rate, self.last_recv)
+        #: input read and not parsed yet (more than one chunk came at once); the socket is not read meanwhile
+        self.inbound = bytearray()
 
     def start(self, trailing: bytes) -> None:
         """Count this connection, refuse it if the server is full or stopping, and read what the client
@@ -118,13 +130,44 @@ class WebSocketConnection(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
+        if self.phase is Phase.DISCARDING:
+            return
         self.last_recv = time.monotonic()
+        if not self.inbound and len(data) <= INBOUND_CHUNK:
+            self._parse(data)  # the usual case: a client sends little
+            return
+        self.inbound += data
+        if len(self.inbound) == len(data):  # a backlog begins: parse it a chunk per loop turn
+            self._set_reading()
+            self._parse_backlog()
+
+    def _parse_backlog(self) -> None:
+        """Parse one chunk of the backlog; the next on the next loop turn, reading again once it is empty."""
+        if self.transport is None or self.phase is Phase.DISCARDING:
+            self.inbound.clear()
+            self._set_reading()
+            return
+        chunk = bytes(self.inbound[:INBOUND_CHUNK])
+        del self.inbound[:INBOUND_CHUNK]
+        self._parse(chunk)
+        if self.inbound:
+            asyncio.get_running_loop().call_soon(self._parse_backlog)
+        else:
+            self._set_reading()
+
+    def _parse(self, data: bytes) -> None:
         ws = self.ws
         was_open = ws.state is State.OPEN
         ws.receive_data(data)
         if was_open and ws.close_sent is not None and ws.close_sent.code == CLOSE_MESSAGE_TOO_BIG:
             self.service.note_close(CLOSE_MESSAGE_TOO_BIG)  # the protocol refused an oversized message itself
-        for frame in ws.events_received():
+        events = ws.events_received()
+        if not self.budget.spend(len(events), self.last_recv):
+            self.inbound.clear()
+            self.close(CLOSE_FLOOD, "too many frames: a client sends little after its first message")
+            self.phase = Phase.DISCARDING  # aborted CLOSE_TIMEOUT seconds later if it does not go itself
+            return
+        for frame in events:
             if not isinstance(frame, Frame):
                 continue
             if frame.opcode is Opcode.TEXT or frame.opcode is Opcode.BINARY:
@@ -141,17 +184,25 @@ class WebSocketConnection(asyncio.Protocol):
         if ws.close_expected() and self.transport is not None:
             asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort)
 
+    def _set_reading(self) -> None:
+        """Read the socket unless its peer does not read (``pause_writing``) or a backlog waits to be parsed."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.writer.paused or self.inbound:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
     def pause_writing(self) -> None:
         # the peer does not read: stop reading from it too, so that nothing it sends (pings, refreshes) can
         # make the server write more for it meanwhile
         self.writer.pause()
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self._set_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
         self.writer.resume()
+        self._set_reading()
 
     # -- outbound (what NativeTransport calls besides the writer) -------------------------------------
 
