@@ -42,13 +42,14 @@ DEFAULT_MAX_TOTAL_BYTES = 256 * 1024 * 1024
 
 class _ClassLog:
     """One class's retained changes: ``seqs[start:]``, ``changes[start:]``, ... are held; ``held_bytes`` is
-    the sum of ``sizes[start:]``; ``last_trimmed`` is the seq of the newest change dropped."""
+    the sum of ``sizes[start:]``; ``last_trimmed`` is the seq of the newest change dropped. A dropped change is
+    released at once (its slot holds None until the trimmed prefix is compacted away): dropped means freed."""
 
     __slots__ = ("changes", "clock", "held_bytes", "last_trimmed", "seqs", "sizes", "start", "times")
 
     def __init__(self, epoch_ms: int) -> None:
         self.seqs: list[str] = []
-        self.changes: list[Change] = []
+        self.changes: list[Change | None] = []
         self.times: list[float] = []
         self.sizes: list[int] = []
         self.start = 0  # index of the oldest retained change
@@ -77,6 +78,9 @@ class _ClassLog:
         if start == self.start:
             return 0
         self.last_trimmed = self.seqs[start - 1]
+        changes = self.changes
+        for i in range(self.start, start):
+            changes[i] = None  # the change and its data go now, not at the next compaction
         self.start = start
         self.held_bytes -= dropped
         n = len(self.seqs)
@@ -200,7 +204,7 @@ class MemoryJournal:
             i = bisect.bisect_left(log.seqs, seq, log.start)
         else:
             i = bisect.bisect_right(log.seqs, seq, log.start)
-        return log.changes[i:i + limit]
+        return log.changes[i:i + limit]  # type: ignore[return-value]  # from start on: never a dropped slot
 
     def head(self, class_name: str) -> str | None:
         """The seq of the last change of the class (None when there was none)."""
