@@ -192,3 +192,16 @@ async def test_reading_page_by_page_gives_every_change_once(make_backend: MakeBa
         got += seqs(page)
         cursor = page[-1].seq
     assert got == sent
+
+
+async def test_a_position_after_the_head_is_history_gone(make_backend: MakeBackend) -> None:
+    """No position of the epoch lies after its head (one from a store that started again, or made up): going
+    live from it would skip every change up to it."""
+    b = await started(await make_backend())
+    p = await b.publish(change(1))
+    later = f"{int(p.seq[:13]) + 60_000:013d}-{0:010d}"
+    with pytest.raises(HistoryGone):
+        await b.read("T", later, inclusive=False, limit=10)
+    with pytest.raises(HistoryGone):
+        await b.read("T", later, inclusive=False, limit=10, epoch=p.epoch)
+    assert await b.read("T", p.seq, inclusive=False, limit=10) == []  # the head itself is a position

@@ -154,8 +154,8 @@ def check_change(schema: DocSchema | None, class_name: str, op: Any, data: Any,
     not fit the class schema or, without a schema, is not an object with a string or integer ``_id``; a
     previous state of another ``_id``; a document nested deeper than ``MAX_NESTING``.
     """
-    if op not in OPS:
-        raise DocumentError(f"op must be one of {sorted(OPS)}, not {op!r}")
+    if not isinstance(op, str) or op not in OPS:
+        raise DocumentError(f"op must be one of {sorted(OPS)}, not {op!r}"[:200])
     for state in [data] if previous is None else [data, previous]:
         if nested_deeper_than(state):  # it could not be encoded for delivery
             raise DocumentError(f"{class_name}: a document may nest at most {MAX_NESTING} levels deep")

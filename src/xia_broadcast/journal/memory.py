@@ -292,6 +292,15 @@ class MemoryBackend(Backend):
         if epoch is not None and epoch != self._epoch:
             raise HistoryGone(class_name, self.journal.oldest(class_name), epoch=self._epoch,
                               reason=f"epoch {epoch!r} is not the journal's")
+        journal = self.journal
+        if seq is not None and journal.epoch_seq is not None:
+            head = journal.position(class_name)
+            if head is not None and seq > head:
+                # no position of this epoch lies there (made up, or from a journal that started again): going
+                # live from it would skip every change up to it (a journal taken as complete, whose seqs a
+                # library chooses, is left out)
+                raise HistoryGone(class_name, journal.oldest(class_name), epoch=self._epoch,
+                                  reason="after the journal's head")
         try:
             return self.journal.read(class_name, seq, inclusive=inclusive, limit=limit)
         except HistoryGone as gone:

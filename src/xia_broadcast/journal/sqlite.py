@@ -324,6 +324,9 @@ class SqliteBackend(Backend):
             raise HistoryGone(class_name, None, epoch=cls.epoch, reason=f"epoch {epoch!r} is not the journal's")
         if seq is not None and seq < cls.start:
             raise HistoryGone(class_name, None, epoch=cls.epoch, reason="before the journal's epoch")
+        if seq is not None and seq > cls.delivered:
+            # no position of this epoch lies there: going live from it would skip every change up to it
+            raise HistoryGone(class_name, None, epoch=cls.epoch, reason="after the journal's head")
         loop = asyncio.get_running_loop()
         try:
             trimmed, oldest, rows = await loop.run_in_executor(self._reader, self._read, class_name, seq,

@@ -270,7 +270,8 @@ class Service(Generic[W]):
         another). Call it from the event loop that serves the subscribers."""
         return self.hub.publish_nowait(self._change(class_name, op, doc, previous))
 
-    def _change(self, class_name: str, op: str, doc: Mapping[str, Any], previous: Mapping[str, Any] | None) -> Change:
+    def _change(self, class_name: str, op: Any, doc: Mapping[str, Any], previous: Mapping[str, Any] | None) -> Change:
+        """The change, once :func:`check_change` accepted it (``op`` is one of the ops then)."""
         schema = check_change(self.hub.schemas.get(class_name), class_name, op, doc, previous)
         return Change(class_name, op, "", doc, schema, prev=previous)
 
@@ -286,7 +287,7 @@ class Service(Generic[W]):
             raise PublishError(404, "unknown_class", f"{where}: unknown class {class_name!r}")
         previous = change.get("previous")
         try:
-            return self._change(class_name, str(op), cast(dict[str, Any], doc), previous)  # checked there
+            return self._change(class_name, op, cast(dict[str, Any], doc), previous)  # checked there
         except DocumentError as exc:
             raise PublishError(422, "invalid_change", f"{where}: {exc}") from exc
 
