@@ -44,7 +44,7 @@ RELEASED_KEYS = {
         "max_http_connections", "max_body_bytes", "max_outbound_bytes", "max_write_delay", "origin_allowlist",
         "max_subscriptions", "ping_interval", "ping_timeout", "queue_messages", "queue_bytes", "shutdown_timeout",
         "log_format", "log_level", "allow_undeclared_classes", "show_hidden_requires_grant", "client_frame_burst",
-        "client_frame_rate")},
+        "client_frame_rate", "max_queued_bytes")},
     **{("limits", k): k for k in (
         "max_scope_conditions", "max_scope_path_depth", "max_scope_in_values", "max_scope_value_length",
         "max_catalog_depth", "max_catalog_fields")},
@@ -151,6 +151,7 @@ def test_defaults_that_are_the_engines_are_its_constants_not_copies() -> None:
     # these numbers are above 256, so an equal literal written again in config.py would be another object
     for name, constant in [("queue_messages", fanout.DEFAULT_MAX_QUEUE_MESSAGES),
                            ("queue_bytes", fanout.DEFAULT_MAX_QUEUE_BYTES),
+                           ("max_queued_bytes", fanout.DEFAULT_MAX_TOTAL_QUEUE_BYTES),
                            ("journal_max_count", memory.DEFAULT_MAX_COUNT),
                            ("journal_max_age", memory.DEFAULT_MAX_AGE),
                            ("journal_max_bytes", memory.DEFAULT_MAX_BYTES),

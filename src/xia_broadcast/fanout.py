@@ -34,9 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("xia_broadcast.fanout")
 
-__all__ = ["DEFAULT_MAX_QUEUE_BYTES", "DEFAULT_MAX_QUEUE_MESSAGES", "Body", "Connection", "DocumentHooks",
-           "Evaluation", "HubStats", "Member", "Outgoing", "View", "W", "control_message", "encode_json",
-           "envelope", "truthy"]
+__all__ = ["DEFAULT_MAX_QUEUE_BYTES", "DEFAULT_MAX_QUEUE_MESSAGES", "DEFAULT_MAX_TOTAL_QUEUE_BYTES", "Body",
+           "Connection", "DocumentHooks", "Evaluation", "HubStats", "Member", "Outgoing", "QueueTotal", "View", "W",
+           "control_message", "encode_json", "envelope", "truthy"]
 
 #: the transport's object for one socket (a key of the Hub's connections)
 W = TypeVar("W", bound=Hashable)
@@ -45,6 +45,8 @@ W = TypeVar("W", bound=Hashable)
 DEFAULT_MAX_QUEUE_MESSAGES = 1000
 #: Default bound of a connection's outbound queue, in bytes of encoded messages.
 DEFAULT_MAX_QUEUE_BYTES = 8 * 1024 * 1024
+#: Default bound of the bytes queued over every connection of a Hub (each counting what it holds).
+DEFAULT_MAX_TOTAL_QUEUE_BYTES = 512 * 1024 * 1024
 
 
 _FALSE_STRINGS = frozenset({"", "0", "false", "no", "off", "n", "f", "none", "null"})
@@ -121,6 +123,22 @@ class HubStats:
     view_errors: int = 0
 
 
+class QueueTotal:
+    """The bytes queued for every connection of a Hub together (each connection counting the messages it holds:
+    a message shared by many counts for each), and their bound, ``limit``. Past it, a connection that has
+    messages queued takes no more live changes and continues from the journal once its queue is taken."""
+
+    __slots__ = ("limit", "queued")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.queued = 0
+
+    @property
+    def over(self) -> bool:
+        return self.queued > self.limit
+
+
 class Connection(Generic[W]):
     """The outbound state of one websocket: its queue and its subscriptions (one per class).
 
@@ -130,11 +148,13 @@ class Connection(Generic[W]):
 
     __slots__ = (
         "_room", "closed", "control", "max_bytes", "max_messages", "members", "queue", "queued_bytes",
-        "replaying", "scheduled", "websocket",
+        "replaying", "scheduled", "total", "websocket",
     )
 
-    def __init__(self, websocket: W, max_messages: int, max_bytes: int) -> None:
+    def __init__(self, websocket: W, max_messages: int, max_bytes: int, total: QueueTotal | None = None) -> None:
         self.websocket = websocket
+        #: the bytes queued over every connection of its Hub (shared); its own when none is given
+        self.total = total if total is not None else QueueTotal(1 << 62)
         #: queued messages, oldest first (a list: an empty one costs 56 bytes, an empty deque over 600)
         self.queue: list[Outgoing] = []
         self.queued_bytes = 0
@@ -158,6 +178,7 @@ class Connection(Generic[W]):
             room.set_result(None)
         if max_bytes is None or self.queued_bytes <= max_bytes:
             batch, self.queue = self.queue, []
+            self.total.queued -= self.queued_bytes
             self.queued_bytes = 0
             return batch
         q = self.queue
@@ -169,12 +190,15 @@ class Connection(Generic[W]):
         batch = q[:n]
         del q[:n]  # O(len(q)), at most max_messages references, once per write
         self.queued_bytes -= size
+        self.total.queued -= size
         return batch
 
     def put(self, out: Outgoing) -> None:
         """Queue one message after what is queued (no bound checked: the caller checked it)."""
         self.queue.append(out)
-        self.queued_bytes += len(out.data)
+        size = len(out.data)
+        self.queued_bytes += size
+        self.total.queued += size
 
     def full(self, size: int = 0) -> bool:
         """True when the queue holds ``max_messages``, or ``size`` more bytes would pass ``max_bytes``; an

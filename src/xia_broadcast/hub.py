@@ -41,11 +41,13 @@ from .errors import HiddenFieldError, SubscriptionError
 from .fanout import (
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_MAX_QUEUE_MESSAGES,
+    DEFAULT_MAX_TOTAL_QUEUE_BYTES,
     Connection,
     DocumentHooks,
     HubStats,
     Member,
     Outgoing,
+    QueueTotal,
     View,
     W,
     envelope,
@@ -66,6 +68,9 @@ class HubSettings:
     queue_messages: int = DEFAULT_MAX_QUEUE_MESSAGES
     #: bound of each connection's outbound queue, in bytes of encoded messages
     queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
+    #: bytes queued over every connection together (each counting the messages it holds); past it, a
+    #: connection with messages queued continues from the journal, as when its own queue is full
+    total_queue_bytes: int = DEFAULT_MAX_TOTAL_QUEUE_BYTES
     #: last versions remembered per class, to find scope exits when a publisher gives no previous state
     max_tracked_ids: int = DEFAULT_MAX_TRACKED_IDS
     #: what one subscription may cost
@@ -109,6 +114,8 @@ class Hub(Generic[W]):
         #: the views of each class, indexed by an equality condition of each
         self.channels: dict[str, ViewIndex[View]] = {}
         self.connections: dict[W, Connection[W]] = {}
+        #: the bytes queued over every connection, shared by them
+        self.queued = QueueTotal(self.settings.total_queue_bytes)
         self.stats = HubStats()
         #: the seq of the last change of each class this Hub fanned out
         self.delivered: dict[str, str] = {}
@@ -171,7 +178,7 @@ class Hub(Generic[W]):
         conn = self.connections.get(websocket)
         if conn is None:
             s = self.settings
-            conn = self.connections[websocket] = Connection(websocket, s.queue_messages, s.queue_bytes)
+            conn = self.connections[websocket] = Connection(websocket, s.queue_messages, s.queue_bytes, self.queued)
         return conn
 
     def subscribe(self, websocket: W, class_name: str, params: Mapping[str, Any], schema: DocSchema | None = None,
@@ -403,6 +410,9 @@ class Hub(Generic[W]):
         data = change.data
         transport = self.transport
         write_now = transport.write_during_fanout if transport.fanout_begins() else None
+        total = self.queued
+        full = total.over  # over the total bound: every connection that holds messages is full (read once)
+        added = 0
         candidates = views.values() if (slow is not None or data is None) else views.candidates(data, change.prev)
         for view in candidates:
             try:
@@ -426,17 +436,19 @@ class Hub(Generic[W]):
                     continue
                 conn = member.connection
                 q = conn.queue
-                if q and (len(q) >= conn.max_messages or conn.queued_bytes + size > conn.max_bytes):
+                if q and (full or len(q) >= conn.max_messages or conn.queued_bytes + size > conn.max_bytes):
                     lagged.append(conn)
                     continue
                 q.append(out)
                 conn.queued_bytes += size
+                added += size
                 queued += 1
                 if not conn.scheduled:
                     conn.scheduled = True
                     if write_now is None or not write_now(conn):
                         ready.append(conn)
         stats.deliveries += queued
+        total.queued += added
         transport.fanout_ended(queued)
         for conn in lagged:
             self._lag(conn, change)

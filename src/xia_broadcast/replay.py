@@ -222,7 +222,8 @@ class Replays:
         retry = 0.0
         try:
             while (replay := member.replay) is not None and not conn.closed:
-                if conn.queue and (len(conn.queue) >= conn.max_messages or conn.queued_bytes >= conn.max_bytes):
+                if conn.queue and (len(conn.queue) >= conn.max_messages or conn.queued_bytes >= conn.max_bytes
+                                   or conn.total.over):
                     await conn.room()
                     continue
                 limit = min(REPLAY_CHUNK, max(1, conn.max_messages - len(conn.queue)))
@@ -262,8 +263,8 @@ class Replays:
         conn = member.connection
         done = 0
         for change in changes:
-            if conn.queue and conn.queued_bytes >= conn.max_bytes:
-                break
+            if conn.queue and (conn.queued_bytes >= conn.max_bytes or conn.total.over):
+                break  # the rest when the transport has taken the queue (never a spin)
             done += 1
             replay.cursor, replay.inclusive = change.place, False
             if change.seq < member.start_seq:

@@ -31,7 +31,7 @@ from ..core.limits import DEFAULT_LIMITS, SubscriptionLimits
 from ..core.schema import DocSchema, load_schemas
 from ..core.versions import DEFAULT_MAX_TRACKED_IDS
 from ..errors import InvalidAclError, SchemaError, XiaBroadcastError
-from ..fanout import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_MESSAGES
+from ..fanout import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_MESSAGES, DEFAULT_MAX_TOTAL_QUEUE_BYTES
 from ..journal.memory import DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, DEFAULT_MAX_TOTAL_BYTES
 
 T = TypeVar("T")
@@ -328,6 +328,10 @@ class Settings:
     queue_bytes: int = setting(
         DEFAULT_MAX_QUEUE_BYTES, "server", "a connection's outbound queue bound, in encoded messages; past it the "
         "subscriber continues from the journal", unit="bytes", minimum=1)
+    max_queued_bytes: int = setting(
+        DEFAULT_MAX_TOTAL_QUEUE_BYTES, "server", "encoded messages queued for all connections together, each "
+        "counting those it holds (a message shared by many counts for each); past it, a connection holding "
+        "messages continues from the journal, as when its own queue is full", unit="bytes", minimum=1)
     shutdown_timeout: float = setting(5.0, "server", "time to flush queues on SIGTERM/SIGINT before closing "
                                       "with 1001", unit="seconds", minimum=0)
     log_format: str = setting("json", "server", "log lines as JSON objects or as text",

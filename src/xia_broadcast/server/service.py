@@ -87,6 +87,7 @@ class Service(Generic[W]):
                          max_count=settings.journal_max_count, max_age=settings.journal_max_age,
                          max_bytes=settings.journal_max_bytes, max_total_bytes=settings.journal_max_total_bytes),
             HubSettings(queue_messages=settings.queue_messages, queue_bytes=settings.queue_bytes,
+                        total_queue_bytes=settings.max_queued_bytes,
                         max_tracked_ids=settings.max_tracked_ids, limits=settings.subscription_limits()),
             transport, schemas=dict(settings.classes))
         self.auth = Authenticator(settings)
