@@ -9,20 +9,21 @@ import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import httpx
 
-from conftest import AsgiServer, order, read_until_closed, recv_json, recv_until, refused, subscribe
+from helpers import (
+    AsgiServer,
+    order,
+    order_change,
+    post_publish,
+    read_until_closed,
+    recv_json,
+    recv_until,
+    refused,
+    subscribe,
+)
 from xia_broadcast.server.config import ApiKey
-
-
-async def publish(http: Any, server: AsgiServer, body: Any, headers: dict[str, str] | None = None) -> Any:
-    return await http.post(f"{server.base}/publish", content=json.dumps(body), headers=headers or {})
-
-
-def change(i: int, **fields: Any) -> dict[str, Any]:
-    return {"class": "Order", "op": "I", "doc": order(i, **fields)}
 
 
 async def test_handshake_publish_receive(
@@ -32,8 +33,8 @@ async def test_handshake_publish_receive(
         "data_scope": [{"fn": "region", "op": "==", "val": "EU"}], "catalog": {"amount": None, "margin": None}}})
     everything, _ = await subscribe(server.url, {"Order": {}})
     async with scoped, everything:
-        resp = await publish(http, server, {"changes": [change(1, region="US"), change(2, region="EU"),
-                                                        change(3, region="EU")]})
+        resp = await post_publish(http, server, {"changes": [order_change(1, region="US"), order_change(2, region="EU"),
+                                                        order_change(3, region="EU")]})
         in_process = server.service.publish_nowait("Order", "U", order(3, region="EU", amount=9.5))
         scoped_got = await recv_until(scoped, "O-000003")
         scoped_got += [await recv_json(scoped)]
@@ -83,9 +84,9 @@ async def test_api_key_acl_and_publish_key(
     alice, confirmation = await subscribe(server.url, {"Order": {}, "_header": {"X-Api-Key": "k-alice"}})
     customers = ["globex", "acme", "initech", "acme"]
     async with alice:
-        unauthorized = await publish(http, server, change(0))
-        resp = await publish(http, server, {"changes": [change(i, customer=c) for i, c in enumerate(customers)]},
-                             {"X-Publisher-Key": "p-1"})
+        unauthorized = await post_publish(http, server, order_change(0))
+        changes = [order_change(i, customer=c) for i, c in enumerate(customers)]
+        resp = await post_publish(http, server, {"changes": changes}, {"X-Publisher-Key": "p-1"})
         got = await recv_until(alice, "O-000003")
     assert (code, reason) == (4401, "Authentication Error: unknown API key")
     assert confirmation["Order"]["user_name"] == "alice"
@@ -99,11 +100,11 @@ async def test_publish_errors_and_operations_endpoints(
     server = await asgi_server(max_publish_size=2000)
     ws, _ = await subscribe(server.url, {"Order": {}})
     async with ws:
-        bad_json = await http.post(f"{server.base}/publish", content=b"{nope")
-        invalid = await publish(http, server, {"changes": [change(1), change(2, amount="x")]})
-        unknown = await publish(http, server, {"class": "Invoice", "op": "I", "doc": {"_id": "1"}})
-        too_big = await publish(http, server, change(3, note="n" * 3000))
-        ok = await publish(http, server, change(4))
+        bad_json = await post_publish(http, server, b"{nope")
+        invalid = await post_publish(http, server, {"changes": [order_change(1), order_change(2, amount="x")]})
+        unknown = await post_publish(http, server, {"class": "Invoice", "op": "I", "doc": {"_id": "1"}})
+        too_big = await post_publish(http, server, order_change(3, note="n" * 3000))
+        ok = await post_publish(http, server, order_change(4))
         got = await recv_json(ws)
         health = (await http.get(f"{server.base}/healthz")).json()
         ready = await http.get(f"{server.base}/readyz")

@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import time
+import threading
 import typing
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pytest
 
 import xia_broadcast
+from helpers import Recorder, Socket, fresh, until
 from xia_broadcast import Broadcaster, DocSchema, Document, DocumentError, EmbeddedDocument, field
 from xia_broadcast.broadcast import Broadcaster as BroadcasterFromModule
 from xia_broadcast.errors import (
@@ -28,8 +28,9 @@ from xia_broadcast.errors import (
     OutOfScopeError,
     SubscriptionError,
 )
+from xia_broadcast.server.demo import ORDER_SCHEMA
 
-# -- helpers -------------------------------------------------------------------------------------------
+# -- documents -----------------------------------------------------------------------------------------
 
 
 class Line(EmbeddedDocument):
@@ -47,42 +48,8 @@ class Order(Document):
     lines: list[Line] = []
 
 
-class Socket:
-    """A stand-in websocket: any hashable object is one for the broadcaster."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"Socket({self.name})"
-
-
-class Recorder(Broadcaster):
-    """Records what reaches the documented transport hook, per websocket."""
-
-    sent: ClassVar[list[tuple[Any, str]]] = []
-
-    @classmethod
-    async def send_message_async(cls, websocket: Any, message: str) -> None:
-        cls.sent.append((websocket, message))
-
-    @classmethod
-    def to(cls, ws: Any) -> list[dict[str, Any]]:
-        return [json.loads(m) for w, m in cls.sent if w is ws]
-
-
-def fresh(base: type[Recorder] = Recorder, **attrs: Any) -> type[Recorder]:
-    return type("B", (base,), {"sent": [], **attrs})
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.001)
-
-
-def order(i: int, **kw: Any) -> Order:
+def order_document(i: int, **kw: Any) -> Order:
+    """Order document number ``i`` (the pydantic ``Order`` above, not the test servers' Order schema)."""
     return Order(**{"_id": f"o{i}", "order_id": f"A{i}", "customer": "c1", "total": float(i), **kw})
 
 
@@ -175,7 +142,7 @@ async def test_resubscribing_replaces_the_subscription_of_that_class(
     await b.subscribe(ws, "Order", catalog={"total": None})
     await b.subscribe(ws, "Order", **again)
     assert b.hub().view_count("Order") == 1
-    await b.document_sent_async(order(1), "I", "0001")
+    await b.document_sent_async(order_document(1), "I", "0001")
     assert await b.flush()
     assert [m["message"] for m in b.to(ws)] == [expected]  # once, as the last subscription asked
 
@@ -203,7 +170,7 @@ async def test_invalid_subscription_is_refused_at_subscribe_and_keeps_the_previo
         await b.subscribe(ws, "Order", **kwargs)
     assert info.value.class_name == "Order"  # type: ignore[attr-defined]
     assert b.active_connections["Order"][ws]["catalog"] == {"total": None}
-    await b.document_sent_async(order(1), "I", "0001")
+    await b.document_sent_async(order_document(1), "I", "0001")
     assert await b.flush()
     assert [m["message"] for m in b.to(ws)] == [{"_id": "o1", "total": 1.0}]
 
@@ -216,7 +183,7 @@ async def test_each_subclass_has_its_own_connection_library_and_fanout() -> None
     assert a.active_connections == {"Order": {wa: a.active_connections["Order"][wa]}}
     assert wa not in b.active_connections["Order"]
     assert "Order" not in Broadcaster.active_connections or wa not in Broadcaster.active_connections["Order"]
-    await a.document_sent_async(order(1), "I", "0001")
+    await a.document_sent_async(order_document(1), "I", "0001")
     assert await a.flush() and await b.flush()
     assert len(a.to(wa)) == 1
     assert b.sent == []
@@ -236,7 +203,7 @@ async def test_a_subclass_receives_every_message_through_its_own_send_message_as
     for ws in sockets:
         await Child.subscribe(ws, "Order")
     for i in range(3):
-        await Child.document_sent_async(order(i), "I", f"000{i}")
+        await Child.document_sent_async(order_document(i), "I", f"000{i}")
     assert await Child.flush()
     assert parent.sent == []
     assert len(Child.mine) == 15
@@ -248,7 +215,7 @@ async def test_the_document_message_envelope() -> None:
     b = fresh()
     ws = Socket("w")
     await b.subscribe(ws, "Order", catalog={"total": None, "lines": None})
-    await b.document_sent_async(order(7, lines=[Line(sku="x", cost=1.0)]), "U", "0042")
+    await b.document_sent_async(order_document(7, lines=[Line(sku="x", cost=1.0)]), "U", "0042")
     assert await b.flush()
     (sent_ws, raw), = b.sent
     assert sent_ws is ws
@@ -270,7 +237,7 @@ async def test_send_json_async_serialises_through_send_message_async() -> None:
 
 
 def test_check_subscriber_acl_and_get_message_body() -> None:
-    doc = order(1, margin=0.5)
+    doc = order_document(1, margin=0.5)
     assert Broadcaster.check_subscriber_acl(doc, None) is True
     assert Broadcaster.check_subscriber_acl(doc, {"content": [{"obj": "Order/key/A1", "act": "read"}]}) is True
     assert Broadcaster.check_subscriber_acl(doc, {"content": [{"obj": "Order/key/A2", "act": "read"}]}) is False
@@ -291,7 +258,7 @@ async def test_a_later_start_seq_only_skips_changes_for_that_subscriber() -> Non
     await b.subscribe(w1, "Order")
     await b.subscribe(w2, "Order", start_seq="0003")
     for i, seq in enumerate(["0003", "0004", "0005", "0006"]):
-        await b.document_sent_async(order(i), "I", seq)
+        await b.document_sent_async(order_document(i), "I", seq)
     assert await b.flush()
     assert [m["seq"] for m in b.to(w1)] == ["0003", "0004", "0005", "0006"]
     assert [m["seq"] for m in b.to(w2)] == ["0003", "0004", "0005", "0006"]
@@ -305,8 +272,8 @@ async def test_a_closed_socket_is_never_written_to_and_is_removed() -> None:
     await b.subscribe(gone, "Order")
     await b.subscribe(alive, "Order")
     closed.add(gone)
-    await b.document_sent_async(order(1), "I", "0001")
-    await b.document_sent_async(order(2), "I", "0002")
+    await b.document_sent_async(order_document(1), "I", "0001")
+    await b.document_sent_async(order_document(2), "I", "0002")
     assert await b.flush()
     assert b.to(gone) == []
     assert [m["seq"] for m in b.to(alive)] == ["0001", "0002"]
@@ -329,7 +296,7 @@ async def test_a_failing_send_for_one_websocket_does_not_stop_the_others() -> No
     await Flaky.subscribe(broken, "Order")
     await Flaky.subscribe(w2, "Order")
     for i in range(3):
-        await Flaky.document_sent_async(order(i), "I", f"000{i}")
+        await Flaky.document_sent_async(order_document(i), "I", f"000{i}")
         await asyncio.sleep(0)
     assert await Flaky.flush()
     assert [m["seq"] for m in Flaky.to(w1)] == ["0000", "0001", "0002"]
@@ -398,11 +365,11 @@ async def test_a_slow_subscriber_delays_no_one_and_publishing_does_not_wait_for_
     for ws in fast:
         await Slow.subscribe(ws, "Order")
     for i in range(3):
-        await asyncio.wait_for(Slow.document_sent_async(order(i), "I", f"000{i}"), 0.5)
-    await wait_until(lambda: all(len(Slow.to(ws)) == 3 for ws in fast), timeout=2.0)
+        await asyncio.wait_for(Slow.document_sent_async(order_document(i), "I", f"000{i}"), 0.5)
+    await until(lambda: all(len(Slow.to(ws)) == 3 for ws in fast), timeout=2.0, what="3 messages to each fast one")
     assert Slow.to(slow) == []
     release.set()
-    await wait_until(lambda: len(Slow.to(slow)) == 3)
+    await until(lambda: len(Slow.to(slow)) == 3, what="3 messages to the slow one")
     assert [m["seq"] for m in Slow.to(slow)] == ["0000", "0001", "0002"]
 
 
@@ -432,10 +399,10 @@ async def test_subscribe_and_disconnect_during_fanout_are_safe() -> None:
     for i, ws in enumerate(sockets):
         await Churn.subscribe(ws, "Order", catalog={"total": None} if i % 2 else None)
         await Churn.subscribe(ws, "Meddling", catalog={"total": None} if i % 2 else None)
-    await Churn.document_sent_async(order(1), "I", "0001")
+    await Churn.document_sent_async(order_document(1), "I", "0001")
     await Churn.document_sent_async(Meddling("m1", 3), "I", "0002")
     assert await Churn.flush()
-    await Churn.document_sent_async(order(2), "I", "0003")
+    await Churn.document_sent_async(order_document(2), "I", "0003")
     assert await Churn.flush()
     for ws in sockets:
         assert [m["seq"] for m in Churn.to(ws)] == ["0001", "0002", "0003"]
@@ -461,8 +428,8 @@ async def test_a_type_mismatch_in_a_scope_is_out_of_scope() -> None:
     await b.subscribe(numbers, "Order", [{"fn": "total", "op": ">", "val": 100}])
     await b.subscribe(strings, "Order", [{"fn": "total", "op": "==", "val": "500"}])
     await b.subscribe(negated, "Order", [{"fn": "total", "op": "!=", "val": 7}])
-    await b.document_sent_async(order(1, total="500"), "I", "0001")
-    await b.document_sent_async(order(2, total=500), "I", "0002")
+    await b.document_sent_async(order_document(1, total="500"), "I", "0001")
+    await b.document_sent_async(order_document(2, total=500), "I", "0002")
     assert await b.flush()
     assert [m["message"]["_id"] for m in b.to(numbers)] == ["o2"]
     assert [m["message"]["_id"] for m in b.to(strings)] == ["o1"]
@@ -491,7 +458,7 @@ async def test_a_delete_still_passes_the_acl_check() -> None:
     mine, other = Socket("mine"), Socket("other")
     await b.subscribe(mine, "Order", acl={"content": [{"obj": "Order/customer/c1", "act": "read"}]})
     await b.subscribe(other, "Order", acl={"content": [{"obj": "Order/customer/c2", "act": "read"}]})
-    await b.document_sent_async(order(1, customer="c1"), "D", "0001")
+    await b.document_sent_async(order_document(1, customer="c1"), "D", "0001")
     assert await b.flush()
     assert [(m["op"], m["message"]["_id"]) for m in b.to(mine)] == [("D", "o1")]
     assert b.to(other) == []
@@ -528,8 +495,8 @@ async def overflow(b: type[Recorder], n: int) -> tuple[Socket, list[Socket], lis
         await b.subscribe(ws, "Order")
     seqs = [f"{i:04d}" for i in range(n)]
     for i, seq in enumerate(seqs):
-        await b.document_sent_async(order(i), "I", seq)
-        await wait_until(lambda k=i + 1: all(len(b.to(ws)) == k for ws in fast))
+        await b.document_sent_async(order_document(i), "I", seq)
+        await until(lambda k=i + 1: all(len(b.to(ws)) == k for ws in fast), what=f"{i + 1} messages to each fast one")
     for ws in fast:
         assert [m["seq"] for m in b.to(ws)] == seqs
     return slow, fast, seqs
@@ -541,13 +508,13 @@ async def test_queue_overflow_beyond_the_journal_cuts_off_only_the_slow_subscrib
     b = bounded(release, closes, journal=2)  # the journal cannot make up for what the slow one missed
     slow, fast, seqs = await overflow(b, 12)
     release.set()
-    await wait_until(lambda: bool(closes))
+    await until(lambda: bool(closes), what="the slow subscriber closed")
     assert [(ws, code) for ws, code, _ in closes] == [(slow, 4409)]
     assert "too slow" in closes[0][2]
     assert slow not in b.active_connections["Order"]
     got = [m["seq"] for m in b.to(slow)]
     assert got == seqs[: len(got)] and len(got) < len(seqs)  # what it got is in order, and it was told
-    await b.document_sent_async(order(99), "I", "0099")
+    await b.document_sent_async(order_document(99), "I", "0099")
     assert await b.flush()
     for ws in fast:
         assert [m["seq"] for m in b.to(ws)] == [*seqs, "0099"]
@@ -562,7 +529,7 @@ async def test_queue_overflow_within_the_journal_loses_nothing() -> None:
     slow, fast, seqs = await overflow(b, 12)
     assert len(b.to(slow)) < len(seqs)
     release.set()
-    await b.document_sent_async(order(99), "I", "0099")
+    await b.document_sent_async(order_document(99), "I", "0099")
     assert await b.flush()
     assert [m["seq"] for m in b.to(slow)] == [*seqs, "0099"]  # no gap, no duplicate, in order
     for ws in fast:
@@ -593,3 +560,60 @@ async def test_publish_refuses_a_previous_state_of_another_document() -> None:
         b.publish("T", "D", {"_id": "1", "x": 2}, previous={"_id": "2", "x": 1})
     assert await b.flush()
     assert b.to(ws) == []
+
+
+# -- publishing: what is refused changes nothing, what is accepted is kept as it was -----------------------
+
+
+async def test_publishing_from_another_thread_is_refused_before_anything_changes() -> None:
+    b = fresh(ORDER_SCHEMA)
+    ws = Socket("w")
+    await b.subscribe(ws, "Order")
+    errors: list[BaseException] = []
+
+    def other_thread() -> None:
+        try:
+            b.publish("Order", "I", {"_id": "1", "order_id": "1"})
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join()
+    assert len(errors) == 1 and await b.hub().backend.read("Order", None, inclusive=True, limit=1) == []
+    seq = b.publish("Order", "I", {"_id": "2", "order_id": "2"})  # the loop's own publishing still works
+    assert await b.flush()
+    assert [m["seq"] for m in b.to(ws)] == [seq]
+
+
+async def test_publish_refuses_ids_that_are_not_strings_or_integers_and_applies_nothing() -> None:
+    b = fresh()
+    for bad in ([1], {"a": 1}, "", True, None):
+        with pytest.raises(ValueError):
+            b.publish("Free", "I", {"_id": bad})
+    assert await b.hub().backend.read("Free", None, inclusive=True, limit=1) == []
+
+
+async def test_a_published_object_is_journaled_as_it_was_when_published() -> None:
+    class Mutable:
+        def __init__(self) -> None:
+            self.status = "new"
+
+        def check_scope(self, data_scope: Any) -> None:
+            pass
+
+        def get_display_data(self, catalog: Any = None, show_hidden: bool = False, **_: Any) -> dict[str, Any]:
+            return {"_id": "m", "status": self.status}
+
+        def check_acl(self, acl: Any, act: str = "read", doc: Any = None, raise_error: bool = True) -> bool:
+            return True
+
+    small = fresh(max_queue_messages=1)
+    await small.subscribe("w", "Mutable")
+    doc = Mutable()
+    for status in ("new", "paid", "shipped"):  # the same object, changed and published again
+        doc.status = status
+        await small.document_sent_async(doc, "U", "")
+    assert small.hub().stats.lags >= 1, "the queue never overflowed: the test proves nothing"
+    assert await small.flush()
+    assert [m["message"]["status"] for m in small.to("w")] == ["new", "paid", "shipped"]

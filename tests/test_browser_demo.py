@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ServerFactory, TcpProxy, free_port, order
+from helpers import ServerFactory, TcpProxy, free_port, order
 from xia_broadcast.server.native import NativeServer
 
 CHROMIUM = "/usr/bin/chromium"

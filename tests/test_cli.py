@@ -10,14 +10,13 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import free_port, read_until_closed, recv_json, subscribe
+from helpers import cli, free_port, read_until_closed, recv_json, subscribe
 
 STARTUP_TIMEOUT = 20.0
 DEMO_FIELDS = {"_id", "order_id", "customer", "region", "amount", "status"}
@@ -28,10 +27,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("XIA_BROADCAST_")}
     env.update(extra)
     return env
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "xia_broadcast.cli", *args]
 
 
 class Served:

@@ -4,25 +4,19 @@ on stdout, reconnection notices on stderr, the progress bar and the summary, and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import ServerFactory, TcpProxy, free_port, order
+from helpers import ServerFactory, TcpProxy, cli, free_port, order, until
 from xia_broadcast.server.config import ApiKey
 from xia_broadcast.server.native import NativeServer
 
 TIMEOUT = 30.0
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "xia_broadcast.cli", *args]
 
 
 class Proc:
@@ -44,18 +38,16 @@ class Proc:
             self._changed.set()
         self._changed.set()
 
-    async def until(self, condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                while not condition():
-                    if self.proc.returncode is not None and all(r.done() for r in self._readers):
-                        break
-                    self._changed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), 0.5)
-        except TimeoutError:
-            pass
-        assert condition(), f"not met; stdout={self.out[-5:]} stderr={self.err[-5:]}"
+    async def until(self, condition: Callable[[], bool], *, what: str, timeout: float = TIMEOUT) -> None:
+        """Until ``condition()`` holds, checked at each line read (and every 0.5 s, for the exit); fails after
+        ``timeout`` seconds, or once the process has ended without it, naming ``what``."""
+
+        def ended() -> bool:
+            return self.proc.returncode is not None and all(r.done() for r in self._readers)
+
+        await until(lambda: condition() or ended(), timeout, wake=self._changed, poll=0.5,
+                    what=lambda: f"{what}; stdout={self.out[-5:]} stderr={self.err[-5:]}")
+        assert condition(), f"{what}: not met, the process ended; stdout={self.out[-5:]} stderr={self.err[-5:]}"
 
     async def wait(self, timeout: float = TIMEOUT) -> int:
         code = await asyncio.wait_for(self.proc.wait(), timeout)
@@ -98,14 +90,14 @@ async def test_listen_prints_json_lines_across_a_drop_and_publish_reports_refusa
     listen = await run("listen", proxy.url(), "--class", "Order", "--scope",
                        '[{"fn": "region", "op": "==", "val": "EU"}]', "--catalog", '{"amount": null}',
                        "--count", "4", "--max-delay", "0.2")
-    await listen.until(lambda: any("connected" in line for line in listen.err))
+    await listen.until(lambda: any("connected" in line for line in listen.err), what="connected")
 
     one = await run("publish", base(server), "--class", "Order", "--op", "I", "--doc", json.dumps(order(1)))
     assert await one.wait() == 0
     seq1 = one.out[0]
-    await listen.until(lambda: len(listen.out) == 1)
+    await listen.until(lambda: len(listen.out) == 1, what="one line on stdout")
     proxy.cut()
-    await listen.until(lambda: any("reconnecting" in line for line in listen.err))
+    await listen.until(lambda: any("reconnecting" in line for line in listen.err), what="reconnecting")
 
     changes = tmp_path / "changes.jsonl"
     changes.write_text("\n".join([
@@ -180,8 +172,8 @@ async def test_exit_codes_of_refusals_and_unreachable_servers(make_server: Serve
 
 async def test_listen_stops_on_sigint_with_exit_code_0(server: NativeServer, run: Callable[..., Any]) -> None:
     listen = await run("listen", server.url, "--class", "Order")
-    await listen.until(lambda: any("connected" in line for line in listen.err))
+    await listen.until(lambda: any("connected" in line for line in listen.err), what="connected")
     server.service.publish_nowait("Order", "I", order(1))
-    await listen.until(lambda: len(listen.out) == 1)
+    await listen.until(lambda: len(listen.out) == 1, what="one line on stdout")
     listen.proc.send_signal(signal.SIGINT)
     assert await listen.wait() == 0

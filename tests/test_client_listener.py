@@ -19,8 +19,7 @@ from typing import Any
 import jwt
 import pytest
 
-from conftest import RECV_TIMEOUT, ServerFactory, TcpProxy, fast_backoff, free_port, order
-from journal_contract.journal_helpers import delete_prefix
+from helpers import RECV_TIMEOUT, ServerFactory, TcpProxy, fast_backoff, free_port, order, until
 from xia_broadcast.client import (
     Connected,
     DocumentMessage,
@@ -34,6 +33,7 @@ from xia_broadcast.client import (
     ReplayDone,
 )
 from xia_broadcast.client.backoff import Backoff
+from xia_broadcast.journal.redis import delete_prefix
 from xia_broadcast.server.native import NativeServer
 from xia_broadcast.server.upgrade import accept_key
 
@@ -53,7 +53,7 @@ def listener(url: str, subscriptions: dict[str, Any], seed: int = 0, **options: 
 
 
 class Collector:
-    """Reads a listener in a background task; tests wait for conditions on what arrived."""
+    """Reads a listener in a background task; tests wait (:meth:`until`) for conditions on what arrived."""
 
     def __init__(self, lst: Listener, on_event: Callable[[Event], None] | None = None) -> None:
         self.listener = lst
@@ -78,19 +78,18 @@ class Collector:
     def of(self, kind: type[Any]) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
 
-    async def wait_for(self, condition: Callable[[], bool], timeout: float = SCENARIO_TIMEOUT) -> None:
-        """Until ``condition()`` holds; fails after ``timeout`` seconds or if the iteration ended."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not condition():
+    async def until(self, condition: Callable[[], bool], *, what: str, timeout: float = SCENARIO_TIMEOUT) -> None:
+        """Until ``condition()`` holds, checked at each event; fails after ``timeout`` seconds naming ``what``,
+        or at once if the iteration ended."""
+
+        def holds() -> bool:
+            if condition():
+                return True
             if self.task.done():
-                raise AssertionError(f"the listener stopped: {self.error!r}")
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(f"condition not met within {timeout}s; {len(self.events)} events")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                raise AssertionError(f"the listener stopped while waiting for {what}: {self.error!r}")
+            return False
+
+        await until(holds, timeout, wake=self._changed, what=lambda: f"{what} ({len(self.events)} events)")
 
     async def close(self) -> None:
         await self.listener.close()
@@ -162,7 +161,7 @@ async def test_cuts_at_random_moments_lose_and_repeat_nothing(
     server = await make_server()
     proxy: TcpProxy = await make_proxy(server.port)
     c = collect(listener(proxy.url(), {"Order": {"data_scope": EU}}, seed))
-    await c.wait_for(lambda: bool(c.of(Connected)))
+    await c.until(lambda: bool(c.of(Connected)), what="connected")
     orders, rng = Orders(seed), random.Random(seed)
     cut_at = sorted(rng.sample(range(20, 600), 8))  # cut after these many publications
     for n in range(600):
@@ -172,7 +171,7 @@ async def test_cuts_at_random_moments_lose_and_repeat_nothing(
             proxy.cut()
         if rng.random() < 0.3:  # let the loop run: the listener reads, reconnects, resumes meanwhile
             await asyncio.sleep(rng.choice([0, 0, 0.001, 0.005]))
-    await c.wait_for(lambda: len(received(c)) >= len(orders.expected))
+    await c.until(lambda: len(received(c)) >= len(orders.expected), what="every expected change")
     assert received(c) == orders.expected
     assert len(c.of(Reconnecting)) >= 1 and proxy.cuts >= 1
     assert c.listener.duplicates == 0
@@ -184,13 +183,13 @@ async def test_a_drop_before_any_message_resumes_from_the_confirmation_head(
     server = await make_server()
     proxy: TcpProxy = await make_proxy(server.port)
     c = collect(listener(proxy.url(), {"Order": {}}))
-    await c.wait_for(lambda: bool(c.of(Connected)))
+    await c.until(lambda: bool(c.of(Connected)), what="connected")
     head = c.of(Connected)[0].confirmation["Order"]["head_seq"]
     await proxy.stop()  # the connection drops and new ones are refused meanwhile
     seqs = [server.service.publish_nowait("Order", "I", order(i)) for i in range(5)]  # published while away
-    await c.wait_for(lambda: bool(c.of(Reconnecting)))
+    await c.until(lambda: bool(c.of(Reconnecting)), what="reconnecting")
     await proxy.start()
-    await c.wait_for(lambda: len(c.of(DocumentMessage)) >= 5)
+    await c.until(lambda: len(c.of(DocumentMessage)) >= 5, what="5 documents")
     assert [m.seq for m in c.of(DocumentMessage)] == seqs
     assert c.of(Connected)[-1].resumed == {"Order": head}
 
@@ -224,10 +223,10 @@ async def test_server_restart_reports_history_gone_and_the_caller_reloads(
             local.pop(event.id, None)
 
     c = collect(listener(f"ws://127.0.0.1:{port}/ws", {"Order": {}}), apply)
-    await c.wait_for(lambda: bool(c.of(Connected)))
+    await c.until(lambda: bool(c.of(Connected)), what="connected")
     for i in range(5):
         publish(server, "I", order(i))
-    await c.wait_for(lambda: len(c.of(DocumentMessage)) == 5)
+    await c.until(lambda: len(c.of(DocumentMessage)) == 5, what="5 documents")
     last_before = c.listener.last_seq["Order"]
 
     await server.shutdown()
@@ -236,11 +235,11 @@ async def test_server_restart_reports_history_gone_and_the_caller_reloads(
     del database[order(2)["_id"]]
     server = await make_server(port=port)  # a new server: its journal starts empty
     publish(server, "I", order(10))  # published before the listener is back: covered by the reload
-    await c.wait_for(lambda: bool(reloads))
+    await c.until(lambda: bool(reloads), what="a reload")
     publish(server, "U", order(10, status="shipped"))  # live after the reload
     publish(server, "D", order(3))
-    await c.wait_for(lambda: local.get(order(10)["_id"], {}).get("status") == "shipped"
-                     and order(3)["_id"] not in local)
+    await c.until(lambda: local.get(order(10)["_id"], {}).get("status") == "shipped" and order(3)["_id"] not in local,
+                  what="order 10 shipped and order 3 gone in the reloaded copy")
 
     assert reloads[0].doc_class == "Order" and reloads[0].seq == last_before
     assert len(c.of(Connected)) == 2 and c.of(Connected)[1].resumed == {"Order": last_before}
@@ -259,15 +258,15 @@ async def test_server_restart_with_the_redis_journal_resumes_without_loss(
     other = await make_server(**cluster)  # a second node that publishes throughout
     try:
         c = collect(listener(f"ws://127.0.0.1:{port}/ws", {"Order": {}}))
-        await c.wait_for(lambda: bool(c.of(Connected)))
+        await c.until(lambda: bool(c.of(Connected)), what="connected")
         seqs = [await other.service.publish("Order", "I", order(i)) for i in range(5)]
-        await c.wait_for(lambda: len(c.of(DocumentMessage)) == 5)
+        await c.until(lambda: len(c.of(DocumentMessage)) == 5, what="5 documents")
         await node.shutdown()
         seqs += [await other.service.publish("Order", "I", order(i)) for i in range(5, 10)]
         await make_server(port=port, **cluster)  # the node is back; its journal is the same stream
-        await c.wait_for(lambda: len(c.of(DocumentMessage)) == 10)
+        await c.until(lambda: len(c.of(DocumentMessage)) == 10, what="10 documents")
         seqs.append(await other.service.publish("Order", "I", order(10)))
-        await c.wait_for(lambda: len(c.of(DocumentMessage)) == 11)
+        await c.until(lambda: len(c.of(DocumentMessage)) == 11, what="11 documents")
         assert [m.seq for m in c.of(DocumentMessage)] == seqs  # nothing lost, nothing repeated
         assert not c.of(HistoryGone) and len(c.of(Connected)) == 2
     finally:
@@ -358,7 +357,7 @@ async def test_a_cut_between_the_upgrade_and_the_subscription_is_retried() -> No
 async def test_close_ends_the_iteration_without_error(server: NativeServer,
                                                       collect: Callable[..., Collector]) -> None:
     c = collect(listener(server.url, {"Order": {}}))
-    await c.wait_for(lambda: bool(c.of(Connected)))
+    await c.until(lambda: bool(c.of(Connected)), what="connected")
     await c.listener.close()
     await asyncio.wait_for(c.task, RECV_TIMEOUT)
     assert c.error is None and not c.of(Reconnecting)
@@ -368,7 +367,7 @@ async def test_after_seq_replays_what_followed_then_replay_done(server: NativeSe
                                                                  collect: Callable[..., Collector]) -> None:
     seqs = [server.service.publish_nowait("Order", "I", order(i)) for i in range(4)]
     c = collect(listener(server.url, {"Order": {"after_seq": seqs[0]}}))
-    await c.wait_for(lambda: bool(c.of(ReplayDone)))
+    await c.until(lambda: bool(c.of(ReplayDone)), what="replay done")
     assert [m.seq for m in c.of(DocumentMessage)] == seqs[1:]  # not mistaken for repeats of the head
     assert c.of(ReplayDone)[0].seq == seqs[-1] and c.listener.last_seq["Order"] == seqs[-1]
     assert c.of(Connected)[0].resumed == {"Order": seqs[0]}
@@ -377,10 +376,10 @@ async def test_after_seq_replays_what_followed_then_replay_done(server: NativeSe
 async def test_start_seq_filters_out_earlier_messages(server: NativeServer,
                                                       collect: Callable[..., Collector]) -> None:
     c = collect(listener(server.url, {"Order": {"start_seq": "9"}, "Customer": {}}))  # "9…" is after any seq
-    await c.wait_for(lambda: bool(c.of(Connected)))
+    await c.until(lambda: bool(c.of(Connected)), what="connected")
     server.service.publish_nowait("Order", "I", order(1))
     server.service.publish_nowait("Customer", "I", {"_id": "C-1", "customer_id": "C-1", "name": "n"})  # a sentinel
-    await c.wait_for(lambda: bool(c.of(DocumentMessage)))
+    await c.until(lambda: bool(c.of(DocumentMessage)), what="a document")
     assert [m.doc_class for m in c.of(DocumentMessage)] == ["Customer"]
     assert "start_seq" not in (await c.listener.handshake())["Order"]  # applied here, the same on any server
 
@@ -399,11 +398,11 @@ async def test_a_token_source_refreshes_the_token_before_it_expires(make_server:
 
     server = await make_server(jwt_secret=secret)
     c = collect(listener(server.url, {"Order": {}}, token=token))
-    await c.wait_for(lambda: any(getattr(e, "kind", None) == "token_refreshed" for e in c.events))
-    while time.time() < first_exp + 0.5:  # past the first token's expiry (a clock condition, bounded)
-        await asyncio.sleep(0.1)
+    await c.until(lambda: any(getattr(e, "kind", None) == "token_refreshed" for e in c.events),
+                  what="the token refreshed")
+    await until(lambda: time.time() >= first_exp + 0.5, timeout=10.0, poll=0.1, what="the first token's expiry")
     seq = server.service.publish_nowait("Order", "I", order(1))
-    await c.wait_for(lambda: bool(c.of(DocumentMessage)))
+    await c.until(lambda: bool(c.of(DocumentMessage)), what="a document")
     assert [m.seq for m in c.of(DocumentMessage)] == [seq]
     assert len(c.of(Connected)) == 1 and not c.of(Reconnecting)  # the same connection throughout
     assert len(issued) == 2

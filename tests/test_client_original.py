@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import RECV_TIMEOUT, ServerFactory, TcpProxy, fast_backoff, order
+from helpers import RECV_TIMEOUT, ServerFactory, TcpProxy, fast_backoff, order, until
 from xia_broadcast.client import BroadcastListener, Refused
 from xia_broadcast.client.original import header_entries
 from xia_broadcast.server.config import ApiKey
@@ -45,11 +45,11 @@ class Calls:
         self.errors.append(error)
         self.changed.set()
 
-    async def until(self, condition: Callable[[], bool], timeout: float = 20.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                self.changed.clear()
-                await self.changed.wait()
+    async def until(self, condition: Callable[[], bool], *, what: str, timeout: float = 20.0) -> None:
+        """Until ``condition()`` holds, checked at each callback; fails after ``timeout`` seconds naming ``what``."""
+        await until(condition, timeout, wake=self.changed,
+                    what=lambda: f"{what} (opened {self.opened}, {len(self.messages)} messages, closes "
+                                 f"{self.closes}, errors {self.errors})")
 
 
 def test_header_in_the_original_form_reads_the_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,14 +73,14 @@ async def test_original_callbacks_across_a_drop_and_exits_only_on_request(
     task = asyncio.get_running_loop().create_task(
         bl.listen(calls.on_open, calls.on_message, calls.on_error, calls.on_close))  # the original's order
     try:
-        await calls.until(lambda: calls.opened == 1)
+        await calls.until(lambda: calls.opened == 1, what="the first on_open")
         seqs = [server.service.publish_nowait("Order", "I", order(1)),
                 server.service.publish_nowait("Order", "U", order(1, region="US"))]  # leaves the scope: X
-        await calls.until(lambda: len(calls.messages) == 1)
+        await calls.until(lambda: len(calls.messages) == 1, what="one message")
         proxy.cut()
-        await calls.until(lambda: calls.opened == 2)
+        await calls.until(lambda: calls.opened == 2, what="on_open again")
         seqs.append(server.service.publish_nowait("Order", "I", order(2)))
-        await calls.until(lambda: len(calls.messages) == 2)
+        await calls.until(lambda: len(calls.messages) == 2, what="two messages")
     finally:
         await bl.close()
         await asyncio.wait_for(task, RECV_TIMEOUT)
@@ -102,10 +102,10 @@ async def test_exits_reach_on_message_when_asked(make_server: ServerFactory) -> 
                            connect_kwargs={"proxy": None})
     task = asyncio.get_running_loop().create_task(bl.listen())  # callbacks given to the constructor
     try:
-        await calls.until(lambda: calls.opened == 1)
+        await calls.until(lambda: calls.opened == 1, what="the first on_open")
         server.service.publish_nowait("Order", "I", order(1))
         server.service.publish_nowait("Order", "U", order(1, region="US"))
-        await calls.until(lambda: len(calls.messages) == 2)
+        await calls.until(lambda: len(calls.messages) == 2, what="two messages")
     finally:
         await bl.close()
         await asyncio.wait_for(task, RECV_TIMEOUT)
@@ -120,9 +120,9 @@ async def test_id_only_asks_for_the_id_alone(make_server: ServerFactory) -> None
     task = asyncio.get_running_loop().create_task(
         bl.listen(calls.on_open, calls.on_message, calls.on_error, calls.on_close, id_only=True))
     try:
-        await calls.until(lambda: calls.opened == 1)
+        await calls.until(lambda: calls.opened == 1, what="the first on_open")
         server.service.publish_nowait("Order", "I", order(7))
-        await calls.until(lambda: len(calls.messages) == 1)
+        await calls.until(lambda: len(calls.messages) == 1, what="one message")
     finally:
         await bl.close()
         await asyncio.wait_for(task, RECV_TIMEOUT)

@@ -1,11 +1,15 @@
-"""The ``Document`` base class: schema from fields, and the original document protocol."""
+"""The ``Document`` base class: schema from fields, and the original document protocol, also as the
+Broadcaster asks it (serialization aliases, a document overriding the protocol)."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Optional
 
 import pytest
+from pydantic import ConfigDict
+from pydantic.alias_generators import to_camel
 
+from helpers import Socket, fresh
 from xia_broadcast import Acl, Document, EmbeddedDocument, field
 from xia_broadcast.core.catalog import compile_catalog
 from xia_broadcast.errors import (
@@ -263,3 +267,53 @@ def test_recursive_documents_are_refused_with_a_clear_error() -> None:
 def test_an_unknown_embedded_field_is_named_from_the_document_class() -> None:
     with pytest.raises(InvalidCatalogError, match=r"^Order has no field 'lines\.price'$"):
         compile_catalog({"lines": {"price": None}}, Order.doc_schema(), strict=True)
+
+
+# -- through the Broadcaster: what the document says is what subscribers get --------------------------------
+
+
+class Aliased(Document):
+    order_id: str = field(key=True, serialization_alias="orderRef")
+    margin: float = field(0.0, hidden=True, serialization_alias="mrg")
+
+
+class Camel(Document):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    order_id: str = field(key=True)
+    secret_margin: float = field(0.0, hidden=True)
+
+
+@pytest.mark.parametrize("doc", [Aliased(order_id="A", margin=0.42), Camel(order_id="A", secret_margin=0.42)])
+async def test_hidden_fields_and_keys_follow_serialization_aliases(doc: Document) -> None:
+    b = fresh()
+    ws, acl_ws = Socket(), Socket()
+    await b.subscribe(ws, type(doc).__name__)
+    await b.subscribe(acl_ws, type(doc).__name__,
+                      acl={"content": [{"obj": f"{type(doc).__name__}/key/A", "act": "read"}]})
+    await b.document_sent_async(doc, "I", "1")
+    assert await b.flush()
+    for got in (b.to(ws), b.to(acl_ws)):
+        assert len(got) == 1
+        assert set(got[0]["message"]) == {"_id", "orderRef" if isinstance(doc, Aliased) else "orderId"}
+
+
+class Secret(Document):
+    owner: str = field(key=True)
+    ssn: str = ""
+
+    def check_acl(self, acl: Any, act: str = "read", doc: Any = None, raise_error: bool = True) -> bool:
+        return acl is None
+
+    def get_display_data(self, catalog: Any = None, show_hidden: bool = False, **_: Any) -> dict[str, Any]:
+        return {"_id": self.id, "owner": self.owner}
+
+
+async def test_a_document_overriding_the_original_protocol_is_asked_through_it() -> None:
+    b = fresh()
+    public, restricted = Socket("public"), Socket("restricted")
+    await b.subscribe(public, "Secret")
+    await b.subscribe(restricted, "Secret", acl={"content": [{"obj": "*", "act": "*"}]})
+    await b.document_sent_async(Secret(id="s", owner="bob", ssn="123-45-6789"), "I", "1")
+    assert await b.flush()
+    assert [m["message"] for m in b.to(public)] == [{"_id": "s", "owner": "bob"}]
+    assert b.to(restricted) == []

@@ -11,16 +11,15 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from helpers import RECV_TIMEOUT, ServerFactory, ServerProcess, order, recv_json, subscribe
+from helpers import RECV_TIMEOUT, ServerFactory, ServerProcess, cli, order, recv_json, subscribe
 from xia_broadcast.core.change import Change
 from xia_broadcast.journal import HistoryGone
 from xia_broadcast.journal.sqlite import FILE_NAME, SqliteBackend
@@ -65,25 +64,15 @@ async def test_a_restart_keeps_every_change_the_epoch_and_increasing_seqs(
     assert later > seqs[-1]  # seqs never repeat across restarts
 
 
-@pytest.fixture
-def server_processes(tmp_path: Path) -> Iterator[list[ServerProcess]]:
-    started: list[ServerProcess] = []
-    yield started
-    for proc in started:
-        proc.stop()
-
-
 async def test_kill_9_under_load_loses_no_acknowledged_change_and_delivers_each_once(
-        tmp_path: Path, server_processes: list[ServerProcess]) -> None:
+        tmp_path: Path, server_process: Callable[..., ServerProcess]) -> None:
     """Four publishers post as fast as they are answered; a subscriber listens; the server is killed with
     SIGKILL at a random moment, then started again on the same directory. Every change that was answered 200
     is in the journal exactly once, in the order of its seq, in the same epoch; every change the subscriber
     received before the kill is among them (delivered only once committed)."""
     rng = random.Random(os.getpid())
     env = {"XIA_BROADCAST_DATA": str(tmp_path / "data")}
-    (tmp_path / "one").mkdir()
-    first = ServerProcess(tmp_path / "one", env=env)
-    server_processes.append(first.start())
+    first = server_process(directory="one", env=env)
     url = f"ws://127.0.0.1:{first.port}/ws"
     ws, confirmation = await subscribe(url, {"Order": {}})
     start, epoch = confirmation["Order"]["head_seq"], confirmation["Order"]["epoch"]
@@ -114,9 +103,7 @@ async def test_kill_9_under_load_loses_no_acknowledged_change_and_delivers_each_
     await ws.close()
     assert len(acknowledged) > 50, "too few changes before the kill: the test proves little"
 
-    (tmp_path / "two").mkdir()
-    second = ServerProcess(tmp_path / "two", env=env)
-    server_processes.append(second.start())
+    second = server_process(directory="two", env=env)
     got, again = await replay_all(f"ws://127.0.0.1:{second.port}/ws", start, epoch, len(acknowledged))
     assert again["Order"]["epoch"] == epoch
     replayed = [m["seq"] for m in got]
@@ -130,8 +117,8 @@ async def test_kill_9_under_load_loses_no_acknowledged_change_and_delivers_each_
 def serve_exit(data: Path, timeout: float = 20) -> tuple[int, str]:
     """Start ``xia-broadcast serve --data`` on ``data``; its exit code and stderr (it is expected to exit)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("XIA_BROADCAST_")}
-    proc = subprocess.run([sys.executable, "-m", "xia_broadcast.cli", "serve", "--port", "0", "--data", str(data)],
-                          capture_output=True, timeout=timeout, env=env)
+    proc = subprocess.run(cli("serve", "--port", "0", "--data", str(data)), capture_output=True, timeout=timeout,
+                          env=env)
     return proc.returncode, proc.stderr.decode()
 
 

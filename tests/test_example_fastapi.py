@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 import uvicorn
-from websockets.asyncio.client import connect
+
+from helpers import recv_json, until, ws_connect
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fastapi_embed.py"
 
@@ -26,18 +27,15 @@ async def test_the_fastapi_example_publishes_to_its_mounted_websocket() -> None:
     server = uvicorn.Server(uvicorn.Config(module.app, log_level="warning"))
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     try:
-        for _ in range(500):
-            if server.started:
-                break
-            await asyncio.sleep(0.01)
-        async with connect(f"ws://127.0.0.1:{port}/realtime/ws") as ws:
+        await until(lambda: server.started or task.done(), what="uvicorn to start")
+        async with ws_connect(f"ws://127.0.0.1:{port}/realtime/ws") as ws:
             await ws.send(json.dumps({"Order": {"catalog": {"amount": None}}}))
-            assert "Order" in json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert "Order" in await recv_json(ws)
             async with httpx.AsyncClient() as http:
                 r = await http.post(f"http://127.0.0.1:{port}/orders",
                                     json={"_id": "A-1", "order_id": "A-1", "amount": 12.5, "margin": 3.0})
             assert r.status_code == 200
-            msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            msg = await recv_json(ws)
             assert msg == {"doc_class": "Order", "op": "I", "seq": r.json()["seq"],
                            "message": {"_id": "A-1", "amount": 12.5}}
     finally:

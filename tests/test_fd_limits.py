@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import RECV_TIMEOUT, ServerProcess, raw_subscribe, read_frame, read_response
+from helpers import RECV_TIMEOUT, UPGRADE_REQUEST, ServerProcess, raw_subscribe, read_frame, read_response
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and uses prlimit")
 
@@ -46,8 +46,7 @@ async def test_under_a_low_fd_limit_max_connections_is_lowered_and_one_more_gets
         for _ in range(allowed):
             clients.append(await raw_subscribe(server.port, {"Order": {}}))
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", server.port), RECV_TIMEOUT)
-        writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        writer.write(UPGRADE_REQUEST.format(path="/ws").encode())
         assert (await read_response(reader))[0] == 101
         opcode, payload = await read_frame(reader)
         assert (opcode, int.from_bytes(payload[:2], "big")) == (0x8, 4503)

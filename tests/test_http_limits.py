@@ -13,7 +13,7 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from conftest import (
+from helpers import (
     RECV_TIMEOUT,
     UPGRADE_REQUEST,
     GoodClient,
@@ -22,9 +22,12 @@ from conftest import (
     read_response,
     recv_json,
     refused,
+    stalled_socket,
     subscribe,
+    until,
     ws_connect,
 )
+from xia_broadcast.server.demo import ORDER_SCHEMA
 from xia_broadcast.server.native import NativeServer
 
 
@@ -34,14 +37,6 @@ async def open_http(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWrit
 
 def head(method: str, path: str, *headers: str) -> bytes:
     return (f"{method} {path} HTTP/1.1\r\nHost: x\r\n" + "".join(h + "\r\n" for h in headers) + "\r\n").encode()
-
-
-async def wait_for(condition: Any, timeout: float = RECV_TIMEOUT) -> None:
-    """Wait (bounded) until ``condition()`` holds; the server runs in this loop, so each turn may change it."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 # -- nothing is read before it is allowed ------------------------------------------------------------------
@@ -147,22 +142,22 @@ async def test_sockets_that_never_upgrade_are_bounded_and_the_next_one_gets_503(
     idle = []
     for n in range(1, 5):
         idle.append(await open_http(server.port))
-        await wait_for(lambda n=n: server.http_limits.connections == n)
+        await until(lambda n=n: server.http_limits.connections == n, what=f"{n} HTTP connections counted")
     reader, writer = await open_http(server.port)
     status, headers, _ = await read_response(reader)  # answered before it sent anything
     assert (status, headers.get("connection")) == (503, "close")
     writer.close()
     idle.pop()[1].close()
-    await wait_for(lambda: server.http_limits.connections == 3)
+    await until(lambda: server.http_limits.connections == 3, what="3 HTTP connections counted")
     reader, writer = await open_http(server.port)  # served again
     writer.write(head("GET", "/readyz", "Connection: close"))
     assert (await read_response(reader))[0] == 200
     writer.close()
-    await wait_for(lambda: server.http_limits.connections == 3)
+    await until(lambda: server.http_limits.connections == 3, what="3 HTTP connections counted")
     # a WebSocket leaves the HTTP stage once upgraded: it does not hold one of the four
     ws, _ = await subscribe(server.url, {"Order": {}})
     async with ws:
-        await wait_for(lambda: server.http_limits.connections == 3)
+        await until(lambda: server.http_limits.connections == 3, what="3 HTTP connections counted")
     for _, w in idle:
         w.close()
 
@@ -297,3 +292,20 @@ async def test_a_jwt_with_exp_as_a_numeric_string_is_refused_with_4401(make_serv
     ws, confirmation = await subscribe(server.url, {"Order": {}, "_header": {"Authorization": f"Bearer {as_number}"}})
     assert confirmation["Order"]["user_name"] == "u"
     await ws.close()
+
+
+async def test_a_peer_that_pipelines_requests_without_reading_cannot_grow_server_memory(
+        make_server: ServerFactory) -> None:
+    server = await make_server(classes={"Order": ORDER_SCHEMA}, log_level="CRITICAL")
+    _, writer = await asyncio.open_connection(sock=stalled_socket(server.port))
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    for _ in range(5):
+        writer.write(request * 2000)
+        try:
+            await asyncio.wait_for(writer.drain(), 1)
+        except TimeoutError:
+            break  # the server stopped reading from us: the point of the test
+    await asyncio.sleep(0.3)
+    buffered = max(s.transport.get_write_buffer_size() for s in server.sockets if s.transport)
+    assert buffered < 4 * 1024 * 1024
+    writer.transport.abort()

@@ -1,5 +1,6 @@
 """The Hub (``xia_broadcast.hub``): what it tells its transport, the document hooks and schemas it is built
-with, and the one place a backend's synchronous capability is checked. No sockets."""
+with, the one place a backend's synchronous capability is checked, and what a refused subscription leaves
+(nothing). No sockets."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from helpers import Signals
 from xia_broadcast.core.change import Change
 from xia_broadcast.core.schema import DocSchema
+from xia_broadcast.errors import HiddenFieldError, SubscriptionError
 from xia_broadcast.fanout import Connection, DocumentHooks
 from xia_broadcast.hub import Hub, HubSettings
 from xia_broadcast.journal.redis import RedisBackend
@@ -135,3 +137,37 @@ def test_the_synchronous_capability_is_the_backends_to_declare() -> None:
     memory: Hub[str] = Hub()
     assert memory.backend.synchronous and memory.ready  # usable at once, without a loop
     assert memory.publish_nowait(doc(0)) == memory.head("Doc")
+
+
+def test_direct_messages_a_client_provokes_without_reading_are_bounded() -> None:
+    signals = Signals()
+    engine: Hub[object] = Hub(settings=HubSettings(queue_messages=100, queue_bytes=10_000), transport=signals)
+    ws = object()
+    engine.subscribe(ws, "Doc", {})
+    for _ in range(1000):  # e.g. token refreshes answered with token_refreshed, never read
+        engine.send_direct(ws, b'{"_control":"token_refreshed","expires_at":1}')
+        if signals.closed:
+            break
+    assert signals.closed == [(4409, "too slow: does not read the messages it asks for")]
+    assert ws not in engine.connections
+
+
+# -- subscribing --------------------------------------------------------------------------------------------
+
+
+async def test_a_refused_subscription_leaves_no_view_behind() -> None:
+    hub: Hub[object] = Hub()
+    for i in range(50):  # each refused after its scope compiled (the epoch is not a string)
+        with pytest.raises(SubscriptionError):
+            hub.subscribe(object(), "Doc", {"data_scope": [{"fn": "n", "op": "==", "val": i}], "epoch": 5}, None)
+    assert hub.view_count() == 0
+    hub.publish_nowait(Change("Doc", "I", "", {"_id": "d", "n": 1}))
+    assert hub.stats.encodings == 0
+
+
+async def test_without_a_schema_a_scope_needs_permission_to_see_hidden_fields() -> None:
+    hub: Hub[object] = Hub()
+    with pytest.raises(HiddenFieldError, match="no schema is known"):
+        hub.subscribe(object(), "Free", {"data_scope": [{"fn": "margin", "op": "==", "val": 0.42}]}, None,
+                      hidden_allowed=False)
+    hub.subscribe(object(), "Free", {}, None, hidden_allowed=False)  # no scope: nothing to ask

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,33 +61,29 @@ def p99(values: list[float]) -> float:
 
 @pytest.mark.parametrize("kind", ["fragments", "pings", "text"])
 async def test_a_client_streaming_tiny_frames_is_closed_4408_and_a_good_clients_p99_stays_within_2x(
-        tmp_path: Path, kind: str) -> None:
-    server = ServerProcess(tmp_path).start()
-    try:
-        await latencies(server.port, 20, 50)  # warm up: connections, caches
-        quiet = await latencies(server.port, 100, 50)
-        attacker = await asyncio.create_subprocess_exec(
-            sys.executable, str(FLOOD_CLIENT), str(server.port), kind, "3.0", stdout=subprocess.PIPE)
-        await asyncio.sleep(0.3)  # the attack is under way
-        attacked = await latencies(server.port, 100, 50)
-        out, _ = await asyncio.wait_for(attacker.communicate(), 30)
-        report: dict[str, Any] = json.loads(out)
-        closes = [code for code in report["codes"] if code is not None]
-        assert closes and set(closes) == {4408}, report
-        # within 2x of the quiet p99, and never less than 3 ms of room (a 1 ms p99 doubled is noise here)
-        assert p99(attacked) <= max(2 * p99(quiet), p99(quiet) + 3.0), (p99(quiet), p99(attacked), report)
-    finally:
-        server.stop()
+        server_process: Callable[..., ServerProcess], kind: str) -> None:
+    server = server_process()
+    await latencies(server.port, 20, 50)  # warm up: connections, caches
+    quiet = await latencies(server.port, 100, 50)
+    attacker = await asyncio.create_subprocess_exec(
+        sys.executable, str(FLOOD_CLIENT), str(server.port), kind, "3.0", stdout=subprocess.PIPE)
+    await asyncio.sleep(0.3)  # the attack is under way
+    attacked = await latencies(server.port, 100, 50)
+    out, _ = await asyncio.wait_for(attacker.communicate(), 30)
+    report: dict[str, Any] = json.loads(out)
+    closes = [code for code in report["codes"] if code is not None]
+    assert closes and set(closes) == {4408}, report
+    # within 2x of the quiet p99, with at least 10 ms of room: on two cores the attacker process itself takes
+    # one, so a 5 ms p99 doubled is within this machine's noise. Without the budget the attacked p99 was
+    # 843 to 1,665 ms.
+    assert p99(attacked) <= max(2 * p99(quiet), p99(quiet) + 10.0), (p99(quiet), p99(attacked), report)
 
 
 async def test_a_large_message_arriving_at_once_is_parsed_over_several_turns_and_delivered_whole(
-        tmp_path: Path) -> None:
+        server_process: Callable[..., ServerProcess]) -> None:
     """A handshake much larger than one parse chunk, in one write: the chunks add up to the message."""
-    server = ServerProcess(tmp_path).start()
-    try:
-        padding = {"x" * 50: "y" * 30_000}  # an unknown subscription key: passed on and echoed
-        ws, confirmation = await subscribe(f"ws://127.0.0.1:{server.port}/ws", {"Order": padding})
-        await ws.close()
-        assert confirmation["Order"]["x" * 50] == "y" * 30_000
-    finally:
-        server.stop()
+    server = server_process()
+    padding = {"x" * 50: "y" * 30_000}  # an unknown subscription key: passed on and echoed
+    ws, confirmation = await subscribe(f"ws://127.0.0.1:{server.port}/ws", {"Order": padding})
+    await ws.close()
+    assert confirmation["Order"]["x" * 50] == "y" * 30_000

@@ -14,10 +14,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from conftest import RECV_TIMEOUT, ServerProcess, raw_subscribe, read_frame
-from helpers import Signals
-from xia_broadcast.core.change import Change
-from xia_broadcast.hub import Hub
+from helpers import RECV_TIMEOUT, ServerProcess, raw_subscribe, read_frame
 
 LINUX_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -70,47 +67,3 @@ async def test_stalled_clients_hold_bounded_memory_and_lose_nothing(
     for _, w in [*stalled, (good_reader, good_writer)]:
         w.close()
     await asyncio.sleep(0)
-
-
-# -- the engine's side, without sockets --------------------------------------------------------------------
-
-
-def publish(hub: Hub, i: int) -> None:
-    hub.publish_nowait(Change("Doc", "I", "", {"_id": f"d{i}", "pad": "x" * 1000}))
-
-
-def test_a_write_takes_the_oldest_messages_that_fit_and_at_least_one() -> None:
-    hub = Hub()
-    ws = object()
-    hub.subscribe(ws, "Doc", {}, None)
-    for i in range(5):
-        publish(hub, i)
-    conn = hub.connections[ws]
-    size = len(conn.queue[0].data)
-    assert [len(conn.take(1)), len(conn.take(2 * size + 1)), len(conn.take(None))] == [1, 2, 2]
-    assert conn.queued_bytes == 0 and not conn.queue
-
-
-async def test_a_lagged_connection_goes_on_from_the_journal_with_nothing_lost_or_repeated() -> None:
-    signals = Signals()
-    woken = signals.ready
-    hub: Hub[object] = Hub(transport=signals)
-    ws = object()
-    hub.subscribe(ws, "Doc", {}, None)
-    publish(hub, 0)
-    conn = hub.connections[ws]
-    conn.scheduled = False
-    hub.lag(conn)  # what the writer does for a socket over its share
-    for i in range(1, 4):
-        publish(hub, i)
-    assert len(conn.queue) == 1  # nothing more was queued live
-    got = [m.data for m in conn.take()]
-    woken.clear()
-    await asyncio.wait_for(woken.wait(), 5)  # the replay queued what the journal holds
-    got += [m.data for m in conn.take()]
-    conn.scheduled = False
-    assert await hub.idle(5)
-    publish(hub, 4)  # live again once the replay caught up
-    got += [m.data for m in conn.take()]
-    assert [json.loads(m)["message"]["_id"] for m in got] == [f"d{i}" for i in range(5)]
-    assert conn.replaying == 0

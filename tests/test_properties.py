@@ -24,7 +24,8 @@ from typing import Any, ClassVar
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xia_broadcast import Broadcaster, Document, EmbeddedDocument, field
+from helpers import Recorder, Socket, fresh
+from xia_broadcast import Document, EmbeddedDocument, field
 from xia_broadcast.core.schema import DocSchema
 from xia_broadcast.core.scope import compile_scope
 
@@ -433,28 +434,6 @@ def test_compiled_scope_without_schema_agrees_with_the_reference(doc: dict[str, 
 # ======================================================================================================
 
 
-class Recorder(Broadcaster):
-    """Records every message handed to the documented transport hook."""
-
-    sent: ClassVar[list[tuple[Any, str]]] = []
-
-    @classmethod
-    async def send_message_async(cls, websocket: Any, message: str) -> None:
-        cls.sent.append((websocket, message))
-
-
-class Socket:
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __repr__(self) -> str:
-        return f"Socket({self.n})"
-
-
-def fresh(base: type[Recorder] = Recorder) -> type[Recorder]:
-    return type("B", (base,), {"sent": []})
-
-
 def received_by(b: type[Recorder], sockets: list[Socket]) -> dict[Socket, list[dict[str, Any]]]:
     got: dict[Socket, list[dict[str, Any]]] = {s: [] for s in sockets}
     for ws, message in b.sent:
@@ -636,7 +615,7 @@ class SlowPathRecorder(Recorder):
 
 async def run_documents(base: type[Recorder], subs: list[dict[str, Any]],
                         changes: list[tuple[str, str, Crate]]) -> None:
-    b = fresh(base)
+    b = fresh(base=base)
     b.register_class(Crate)
     sockets = [Socket(i) for i in range(len(subs))]
     for ws, sub in zip(sockets, subs, strict=True):

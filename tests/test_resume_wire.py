@@ -11,15 +11,16 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from conftest import read_until_closed
-from xia_broadcast.server.config import ApiKey, Settings
+from helpers import ServerFactory, read_until_closed, recv_json, ws_connect
+from xia_broadcast import Document
+from xia_broadcast.server.config import ApiKey
 from xia_broadcast.server.demo import ORDER_SCHEMA
 from xia_broadcast.server.native import NativeServer
 
@@ -105,21 +106,18 @@ class OrderPublisher:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[NativeServer]:
+async def server(make_server: ServerFactory) -> NativeServer:
+    """A server with the demo's Order class and one API key per client of :data:`CLIENTS`, queues of 64."""
     keys = {f"key-{name}": ApiKey(name, acl) for name, (acl, *_rest) in CLIENTS.items()}
-    srv = NativeServer(Settings(port=0, classes={"Order": ORDER_SCHEMA}, api_keys=keys, queue_messages=64,
-                                ping_interval=0, log_level="WARNING"))
-    await srv.start()
-    yield srv
-    await srv.shutdown()
+    return await make_server(classes={"Order": ORDER_SCHEMA}, api_keys=keys, queue_messages=64, log_level="WARNING")
 
 
 async def open_client(srv: NativeServer, name: str, **sub: Any) -> tuple[ClientConnection, str]:
-    ws = await connect(srv.url, max_size=None)
+    ws = await ws_connect(srv.url, max_size=None)
     request = {"Order": {**CLIENTS[name][1], **sub}, "_header": {"X-Api-Key": f"key-{name}"},
                "_options": {"control": True}}
     await ws.send(json.dumps(request))
-    confirmation = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    confirmation = await recv_json(ws)
     return ws, confirmation["Order"]["head_seq"]
 
 
@@ -199,7 +197,7 @@ async def test_a_stalled_client_delays_no_one_and_gets_everything_once_it_reads(
 
     async def read_good() -> None:
         while len(latencies) < count:
-            msg = json.loads(await asyncio.wait_for(good.recv(), 5))
+            msg = await recv_json(good)
             latencies.append(time.time() - float(msg["message"]["status"]))
 
     reader = asyncio.create_task(read_good())
@@ -214,7 +212,7 @@ async def test_a_stalled_client_delays_no_one_and_gets_everything_once_it_reads(
     assert max(latencies) < 0.5, f"good client waited {max(latencies):.3f} s"
     seqs: list[str] = []
     while len(seqs) < len(published):
-        msg = json.loads(await asyncio.wait_for(stalled.recv(), 5))
+        msg = await recv_json(stalled)
         if "_control" not in msg:
             seqs.append(msg["seq"])
     assert seqs == published
@@ -222,35 +220,61 @@ async def test_a_stalled_client_delays_no_one_and_gets_everything_once_it_reads(
     await stalled.close()
 
 
-async def test_history_gone_is_told_with_the_oldest_seq_held() -> None:
-    srv = NativeServer(Settings(port=0, classes={"Order": ORDER_SCHEMA}, journal_max_count=10, ping_interval=0,
-                                log_level="WARNING"))
-    await srv.start()
-    try:
-        seqs = [srv.service.publish_nowait("Order", "I", {"_id": f"H{i}", "order_id": f"H{i}"}) for i in range(30)]
-        ws = await connect(srv.url)
-        await ws.send(json.dumps({"Order": {"after_seq": seqs[5]}, "_options": {"control": True}}))
-        json.loads(await asyncio.wait_for(ws.recv(), 5))  # confirmation
-        gone = json.loads(await asyncio.wait_for(ws.recv(), 5))
-        assert gone == {"_control": "history_gone", "class": "Order", "seq": seqs[5], "oldest_seq": seqs[20]}
-        # then live, from now on
-        seq = srv.service.publish_nowait("Order", "I", {"_id": "new", "order_id": "new"})
-        msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
-        assert msg["seq"] == seq
-        # a client without control messages that asks to resume from what is no longer held is closed with
-        # 4410, never given a silent gap
-        plain = await connect(srv.url)
-        await plain.send(json.dumps({"Order": {"after_seq": seqs[5]}}))
-        json.loads(await asyncio.wait_for(plain.recv(), 5))
-        _, code, reason = await read_until_closed(plain)
-        assert code == 4410 and seqs[21] in reason  # "new" pushed seqs[20] out
-        # an original client's start_seq replays nothing: it only skips older live changes
-        original = await connect(srv.url)
-        await original.send(json.dumps({"Order": {"start_seq": seqs[5]}}))
-        json.loads(await asyncio.wait_for(original.recv(), 5))
-        later = srv.service.publish_nowait("Order", "I", {"_id": "later", "order_id": "later"})
-        assert json.loads(await asyncio.wait_for(original.recv(), 5))["seq"] == later
-        await ws.close()
-        await original.close()
-    finally:
-        await srv.shutdown()
+async def test_history_gone_is_told_with_the_oldest_seq_held(make_server: ServerFactory) -> None:
+    srv = await make_server(classes={"Order": ORDER_SCHEMA}, journal_max_count=10, log_level="WARNING")
+    seqs = [srv.service.publish_nowait("Order", "I", {"_id": f"H{i}", "order_id": f"H{i}"}) for i in range(30)]
+    ws = await ws_connect(srv.url)
+    await ws.send(json.dumps({"Order": {"after_seq": seqs[5]}, "_options": {"control": True}}))
+    await recv_json(ws)  # confirmation
+    gone = await recv_json(ws)
+    assert gone == {"_control": "history_gone", "class": "Order", "seq": seqs[5], "oldest_seq": seqs[20]}
+    # then live, from now on
+    seq = srv.service.publish_nowait("Order", "I", {"_id": "new", "order_id": "new"})
+    msg = await recv_json(ws)
+    assert msg["seq"] == seq
+    # a client without control messages that asks to resume from what is no longer held is closed with
+    # 4410, never given a silent gap
+    plain = await ws_connect(srv.url)
+    await plain.send(json.dumps({"Order": {"after_seq": seqs[5]}}))
+    await recv_json(plain)
+    _, code, reason = await read_until_closed(plain)
+    assert code == 4410 and seqs[21] in reason  # "new" pushed seqs[20] out
+    # an original client's start_seq replays nothing: it only skips older live changes
+    original = await ws_connect(srv.url)
+    await original.send(json.dumps({"Order": {"start_seq": seqs[5]}}))
+    await recv_json(original)
+    later = srv.service.publish_nowait("Order", "I", {"_id": "later", "order_id": "later"})
+    assert (await recv_json(original))["seq"] == later
+    await ws.close()
+    await original.close()
+
+
+class Note(Document):
+    x: int = 0
+
+
+async def test_an_unencodable_change_in_a_replay_does_not_stop_other_sockets(make_server: ServerFactory) -> None:
+    """An integer beyond 64 bits is what orjson cannot encode (the fast encoder): replayed to a lagging socket,
+    it is encoded by Python's ``json`` and delivered (never dropped), and no other socket is held up."""
+    server = await make_server(classes={"Note": Note.doc_schema()}, queue_messages=5, log_level="CRITICAL")
+
+    def publish(note: Note) -> None:
+        server.service.publish_nowait("Note", "I", note.stored_data())
+
+    async with ws_connect(server.url) as lagging, ws_connect(server.url) as healthy:
+        await lagging.send(json.dumps({"Note": {}}))
+        await lagging.recv()
+        await healthy.send(json.dumps({"Note": {"data_scope": [{"fn": "x", "op": "==", "val": 5000}]}}))
+        await healthy.recv()
+        for i in range(10):  # one burst: the first client overflows its queue and replays
+            publish(Note(id=f"s{i}", x=i))
+        publish(Note(id="big", x=2**70))  # not JSON-encodable by orjson
+        publish(Note(id="h1", x=5000))
+        await asyncio.sleep(0.2)
+        publish(Note(id="h2", x=5000))
+        got = [(await recv_json(healthy))["message"]["_id"] for _ in range(2)]
+        assert got == ["h1", "h2"]
+        replayed = [(await recv_json(lagging))["message"] for _ in range(13)]
+    assert server.service.hub.stats.lags >= 1, "the lagging socket never overflowed: no replay was tested"
+    assert [m["_id"] for m in replayed] == [*(f"s{i}" for i in range(10)), "big", "h1", "h2"]
+    assert replayed[10]["x"] == 2**70

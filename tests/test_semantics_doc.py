@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
-from xia_broadcast import Broadcaster
+from helpers import fresh
 from xia_broadcast.core.acl import Acl, check_acl, subjects_of
 from xia_broadcast.core.schema import DocSchema
 from xia_broadcast.core.scope import compile_scope
@@ -62,18 +62,9 @@ def test_the_running_document_fits_its_schema() -> None:
     assert len(EXAMPLES) >= 10
 
 
-class Recorder(Broadcaster):
-    sent: ClassVar[list[tuple[Any, str]]] = []
-
-    @classmethod
-    async def send_message_async(cls, websocket: Any, message: str) -> None:
-        cls.sent.append((websocket, message))
-
-
 @pytest.mark.parametrize("example", EXAMPLES, ids=[f"example-{i + 1}" for i in range(len(EXAMPLES))])
 async def test_each_example_delivers_exactly_what_the_doc_says(example: dict[str, Any]) -> None:
-    b: type[Recorder] = type("B", (Recorder,), {"sent": []})
-    b.register_class(SCHEMA)
+    b = fresh(SCHEMA)
     ws = object()
     await b.subscribe(ws, "Order", **example["subscribe"])
     for change in example["publish"]:
@@ -124,8 +115,7 @@ REFUSED_WHEN = {"always": {}, "strict": {"strict": True}, "without hidden permis
 async def test_each_refusal_table_row(row: list[str]) -> None:
     request, when, error, close_code, message = row
     name, _, value = code(request).partition(": ")
-    b: type[Recorder] = type("B", (Recorder,), {"sent": []})
-    b.register_class(SCHEMA)
+    b = fresh(SCHEMA)
     if when != "always":  # accepted unless asked for
         await b.subscribe(object(), "Order", **{name: json.loads(value)})
     with pytest.raises(SubscriptionError) as info:

@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from conftest import ServerFactory, order, recv_json, recv_until, refused, subscribe
+from helpers import ServerFactory, order, recv_json, recv_until, refused, subscribe
 from xia_broadcast.server.config import ApiKey
 from xia_broadcast.server.native import NativeServer
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import (
+from helpers import (
     GoodClient,
     ServerFactory,
     http_base,

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import (
+from helpers import (
     ServerFactory,
     http_base,
     order,
@@ -29,9 +29,9 @@ from conftest import (
     settled_health,
     stalled_socket,
     subscribe,
+    until,
     ws_connect,
 )
-from journal_contract.journal_helpers import until
 from xia_broadcast.server.native import KEEPALIVE_ROUNDS, NativeServer
 
 EU_SCOPE = [{"fn": "region", "op": "==", "val": "EU"}]
@@ -163,8 +163,7 @@ async def test_keepalive_drops_a_silent_client_and_keeps_a_live_one(make_server:
         publish_orders(server, range(1, 4))
         started = time.monotonic()
         got = [await recv_json(live) for _ in range(3)]
-        while time.monotonic() - started < 1.2:  # several ping intervals
-            await asyncio.sleep(0.1)
+        await until(lambda: time.monotonic() - started >= 1.2, poll=0.1, what="several ping intervals")
         health = server.service.health()
         seq = publish_orders(server, range(4, 5))
         after = await recv_json(live)

@@ -6,13 +6,22 @@ receive nothing from it.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import RECV_TIMEOUT, ServerFactory, http_base, order, recv_json, recv_until, subscribe
+from helpers import (
+    RECV_TIMEOUT,
+    ServerFactory,
+    http_base,
+    order,
+    order_change,
+    post_publish,
+    recv_json,
+    recv_until,
+    subscribe,
+)
 from xia_broadcast.server.config import ApiKey
 from xia_broadcast.server.native import NativeServer
 
@@ -20,13 +29,8 @@ EU_SCOPE = [{"fn": "region", "op": "==", "val": "EU"}]
 SMALL_CATALOG = {"order_id": None, "amount": None}
 
 
-def change(i: int, op: str = "I", **fields: Any) -> dict[str, Any]:
-    return {"class": "Order", "op": op, "doc": order(i, **fields)}
 
 
-async def post(http: Any, server: Any, body: Any, headers: dict[str, str] | None = None) -> Any:
-    content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return await http.post(f"{http_base(server)}/publish", content=content, headers=headers or {})
 
 
 async def test_single_change_is_received_through_scope_and_catalog(
@@ -34,7 +38,7 @@ async def test_single_change_is_received_through_scope_and_catalog(
     eu, eu_conf = await subscribe(server.url, {"Order": {"data_scope": EU_SCOPE, "catalog": SMALL_CATALOG}})
     everything, _ = await subscribe(server.url, {"Order": {}})
     async with eu, everything:
-        resp = await post(http, server, change(1, region="EU", amount=12.5))
+        resp = await post_publish(http, server, order_change(1, region="EU", amount=12.5))
         eu_msg = await recv_json(eu)
         all_msg = await recv_json(everything)
     assert resp.status_code == 200
@@ -53,7 +57,8 @@ async def test_batch_is_received_in_order_filtered_by_scope(server: NativeServer
     eu, _ = await subscribe(server.url, {"Order": {"data_scope": EU_SCOPE, "catalog": {"region": None}}})
     hidden, _ = await subscribe(server.url, {"Order": {"show_hidden": True, "catalog": {"margin": None}}})
     async with eu, hidden:
-        resp = await post(http, server, {"changes": [change(i, region=r) for i, r in enumerate(regions, 1)]})
+        changes = [order_change(i, region=r) for i, r in enumerate(regions, 1)]
+        resp = await post_publish(http, server, {"changes": changes})
         seqs = resp.json()["seqs"]
         eu_got = await recv_until(eu, "O-000005")
         hidden_got = [await recv_json(hidden) for _ in regions]
@@ -68,9 +73,9 @@ async def test_batch_is_received_in_order_filtered_by_scope(server: NativeServer
 async def test_update_and_delete_ops_are_delivered_as_published(server: NativeServer, http: httpx.AsyncClient) -> None:
     ws, _ = await subscribe(server.url, {"Order": {"catalog": {"status": None}}})
     async with ws:
-        resp = await post(http, server, {"changes": [
-            change(1), change(1, "U", status="paid"),
-            {**change(1, "D", status="paid"), "previous": order(1, status="paid")}]})
+        resp = await post_publish(http, server, {"changes": [
+            order_change(1), order_change(1, "U", status="paid"),
+            {**order_change(1, "D", status="paid"), "previous": order(1, status="paid")}]})
         got = [await recv_json(ws) for _ in range(3)]
     assert resp.status_code == 200
     assert [(m["op"], m["seq"], m["message"]) for m in got] == [
@@ -90,11 +95,10 @@ async def test_acl_applies_to_http_published_changes(make_server: ServerFactory,
                                           "_header": {"X-Api-Key": "k-ops"}})
     customers = ["globex", "acme", "initech", "acme", "globex", "acme"]
     async with alice, ops:
-        first = await post(http, server, {"changes": [change(i, customer=c) for i, c in enumerate(customers[:3])]},
-                           {"X-Publisher-Key": "p-1"})
-        second = await post(http, server, {"changes": [change(i, customer=c)
-                                                       for i, c in enumerate(customers[3:], 3)]},
-                            {"Authorization": "Bearer p-2"})
+        first = await post_publish(http, server, {"changes": [
+            order_change(i, customer=c) for i, c in enumerate(customers[:3])]}, {"X-Publisher-Key": "p-1"})
+        second = await post_publish(http, server, {"changes": [
+            order_change(i, customer=c) for i, c in enumerate(customers[3:], 3)]}, {"Authorization": "Bearer p-2"})
         alice_got = await recv_until(alice, "O-000005")
         ops_got = await recv_until(ops, "O-000005")
     assert (first.status_code, second.status_code) == (200, 200)
@@ -108,27 +112,33 @@ async def test_acl_applies_to_http_published_changes(make_server: ServerFactory,
 
 ERRORS = [
     pytest.param(b"{not json", 400, "bad_json", "body is not JSON", id="bad-json"),
-    pytest.param([change(1)], 400, "bad_request", "change 0: a change is an object", id="list"),
+    pytest.param([order_change(1)], 400, "bad_request", "change 0: a change is an object", id="list"),
     pytest.param("42", 400, "bad_request", "change 0: a change is an object", id="number"),
-    pytest.param({**change(1), "seq": "1"}, 400, "bad_request", "change 0: unknown keys ['seq']", id="unknown-key"),
+    pytest.param({**order_change(1), "seq": "1"}, 400, "bad_request", "change 0: unknown keys ['seq']",
+                 id="unknown-key"),
     pytest.param({"changes": []}, 400, "bad_request", "a batch is", id="empty-batch"),
-    pytest.param({"changes": [change(1)], "atomic": True}, 400, "bad_request", "a batch is", id="batch-extra-key"),
-    pytest.param({"changes": change(1)}, 400, "bad_request", "a batch is", id="batch-not-a-list"),
+    pytest.param({"changes": [order_change(1)], "atomic": True}, 400, "bad_request", "a batch is",
+                 id="batch-extra-key"),
+    pytest.param({"changes": order_change(1)}, 400, "bad_request", "a batch is", id="batch-not-a-list"),
     pytest.param({"class": "Invoice", "op": "I", "doc": {"_id": "i"}}, 404, "unknown_class",
                  "change 0: unknown class 'Invoice'", id="unknown-class"),
     pytest.param({"op": "I", "doc": order(1)}, 404, "unknown_class", "change 0: unknown class None",
                  id="no-class"),
-    pytest.param(change(1, op="Z"), 422, "invalid_change", "change 0: op must be one of ['D', 'I', 'U'], not 'Z'",
-                 id="unknown-op"),
-    pytest.param({"changes": [change(1), change(2), change(3), change(4, amount="12")]}, 422, "invalid_change",
-                 "change 3: Order.amount: expected float, got str", id="wrong-type"),
-    pytest.param({"changes": [change(1), change(2, colour="red")]}, 422, "invalid_change",
+    pytest.param(order_change(1, op="Z"), 422, "invalid_change",
+                 "change 0: op must be one of ['D', 'I', 'U'], not 'Z'", id="unknown-op"),
+    pytest.param({**order_change(1), "op": ["I"]}, 422, "invalid_change",
+                 "change 0: op must be one of ['D', 'I', 'U'], not ['I']", id="op-a-list"),
+    pytest.param({**order_change(1), "op": {"I": 1}}, 422, "invalid_change", "change 0: op must be one of",
+                 id="op-an-object"),
+    pytest.param({"changes": [order_change(1), order_change(2), order_change(3), order_change(4, amount="12")]}, 422,
+                 "invalid_change", "change 3: Order.amount: expected float, got str", id="wrong-type"),
+    pytest.param({"changes": [order_change(1), order_change(2, colour="red")]}, 422, "invalid_change",
                  "change 1: Order: unknown field 'colour'", id="undeclared-field"),
     pytest.param({"class": "Order", "op": "I", "doc": {"order_id": "x"}}, 422, "invalid_change",
                  "change 0: Order: '_id' must be", id="missing-id"),
     pytest.param({"class": "Order", "op": "I"}, 422, "invalid_change",
                  "change 0: Order: a document must be a JSON object", id="missing-doc"),
-    pytest.param({**change(1, "U"), "previous": {"_id": "O-000001", "amount": "x"}}, 422, "invalid_change",
+    pytest.param({**order_change(1, "U"), "previous": {"_id": "O-000001", "amount": "x"}}, 422, "invalid_change",
                  "change 0: Order.amount: expected float", id="bad-previous"),
 ]
 
@@ -138,8 +148,8 @@ async def test_publish_errors_apply_nothing(
         server: NativeServer, http: httpx.AsyncClient, body: Any, status: int, error: str, message: str) -> None:
     ws, _ = await subscribe(server.url, {"Order": {}})
     async with ws:
-        resp = await post(http, server, body)
-        sentinel = await post(http, server, change(777))
+        resp = await post_publish(http, server, body)
+        sentinel = await post_publish(http, server, order_change(777))
         got = await recv_json(ws)
     assert resp.status_code == status, resp.text
     assert resp.headers["content-type"].startswith("application/json")
@@ -155,8 +165,8 @@ async def test_publish_405_and_413(make_server: ServerFactory, http: httpx.Async
     ws, _ = await subscribe(server.url, {"Order": {}})
     async with ws:
         get = await http.get(f"{http_base(server)}/publish")
-        too_big = await post(http, server, change(1, note="n" * 2000))
-        just_fits = await post(http, server, change(2, note="n" * 100))
+        too_big = await post_publish(http, server, order_change(1, note="n" * 2000))
+        just_fits = await post_publish(http, server, order_change(2, note="n" * 100))
         got = await recv_json(ws)
     assert (get.status_code, get.json()["error"]) == (405, "method_not_allowed")
     assert (too_big.status_code, too_big.json()["error"]) == (413, "too_large")
@@ -168,10 +178,10 @@ async def test_publish_keys(make_server: ServerFactory, http: httpx.AsyncClient)
     server = await make_server(publish_keys=["p-1"])
     ws, _ = await subscribe(server.url, {"Order": {}})
     async with ws:
-        missing = await post(http, server, change(1))
-        wrong = await post(http, server, change(2), {"X-Publisher-Key": "p-2"})
-        wrong_bearer = await post(http, server, change(3), {"Authorization": "Bearer p-2"})
-        ok = await post(http, server, change(4), {"x-publisher-key": "p-1"})
+        missing = await post_publish(http, server, order_change(1))
+        wrong = await post_publish(http, server, order_change(2), {"X-Publisher-Key": "p-2"})
+        wrong_bearer = await post_publish(http, server, order_change(3), {"Authorization": "Bearer p-2"})
+        ok = await post_publish(http, server, order_change(4), {"x-publisher-key": "p-1"})
         got = await recv_json(ws)
     for resp, text in ((missing, "X-Publisher-Key missing"), (wrong, "unknown publisher key"),
                        (wrong_bearer, "unknown publisher key")):
@@ -183,7 +193,7 @@ async def test_publish_keys(make_server: ServerFactory, http: httpx.AsyncClient)
 async def test_publishing_is_closed_on_an_authenticated_server_without_publish_keys(
         make_server: ServerFactory, http: httpx.AsyncClient) -> None:
     server = await make_server(api_keys={"k": ApiKey("u", None)})
-    resp = await post(http, server, change(1), {"X-Publisher-Key": "anything"})
+    resp = await post_publish(http, server, order_change(1), {"X-Publisher-Key": "anything"})
     assert resp.status_code == 401
     assert resp.json()["message"].startswith("publishing is disabled")
 
@@ -191,7 +201,7 @@ async def test_publishing_is_closed_on_an_authenticated_server_without_publish_k
 async def test_unauthorized_is_checked_before_the_body(make_server: ServerFactory, http: httpx.AsyncClient) -> None:
     """An unauthenticated publisher learns nothing about the body: 401 even for garbage."""
     server = await make_server(publish_keys=["p-1"])
-    resp = await post(http, server, b"{garbage")
+    resp = await post_publish(http, server, b"{garbage")
     assert resp.status_code == 401
 
 
@@ -207,7 +217,7 @@ async def test_sequential_publishes_arrive_in_publish_order(server: NativeServer
     async with ws:
         seqs = []
         for i in range(20):
-            resp = await post(http, server, change(i))
+            resp = await post_publish(http, server, order_change(i))
             seqs += resp.json()["seqs"]
         got = await recv_until(ws, "O-000019")
     assert [m["seq"] for m in got] == seqs

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import jwt
 import pytest
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from xia_broadcast.server.config import ApiKey, Settings
+from helpers import ServerFactory, recv_json, ws_connect
+from xia_broadcast.server.config import ApiKey
 from xia_broadcast.server.demo import ORDER_SCHEMA
 from xia_broadcast.server.native import NativeServer
 
@@ -27,26 +27,24 @@ def token(**claims: Any) -> str:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[NativeServer]:
-    srv = NativeServer(Settings(port=0, classes={"Order": ORDER_SCHEMA}, jwt_secret=SECRET, ping_interval=0,
-                                log_level="WARNING", api_keys={
-                                    "plain": ApiKey("plain", READ_ALL),
-                                    "trusted": ApiKey("trusted", READ_ALL, show_hidden=True)}))
-    await srv.start()
-    yield srv
-    await srv.shutdown()
+async def server(make_server: ServerFactory) -> NativeServer:
+    """An authenticated server: JWTs signed with :data:`SECRET`, a plain key and a key granted hidden fields."""
+    return await make_server(classes={"Order": ORDER_SCHEMA}, jwt_secret=SECRET, log_level="WARNING", api_keys={
+        "plain": ApiKey("plain", READ_ALL), "trusted": ApiKey("trusted", READ_ALL, show_hidden=True)})
 
 
 async def open_ws(srv: NativeServer, header: dict[str, str], show_hidden: bool) -> Any:
-    ws = await connect(srv.url)
+    """A client that sent its handshake (asking for hidden fields when ``show_hidden``), not yet answered."""
+    ws = await ws_connect(srv.url)
     await ws.send(json.dumps({"Order": {"show_hidden": show_hidden}, "_header": header}))
     return ws
 
 
 async def first_document(srv: NativeServer, ws: Any) -> dict[str, Any]:
-    assert "Order" in json.loads(await asyncio.wait_for(ws.recv(), 5))
+    """The confirmation, then the document :data:`DOC` published now, as ``ws`` receives it."""
+    assert "Order" in await recv_json(ws)
     srv.service.publish_nowait("Order", "I", dict(DOC))
-    message: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 5))["message"]
+    message: dict[str, Any] = (await recv_json(ws))["message"]
     return message
 
 
@@ -86,12 +84,8 @@ async def test_others_asking_for_hidden_fields_are_refused_with_4403(server: Nat
     await good.close()
 
 
-async def test_a_public_server_lets_anyone_ask_for_hidden_fields_as_the_original() -> None:
-    srv = NativeServer(Settings(port=0, classes={"Order": ORDER_SCHEMA}, ping_interval=0, log_level="WARNING"))
-    await srv.start()
-    try:
-        ws = await open_ws(srv, {}, show_hidden=True)
-        assert (await first_document(srv, ws))["margin"] == 0.25
-        await ws.close()
-    finally:
-        await srv.shutdown()
+async def test_a_public_server_lets_anyone_ask_for_hidden_fields_as_the_original(make_server: ServerFactory) -> None:
+    srv = await make_server(classes={"Order": ORDER_SCHEMA}, log_level="WARNING")
+    ws = await open_ws(srv, {}, show_hidden=True)
+    assert (await first_document(srv, ws))["margin"] == 0.25
+    await ws.close()

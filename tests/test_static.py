@@ -7,7 +7,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from conftest import CLASSES, ServerFactory, http_base
+from helpers import CLASSES, ServerFactory, http_base
 from xia_broadcast.server.asgi import create_app
 from xia_broadcast.server.config import Settings
 

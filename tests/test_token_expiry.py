@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import jwt
 import pytest
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from xia_broadcast.server.config import Settings
+from helpers import ServerFactory, recv_json, subscribe, ws_connect
 from xia_broadcast.server.demo import ORDER_SCHEMA
 from xia_broadcast.server.native import NativeServer
 
@@ -26,53 +24,45 @@ def token(sub: str = "alice", ttl: float = 60.0, acl: dict[str, Any] | None = No
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[NativeServer]:
-    srv = NativeServer(Settings(port=0, classes={"Order": ORDER_SCHEMA}, jwt_secret=SECRET, ping_interval=0,
-                                log_level="WARNING"))
-    await srv.start()
-    yield srv
-    await srv.shutdown()
+async def server(make_server: ServerFactory) -> NativeServer:
+    """A server that takes JWTs signed with :data:`SECRET`, with the demo's Order class."""
+    return await make_server(classes={"Order": ORDER_SCHEMA}, jwt_secret=SECRET, log_level="WARNING")
 
 
-async def subscribe(srv: NativeServer, tok: str, control: bool) -> Any:
-    ws = await connect(srv.url)
-    msg: dict[str, Any] = {"Order": {}, "_header": {"Authorization": f"Bearer {tok}"}}
+async def subscribe_with(srv: NativeServer, tok: str, control: bool) -> Any:
+    """A subscriber to Order with the token ``tok`` (and control messages when ``control``)."""
+    request: dict[str, Any] = {"Order": {}, "_header": {"Authorization": f"Bearer {tok}"}}
     if control:
-        msg["_options"] = {"control": True}
-    await ws.send(json.dumps(msg))
-    assert "Order" in json.loads(await asyncio.wait_for(ws.recv(), 5))
+        request["_options"] = {"control": True}
+    ws, confirmation = await subscribe(srv.url, request)
+    assert "Order" in confirmation
     return ws
 
 
-async def recv(ws: Any) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 5))
-    return result
-
-
 async def test_an_expired_token_closes_the_connection_with_4401(server: NativeServer) -> None:
-    short = await subscribe(server, token(ttl=1.5), control=False)
-    other = await subscribe(server, token(sub="bob"), control=False)
+    short = await subscribe_with(server, token(ttl=1.5), control=False)
+    other = await subscribe_with(server, token(sub="bob"), control=False)
     with pytest.raises(ConnectionClosed) as closed:
         while True:
             await asyncio.wait_for(short.recv(), 5)
     assert closed.value.rcvd is not None
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4401, "token expired")
     seq = server.service.publish_nowait("Order", "I", {"_id": "1", "order_id": "1"})
-    assert (await recv(other))["seq"] == seq  # the other subscriber is untouched
+    assert (await recv_json(other))["seq"] == seq  # the other subscriber is untouched
     await other.close()
 
 
 async def test_a_control_client_is_warned_and_refreshes_its_token(server: NativeServer) -> None:
-    ws = await subscribe(server, token(ttl=2.5), control=True)
-    warning = await recv(ws)
+    ws = await subscribe_with(server, token(ttl=2.5), control=True)
+    warning = await recv_json(ws)
     assert warning["_control"] == "token_expiring" and warning["expires_at"] > time.time()
     fresh = token(ttl=60)
     await ws.send(json.dumps({"_control": "refresh", "token": fresh}))
-    refreshed = await recv(ws)
+    refreshed = await recv_json(ws)
     assert refreshed == {"_control": "token_refreshed", "expires_at": jwt.decode(fresh, SECRET, ["HS256"])["exp"]}
     await asyncio.sleep(2.0)  # past the first token's expiry: still subscribed
     seq = server.service.publish_nowait("Order", "I", {"_id": "2", "order_id": "2"})
-    assert (await recv(ws))["seq"] == seq
+    assert (await recv_json(ws))["seq"] == seq
     await ws.close()
 
 
@@ -84,7 +74,7 @@ async def test_a_control_client_is_warned_and_refreshes_its_token(server: Native
     {"_control": "refresh", "token": jwt.encode({"sub": "alice", "exp": 1, "acl": ACL}, SECRET)},
 ])
 async def test_a_refresh_that_fails_closes_with_4401(server: NativeServer, bad: dict[str, Any]) -> None:
-    ws = await subscribe(server, token(), control=True)
+    ws = await subscribe_with(server, token(), control=True)
     await ws.send(json.dumps(bad))
     with pytest.raises(ConnectionClosed) as closed:
         while True:
@@ -93,21 +83,21 @@ async def test_a_refresh_that_fails_closes_with_4401(server: NativeServer, bad: 
 
 
 async def test_other_client_messages_are_ignored_as_the_original(server: NativeServer) -> None:
-    ws = await subscribe(server, token(), control=False)
+    ws = await subscribe_with(server, token(), control=False)
     await ws.send("hello")
     await ws.send(json.dumps({"anything": 1}))
     seq = server.service.publish_nowait("Order", "I", {"_id": "3", "order_id": "3"})
-    assert (await recv(ws))["seq"] == seq
+    assert (await recv_json(ws))["seq"] == seq
     await ws.close()
 
 
 async def test_a_refresh_sent_right_behind_the_handshake_is_not_lost(server: NativeServer) -> None:
-    ws = await connect(server.url)
+    ws = await ws_connect(server.url)
     fresh = token(ttl=120)
     await ws.send(json.dumps({"Order": {}, "_header": {"Authorization": f"Bearer {token()}"},
                               "_options": {"control": True}}))
     await ws.send(json.dumps({"_control": "refresh", "token": fresh}))
-    assert "Order" in await recv(ws)
-    assert await recv(ws) == {"_control": "token_refreshed",
+    assert "Order" in await recv_json(ws)
+    assert await recv_json(ws) == {"_control": "token_refreshed",
                               "expires_at": jwt.decode(fresh, SECRET, ["HS256"])["exp"]}
     await ws.close()

@@ -10,20 +10,9 @@ import asyncio
 import json
 from typing import Any
 
-from conftest import RECV_TIMEOUT, ServerFactory, order, raw_subscribe, read_frame
-from journal_contract.journal_helpers import until
+from helpers import RECV_TIMEOUT, FakeClock, ServerFactory, order, raw_subscribe, read_frame, until
 from xia_broadcast.fanout import Outgoing
 from xia_broadcast.server.flush import FlushScheduler
-
-
-class FakeClock:
-    """A clock that moves only when the test says so (seconds)."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeConn:
@@ -38,7 +27,7 @@ class FakeConn:
         return f"conn{self.n}"
 
 
-class Recorder:
+class FlushRecorder:
     """The flush callback: records, per flush, the clock time and what was written."""
 
     def __init__(self, clock: FakeClock) -> None:
@@ -54,7 +43,7 @@ class Recorder:
 
 async def test_a_lone_message_at_idle_is_written_without_waiting_for_the_bound() -> None:
     clock = FakeClock()  # never moves: the bound (an hour) can never pass
-    flushed = Recorder(clock)
+    flushed = FlushRecorder(clock)
     scheduler = FlushScheduler(flushed, max_write_delay=3600.0, clock=clock)
     scheduler.add(FakeConn(0))  # type: ignore[arg-type]
     assert flushed.flushes == []  # never written inside the fan-out that queued it
@@ -64,7 +53,7 @@ async def test_a_lone_message_at_idle_is_written_without_waiting_for_the_bound()
 
 async def test_while_busy_messages_wait_together_and_never_longer_than_the_bound() -> None:
     clock = FakeClock()
-    flushed = Recorder(clock)
+    flushed = FlushRecorder(clock)
     bound, step, turns = 0.002, 0.00025, 400
     scheduler = FlushScheduler(flushed, max_write_delay=bound, clock=clock)
     added_at: dict[int, float] = {}
@@ -74,8 +63,7 @@ async def test_while_busy_messages_wait_together_and_never_longer_than_the_bound
         await asyncio.sleep(0)
         clock.now += step
     await asyncio.wait_for(flushed.written, RECV_TIMEOUT)
-    while scheduler.pending:  # the rest is written once the loop is idle
-        await asyncio.sleep(0.01)
+    await until(lambda: not scheduler.pending, what="the rest written once the loop is idle")
 
     written = [item for _, items in flushed.flushes for item in items]
     assert written == list(range(turns))  # every message once, in order
@@ -89,7 +77,7 @@ async def test_while_busy_messages_wait_together_and_never_longer_than_the_bound
 
 async def test_while_busy_a_connection_with_a_full_batch_is_written_before_the_bound() -> None:
     clock = FakeClock()  # never moves: only the batch limit can make a busy loop write
-    flushed = Recorder(clock)
+    flushed = FlushRecorder(clock)
     queued = 0
     scheduler = FlushScheduler(flushed, max_write_delay=3600.0, clock=clock, max_batch=5)
     scheduler.add(FakeConn(0))  # type: ignore[arg-type]
@@ -105,7 +93,7 @@ async def test_while_busy_a_connection_with_a_full_batch_is_written_before_the_b
 
 async def test_while_busy_a_replaying_connection_is_written_on_the_next_loop_turn() -> None:
     clock = FakeClock()  # never moves: the bound cannot be what makes the busy loop write
-    flushed = Recorder(clock)
+    flushed = FlushRecorder(clock)
     scheduler = FlushScheduler(flushed, max_write_delay=3600.0, clock=clock)
     scheduler.add(FakeConn(0))  # type: ignore[arg-type]
     scheduler.add(FakeConn(1, replaying=1))  # type: ignore[arg-type]  # a replay chunk: a batch already
@@ -120,7 +108,7 @@ async def test_while_busy_a_replaying_connection_is_written_on_the_next_loop_tur
 
 async def test_without_delay_every_flush_is_on_the_next_loop_turn() -> None:
     clock = FakeClock()
-    flushed = Recorder(clock)
+    flushed = FlushRecorder(clock)
     scheduler = FlushScheduler(flushed, max_write_delay=0.0, clock=clock)
     for i in range(5):
         scheduler.add(FakeConn(i))  # type: ignore[arg-type]
@@ -205,7 +193,7 @@ class Written:
 
 async def test_a_fan_out_writes_at_once_only_after_a_lull_of_the_bound() -> None:
     clock = FakeClock()
-    flushed = Recorder(clock)
+    flushed = FlushRecorder(clock)
     written = Written()
     scheduler = FlushScheduler(flushed, max_write_delay=0.002, clock=clock, write_now=written)
     assert scheduler.begin()  # nothing happened yet: a lull
@@ -222,7 +210,7 @@ async def test_a_fan_out_writes_at_once_only_after_a_lull_of_the_bound() -> None
 
 async def test_after_a_flush_the_next_fan_out_waits_for_the_bound_then_writes_at_once() -> None:
     clock = FakeClock()
-    flushed = Recorder(clock)
+    flushed = FlushRecorder(clock)
     written = Written()
     scheduler = FlushScheduler(flushed, max_write_delay=0.002, clock=clock, write_now=written)
     scheduler.add(FakeConn(0))  # type: ignore[arg-type]
@@ -235,7 +223,7 @@ async def test_after_a_flush_the_next_fan_out_waits_for_the_bound_then_writes_at
 
 async def test_with_nothing_written_at_once_a_collected_change_is_still_flushed_on_an_idle_loop() -> None:
     clock = FakeClock()  # never moves: only an idle loop can make the flush happen
-    flushed = Recorder(clock)
+    flushed = FlushRecorder(clock)
     scheduler = FlushScheduler(flushed, max_write_delay=3600.0, clock=clock, write_now=Written())
     assert scheduler.begin()
     scheduler.end()
@@ -248,7 +236,7 @@ async def test_with_nothing_written_at_once_a_collected_change_is_still_flushed_
 
 async def test_no_fan_out_writes_at_once_while_a_flush_waits_or_other_work_is_ready() -> None:
     clock = FakeClock()
-    flushed = Recorder(clock)
+    flushed = FlushRecorder(clock)
     scheduler = FlushScheduler(flushed, max_write_delay=0.002, clock=clock, write_now=Written())
     scheduler.add(FakeConn(0))  # type: ignore[arg-type]
     assert not scheduler.begin()  # something is queued for the flush: writing now would overtake it

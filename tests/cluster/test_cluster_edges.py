@@ -8,15 +8,13 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 import pytest
 
-from conftest import ServerFactory, recv_json, subscribe, ws_connect
-from helpers import Signals
-from journal_contract.journal_helpers import until
-from xia_broadcast import Broadcaster, Document, field
+from helpers import ServerFactory, Signals, fresh, recv_json, subscribe, until, ws_connect
+from xia_broadcast import Document, field
 from xia_broadcast.core.change import Change
 from xia_broadcast.hub import Hub
 from xia_broadcast.journal.redis import RedisBackend, delete_prefix
@@ -36,27 +34,15 @@ class Invoice(Document):
 
 async def test_a_document_published_through_redis_keeps_its_hidden_fields_hidden(redis_url: str,
                                                                                 prefix: str) -> None:
-    class B(Broadcaster):
-        got: ClassVar[list[Any]] = []
-
-        @classmethod
-        async def send_message_async(cls, websocket: Any, message: str) -> None:
-            cls.got.append(json.loads(message)["message"])
-
-        @classmethod
-        def make_backend(cls) -> RedisBackend:
-            return RedisBackend(redis_url, prefix=prefix, block_ms=200)
-
-    hub = B.hub()
+    b = fresh(make_backend=classmethod(lambda cls: RedisBackend(redis_url, prefix=prefix, block_ms=200)))
+    hub = b.hub()
     await hub.start()
     try:
-        await B.subscribe("w", "Invoice")  # the class was never registered: its schema comes with the document
-        await B.document_sent_async(Invoice(customer="acme", margin=0.42), "I", "")
-        for _ in range(500):
-            if B.got:
-                break
-            await asyncio.sleep(0.01)
-        assert B.got and B.got[0]["customer"] == "acme" and "margin" not in B.got[0]
+        await b.subscribe("w", "Invoice")  # the class was never registered: its schema comes with the document
+        await b.document_sent_async(Invoice(customer="acme", margin=0.42), "I", "")
+        await until(lambda: bool(b.sent), what="the document through Redis")
+        got = [m["message"] for m in b.to("w")]
+        assert got and got[0]["customer"] == "acme" and "margin" not in got[0]
     finally:
         await hub.close()
 
@@ -100,11 +86,11 @@ async def test_a_resume_position_after_the_streams_head_is_history_gone(redis_ur
         await hub.publish(Change("A", "I", "", {"_id": "a"}))
         hub.subscribe(object(), "A", {"after_seq": "9999999999999-0000000000"}, None, control=True)
         hub.subscribe(object(), "A", {"after_seq": "9999999999999-0000000000"}, None)
-        await until(lambda: bool(signals.taken and signals.closed))
+        await until(lambda: bool(signals.taken and signals.closed), what="history_gone told and 4410 sent")
         assert got()[0]["_control"] == "history_gone"
         assert [code for code, _ in signals.closed] == [4410]  # never a silent skip
         seq = await hub.publish(Change("A", "I", "", {"_id": "b"}))
-        await until(lambda: any(m.get("seq") == seq for m in got()))  # the control client goes on live
+        await until(lambda: any(m.get("seq") == seq for m in got()), what="the control client live")
     finally:
         await hub.close()
 
@@ -117,8 +103,6 @@ async def test_classes_nobody_reads_any_more_are_no_longer_tailed(make_server: S
     for k in range(5):
         ws, _ = await subscribe(server.url, {f"junk{k}_{j}": {} for j in range(8)})
         await ws.close()
-    for _ in range(500):
-        if server.service.connection_count == 0 and not backend.watched():
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: server.service.connection_count == 0 and not backend.watched(),
+                what="every connection gone and no class tailed")
     assert backend.watched() == [] and server.service.hub.view_count() == 0

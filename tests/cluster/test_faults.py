@@ -3,26 +3,22 @@ restarts or empties it under a running node."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import time
 from typing import Any
 
 import httpx
 
-from conftest import CLASSES, ServerFactory, order, read_until_closed, recv_json, subscribe
+from helpers import CLASSES, ServerFactory, order, read_until_closed, recv_json, subscribe, until
 from journal_contract.journal_helpers import RedisServer
 
 
 async def wait_ready(http: httpx.AsyncClient, base: str, ready: bool, timeout: float = 20.0) -> None:
     """Poll /readyz until it says ``ready`` (the node's own view of Redis)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = await http.get(f"{base}/readyz")
-        if (r.status_code == 200) is ready:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"/readyz did not become {'ready' if ready else 'not ready'} in {timeout}s")
+
+    async def says_so() -> bool:
+        return ((await http.get(f"{base}/readyz")).status_code == 200) is ready
+
+    await until(says_so, timeout, poll=0.05, what=f"/readyz to say {'ready' if ready else 'not ready'}")
 
 
 async def publish(http: httpx.AsyncClient, base: str, i: int) -> httpx.Response:

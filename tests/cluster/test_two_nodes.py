@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import ServerProcess, recv_json, subscribe
-from journal_contract.journal_helpers import delete_prefix
+from helpers import ServerProcess, recv_json, subscribe
+from xia_broadcast.journal.redis import delete_prefix
 
 CONFIG = """
 [api_keys.k-root]
@@ -86,15 +86,14 @@ async def read_until_sentinel(ws: Any, limit: int = 2000) -> list[dict[str, Any]
 
 
 @pytest.fixture
-async def nodes(tmp_path: Path, redis_url: str) -> Any:
+async def nodes(server_process: Callable[..., ServerProcess], redis_url: str) -> Any:
+    """Nodes a and b, on one Redis key prefix (deleted afterwards, once both nodes stopped)."""
     prefix = f"xia-test:{uuid.uuid4().hex[:12]}:"
-    started = []
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        node = ServerProcess(tmp_path / name, CONFIG, env={"XIA_BROADCAST_REDIS_URL": redis_url,
-                                                           "XIA_BROADCAST_REDIS_PREFIX": prefix})
-        started.append(node.start())
+    env = {"XIA_BROADCAST_REDIS_URL": redis_url, "XIA_BROADCAST_REDIS_PREFIX": prefix}
+    started: list[ServerProcess] = []
     try:
+        for name in ("a", "b"):
+            started.append(server_process(directory=name, config=CONFIG, env=env))
         yield started
     finally:
         for node in started:

@@ -4,13 +4,13 @@ of its own (xia-engine style: ``check_scope``, ``get_display_data``, ``check_acl
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime
 from typing import Any, ClassVar
 
 import pytest
 
+from helpers import fresh
 from xia_broadcast import Broadcaster, Document
 
 
@@ -75,19 +75,11 @@ async def test_a_documents_own_out_of_scope_error_skips_it_quietly(caplog: pytes
 
 
 async def test_values_pythons_json_encodes_are_encoded_never_dropped() -> None:
-    class Text(Broadcaster):
-        got: ClassVar[list[str]] = []
-
-        @classmethod
-        async def send_message_async(cls, websocket: Any, message: str) -> None:
-            cls.got.append(message)
-
-    Text.got = []
-    await Text.subscribe("w", "EngineDoc")
-    await Text.document_sent_async(EngineDoc({"_id": "big", "n": 2**70, "by_code": {1: "one"}, "s": "é"}), "I", "1")
-    assert await Text.flush()
-    assert [json.loads(m)["message"] for m in Text.got] == [{"_id": "big", "n": 2**70, "by_code": {"1": "one"},
-                                                              "s": "é"}]
+    text = fresh()
+    await text.subscribe("w", "EngineDoc")
+    await text.document_sent_async(EngineDoc({"_id": "big", "n": 2**70, "by_code": {1: "one"}, "s": "é"}), "I", "1")
+    assert await text.flush()
+    assert [m["message"] for m in text.to("w")] == [{"_id": "big", "n": 2**70, "by_code": {"1": "one"}, "s": "é"}]
 
 
 async def test_an_acl_object_as_the_documents_own_check_acl_reads_it() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from original_listener import OriginalListener
 
-from conftest import CLASSES, ServerFactory, order, read_until_closed, refused, subscribe
+from helpers import CLASSES, ServerFactory, order, read_until_closed, refused, subscribe
 from xia_broadcast.core.schema import DocSchema
 from xia_broadcast.server.config import ApiKey
 

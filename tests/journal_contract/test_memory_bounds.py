@@ -8,7 +8,7 @@ from xia_broadcast.core.change import BadChangeRecord, Change, ChangeNotSerialis
 from xia_broadcast.core.schema import DocSchema
 from xia_broadcast.journal import HistoryGone, MemoryBackend, MemoryJournal
 
-from .journal_helpers import Recorder
+from .journal_helpers import ChangeRecorder
 
 KB = 1024
 
@@ -61,7 +61,7 @@ def test_bytes_are_released_when_age_trims() -> None:
 
 async def test_the_memory_backend_applies_the_byte_bound() -> None:
     b = MemoryBackend(max_bytes=30 * KB)
-    await b.start(Recorder())
+    await b.start(ChangeRecorder())
     for i in range(10):
         await b.publish(big(i))
     assert b.journal.size("T") == 2 and b.journal.held_bytes("T") <= 30 * KB

@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from helpers import until
 from xia_broadcast.core.change import Change, ChangeNotSerialisable
 from xia_broadcast.journal import HistoryGone
-from xia_broadcast.journal.redis import RedisBackend
+from xia_broadcast.journal.redis import RedisBackend, delete_prefix
 
-from .journal_helpers import MakeBackend, Recorder, change, delete_prefix, until
+from .journal_helpers import ChangeRecorder, MakeBackend, change
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ async def cluster(redis_url: str) -> AsyncIterator[MakeBackend]:
     await delete_prefix(redis_url, make.prefix)
 
 
-async def node(make: MakeBackend, rec: Recorder, *watch: str, block_ms: int = 500) -> RedisBackend:
+async def node(make: MakeBackend, rec: ChangeRecorder, *watch: str, block_ms: int = 500) -> RedisBackend:
     b = await make(block_ms=block_ms)
     assert isinstance(b, RedisBackend)
     await b.start(rec)
@@ -36,7 +37,7 @@ async def node(make: MakeBackend, rec: Recorder, *watch: str, block_ms: int = 50
 
 
 async def test_two_nodes_see_every_change_in_the_same_order(cluster: MakeBackend) -> None:
-    rec_a, rec_b = Recorder(), Recorder()
+    rec_a, rec_b = ChangeRecorder(), ChangeRecorder()
     a = await node(cluster, rec_a, "T")
     b = await node(cluster, rec_b, "T")
 
@@ -45,8 +46,8 @@ async def test_two_nodes_see_every_change_in_the_same_order(cluster: MakeBackend
             await backend.publish(change(k * 1000 + i))
 
     await asyncio.gather(*(publisher(n, k) for k, n in enumerate([a, b, a, b])))
-    await rec_a.wait_for(160)
-    await rec_b.wait_for(160)
+    await rec_a.until_count(160)
+    await rec_b.until_count(160)
     assert rec_a.seqs() == rec_b.seqs() == sorted(rec_a.seqs())
     assert len(set(rec_a.seqs())) == 160
     assert [c.data for c in rec_a.changes] == [c.data for c in rec_b.changes]
@@ -56,12 +57,12 @@ async def test_two_nodes_see_every_change_in_the_same_order(cluster: MakeBackend
 
 
 async def test_a_node_only_tails_the_classes_it_watches(cluster: MakeBackend) -> None:
-    rec = Recorder()
+    rec = ChangeRecorder()
     a = await node(cluster, rec, "Seen", block_ms=10_000)  # a tail that would sleep 10 s unless woken
-    publisher = await node(cluster, Recorder())
+    publisher = await node(cluster, ChangeRecorder())
     await publisher.publish(change(1, "Unseen"))
     await publisher.publish(change(2, "Seen"))
-    await rec.wait_for(1, "Seen")
+    await rec.until_count(1, "Seen")
     await a.watch("Later")  # wakes the blocked read: no need to wait block_ms
     later = await publisher.publish(change(3, "Later"))
     await until(lambda: "Later" in {c.class_name for c in rec.changes}, timeout=3.0, what="woken tail")
@@ -91,14 +92,14 @@ async def test_approximate_trimming_keeps_at_least_max_count_and_history_gone_st
 
 
 async def test_a_change_carrying_only_an_object_cannot_cross(cluster: MakeBackend) -> None:
-    b = await node(cluster, Recorder())
+    b = await node(cluster, ChangeRecorder())
     with pytest.raises(ChangeNotSerialisable, match="only a Python object"):
         await b.publish(Change("T", "I", "", doc=object()))
     assert await b.read("T", None, inclusive=True, limit=10) == []
 
 
 async def test_keys_live_under_the_prefix(cluster: MakeBackend) -> None:
-    b = await node(cluster, Recorder(), "T")
+    b = await node(cluster, ChangeRecorder(), "T")
     await b.publish(change(1))
     keys = [k.decode() async for k in b._redis.scan_iter(match=f"{cluster.prefix}*")]
     assert sorted(keys) == [f"{cluster.prefix}meta:T", f"{cluster.prefix}stream:T", f"{cluster.prefix}wake:{b.node}"]
@@ -118,12 +119,12 @@ async def key_exists(make: MakeBackend, key: str) -> bool:
 
 async def test_a_burst_larger_than_one_tail_read_arrives_whole_and_in_order(redis_url: str,
                                                                            cluster: MakeBackend) -> None:
-    rec = Recorder()
+    rec = ChangeRecorder()
     tail = RedisBackend(redis_url, prefix=cluster.prefix, read_count=7, block_ms=500)
     cluster.made.append(tail)
     await tail.start(rec)
     await tail.watch("T")
-    publisher = await node(cluster, Recorder())
+    publisher = await node(cluster, ChangeRecorder())
     sent = [(await publisher.publish(change(i))).seq for i in range(100)]
-    await rec.wait_for(100)
+    await rec.until_count(100)
     assert rec.seqs() == sent

@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from helpers import until
 from xia_broadcast.core.change import Change
 from xia_broadcast.journal import BackendUnavailable, HistoryGone, Position
 from xia_broadcast.journal.redis import RedisBackend
 
-from .journal_helpers import WAIT, Recorder, RedisServer, change, until
+from .journal_helpers import ChangeRecorder, RedisServer, change
 
 NodeFactory = Callable[..., RedisBackend]
 
@@ -40,29 +41,33 @@ async def make_node(own_redis: RedisServer) -> AsyncIterator[NodeFactory]:
 
 async def publish_when_up(node: RedisBackend, c: Change) -> Position:
     """Publish, retrying while Redis is still coming back (bounded)."""
-    deadline = time.monotonic() + WAIT
-    while True:
+    published: list[Position] = []
+    refusals: list[BackendUnavailable] = []
+
+    async def publish() -> bool:
         try:
-            return await node.publish(c)
-        except BackendUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.02)
+            published.append(await node.publish(c))
+        except BackendUnavailable as exc:
+            refusals.append(exc)
+        return bool(published)
+
+    await until(publish, poll=0.02, what=lambda: f"Redis to take a publish again (last refusal: {refusals[-1]!r})")
+    return published[0]
 
 
 async def test_the_tail_resumes_after_a_restart_and_loses_nothing(own_redis: RedisServer,
                                                                   make_node: NodeFactory) -> None:
     pub = make_node()
-    rec = Recorder()
+    rec = ChangeRecorder()
     # a slow retry: the publisher writes again before this node is back, so it must resume from the last
     # entry it saw (not from "now") to get those changes
     sub = make_node(backoff_min=1.0, backoff_max=1.0)
-    await pub.start(Recorder())
+    await pub.start(ChangeRecorder())
     await sub.start(rec)
     await sub.watch("T")
     await until(lambda: sub.ready, what="ready")
     before = [await pub.publish(change(i)) for i in range(30)]
-    await rec.wait_for(30)
+    await rec.until_count(30)
 
     own_redis.stop()
     await until(lambda: not sub.ready, what="not ready during the outage")
@@ -72,7 +77,7 @@ async def test_the_tail_resumes_after_a_restart_and_loses_nothing(own_redis: Red
 
     after = [await publish_when_up(pub, change(i)) for i in range(30, 60)]
     assert not sub.ready  # still waiting to retry: the changes above were written while it was away
-    await rec.wait_for(60)
+    await rec.until_count(60)
     await until(lambda: sub.ready, what="ready again")
     assert [Position(c.seq, c.epoch) for c in rec.changes] == before + after  # once each, in order
     assert [c.data["n"] for c in rec.changes if c.data] == list(range(60))
@@ -81,13 +86,13 @@ async def test_the_tail_resumes_after_a_restart_and_loses_nothing(own_redis: Red
 
 async def test_redis_back_empty_is_a_new_epoch_and_old_positions_are_history_gone(
         own_redis: RedisServer, make_node: NodeFactory) -> None:
-    rec = Recorder()
+    rec = ChangeRecorder()
     node = make_node()
     await node.start(rec)
     await node.watch("T")
     await until(lambda: node.ready, what="ready")
     old = [await node.publish(change(i)) for i in range(5)]
-    await rec.wait_for(5)
+    await rec.until_count(5)
 
     own_redis.stop()
     shutil.rmtree(own_redis.directory)  # Redis comes back without its data
@@ -96,7 +101,7 @@ async def test_redis_back_empty_is_a_new_epoch_and_old_positions_are_history_gon
 
     new = [await publish_when_up(node, change(i)) for i in range(5, 8)]
     assert new[0].epoch != old[0].epoch
-    await rec.wait_for(8)
+    await rec.until_count(8)
     assert [Position(c.seq, c.epoch) for c in rec.changes] == old + new  # the new epoch's changes, once
     assert await node.position("T") == new[-1]
     with pytest.raises(HistoryGone) as gone:
@@ -111,7 +116,7 @@ async def test_while_redis_is_down_publish_and_read_raise_and_a_node_waits_for_i
         own_redis: RedisServer, make_node: NodeFactory) -> None:
     own_redis.stop()
     node = make_node()
-    await node.start(Recorder())
+    await node.start(ChangeRecorder())
     started = time.monotonic()
     with pytest.raises(BackendUnavailable):
         await node.publish(change(1))
@@ -130,7 +135,7 @@ async def test_a_full_redis_refuses_to_publish_loudly(own_redis: RedisServer, ma
     import redis.asyncio as aioredis
 
     node = make_node()
-    await node.start(Recorder())
+    await node.start(ChangeRecorder())
     await node.publish(change(0))
     admin = aioredis.Redis.from_url(own_redis.url)
     try:
@@ -160,7 +165,7 @@ async def test_the_tails_first_read_leaves_the_publishing_connections_alone(
     at that moment (redis-py closes them in tasks that run later, and that publish fails with "Connection
     lost"). The publishes that follow use the connection already open."""
     node = make_node(block_ms=1000)  # the first read ends after 1 s: long after the first publish
-    await node.start(Recorder())
+    await node.start(ChangeRecorder())
     first = await node.publish(change(0))  # opens the publishing connection, idle afterwards
     assert not node.ready
     await until(lambda: node.ready, what="ready")  # the tail's first read (its block_ms ran out)
@@ -176,7 +181,7 @@ async def test_after_a_restart_the_first_publish_once_ready_succeeds(
     """Pooled connections from before a restart of Redis are dead: once the node is ready again, publishes
     (on a new client) succeed at the first try, and what was published before and after is all there."""
     node = make_node()
-    await node.start(Recorder())
+    await node.start(ChangeRecorder())
     await node.watch("T")
     await until(lambda: node.ready, what="ready")
     await asyncio.gather(*(node.publish(change(i)) for i in range(4)))  # several pooled connections
