@@ -356,6 +356,17 @@ class Hub(Generic[W]):
         pos = await asyncio.ensure_future(self.backend.publish(change))
         return pos.seq
 
+    async def publish_many(self, changes: list[Change]) -> list[str]:
+        """:meth:`publish` for several changes, in order (one transaction where the backend can); their seqs.
+        Raises :class:`BackendUnavailable` (``published``: how many were published before the failure)."""
+        if self.backend.synchronous:
+            return [self.publish_nowait(change) for change in changes]
+        for change in changes:
+            self._learn_schema(change)
+            change.schema = change.schema or self.schemas.get(change.class_name)
+        positions = await asyncio.ensure_future(self.backend.publish_many(changes))  # I/O in a task, as above
+        return [p.seq for p in positions]
+
     def _learn_schema(self, change: Change) -> None:
         """A class published with a schema is known by it from then on: changes of it that come back
         without one (from the store, from another node) keep their hidden fields hidden."""

@@ -205,3 +205,16 @@ async def test_a_position_after_the_head_is_history_gone(make_backend: MakeBacke
     with pytest.raises(HistoryGone):
         await b.read("T", later, inclusive=False, limit=10, epoch=p.epoch)
     assert await b.read("T", p.seq, inclusive=False, limit=10) == []  # the head itself is a position
+
+
+async def test_publish_many_appends_in_order_as_publishing_one_by_one_would(make_backend: MakeBackend) -> None:
+    rec = ChangeRecorder()
+    b = await started(await make_backend(), rec, "T")
+    one = await b.publish(change(0))
+    many = await b.publish_many([change(i) for i in range(1, 31)])
+    got = [p.seq for p in many]
+    assert got == sorted(got) and len(set(got)) == 30 and got[0] > one.seq
+    assert {p.epoch for p in many} == {one.epoch}
+    assert seqs(await b.read("T", one.seq, inclusive=False, limit=100)) == got
+    await rec.until_count(31)
+    assert rec.seqs() == [one.seq, *got]

@@ -38,7 +38,10 @@ class HistoryGone(XiaBroadcastError):
 
 class BackendUnavailable(XiaBroadcastError):
     """The backend cannot reach its store (e.g. Redis is down or restarting): the change was NOT published
-    (or, for a read, nothing was read). The caller may retry; the server answers HTTP 503."""
+    (or, for a read, nothing was read). The caller may retry; the server answers HTTP 503. For several
+    changes (``Backend.publish_many``), ``published`` of them were published before the failure."""
+
+    published: int = 0
 
 
 class Position(NamedTuple):
@@ -106,6 +109,20 @@ class Backend(ABC):
         """Append a change; assign its seq (a seq already set by the caller must sort after the class's
         last one, else :class:`SeqOrderError`). Returns its position. Raises :class:`BackendUnavailable`
         when the store cannot be reached: never a silent loss."""
+
+    async def publish_many(self, changes: list[Change]) -> list[Position]:
+        """Publish ``changes`` in order; their positions. A backend that can append several at once (one
+        transaction) overrides this; by default they go one after another. Raises
+        :class:`BackendUnavailable` at the first that cannot be published, with ``published`` set to how many
+        were before it (they stay published)."""
+        positions: list[Position] = []
+        for change in changes:
+            try:
+                positions.append(await self.publish(change))
+            except BackendUnavailable as exc:
+                exc.published = len(positions)
+                raise
+        return positions
 
     @abstractmethod
     async def read(self, class_name: str, seq: str | None, *, inclusive: bool, limit: int,

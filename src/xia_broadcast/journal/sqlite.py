@@ -302,6 +302,10 @@ class SqliteBackend(Backend):
     async def publish(self, change: Change) -> Position:
         if self._closed:
             raise BackendUnavailable("the journal is closed")
+        return await self._enqueue(change)
+
+    def _enqueue(self, change: Change) -> asyncio.Future[Position]:
+        """Assign the change its seq and queue it for the next commit; the future of its position."""
         record = change.to_record(with_seq=False)  # raises ChangeNotSerialisable before anything is assigned
         cls = self._class(change.class_name)
         if change.seq:
@@ -315,7 +319,26 @@ class SqliteBackend(Backend):
         waiter: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
         self._pending.entries.append(_Entry(change, record, len(record) + 24, self._clock(), waiter))
         self._commit_soon()
-        return await waiter
+        return waiter
+
+    async def publish_many(self, changes: list[Change]) -> list[Position]:
+        """Every change queued for the next commits at once (one transaction for up to ``max_batch`` of them),
+        in order; their positions. A commit that fails leaves the changes of the commits before it published
+        (``BackendUnavailable.published`` counts them)."""
+        if self._closed:
+            raise BackendUnavailable("the journal is closed")
+        waiters = [self._enqueue(change) for change in changes]
+        positions: list[Position] = []
+        failure: BackendUnavailable | None = None
+        for waiter in waiters:
+            try:
+                positions.append(await waiter)
+            except BackendUnavailable as exc:
+                failure = failure or exc
+        if failure is not None:
+            failure.published = len(positions)
+            raise failure
+        return positions
 
     async def read(self, class_name: str, seq: str | None, *, inclusive: bool, limit: int,
                    epoch: str | None = None) -> list[Change]:

@@ -249,14 +249,11 @@ class Service(Generic[W]):
         else:
             changes = [obj]
         checked = [self._check_change(i, c) for i, c in enumerate(changes)]
-        seqs: list[str] = []
-        for change in checked:
-            try:
-                seqs.append(await self.hub.publish(change))
-            except BackendUnavailable as exc:
-                raise PublishError(503, "unavailable", f"journal unavailable after {len(seqs)} of "
-                                                       f"{len(checked)} changes: {exc}") from exc
-        return seqs
+        try:
+            return await self.hub.publish_many(checked)
+        except BackendUnavailable as exc:
+            raise PublishError(503, "unavailable", f"journal unavailable after {exc.published} of "
+                                                   f"{len(checked)} changes: {exc}") from exc
 
     async def publish(self, class_name: str, op: str, doc: Mapping[str, Any],
                       previous: Mapping[str, Any] | None = None) -> str:
