@@ -16,6 +16,7 @@ import pytest
 
 from helpers import Region, Signals, Socket, fresh, until
 from xia_broadcast.core.change import Change
+from xia_broadcast.fanout import Member
 from xia_broadcast.hub import Hub, HubSettings
 from xia_broadcast.journal import MemoryBackend, MemoryJournal
 from xia_broadcast.replay import GONE_CODES, TRANSITIONS, Phase
@@ -30,6 +31,27 @@ def make_hub(signals: Signals, *, journal: MemoryJournal | None = None, max_coun
 
 def publish(hub: Hub[object], i: int, **fields: Any) -> str:
     return hub.publish_nowait(Change("Doc", "I", "", {"_id": f"d{i}", "i": i, **fields}))
+
+
+def filled(hub: Hub[object], count: int) -> str:
+    """Publish documents 0 to ``count - 1``; the seq of the first."""
+    first = publish(hub, 0)
+    for i in range(1, count):
+        publish(hub, i)
+    return first
+
+
+async def read_until_live(member: Member[object]) -> list[int]:
+    """Take the member's queue as a socket would, chunk after chunk, until it is live and its queue empty;
+    the numbers of the documents read."""
+    conn = member.connection
+    got: list[int] = []
+    while True:
+        got += [orjson.loads(o.data)["message"]["i"] for o in conn.take()]
+        conn.scheduled = False
+        if member.replay is None and not conn.queue:
+            return got
+        await until(lambda: bool(conn.queue) or member.replay is None, what="the next chunk or the end of the replay")
 
 
 def messages(signals: Signals) -> list[dict[str, Any]]:
@@ -63,22 +85,14 @@ def test_a_replay_starts_only_from_live_and_every_phase_ends_live_when_caught_up
 async def test_an_asked_replay_is_asked_then_reading_then_live_with_every_change_once_in_order() -> None:
     signals = Signals()  # takes nothing by itself: the test reads the queue as a slow socket would
     hub = make_hub(signals, queue_messages=10)
-    first = publish(hub, 0)
-    for i in range(1, 30):
-        publish(hub, i)
+    first = filled(hub, 30)
     ws = object()
     member = hub.subscribe(ws, "Doc", {"from_seq": first})
     assert member.replay is not None and member.replay.phase is Phase.ASKED
     await signals.next_ready()  # the first chunk: the queue holds 10, the replay waits for room
     assert member.replay is not None and member.replay.phase is Phase.READING
     conn = hub.connections[ws]
-    got: list[int] = []
-    while True:
-        got += [orjson.loads(o.data)["message"]["i"] for o in conn.take()]
-        conn.scheduled = False
-        if member.replay is None and not conn.queue:
-            break
-        await until(lambda: bool(conn.queue) or member.replay is None, what="the next chunk or the end of the replay")
+    got = await read_until_live(member)
     for i in range(30, 35):  # live now: straight from the fan-out
         publish(hub, i)
     got += [orjson.loads(o.data)["message"]["i"] for o in conn.take()]
@@ -89,9 +103,7 @@ async def test_an_asked_replay_is_asked_then_reading_then_live_with_every_change
 async def test_changes_published_while_catching_up_arrive_once_in_order() -> None:
     signals = Signals(take=True)
     hub = make_hub(signals, queue_messages=8)
-    first = publish(hub, 0)
-    for i in range(1, 50):
-        publish(hub, i)
+    first = filled(hub, 50)
     member = hub.subscribe(object(), "Doc", {"from_seq": first})
     n = 50
     while member.replay is not None:  # publish between chunks until the replay catches up
@@ -119,9 +131,7 @@ async def test_a_control_client_is_told_replay_done_with_the_head_when_it_goes_l
 async def test_an_asked_position_no_longer_held_closes_4410_and_a_control_client_is_told_and_goes_live() -> None:
     signals = Signals(take=True)
     hub = make_hub(signals, max_count=5)
-    first = publish(hub, 0)
-    for i in range(1, 20):  # retention keeps the last five
-        publish(hub, i)
+    first = filled(hub, 20)  # retention keeps the last five
     plain, control = object(), object()
     hub.subscribe(plain, "Doc", {"after_seq": first})
     told = hub.subscribe(control, "Doc", {"after_seq": first}, control=True)
@@ -139,9 +149,7 @@ async def test_an_asked_position_no_longer_held_closes_4410_and_a_control_client
 async def test_a_replay_overtaken_by_retention_after_it_read_is_closed_4409_never_skipped() -> None:
     signals = Signals()  # takes nothing: the replay waits for room after its first chunk
     hub = make_hub(signals, max_count=20, queue_messages=5)
-    first = publish(hub, 0)
-    for i in range(1, 20):
-        publish(hub, i)
+    first = filled(hub, 20)
     ws = object()
     member = hub.subscribe(ws, "Doc", {"from_seq": first})
     await signals.next_ready()
@@ -162,14 +170,7 @@ async def test_a_lagging_member_continues_from_the_journal_without_loss() -> Non
         publish(hub, i)
     assert member.replay is not None and member.replay.phase is Phase.LAGGING
     assert hub.stats.lags == 1
-    got: list[int] = []
-    conn = hub.connections[ws]
-    while True:
-        got += [orjson.loads(o.data)["message"]["i"] for o in conn.take()]
-        conn.scheduled = False
-        if member.replay is None and not conn.queue:
-            break
-        await until(lambda: bool(conn.queue) or member.replay is None, what="the next chunk or the end of the replay")
+    got = await read_until_live(member)
     assert got == list(range(10))
 
 
@@ -177,9 +178,7 @@ async def test_a_lagging_member_continues_from_the_journal_without_loss() -> Non
 async def test_a_member_that_leaves_or_closes_while_catching_up_stops_its_replay(event: str) -> None:
     signals = Signals()
     hub = make_hub(signals, queue_messages=2)
-    first = publish(hub, 0)
-    for i in range(1, 10):
-        publish(hub, i)
+    first = filled(hub, 10)
     ws = object()
     member = hub.subscribe(ws, "Doc", {"from_seq": first})
     await signals.next_ready()
