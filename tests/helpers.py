@@ -403,9 +403,11 @@ async def settled_health(http: httpx.AsyncClient, server: NativeServer, connecti
 async def post_publish(http: httpx.AsyncClient, server: Any, body: Any,
                        headers: dict[str, str] | None = None) -> httpx.Response:
     """``POST /publish`` to ``server`` (anything with a ``port`` on 127.0.0.1: a native server, the ASGI app);
-    ``body`` is sent as JSON, or as it is when it is bytes or a string."""
+    ``body`` is sent as JSON, or as it is when it is bytes or a string, declared ``application/json`` unless
+    ``headers`` say otherwise."""
     content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return await http.post(f"http://127.0.0.1:{server.port}/publish", content=content, headers=headers or {})
+    return await http.post(f"http://127.0.0.1:{server.port}/publish", content=content,
+                           headers={"Content-Type": "application/json", **(headers or {})})
 
 
 async def read_response(reader: asyncio.StreamReader,

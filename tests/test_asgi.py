@@ -173,8 +173,8 @@ async def test_publish_key_is_checked_before_the_body_is_read_and_the_body_is_bo
 
     async def answer_before_body_ends(headers: str, declared: int) -> bytes:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(f"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n{headers}\r\n".encode()
-                     + b" " * 4096)  # far less than declared: a server waiting for the body never answers
+        writer.write(f"POST /publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {declared}\r\n{headers}\r\n"
+                     .encode() + b" " * 4096)  # far less than declared: a server waiting for the body never answers
         await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         writer.close()

@@ -33,11 +33,13 @@ async def test_bodies_in_flight_are_bounded_over_all_requests(
     started = []
     for _ in range(2):  # two bodies of 1 MiB being sent, slowly
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(f"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: {MIB}\r\n\r\n".encode() + b" " * 10)
+        writer.write(f"POST /publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {MIB}\r\n\r\n".encode() + b" " * 10)
         started.append((reader, writer))
     await until(lambda: budget.reserved >= 2 * MIB, what=lambda: f"2 MiB reserved (reserved: {budget.reserved})")
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n" + b" " * 10)
+    writer.write(b"POST /publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 10\r\n\r\n" + b" " * 10)
     status, _, body = await read_response(reader)
     assert (status, json.loads(body)["error"]) == (503, "busy")
     writer.close()

@@ -27,7 +27,7 @@ def records(server: Any, text: str) -> list[dict[str, Any]]:
 
 async def http_get(port: int, path: str) -> int:
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), RECV_TIMEOUT)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
     try:
         return (await read_response(reader))[0]
     finally:
@@ -64,7 +64,7 @@ async def test_out_of_fds_accepting_pauses_with_one_line_per_pause_and_resumes(
     # a kept-alive connection, opened before the process runs out of descriptors
     keep_reader, keep_writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", server.port),
                                                       RECV_TIMEOUT)
-    keep_writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    keep_writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert (await read_response(keep_reader))[0] == 200
     resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (server.open_fds(), 256))  # not one fd more
     waiting = []
@@ -73,10 +73,10 @@ async def test_out_of_fds_accepting_pauses_with_one_line_per_pause_and_resumes(
         for _ in range(10):
             waiting.append(await asyncio.wait_for(asyncio.open_connection("127.0.0.1", server.port), RECV_TIMEOUT))
         for _, writer in waiting:
-            writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            writer.write(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         # the connection opened before keeps being served meanwhile
         for _ in range(3):
-            keep_writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            keep_writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             status, _, body = await read_response(keep_reader)
             assert status == 200 and json.loads(body)["status"] == "ok"
             await asyncio.sleep(0.5)

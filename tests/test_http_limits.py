@@ -36,7 +36,7 @@ async def open_http(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWrit
 
 
 def head(method: str, path: str, *headers: str) -> bytes:
-    return (f"{method} {path} HTTP/1.1\r\nHost: x\r\n" + "".join(h + "\r\n" for h in headers) + "\r\n").encode()
+    return (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "".join(h + "\r\n" for h in headers) + "\r\n").encode()
 
 
 # -- nothing is read before it is allowed ------------------------------------------------------------------
@@ -82,14 +82,15 @@ async def test_expect_100_continue_is_answered_only_once_key_and_length_pass(mak
     change = json.dumps({"class": "Order", "op": "I", "doc": {"_id": "O-1", "order_id": "O-1"}}).encode()
     reader, writer = await open_http(server.port)
     writer.write(head("POST", "/publish", "X-Publisher-Key: p-1", f"Content-Length: {len(change)}",
-                      "Expect: 100-continue"))
+                      "Content-Type: application/json", "Expect: 100-continue"))
     assert (await read_response(reader))[0] == 100
     writer.write(change)
     status, _, body = await read_response(reader)
     assert status == 200 and len(json.loads(body)["seqs"]) == 1
     writer.close()
     for headers, expected in ((["X-Publisher-Key: p-2", "Content-Length: 10"], 401),
-                              (["X-Publisher-Key: p-1", "Content-Length: 10001"], 413)):
+                              (["X-Publisher-Key: p-1", "Content-Length: 10001"], 413),
+                              (["X-Publisher-Key: p-1", "Content-Length: 10", "Content-Type: text/plain"], 415)):
         reader, writer = await open_http(server.port)
         writer.write(head("POST", "/publish", *headers, "Expect: 100-continue"))
         assert (await read_response(reader))[0] == expected  # the final answer, no 100 before it
@@ -119,11 +120,12 @@ async def test_bodies_in_flight_are_bounded_over_all_connections(make_server: Se
     started = []
     for _ in range(2):
         reader, writer = await open_http(server.port)
-        writer.write(head("POST", "/publish", f"Content-Length: {mib}", "Expect: 100-continue"))
+        writer.write(head("POST", "/publish", f"Content-Length: {mib}", "Content-Type: application/json",
+                          "Expect: 100-continue"))
         assert (await read_response(reader))[0] == 100
         started.append((reader, writer))
     reader, writer = await open_http(server.port)
-    writer.write(head("POST", "/publish", "Content-Length: 10"))
+    writer.write(head("POST", "/publish", "Content-Length: 10", "Content-Type: application/json"))
     status, headers, body = await read_response(reader)
     assert (status, json.loads(body)["error"], headers.get("connection")) == (503, "busy", "close")
     writer.close()
@@ -131,7 +133,8 @@ async def test_bodies_in_flight_are_bounded_over_all_connections(make_server: Se
     first_writer.write(b" " * mib)  # a complete (if empty of JSON) body: answered, its bytes released
     assert (await read_response(first_reader))[0] == 400
     reader, writer = await open_http(server.port)
-    writer.write(head("POST", "/publish", "Content-Length: 10", "Expect: 100-continue"))
+    writer.write(head("POST", "/publish", "Content-Length: 10", "Content-Type: application/json",
+                      "Expect: 100-continue"))
     assert (await read_response(reader))[0] == 100
     for _, w in [*started, (reader, writer)]:
         w.close()
@@ -298,7 +301,7 @@ async def test_a_peer_that_pipelines_requests_without_reading_cannot_grow_server
         make_server: ServerFactory) -> None:
     server = await make_server(classes={"Order": ORDER_SCHEMA}, log_level="CRITICAL")
     _, writer = await asyncio.open_connection(sock=stalled_socket(server.port))
-    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    request = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     for _ in range(5):
         writer.write(request * 2000)
         try:

@@ -227,7 +227,7 @@ async def test_http_keep_alive_and_pipelining(server: NativeServer) -> None:
     """Two requests written at once on one connection get two answers, in order."""
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
-        writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         await writer.drain()
         first = await asyncio.wait_for(reader.readuntil(b"}"), RECV_TIMEOUT)
         second = await asyncio.wait_for(reader.readuntil(b"}"), RECV_TIMEOUT)

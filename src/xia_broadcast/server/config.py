@@ -310,7 +310,11 @@ class Settings:
         0.002, "server", "how long a queued message may wait, while changes keep coming, to share a write with "
         "later ones; 0: never waits", unit="seconds", minimum=0, maximum=1)
     origin_allowlist: list[str] = setting(
-        [], "server", "Origin values a WebSocket upgrade may carry; empty: any; another is answered 403")
+        [], "server", "Origin values a WebSocket upgrade may carry besides the server's own (a page it served); "
+        "\"*\": any; another Origin is answered 403 (requests without Origin, not from browsers, pass)")
+    allowed_hosts: list[str] = setting(
+        [], "server", "host names the Host header of a request may carry (standalone server); \"*\": any; empty: "
+        "localhost, 127.0.0.1 and [::1] when listening on loopback, any otherwise; another is answered 403")
     client_frame_burst: int = setting(
         64, "server", "frames a WebSocket client may send at once (handshake, pings, pongs, token refreshes); "
         "past the burst and client_frame_rate it is closed with 4408", unit="frames", minimum=1)

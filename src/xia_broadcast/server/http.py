@@ -35,7 +35,7 @@ from .connection import WebSocketConnection
 from .eager import run_eagerly
 from .endpoints import Endpoint, HttpRequest, HttpResponse, busy, refuse_before_body
 from .socket_writer import WRITE_HIGH_WATER
-from .upgrade import UpgradeError, check_origin, check_upgrade
+from .upgrade import UpgradeError, check_host, check_origin, check_upgrade
 
 if TYPE_CHECKING:
     from .native import NativeServer
@@ -189,6 +189,13 @@ class HttpConnection(asyncio.Protocol):
             self._answer(HttpResponse.error(400, "bad_request",
                                             "Transfer-Encoding and Content-Length together"), close=True)
             return
+        hosts = self.server.hosts
+        if hosts is not None:
+            try:
+                check_host([(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k == b"host"], hosts)
+            except UpgradeError as exc:
+                self._answer(HttpResponse.of(exc), close=True)
+                return
         target = request.target.decode("latin-1")
         path = target.split("?", 1)[0]
         method = request.method.decode("latin-1")

@@ -28,6 +28,7 @@ from .endpoints import BodyBudget, EndpointTable, default_endpoints
 from .http import HttpConnection, HttpLimits
 from .native_transport import NativeTransport
 from .service import Service
+from .upgrade import served_hosts
 
 __all__ = ["NativeServer", "raise_fd_limit"]
 
@@ -82,6 +83,8 @@ class NativeServer:
         self.transport = NativeTransport(settings.max_write_delay, settings.queue_messages)
         self.service: Service[WebSocketConnection] = Service(settings, self.transport)
         self.endpoints: EndpointTable = default_endpoints(settings)
+        #: the names the Host header of a request may carry (None: any), from ``allowed_hosts``
+        self.hosts = served_hosts(settings.host, settings.allowed_hosts)
         self.http_limits = HttpLimits(settings.max_http_connections)
         self.body_budget = BodyBudget(settings.max_body_bytes)
         self.sockets: set[HttpConnection | WebSocketConnection] = set()

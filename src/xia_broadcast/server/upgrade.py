@@ -59,16 +59,76 @@ def check_upgrade(headers: Headers) -> bytes:
     return accept_key(keys[0])
 
 
+def _host_port(netloc: str, scheme: str) -> tuple[str, int | None]:
+    """``(host, port)`` of ``host[:port]`` (an IPv6 host in brackets), lower-cased, the scheme's default port
+    filled in (``http``/``ws`` 80, ``https``/``wss`` 443) when none is given."""
+    netloc = netloc.strip().lower()
+    host, port = netloc, ""
+    if netloc.startswith("["):
+        end = netloc.find("]")
+        host, port = netloc[:end + 1], netloc[end + 2:] if netloc[end + 1:end + 2] == ":" else ""
+    elif netloc.count(":") == 1:
+        host, port = netloc.split(":")
+    default = {"http": 80, "ws": 80, "https": 443, "wss": 443}.get(scheme)
+    return host, int(port) if port.isdigit() else default
+
+
+def same_origin(origin: str, host: str) -> bool:
+    """True when ``origin`` (``scheme://host[:port]``) names the host and port of the ``Host`` header the
+    request came with (the page was served by this server)."""
+    scheme, sep, netloc = origin.partition("://")
+    if not sep or not host:
+        return False
+    scheme = scheme.lower()
+    return _host_port(netloc, scheme) == _host_port(host, "https" if scheme in ("https", "wss") else "http")
+
+
 def check_origin(headers: Headers, allowed: Sequence[str]) -> None:
-    """Refuse (403) an ``Origin`` that is not in ``allowed``; an empty ``allowed`` lets every origin in.
+    """Refuse (403) an upgrade whose ``Origin`` is another site's: one that is not this server's own (the
+    ``Host`` of the request) nor listed in ``allowed`` (``"*"`` there lets every origin in).
 
     A request without ``Origin`` passes: browsers always send one, and the check exists to stop pages of
-    other sites from opening a WebSocket with a visitor's browser; other clients can send any Origin.
+    other sites from opening a WebSocket with a visitor's browser; other clients (the original listener)
+    send none, and could send any.
     """
-    if not allowed:
-        return
     origin = _values(headers, "origin")
     if len(origin) > 1:
         raise UpgradeError(400, "bad_upgrade", "more than one Origin header")
-    if origin and origin[0] not in allowed:
-        raise UpgradeError(403, "forbidden_origin", f"origin {origin[0]!r} is not allowed")
+    if not origin or "*" in allowed or origin[0] in allowed:
+        return
+    host = _values(headers, "host")
+    if len(host) == 1 and same_origin(origin[0], host[0]):
+        return
+    raise UpgradeError(403, "forbidden_origin", f"origin {origin[0]!r} is not allowed (origin_allowlist)")
+
+
+#: host names a server listening on a loopback address answers to (``allowed_hosts`` empty)
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
+def served_hosts(listen_host: str, allowed: Sequence[str]) -> frozenset[str] | None:
+    """The host names requests may carry in ``Host`` (lower-case, no port), or None for any.
+
+    ``allowed`` (the ``allowed_hosts`` setting) is the list; ``"*"`` in it, or an empty list on a server not
+    listening on loopback only, lets any name in. An empty list on a loopback server: the loopback names,
+    so that a page of another site cannot reach it through a name it made resolve to 127.0.0.1 (DNS
+    rebinding).
+    """
+    if "*" in allowed:
+        return None
+    if allowed:
+        return frozenset(h.lower() for h in allowed)
+    if listen_host.lower() in ("127.0.0.1", "localhost", "::1", "[::1]"):
+        return LOOPBACK_NAMES | {listen_host.lower()}
+    return None
+
+
+def check_host(headers: Headers, hosts: frozenset[str] | None) -> None:
+    """Refuse (403) a request whose ``Host`` names none of ``hosts`` (None: every name is served)."""
+    if hosts is None:
+        return
+    values = _values(headers, "host")
+    name = _host_port(values[0], "http")[0] if len(values) == 1 else ""
+    if name not in hosts:
+        shown = values[0][:60] if values else "missing"
+        raise UpgradeError(403, "forbidden_host", f"Host {shown!r} is not a name this server serves (allowed_hosts)")
