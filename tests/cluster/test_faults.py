@@ -3,12 +3,16 @@ restarts or empties it under a running node."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import shutil
 from typing import Any
 
 import httpx
+import pytest
 
-from helpers import CLASSES, ServerFactory, order, read_until_closed, recv_json, subscribe, until
+from helpers import CLASSES, ServerFactory, order, read_until_closed, recv_json, refused, subscribe, until
 from journal_contract.journal_helpers import RedisServer
 
 
@@ -85,3 +89,21 @@ async def test_a_node_started_while_redis_is_down_becomes_ready_when_it_comes(
         own_redis.start()
         await wait_ready(http, base, True)
         assert (await publish(http, base, 1)).status_code == 200
+
+
+async def test_while_redis_is_away_a_new_subscriber_is_told_to_retry_with_1013_and_the_outage_logged_once(
+        make_server: ServerFactory, own_redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    own_redis.stop()
+    with caplog.at_level(logging.INFO):
+        server = await make_server(redis_url=own_redis.url, classes=dict(CLASSES))
+        for _ in range(3):  # a client retrying: a documented, retryable code each time, no traceback
+            code, reason, _ = await refused(server.url, json.dumps({"Order": {}}))
+            assert (code, reason) == (1013, "journal unavailable, retry later")
+        await asyncio.sleep(0.5)  # the tail keeps retrying meanwhile
+    unreachable = [r for r in caplog.records if "unreachable, retrying" in r.getMessage()]
+    assert len(unreachable) == 1  # said at startup, not once per retry
+    assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.ERROR]
+    own_redis.start()
+    ws, confirmation = await subscribe(server.url, {"Order": {}})  # and served once it is back
+    await ws.close()
+    assert set(confirmation) == {"Order"}

@@ -24,6 +24,7 @@ from .acl import act_grants
 CLOSE_GOING_AWAY = 1001  #: server shutting down (after flushing what was queued)
 CLOSE_INVALID_DATA = 1007  #: a text message that is not valid UTF-8
 CLOSE_MESSAGE_TOO_BIG = 1009  #: an inbound message exceeded max_message_size
+CLOSE_TRY_AGAIN = 1013  #: the journal cannot be reached (cluster mode: Redis away): retry later
 CLOSE_BAD_HANDSHAKE = 4400  #: bad, missing or late first message
 CLOSE_AUTH_FAILED = 4401  #: authentication missing or failed (also: token expired while connected)
 CLOSE_FORBIDDEN = 4403  #: hidden fields (show_hidden, or a scope on a hidden field) without the permission

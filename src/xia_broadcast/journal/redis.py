@@ -230,6 +230,8 @@ class RedisBackend(Backend):
         self._retiring: asyncio.Task[None] | None = None
         #: the tail has read from Redis at least once (a later first read follows a reconnection)
         self._has_read = False
+        #: the current outage was logged (a line when Redis becomes unreachable, none for each retry)
+        self._outage_logged = False
         self._tail_read = self._tail_redis.register_script(_READ)
         self._wake_key = f"{prefix}wake:{self.node}"
         self._on_change: OnChange | None = None
@@ -424,6 +426,7 @@ class RedisBackend(Backend):
                         self._renew_client()
                     self._has_read = True
                 self.ready = not self._closed
+                self._outage_logged = False
                 delay = self.backoff_min
                 for key, entries in reply or ():
                     key_text = key.decode()
@@ -436,7 +439,8 @@ class RedisBackend(Backend):
             except asyncio.CancelledError:
                 raise
             except _redis_errors() as exc:
-                if self.ready:
+                if not self._outage_logged:  # once per outage, the first one at startup included
+                    self._outage_logged = True
                     log.warning("Redis at %s unreachable, retrying: %s", self.url, exc)
                 self.ready = False
                 self._resync = True

@@ -28,6 +28,7 @@ from ..core.protocol import (
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_NO_CLASS,
     CLOSE_TOO_MANY_CONNECTIONS,
+    CLOSE_TRY_AGAIN,
     Refusal,
     acl_may_read_class,
     parse_handshake,
@@ -151,8 +152,11 @@ class Service(Generic[W]):
         start_time = time.time()
         subscribed: dict[str, Any] = {}
         notes: list[bytes] = []
-        for c in known:  # every wait first: from here to the confirmation nothing may run before it
-            await self.hub.watch(c)
+        try:
+            for c in known:  # every wait first: from here to the confirmation nothing may run before it
+                await self.hub.watch(c)
+        except BackendUnavailable as exc:  # the backend says so in its own log, once per outage
+            raise Refusal(CLOSE_TRY_AGAIN, "journal unavailable, retry later") from exc
         hub = self.hub
         try:
             for c in known:
