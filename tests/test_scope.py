@@ -265,6 +265,17 @@ def test_tuple_values_are_accepted_for_in() -> None:
     assert in_scope({"f": "b"}, ("f", "in", ("a", "b")))
 
 
+def test_in_an_object_is_membership_in_its_keys_as_the_original_reads_it() -> None:
+    """Python's ``in`` on a dict tests its keys; the original evaluated scopes with it, so an object value
+    keeps that meaning (it was refused before)."""
+    statuses = {"new": "fresh", "paid": "settled"}
+    assert in_scope({"status": "paid"}, ("status", "in", statuses))
+    assert not in_scope({"status": "settled"}, ("status", "in", statuses))  # a value, not a key
+    assert in_scope({"status": "shipped"}, ("status", "not in", statuses))
+    assert not in_scope({"status": "new"}, ("status", "not in", statuses))
+    assert not in_scope({"status": 5}, ("status", "in", statuses))  # a type mismatch is out, as for lists
+
+
 # -- invalid scopes are refused at compile time, naming the problem ------------------------------------
 
 
@@ -284,7 +295,7 @@ def test_tuple_values_are_accepted_for_in() -> None:
         ([{"fn": 3, "op": "==", "val": 1}], "'fn' must be a field name"),
         ([{"fn": "a..b", "op": "==", "val": 1}], "'fn' must be a field name"),
         ([{"fn": "a.", "op": "==", "val": 1}], "'fn' must be a field name"),
-        ([{"fn": "status", "op": "in", "val": 5}], "'in' needs a list of scalar values or a string"),
+        ([{"fn": "status", "op": "in", "val": 5}], "'in' needs a list of scalar values, an object or a string"),
         ([{"fn": "status", "op": "not in", "val": [["a"]]}], "'not in' needs a list of scalar values"),
         ([{"fn": "total", "op": "<", "val": None}], "'<' needs a number, a string or a date"),
         ([{"fn": "total", "op": ">=", "val": True}], "'>=' needs a number, a string or a date"),

@@ -13,7 +13,8 @@ Semantics (``docs/semantics.md`` has worked examples):
   across kinds is a *type mismatch*, and a type mismatch is out of scope, for every operator: ``"5" == 5``
   is out, and so is ``"5" != 5``. ``None`` is comparable by ``==``/``!=``/``in``/``not in`` with anything;
   ordering against ``None`` is a mismatch.
-* ``in`` / ``not in`` take a list of scalars; the field value is looked up among the elements of its own
+* ``in`` / ``not in`` take a list of scalars (or an object: its keys, as Python's ``in`` on a dict); the
+  field value is looked up among the elements of its own
   kind. When the list is not empty and holds no element of the value's kind, nor ``None`` (which is
   comparable with anything), that is a type mismatch: ``"5" in [5, 6]`` is out, ``"x" not in [None]`` is in.
   With a string value they are a substring test, as Python's ``in`` (the original's meaning): ``"ab" in
@@ -134,8 +135,9 @@ def _check_value(where: str, op: str, val: Any, limits: SubscriptionLimits) -> N
     if op in ("in", "not in"):
         if isinstance(val, str):
             return  # substring test
-        if not isinstance(val, (list, tuple)) or not all(isinstance(v, _SCALARS) for v in val):
-            raise InvalidScopeError(f"{where}: '{op}' needs a list of scalar values or a string")
+        # an object: membership in its keys, as Python's ``in`` on a dict (the original accepts it)
+        if not isinstance(val, (list, tuple, dict)) or not all(isinstance(v, _SCALARS) for v in val):
+            raise InvalidScopeError(f"{where}: '{op}' needs a list of scalar values, an object or a string")
         if len(val) > limits.max_in_values:
             raise InvalidScopeError(f"{where}: '{op}' list has more than max_in_values ({limits.max_in_values})")
         if any(isinstance(v, str) and len(v) > limits.max_value_length for v in val):
