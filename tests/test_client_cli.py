@@ -177,3 +177,13 @@ async def test_listen_stops_on_sigint_with_exit_code_0(server: NativeServer, run
     await listen.until(lambda: len(listen.out) == 1, what="one line on stdout")
     listen.proc.send_signal(signal.SIGINT)
     assert await listen.wait() == 0
+
+
+def test_a_servers_close_reason_never_sends_control_characters_to_the_terminal(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from xia_broadcast.client.commands import _say
+
+    _say("refused by the server: 4400 \x1b[2J\x1b[31mgotcha\x07")
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert err == "xia-broadcast: refused by the server: 4400 \\x1b[2J\\x1b[31mgotcha\\x07\n"

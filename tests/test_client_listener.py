@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import time
 import uuid
@@ -421,3 +422,29 @@ async def test_close_while_connecting_ends_the_iteration(server: NativeServer) -
     await lst.close()
     await asyncio.wait_for(task, RECV_TIMEOUT)  # ends instead of listening on
     assert not any(isinstance(e, DocumentMessage) for e in events)
+
+
+async def test_a_message_that_is_not_of_the_protocol_is_skipped_and_the_stream_goes_on() -> None:
+    """A server sending a frame that is not JSON, or a message with a seq that is not a string, between good
+    ones: the listener logs and counts each, and keeps yielding the good ones (it ended before)."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def hostile(ws: ServerConnection) -> None:
+        await ws.recv()  # the subscription
+        await ws.send(json.dumps({"Order": {"head_seq": "0", "epoch": "e"}}))
+        await ws.send("{this is not json")
+        await ws.send(json.dumps({"doc_class": "Order", "op": "I", "seq": 5, "message": {"_id": "bad"}}))
+        await ws.send(json.dumps({"doc_class": "Order", "op": "I", "seq": "1", "message": {"_id": "good"}}))
+        await ws.wait_closed()
+
+    async with serve(hostile, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        lst = listener(f"ws://127.0.0.1:{port}/ws", {"Order": {}})
+        got: list[Any] = []
+        async with asyncio.timeout(SCENARIO_TIMEOUT):
+            async for event in lst:
+                if isinstance(event, DocumentMessage):
+                    got.append(event.message["_id"])
+                    break
+        await lst.close()
+    assert got == ["good"] and lst.protocol_errors == 2

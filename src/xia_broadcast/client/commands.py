@@ -90,7 +90,10 @@ def add_parsers(sub: Any) -> None:
 
 
 def _say(text: str) -> None:
-    print(f"xia-broadcast: {text}", file=sys.stderr, flush=True)
+    """Print a line to stderr; control characters (a server's close reason may carry terminal escapes) are
+    shown escaped, never sent to the terminal."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    print(f"xia-broadcast: {shown}", file=sys.stderr, flush=True)
 
 
 # -- listen -------------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ permission, unknown class, invalid scope or catalog, too many subscriptions, mes
 refusals of the upgrade (4xx but 408 and 429) end the iteration with :class:`Refused` instead of retrying.
 
 Memory: one ``websockets`` client connection (its receive queue holds at most ``max_queue`` messages of at
-most ``max_size`` bytes each) and one seq string per class.
+most ``max_size`` bytes each: 4 of 16 MiB by default) and one seq string per class. A server message that is
+not a message of the protocol (not JSON, wrong types) is logged, counted (``protocol_errors``) and skipped.
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ class Listener:
         open_timeout: seconds allowed for the TCP and WebSocket opening and for the server's confirmation.
         ping_interval, ping_timeout: client keepalive in seconds (None disables pings).
         max_size: largest message accepted from the server, in bytes.
+        max_queue: messages received and not yet read that the connection holds before it stops reading
+            (so at most ``max_queue * max_size`` bytes, 64 MiB by default, whatever the server sends).
         connect_kwargs: more keyword arguments for ``websockets.asyncio.client.connect`` (``ssl``,
             ``proxy``, ``additional_headers``...).
 
@@ -147,7 +150,8 @@ class Listener:
                  header: Mapping[str, Any] | None = None, backoff: Backoff | None = None,
                  max_retries: int | None = None, open_timeout: float = 10.0,
                  ping_interval: float | None = 20.0, ping_timeout: float | None = 20.0,
-                 max_size: int = 16 * 1024 * 1024, connect_kwargs: Mapping[str, Any] | None = None) -> None:
+                 max_size: int = 16 * 1024 * 1024, max_queue: int = 4,
+                 connect_kwargs: Mapping[str, Any] | None = None) -> None:
         try:
             parse_uri(url)
         except InvalidURI as exc:
@@ -181,9 +185,12 @@ class Listener:
         self.max_retries = max_retries
         self.open_timeout = open_timeout
         self._connect_kwargs: dict[str, Any] = {"ping_interval": ping_interval, "ping_timeout": ping_timeout,
-                                                "max_size": max_size, **(connect_kwargs or {})}
+                                                "max_size": max_size, "max_queue": max_queue,
+                                                **(connect_kwargs or {})}
         self.confirmation: dict[str, Any] = {}
         self.duplicates = 0
+        #: server messages skipped because they were not messages of the protocol (not JSON, wrong types)
+        self.protocol_errors = 0
         self._ws: ClientConnection | None = None
         self._closing = asyncio.Event()
         self._iterating = False
@@ -292,7 +299,12 @@ class Listener:
                     if self._closing.is_set():
                         return
                     raise _dropped(exc) from None
-                event = _parse(raw)
+                try:
+                    event = _parse(raw)
+                except ProtocolError as exc:  # one bad message: logged and skipped, the stream goes on
+                    self.protocol_errors += 1
+                    log.warning("server message skipped: %s", str(exc)[:200])
+                    continue
                 if isinstance(event, DocumentMessage | Exit):
                     last = self.last_seq.get(event.doc_class)
                     if last is not None and event.seq <= last:
