@@ -90,10 +90,13 @@ def add_parsers(sub: Any) -> None:
 
 
 def _say(text: str) -> None:
-    """Print a line to stderr; control characters (a server's close reason may carry terminal escapes) are
-    shown escaped, never sent to the terminal."""
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    print(f"xia-broadcast: {shown}", file=sys.stderr, flush=True)
+    print(f"xia-broadcast: {text}", file=sys.stderr, flush=True)
+
+
+def printable(text: str) -> str:
+    """What a server sent (a close reason), with control characters escaped: a server's text never reaches
+    the terminal as escape sequences or line breaks."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 # -- listen -------------------------------------------------------------------------------------------------
@@ -133,7 +136,7 @@ async def _listen(listener: Listener, count: int | None, out: TextIO) -> int:
                 resumed = ", ".join(f"{c} after {s}" for c, s in event.resumed.items())
                 _say(f"connected to {listener.url}" + (f" (resuming {resumed})" if resumed else ""))
             elif isinstance(event, Reconnecting):
-                _say(f"connection lost ({event.code}{' ' + event.reason if event.reason else ''}); "
+                _say(f"connection lost ({event.code}{' ' + printable(event.reason) if event.reason else ''}); "
                      f"reconnecting in {event.delay:.1f} s")
             else:
                 out.write(json.dumps(event.to_wire(), ensure_ascii=False) + "\n")
@@ -143,7 +146,7 @@ async def _listen(listener: Listener, count: int | None, out: TextIO) -> int:
                     if count is not None and printed >= count:
                         break
     except Refused as exc:
-        _say(f"refused by the server: {exc.code} {exc.reason}")
+        _say(f"refused by the server: {exc.code} {printable(exc.reason)}")
         return EXIT_SERVER
     except GaveUp as exc:
         _say(str(exc))
