@@ -107,3 +107,29 @@ async def test_while_redis_is_away_a_new_subscriber_is_told_to_retry_with_1013_a
     ws, confirmation = await subscribe(server.url, {"Order": {}})  # and served once it is back
     await ws.close()
     assert set(confirmation) == {"Order"}
+
+
+async def test_a_redis_that_could_lose_the_journal_is_warned_about_once_connected(
+        own_redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    import redis.asyncio as aioredis
+
+    from xia_broadcast.journal.redis import RedisBackend
+
+    async def warnings_of(settings: dict[str, str]) -> list[str]:
+        client = aioredis.from_url(own_redis.url)
+        try:
+            for key, value in settings.items():
+                await client.config_set(key, value)
+        finally:
+            await client.aclose()
+        caplog.clear()
+        backend = RedisBackend(own_redis.url, block_ms=100)
+        with caplog.at_level(logging.WARNING, logger="xia_broadcast.journal.redis"):
+            await backend.start(lambda change: None)
+            await until(lambda: backend.ready, what="the backend connected")
+            await backend.close()
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    assert await warnings_of({"appendonly": "yes", "maxmemory-policy": "noeviction"}) == []
+    lossy = await warnings_of({"appendonly": "no", "save": "", "maxmemory-policy": "allkeys-lru"})
+    assert len(lossy) == 2 and "keeps nothing on disk" in lossy[0] and "allkeys-lru" in lossy[1]

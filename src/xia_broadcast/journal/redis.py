@@ -395,6 +395,27 @@ class RedisBackend(Backend):
                 await pipe.execute()
         return position
 
+    async def _warn_about_config(self) -> None:
+        """Warn (once, when first connected) when Redis could lose what the journal holds: no persistence (a
+        restart of Redis empties it: every class gets a new epoch), or an eviction policy that may drop
+        streams (a silent gap). ``CONFIG`` may be disabled: then nothing is said."""
+        try:
+            config = await self._redis.config_get("appendonly")
+            config.update(await self._redis.config_get("save"))
+            config.update(await self._redis.config_get("maxmemory-policy"))
+        except Exception:  # CONFIG renamed or refused: nothing to check
+            return
+        text = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                for k, v in config.items()}
+        if text.get("appendonly") == "no" and not text.get("save"):
+            log.warning("Redis at %s keeps nothing on disk (appendonly no, no save points): a restart of Redis "
+                        "loses every retained change and starts new epochs; run it with --appendonly yes "
+                        "(docs/cluster.md)", self.url)
+        policy = str(text.get("maxmemory-policy") or "")
+        if policy.startswith("allkeys-"):
+            log.warning("Redis at %s evicts any key under memory pressure (maxmemory-policy %s): streams could "
+                        "lose changes silently; use noeviction (docs/cluster.md)", self.url, policy)
+
     def unwatch(self, class_name: str) -> None:
         self._cursors.pop(class_name, None)
         self._delivered.pop(class_name, None)
@@ -424,6 +445,8 @@ class RedisBackend(Backend):
                     log.info("tailing Redis at %s (%d classes)", self.url, len(classes))
                     if self._has_read:
                         self._renew_client()
+                    else:
+                        await self._warn_about_config()
                     self._has_read = True
                 self.ready = not self._closed
                 self._outage_logged = False
