@@ -8,6 +8,8 @@ Needs Debian's ``chromium`` (``/usr/bin/chromium``, installed by ``.ci/run``) an
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 from helpers import ServerFactory, TcpProxy, free_port, order
 from xia_broadcast.server.native import NativeServer
+from xia_broadcast.server.upgrade import accept_key
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -160,3 +163,42 @@ async def test_client_module_backoff_is_bounded_with_full_jitter(make_server: Se
     }""")
     assert bounds == [0.5, 1, 2, 4, 4, 4]
     assert 0 <= delays[0] < 0.1 and 1.9 < delays[1] <= 2.0
+
+
+async def test_client_module_drops_and_retries_a_connection_the_server_never_confirms(
+        make_server: ServerFactory, page: Any) -> None:
+    """A server that completes the upgrade and then says nothing: the browser client gives up on that
+    connection after ``openTimeout`` and reconnects, instead of waiting forever."""
+    upgrades = 0
+
+    async def upgrade_then_silence(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal upgrades
+        request = await reader.readuntil(b"\r\n\r\n")
+        key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept_key(key.decode()) + b"\r\n\r\n")
+        upgrades += 1
+        with contextlib.suppress(Exception):
+            await reader.read()  # reads the subscription, answers nothing, until the client goes
+
+    silent = await asyncio.start_server(upgrade_then_silence, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    server = await make_server()
+    try:
+        await page.goto(f"http://127.0.0.1:{server.port}/client.js")  # an origin to import the module from
+        states = await page.evaluate("""async (port) => {
+            const { Listener } = await import("/client.js");
+            const states = [];
+            const listener = new Listener(`ws://127.0.0.1:${port}/ws`, { Order: {} }, {
+                openTimeout: 0.3, backoff: { initial: 0.01, factor: 1, maxDelay: 0.01 },
+                onState: (state, detail) => states.push([state, detail.reason || ""]) }).start();
+            await new Promise((resolve) => setTimeout(resolve, 1500));
+            listener.close();
+            return states;
+        }""", port)
+    finally:
+        silent.close()
+    retries = [reason for state, reason in states if state == "reconnecting"]
+    assert len(retries) >= 2 and all(r == "no confirmation within 0.3 s" for r in retries), states
+    assert upgrades >= 3

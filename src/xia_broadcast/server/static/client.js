@@ -66,6 +66,8 @@ export function webSocketUrl(url) {
  *   onControl   (msg) => ..., every control message {_control: "replay_done"|"history_gone"|..., ...}
  *   onState     (state, detail) => ...; detail: {code, reason, delay, failures} when reconnecting or
  *               refused, {confirmation, resumed} when open
+ *   openTimeout seconds from opening a connection to the server's confirmation (default 10); past it the
+ *               connection is dropped and retried
  *   WebSocket   the WebSocket class to use (default: the global one)
  */
 export class Listener {
@@ -175,6 +177,14 @@ export class Listener {
     const heads = {};
     const seen = new Set(); // classes with a document message on this connection
     let confirmed = false;
+    // a server that upgrades and never confirms is a drop to retry, not a wait forever
+    const openTimeout = this.options.openTimeout ?? 10;
+    const unconfirmed = setTimeout(() => {
+      if (ws !== this._ws || confirmed) return;
+      this._ws = null; // its close event is ignored: the drop is reported here
+      ws.close();
+      this._dropped(1006, `no confirmation within ${openTimeout} s`);
+    }, openTimeout * 1000);
     ws.onopen = () => ws.send(JSON.stringify(hello));
     ws.onmessage = (event) => {
       if (ws !== this._ws) return;
@@ -187,12 +197,14 @@ export class Listener {
       }
       if (!confirmed) {
         confirmed = true;
+        clearTimeout(unconfirmed);
         this._opened(msg, hello, heads);
         return;
       }
       this._received(msg, ws, heads, seen);
     };
     ws.onclose = (event) => {
+      clearTimeout(unconfirmed);
       if (ws !== this._ws) return;
       this._ws = null;
       this._dropped(event.code, event.reason);
