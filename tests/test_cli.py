@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -73,6 +74,10 @@ async def test_demo_end_to_end_and_sigterm(tmp_path: Path) -> None:
     async with serve(tmp_path, "--demo", "--port", str(port), env=clean_env(XIA_BROADCAST_DEMO_RATE="100")) as srv:
         assert srv.port == port
         assert "classes: Order" in srv.banner
+        assert srv.proc.stdout is not None
+        rest = [(await asyncio.wait_for(srv.proc.stdout.readline(), STARTUP_TIMEOUT)).decode() for _ in range(3)]
+        assert rest[0].startswith("  journal: in memory: a restart loses every change"), rest
+        assert rest[2].startswith(f"  demo: open http://127.0.0.1:{port}/demo in a browser"), rest
         plain, confirmation = await subscribe(srv.url, {"Order": {}})
         hidden, _ = await subscribe(srv.url, {"Order": {"show_hidden": True}})
         changes = [await recv_json(plain) for _ in range(20)]
@@ -195,9 +200,21 @@ def test_port_in_use_exits_1(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        result = run_cli("serve", "--port", str(taken.getsockname()[1]))
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "--port", str(port))
     assert result.returncode == 1, (result.stdout, result.stderr)
-    assert "xia-broadcast: cannot start" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"xia-broadcast: cannot start on 127.0.0.1:{port}: Address already in use "
+        "(another process listens there: choose another with --port)")
+
+
+def test_version_and_python_dash_m() -> None:
+    from xia_broadcast import __version__
+
+    for command in ([sys.executable, "-m", "xia_broadcast", "--version"],
+                    [sys.executable, "-m", "xia_broadcast.cli", "--version"]):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        assert (done.returncode, done.stdout.strip()) == (0, f"xia-broadcast {__version__}"), done
 
 
 def test_no_command_is_a_usage_error() -> None:

@@ -73,10 +73,10 @@ async def test_a_client_streaming_tiny_frames_is_closed_4408_and_a_good_clients_
     report: dict[str, Any] = json.loads(out)
     closes = [code for code in report["codes"] if code is not None]
     assert closes and set(closes) == {4408}, report
-    # within 2x of the quiet p99, with at least 10 ms of room: on two cores the attacker process itself takes
-    # one, so a 5 ms p99 doubled is within this machine's noise. Without the budget the attacked p99 was
-    # 843 to 1,665 ms.
-    assert p99(attacked) <= max(2 * p99(quiet), p99(quiet) + 10.0), (p99(quiet), p99(attacked), report)
+    # within 2x of the quiet p99, with at least 20 ms of room: on two cores the attacker process itself takes
+    # one, and the measuring client shares this test process with the rest of the suite, so one hiccup of a
+    # few milliseconds is this machine's noise. Without the budget the attacked p99 was 843 to 1,665 ms.
+    assert p99(attacked) <= max(2 * p99(quiet), p99(quiet) + 20.0), (p99(quiet), p99(attacked), report)
 
 
 async def test_a_large_message_arriving_at_once_is_parsed_over_several_turns_and_delivered_whole(

@@ -112,7 +112,8 @@ async def test_acl_applies_to_http_published_changes(make_server: ServerFactory,
 
 ERRORS = [
     pytest.param(b"{not json", 400, "bad_json", "body is not JSON", id="bad-json"),
-    pytest.param([order_change(1)], 400, "bad_request", "change 0: a change is an object", id="list"),
+    pytest.param([order_change(1)], 400, "bad_request",
+                 "a batch is {\"changes\": [change, ...]}, not a bare list", id="list"),
     pytest.param("42", 400, "bad_request", "change 0: a change is an object", id="number"),
     pytest.param({**order_change(1), "seq": "1"}, 400, "bad_request", "change 0: unknown keys ['seq']",
                  id="unknown-key"),

@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import signal
 import sys
 from typing import Any
 
+from . import __version__
 from .client.commands import add_parsers as add_client_parsers
 from .journal.sqlite import JournalFileError
 from .server.config import DECLARATIONS, ConfigError, Settings, default_text, load_settings
@@ -28,7 +30,9 @@ from .server.native import NativeServer
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xia-broadcast", description=__doc__.split("\n")[0] if __doc__ else None)
+    p = argparse.ArgumentParser(prog="xia-broadcast", description="Push every change of typed documents to the "
+                                "WebSocket clients allowed to see it: serve, listen, publish.")
+    p.add_argument("--version", action="version", version=f"xia-broadcast {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run the server (embedded in-memory default)")
     s.add_argument("--config", help="TOML config file (classes, auth, limits); also $XIA_BROADCAST_CONFIG")
@@ -78,8 +82,8 @@ async def serve(settings: Settings) -> None:
     print(f"  publish: POST http://{settings.host}:{server.port}/publish   "
           f"health: /healthz  ready: /readyz  metrics: /metrics", flush=True)
     if settings.demo:
-        print(f'  demo: send {{"Order": {{}}}} as first message to receive Order changes '
-              f"({settings.demo_rate:g}/s)", flush=True)
+        print(f"  demo: open http://{settings.host}:{server.port}/demo in a browser, or send "
+              f'{{"Order": {{}}}} as first message to receive Order changes ({settings.demo_rate:g}/s)', flush=True)
     await stop.wait()
     if demo is not None:
         demo.cancel()
@@ -115,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xia-broadcast: journal: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"xia-broadcast: cannot start: {exc}", file=sys.stderr)
+        where = f" on {settings.host}:{settings.port}" if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL) else ""
+        hint = " (another process listens there: choose another with --port)" if exc.errno == errno.EADDRINUSE else ""
+        print(f"xia-broadcast: cannot start{where}: {exc.strerror or exc}{hint}", file=sys.stderr)
         return 1
     return 0
 

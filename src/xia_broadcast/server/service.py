@@ -250,6 +250,8 @@ class Service(Generic[W]):
             if set(obj) != {"changes"} or not isinstance(obj["changes"], list) or not obj["changes"]:
                 raise PublishError(400, "bad_request", "a batch is {\"changes\": [change, ...]} (not empty)")
             changes = obj["changes"]
+        elif isinstance(obj, list):
+            raise PublishError(400, "bad_request", "a batch is {\"changes\": [change, ...]}, not a bare list")
         else:
             changes = [obj]
         checked = [self._check_change(i, c) for i, c in enumerate(changes)]
