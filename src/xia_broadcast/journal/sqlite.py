@@ -124,6 +124,31 @@ class _Tally:
     trimmed: str = ""
 
 
+class _Tallies:
+    """The tallies one commit works on: a class's is copied from the committed ones when the commit first
+    changes it (``changed``), so a failed commit leaves the committed tallies as they were."""
+
+    def __init__(self, committed: dict[str, _Tally]) -> None:
+        self.committed = committed
+        self.changed: dict[str, _Tally] = {}
+
+    def get(self, name: str) -> _Tally:
+        """The class's tally, to change."""
+        tally = self.changed.get(name)
+        if tally is None:
+            old = self.committed.get(name)
+            tally = self.changed[name] = _Tally() if old is None else _Tally(old.count, old.held, old.last_seq,
+                                                                             old.trimmed)
+        return tally
+
+    def peek(self, name: str) -> _Tally:
+        """The class's tally as it stands, to read."""
+        return self.changed.get(name) or self.committed[name]
+
+    def names(self) -> set[str]:
+        return set(self.committed) | set(self.changed)
+
+
 @dataclass
 class _Entry:
     """A change waiting for its commit: its record, size and time, and its publisher's future."""
@@ -455,42 +480,40 @@ class SqliteBackend(Backend):
     # -- in the writer thread -------------------------------------------------------------------------------
 
     def _write(self, classes: dict[str, str], entries: list[_Entry]) -> None:
-        """One transaction: new classes, the changes, retention."""
+        """One transaction: new classes, the changes, retention. Costs what the batch touches: the tallies of
+        the classes it changes are copied (kept only once committed), no other class is looked at (but for
+        the total bound, once it is passed)."""
         db = self._writer_db
-        tallies = {name: _Tally(t.count, t.held, t.last_seq, t.trimmed) for name, t in self._tallies.items()}
+        work = _Tallies(self._tallies)
         total = self._total
         db.execute("BEGIN IMMEDIATE")
         try:
             for name, epoch in classes.items():
                 db.execute("INSERT OR IGNORE INTO classes (name, epoch) VALUES (?, ?)", (name, epoch))
-                tallies.setdefault(name, _Tally())
-            touched: set[str] = set()
+                work.get(name)
             for entry in entries:
                 name = entry.change.class_name
                 db.execute("INSERT INTO changes (class, seq, at, size, record) VALUES (?, ?, ?, ?, ?)",
                            (name, entry.change.seq, entry.at, entry.size, entry.record))
-                tally = tallies.setdefault(name, _Tally())
+                tally = work.get(name)
                 tally.count += 1
                 tally.held += entry.size
                 tally.last_seq = entry.change.seq
                 total += entry.size
-                touched.add(name)
             now = self._clock()
-            for name in touched:
-                total -= self._trim_class(db, name, tallies[name], now)
-            total = self._trim_total(db, tallies, total)
-            before = self._tallies
-            for name, tally in tallies.items():
-                old = before.get(name)
-                if old is None or (old.last_seq, old.trimmed) != (tally.last_seq, tally.trimmed):
-                    db.execute("UPDATE classes SET last_seq = ?, trimmed = ? WHERE name = ?",
-                               (tally.last_seq, tally.trimmed, name))
+            for name in list(work.changed):
+                total -= self._trim_class(db, name, work.changed[name], now)
+            total = self._trim_total(db, work, total)
+            for name, tally in work.changed.items():
+                db.execute("UPDATE classes SET last_seq = ?, trimmed = ? WHERE name = ?",
+                           (tally.last_seq, tally.trimmed, name))
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
-        self._tallies, self._total = tallies, total  # only once committed
+        self._tallies.update(work.changed)  # only once committed
+        self._total = total
 
     def _reopen_writer(self) -> None:
         """After a failed commit: a new writer connection, so that a file that can be written again (space
@@ -500,31 +523,37 @@ class SqliteBackend(Backend):
 
     def _trim_class(self, db: sqlite3.Connection, name: str, tally: _Tally, now: float) -> int:
         """Drop the class's oldest changes beyond its count, age and byte bounds (its newest is kept).
-        Returns the bytes dropped."""
+        Returns the bytes dropped. Only the oldest rows are read: the age bound looks at them a chunk at a
+        time (changes are written in seq order, so the old ones are a prefix)."""
         dropped = 0
         if tally.count > self.max_count:
             dropped += self._drop(db, name, tally, tally.count - self.max_count)
-        if self.max_age < float("inf"):
-            (old,) = db.execute("SELECT count(*) FROM changes WHERE class = ? AND at < ?",
-                                (name, now - self.max_age)).fetchone()
-            if old:
-                dropped += self._drop(db, name, tally, min(old, tally.count - 1) if tally.count > 1 else 0)
+        cutoff = now - self.max_age
+        while self.max_age < float("inf") and tally.count > 1:
+            ages = db.execute("SELECT at FROM changes WHERE class = ? ORDER BY seq LIMIT ?",
+                              (name, min(_TRIM_CHUNK, tally.count - 1))).fetchall()
+            old = next((i for i, (at,) in enumerate(ages) if at >= cutoff), len(ages))
+            if not old:
+                break
+            dropped += self._drop(db, name, tally, old)
+            if old < len(ages):
+                break
         while tally.held > self.max_bytes and tally.count > 1:
             dropped += self._drop(db, name, tally, min(_TRIM_CHUNK, tally.count - 1), bytes_over=True)
         return dropped
 
-    def _trim_total(self, db: sqlite3.Connection, tallies: dict[str, _Tally], total: int) -> int:
+    def _trim_total(self, db: sqlite3.Connection, work: _Tallies, total: int) -> int:
         """Drop the oldest changes of any class until the total fits (each class keeps its newest)."""
         while total > self.max_total_bytes:
             oldest: tuple[float, str] | None = None
-            for name, tally in tallies.items():
-                if tally.count > 1:
+            for name in work.names():
+                if work.peek(name).count > 1:
                     row = db.execute("SELECT at FROM changes WHERE class = ? ORDER BY seq LIMIT 1", (name,)).fetchone()
                     if row is not None and (oldest is None or row[0] < oldest[0]):
                         oldest = (row[0], name)
             if oldest is None:
                 break
-            total -= self._drop(db, oldest[1], tallies[oldest[1]], 1)
+            total -= self._drop(db, oldest[1], work.get(oldest[1]), 1)
         return total
 
     def _drop(self, db: sqlite3.Connection, name: str, tally: _Tally, n: int, *, bytes_over: bool = False) -> int:
