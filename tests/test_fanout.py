@@ -50,18 +50,6 @@ def test_put_queues_after_what_is_queued_and_counts_its_bytes() -> None:
     assert numbers(conn.take(300)) == [0] and conn.queued_bytes == 250  # what stays is still counted
 
 
-def test_a_queue_is_full_at_its_message_bound_or_when_the_next_message_would_pass_its_byte_bound() -> None:
-    conn: Connection[str] = Connection("ws", max_messages=3, max_bytes=1000)
-    assert not conn.full(10_000)  # an empty queue takes any one message, however large
-    conn.put(message(0, size=400))
-    assert not conn.full(600) and conn.full(601)  # by bytes: up to max_bytes, not one byte more
-    conn.put(message(1, size=100))
-    conn.put(message(2, size=100))
-    assert conn.full() and conn.full(0)  # by messages: three queued
-    conn.take()
-    assert not conn.full(1000)
-
-
 async def test_room_is_a_future_done_when_the_queue_is_next_taken() -> None:
     conn: Connection[str] = Connection("ws", max_messages=1, max_bytes=1000)
     conn.put(message(0))

@@ -200,11 +200,6 @@ class Connection(Generic[W]):
         self.queued_bytes += size
         self.total.queued += size
 
-    def full(self, size: int = 0) -> bool:
-        """True when the queue holds ``max_messages``, or ``size`` more bytes would pass ``max_bytes``; an
-        empty queue is never full (it takes any one message)."""
-        return bool(self.queue) and (len(self.queue) >= self.max_messages or self.queued_bytes + size > self.max_bytes)
-
     def room(self) -> asyncio.Future[None]:
         """A future done when the transport next takes the queue."""
         if self._room is None or self._room.done():
