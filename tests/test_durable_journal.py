@@ -218,9 +218,9 @@ async def test_retention_reuses_the_space_of_removed_changes(tmp_path: Path) -> 
     backend = SqliteBackend(tmp_path / "data", max_count=500)
     await backend.start(lambda change: None)
     try:
-        async def publish(n: int) -> None:
+        async def publish(n: int) -> None:  # 1,000 documents, changed again and again: the store stays as large
             for i in range(n):
-                await backend.publish(Change("Order", "I", "", {"_id": f"o{i}", "note": "x" * 500}))
+                await backend.publish(Change("Order", "U", "", {"_id": f"o{i % 1000}", "note": "x" * 500}))
 
         await publish(3000)
         size = backend.file_bytes()
@@ -229,6 +229,6 @@ async def test_retention_reuses_the_space_of_removed_changes(tmp_path: Path) -> 
         with pytest.raises(HistoryGone) as gone:  # the oldest were removed, and it says so
             await backend.read("Order", None, inclusive=False, limit=10_000)
         held = await backend.read("Order", gone.value.oldest, inclusive=True, limit=10_000)
-        assert len(held) == 500 and held[-1].data == {"_id": "o5999", "note": "x" * 500}
+        assert len(held) == 500 and held[-1].data == {"_id": "o999", "note": "x" * 500}
     finally:
         await backend.close()

@@ -86,9 +86,31 @@ async def test_the_previous_state_given_by_the_publisher_wins() -> None:
     assert ops(b, "eu") == [("X", {"_id": "1"})]
 
 
-async def test_last_versions_are_bounded_and_documented_as_such() -> None:
+async def test_the_document_store_gives_the_previous_state_past_the_last_versions_bound() -> None:
     b = fresh(ORDER_SCHEMA)
     b.max_tracked_ids = 1
+    await b.subscribe("eu", "Order", data_scope=EU, exits=True)
+    b.publish("Order", "I", bare_order("1", region="EU"))
+    b.publish("Order", "I", bare_order("2", region="EU"))  # pushes order 1 out of the remembered versions
+    b.publish("Order", "U", bare_order("1", region="US"))  # the store still holds order 1: an exit
+    await b.flush()
+    assert ops(b, "eu") == [("I", bare_order("1", region="EU")), ("I", bare_order("2", region="EU")),
+                            ("X", {"_id": "1"})]
+
+
+async def test_an_insert_over_a_stored_document_that_leaves_the_scope_is_an_exit() -> None:
+    b = fresh(ORDER_SCHEMA)
+    await b.subscribe("eu", "Order", data_scope=EU, exits=True)
+    b.publish("Order", "I", bare_order("1", region="EU"))
+    b.publish("Order", "I", bare_order("1", region="US"))  # inserted again, elsewhere: it left the view
+    await b.flush()
+    assert ops(b, "eu") == [("I", bare_order("1", region="EU")), ("X", {"_id": "1"})]
+
+
+async def test_past_the_store_bound_last_versions_are_bounded_and_documented_as_such() -> None:
+    b = fresh(ORDER_SCHEMA)
+    b.max_tracked_ids = 1
+    b.store_max_documents = 1  # the store is refused at the second document: last versions take over
     await b.subscribe("eu", "Order", data_scope=EU, exits=True)
     b.publish("Order", "I", bare_order("1", region="EU"))
     b.publish("Order", "I", bare_order("2", region="EU"))  # pushes order 1 out of the remembered versions

@@ -113,8 +113,11 @@ def test_a_delete_published_out_of_the_view_it_was_in_is_d_with_the_previous_sta
     assert evaluation == ("D", {"_id": "O-000001", "region": "EU"}, True)  # the state it had in the view, projected
 
 
-def test_an_insert_is_never_an_exit() -> None:
-    assert view(EU).evaluate(published("I", order(1, region="US"), prev=order(1)), None) is None
+def test_an_insert_over_a_document_still_stored_that_leaves_the_view_is_an_exit() -> None:
+    # the previous state is the document the store still held: the view's members must drop it
+    assert view(EU).evaluate(published("I", order(1, region="US"), prev=order(1)), None) == \
+        ("X", {"_id": "O-000001"}, True)
+    assert view(EU).evaluate(published("I", order(1, region="US")), None) is None  # a new document: nothing
 
 
 # -- the message views share -------------------------------------------------------------------------------

@@ -66,11 +66,17 @@ def ids(signals: Signals) -> list[Any]:
 
 
 def test_a_replay_starts_only_from_live_and_every_phase_ends_live_when_caught_up() -> None:
-    assert {(p, e) for (p, e), to in TRANSITIONS.items() if p is None} == {(None, "ask"), (None, "lag")}
+    assert {(p, e) for (p, e), to in TRANSITIONS.items() if p is None} == {(None, "ask"), (None, "lag"),
+                                                                          (None, "snapshot")}
     assert TRANSITIONS[(None, "ask")] is Phase.ASKED and TRANSITIONS[(None, "lag")] is Phase.LAGGING
+    assert TRANSITIONS[(None, "snapshot")] is Phase.SNAPSHOT
     for phase in Phase:
-        assert TRANSITIONS[(phase, "caught_up")] is None
+        # a snapshot goes live only through the journal after it (it is never "caught up" by itself)
+        assert TRANSITIONS.get((phase, "caught_up"), "none") is (None if phase is not Phase.SNAPSHOT else "none")
         assert (phase, "ask") not in TRANSITIONS and (phase, "lag") not in TRANSITIONS
+        # a snapshot client whose position is gone starts over with a fresh snapshot, from any phase
+        assert TRANSITIONS[(phase, "reset")] is Phase.SNAPSHOT
+    assert TRANSITIONS[(Phase.SNAPSHOT, "sent")] is Phase.READING
     # reading makes an asked replay one whose gap may no longer be skipped; a lag stays a lag
     assert TRANSITIONS[(Phase.ASKED, "read")] is Phase.READING
     assert TRANSITIONS[(Phase.LAGGING, "read")] is Phase.LAGGING

@@ -31,6 +31,7 @@ from .document import DataDocument
 
 if TYPE_CHECKING:
     from .replay import Replay
+    from .snapshot import SnapshotPass
 
 log = logging.getLogger("xia_broadcast.fanout")
 
@@ -121,6 +122,10 @@ class HubStats:
     lags: int = 0
     history_gone: int = 0
     view_errors: int = 0
+    #: snapshot passes read (each shared by the members of one view), documents queued from them, resets
+    snapshot_passes: int = 0
+    snapshot_documents: int = 0
+    resets: int = 0
 
 
 class QueueTotal:
@@ -211,10 +216,10 @@ class Member(Generic[W]):
     """One subscription: a connection in a view, live (``replay`` None) or catching up from the journal
     (``replay``: its position and why, see :mod:`xia_broadcast.replay`)."""
 
-    __slots__ = ("connection", "epoch", "exits", "replay", "start_seq", "view")
+    __slots__ = ("connection", "epoch", "exits", "replay", "snapshot", "start_seq", "view")
 
     def __init__(self, connection: Connection[W], view: View, start_seq: str, exits: bool = False,
-                 epoch: str | None = None) -> None:
+                 epoch: str | None = None, snapshot: bool = False) -> None:
         self.connection = connection
         self.view = view
         #: changes with a seq before this are not for this member (the original's start_seq)
@@ -227,6 +232,8 @@ class Member(Generic[W]):
         self.epoch = epoch
         #: None while live; the replay in progress otherwise
         self.replay: Replay | None = None
+        #: the client keeps a collection: it asked for a snapshot (``snapshot_done``, ``reset``, exits)
+        self.snapshot = snapshot
 
     @property
     def class_name(self) -> str:
@@ -302,7 +309,7 @@ class View:
     """
 
     __slots__ = ("acl", "acl_param", "catalog", "class_name", "key", "members", "predicate", "replay_cache",
-                 "replay_cache_bytes", "replaying", "scope", "shared", "show_hidden")
+                 "replay_cache_bytes", "replaying", "scope", "shared", "show_hidden", "snapshot_pass")
 
     def __init__(self, key: ViewKey, class_name: str, scope: list[dict[str, Any]], predicate: Predicate,
                  catalog: dict[str, Any], show_hidden: bool, acl: Acl | None, acl_param: Any) -> None:
@@ -323,6 +330,8 @@ class View:
         #: bytes of the messages in ``replay_cache``; members of the view replaying now
         self.replay_cache_bytes = 0
         self.replaying = 0
+        #: the read of the class's store its members asking for a snapshot now share (see :mod:`.snapshot`)
+        self.snapshot_pass: SnapshotPass | None = None
 
     def projector(self, schema: DocSchema | None) -> Projector:
         """The catalog compiled against ``schema`` (cached: one per schema the class is published with)."""
@@ -333,7 +342,8 @@ class View:
 
         In the view now: the change as published (an update that brings a document in arrives as ``U``).
         Out of it now but in it before (``change.prev``): an *exit*, for members that asked for exits only:
-        ``X`` with ``{"_id"}`` for an update, ``D`` with the previous state for a delete. Being in the view
+        ``X`` with ``{"_id"}`` for an update (or an insert over a document still stored), ``D`` with the
+        previous state for a delete. Being in the view
         means: the ACL reads it and the scope holds.
         """
         if slow is not None or change.data is None:
@@ -342,10 +352,10 @@ class View:
         if (acl is None or acl.allows(change.subjects)) and self.predicate(data):
             return change.op, self.shared.project(change, data), False
         prev = change.prev
-        if change.op == "I" or prev is None:
+        if prev is None:
             return None
         if (acl is None or acl.allows(change.prev_subjects)) and self.predicate(prev):
-            if change.op == "U":
+            if change.op != "D":  # an update, or an insert over a document still stored
                 return "X", {"_id": data.get("_id")}, True
             return change.op, self.shared.project(change, prev), True
         return None
@@ -363,12 +373,12 @@ class View:
         body = self._visible_slow(doc, slow)
         if body is not None:
             return change.op, body, False
-        if change.op == "I" or change.prev is None:
+        if change.prev is None:
             return None
         prev_body = self._visible_slow(DataDocument(change.class_name, change.prev, change.schema), slow)
         if prev_body is None:
             return None
-        return ("X", {"_id": change.doc_id}, True) if change.op == "U" else (change.op, prev_body, True)
+        return ("X", {"_id": change.doc_id}, True) if change.op != "D" else (change.op, prev_body, True)
 
     def _visible_slow(self, doc: Any, slow: DocumentHooks) -> Any:
         if not slow.check_acl(doc, self.acl_param):

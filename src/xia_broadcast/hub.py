@@ -121,7 +121,7 @@ class Hub(Generic[W]):
         self.delivered: dict[str, str] = {}
         self._versions: dict[str, LastVersions] = {}
         self.replays = Replays(self.backend, self.delivered, self.head, self._hooks_for, self._wake, self._cut,
-                               self.schemas, self.settings.queue_bytes, self.stats)
+                               self.schemas, self.settings.queue_bytes, self.stats, self.epoch)
 
     @property
     def limits(self) -> SubscriptionLimits:
@@ -189,10 +189,14 @@ class Hub(Generic[W]):
         ``params`` are the original's (``data_scope``, ``catalog``, ``show_hidden``, ``start_seq``, ``acl``)
         and the replay positions: with ``after_seq`` (changes after it) or ``from_seq`` (changes from it on)
         the member first replays the journal, then goes live; ``start_seq`` alone only skips older changes,
-        as the original. ``strict`` refuses what the original ignores (unknown scope paths and keys, unknown
-        catalog names); ``exits`` asks for scope exits; ``control`` for control messages (which implies
-        exits); ``hidden_allowed`` False refuses ``show_hidden`` and scopes naming hidden fields
-        (:class:`HiddenFieldError`, 4403). Must run in the event loop that serves the connections.
+        as the original. With ``snapshot`` true, the member is first sent the stored documents of its view
+        (``I``), then the journal from the snapshot's position, then ``snapshot_done`` and live changes; with
+        ``after_seq`` too, it resumes from there, and is sent ``reset`` and a fresh snapshot when the journal
+        no longer holds that position (a snapshot member takes control messages and exits). ``strict``
+        refuses what the original ignores (unknown scope paths and keys, unknown catalog names); ``exits``
+        asks for scope exits; ``control`` for control messages (which implies exits); ``hidden_allowed``
+        False refuses ``show_hidden`` and scopes naming hidden fields (:class:`HiddenFieldError`, 4403).
+        Must run in the event loop that serves the connections.
         """
         if not isinstance(class_name, str) or not class_name:
             raise SubscriptionError("class name must be a non-empty string")
@@ -225,6 +229,14 @@ class Hub(Generic[W]):
         epoch = params.get("epoch")
         if epoch is not None and not isinstance(epoch, str):
             raise SubscriptionError("epoch must be a string", class_name=class_name)
+        snapshot = params.get("snapshot", False)
+        if snapshot is None:
+            snapshot = False
+        if not isinstance(snapshot, bool):
+            raise SubscriptionError("snapshot must be true or false", class_name=class_name)
+        if snapshot and (start_seq or from_seq):
+            raise SubscriptionError("a snapshot resumes with after_seq (and epoch), not start_seq or from_seq",
+                                    class_name=class_name)
         self._watch_nowait(class_name)
         # every check is done: from here on nothing refuses, so no view is made for a refused subscription
         key = view_key(scope, catalog, show_hidden, acl, params.get("acl"))
@@ -237,16 +249,18 @@ class Hub(Generic[W]):
                         params.get("acl"))
             views.add(key, view, equality_key(scope))
         conn = self.connection(websocket)
-        if control:
+        if control or snapshot:  # a snapshot client keeps a collection: snapshot_done, reset, exits
             conn.control = True
         old = conn.members.get(class_name)
         if old is not None:  # subscribing again replaces the subscription; the view joined now stays
             self._leave(old, keep=view)
-        member = conn.members[class_name] = Member(conn, view, start_seq, exits=exits or control,
-                                                   epoch=epoch or None)
+        member = conn.members[class_name] = Member(conn, view, start_seq, exits=exits or control or snapshot,
+                                                   epoch=epoch or None, snapshot=snapshot)
         view.members[conn] = member
         if after_seq or from_seq:
             self.replays.ask(member, after_seq or from_seq, inclusive=bool(from_seq))
+        elif snapshot:
+            self.replays.snapshot(member)
         return member
 
     def head(self, class_name: str) -> str | None:
@@ -385,7 +399,7 @@ class Hub(Generic[W]):
             if versions is None:
                 versions = self._versions[change.class_name] = LastVersions(self.settings.max_tracked_ids)
             doc_id = change.doc_id
-            if change.prev is None:
+            if change.prev is None and not change.prev_stored:  # the backend's store said nothing
                 change.prev = versions.get(doc_id)
             versions.record(change.op, doc_id, change.data)
         self.fanout(change)

@@ -7,16 +7,21 @@ through). Every change of phase is in :data:`TRANSITIONS`, and only :class:`Repl
 ============  ==========================================================================================
 phase         meaning
 ============  ==========================================================================================
+``SNAPSHOT``  the client asked for a snapshot: it is sent the stored documents of its view
+              (:mod:`.snapshot`), then reads the journal from the snapshot's position
 ``ASKED``     the client asked for changes from a position (``after_seq``/``from_seq``); nothing read yet
 ``READING``   the asked replay has read from the journal: a gap from here on is never skipped
 ``LAGGING``   its queue (or its socket) overflowed: it continues from the journal, nothing is lost
 ============  ==========================================================================================
 
-Events: ``read`` (a chunk was read), ``caught_up`` (the read reached what the Hub has delivered: live),
-``gone`` (the journal no longer holds the position). What ``gone`` does depends on the client: one that
-takes control messages is told (``history_gone``) and goes live; otherwise an asked position that was never
-held closes with 4410, and a gap in the middle of a stream (a lag, or an asked replay that had read) with
-4409. A client that takes control messages is told ``replay_done`` when it goes live after a replay.
+Events: ``snapshot`` (asked for one), ``sent`` (the snapshot's documents are queued: the journal from its
+position follows), ``read`` (a chunk was read), ``caught_up`` (the read reached what the Hub has delivered:
+live), ``gone`` (the journal no longer holds the position). What ``gone`` does depends on the client: a
+snapshot client (it keeps a collection) is told ``reset`` and sent a fresh snapshot (event ``reset``);
+one that takes control messages is told (``history_gone``) and goes live; otherwise an asked position that
+was never held closes with 4410, and a gap in the middle of a stream (a lag, or an asked replay that had
+read) with 4409. A snapshot client is told ``snapshot_done`` when it goes live, any other client that takes
+control messages ``replay_done`` after a replay.
 
 The switch to live is gapless: a read that returns the end of the journal, while nothing was delivered live
 after the member's cursor, makes the member live; changes up to its cursor are skipped for it from then on
@@ -37,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .core.change import Change
-from .core.protocol import CLOSE_HISTORY_GONE, CLOSE_TOO_SLOW
+from .core.protocol import CLOSE_HISTORY_GONE, CLOSE_SNAPSHOT_REFUSED, CLOSE_TOO_SLOW
 from .fanout import (
     Connection,
     DocumentHooks,
@@ -50,6 +55,8 @@ from .fanout import (
     envelope,
 )
 from .journal import Backend, BackendUnavailable, HistoryGone
+from .journal.store import SnapshotRefused
+from .snapshot import SnapshotPass
 
 log = logging.getLogger("xia_broadcast.replay")
 
@@ -62,6 +69,7 @@ REPLAY_CACHE = 1024
 class Phase(enum.Enum):
     """Why and how far a member catching up is (see the module docstring)."""
 
+    SNAPSHOT = "snapshot"
     ASKED = "asked"
     READING = "reading"
     LAGGING = "lagging"
@@ -70,8 +78,14 @@ class Phase(enum.Enum):
 #: (phase, event) -> the phase after it; None: the member is live. ``gone`` is not here: it ends the
 #: replay either way (live for a control client, closed otherwise, with the code of :data:`GONE_CODES`).
 TRANSITIONS: dict[tuple[Phase | None, str], Phase | None] = {
+    (None, "snapshot"): Phase.SNAPSHOT,
     (None, "ask"): Phase.ASKED,
     (None, "lag"): Phase.LAGGING,
+    (Phase.SNAPSHOT, "sent"): Phase.READING,
+    (Phase.SNAPSHOT, "reset"): Phase.SNAPSHOT,
+    (Phase.ASKED, "reset"): Phase.SNAPSHOT,
+    (Phase.READING, "reset"): Phase.SNAPSHOT,
+    (Phase.LAGGING, "reset"): Phase.SNAPSHOT,
     (Phase.ASKED, "read"): Phase.READING,
     (Phase.READING, "read"): Phase.READING,
     (Phase.LAGGING, "read"): Phase.LAGGING,
@@ -85,6 +99,7 @@ GONE_CODES: dict[Phase, tuple[int, str]] = {
     Phase.ASKED: (CLOSE_HISTORY_GONE, "history gone: {cls} is held from {oldest} on"),
     Phase.READING: (CLOSE_TOO_SLOW, "too slow: fell behind the journal's retention"),
     Phase.LAGGING: (CLOSE_TOO_SLOW, "too slow: fell behind the journal's retention"),
+    Phase.SNAPSHOT: (CLOSE_TOO_SLOW, "too slow: fell behind the journal's retention"),  # never: it resets
 }
 
 
@@ -100,6 +115,8 @@ class Replay:
     cursor: str | None
     inclusive: bool
     epoch: str | None = None
+    #: a snapshot after a reset reads the store anew (it never joins a pass already under way)
+    fresh: bool = False
 
 
 class Replays:
@@ -114,14 +131,16 @@ class Replays:
         cut: closes a connection with a code and reason.
         schemas: the document classes by name, for changes read back without their schema.
         max_cache_bytes: bound of each view's replay cache, in bytes.
-        stats: the Hub's counters (``replayed``, ``history_gone``, ``encodings``, ``view_errors``).
+        stats: the Hub's counters (``replayed``, ``history_gone``, ``encodings``, ``view_errors``, snapshots).
+        epoch_of: the epoch of a class's journal as the Hub knows it (for ``snapshot_done``).
     """
 
     def __init__(self, backend: Backend, delivered: dict[str, str], head: Callable[[str], str | None],
                  hooks_for: Callable[[Change], DocumentHooks | None], wake: Callable[[Connection[Any]], None],
                  cut: Callable[[Connection[Any], int, str], None], schemas: dict[str, Any],
-                 max_cache_bytes: int, stats: HubStats) -> None:
+                 max_cache_bytes: int, stats: HubStats, epoch_of: Callable[[str], str] = lambda _: "") -> None:
         self.backend = backend
+        self.epoch_of = epoch_of
         self.delivered = delivered
         self.head = head
         self.hooks_for = hooks_for
@@ -137,6 +156,11 @@ class Replays:
         return bool(self.tasks)
 
     # -- transitions ----------------------------------------------------------------------------------
+
+    def snapshot(self, member: Member[Any]) -> None:
+        """The client asked for a snapshot (and no resume position): the stored documents, then the journal."""
+        self._begin(member, "snapshot", None, False, None)
+        member.epoch = None
 
     def ask(self, member: Member[Any], position: str, *, inclusive: bool) -> None:
         """The client asked for the changes after (``inclusive``: from) ``position``."""
@@ -194,9 +218,22 @@ class Replays:
             # an asynchronous read may have reached past what the Hub delivered so far: what the replay gave
             # is never delivered again (a synchronous read ends exactly at the last change delivered)
             member.start_seq = replay.cursor + "\0"
-        if conn.control and tell:
+        if member.snapshot:  # the collection is whole at this position: tell it even without a replay
+            seq = replay.cursor or self.head(member.class_name)
+            conn.put(control_message("snapshot_done", **{"class": member.class_name, "seq": seq,
+                                                         "epoch": replay.epoch or self.epoch_of(member.class_name)}))
+        elif conn.control and tell:
             conn.put(control_message("replay_done", **{"class": member.class_name,
                                                        "seq": self.head(member.class_name)}))
+
+    def _reset(self, member: Member[Any], replay: Replay) -> None:
+        """A snapshot client's position is gone: it is told ``reset`` (drop the collection) and sent a fresh
+        snapshot, instead of an error."""
+        self.stats.resets += 1
+        replay.phase = TRANSITIONS[(replay.phase, "reset")] or Phase.SNAPSHOT
+        replay.cursor, replay.inclusive, replay.epoch, replay.fresh = None, False, None, True
+        member.connection.put(control_message("reset", **{"class": member.class_name}))
+        self.wake(member.connection)
 
     def _gone(self, member: Member[Any], replay: Replay, gone: HistoryGone) -> None:
         self.stats.history_gone += 1
@@ -222,6 +259,10 @@ class Replays:
         retry = 0.0
         try:
             while (replay := member.replay) is not None and not conn.closed:
+                if replay.phase is Phase.SNAPSHOT:
+                    if not await self._send_snapshot(member, replay):
+                        return
+                    continue
                 if conn.queue and (len(conn.queue) >= conn.max_messages or conn.queued_bytes >= conn.max_bytes
                                    or conn.total.over):
                     await conn.room()
@@ -231,6 +272,9 @@ class Replays:
                     changes = await self.backend.read(class_name, replay.cursor, inclusive=replay.inclusive,
                                                       limit=limit, epoch=replay.epoch)
                 except HistoryGone as gone:
+                    if member.snapshot:
+                        self._reset(member, replay)
+                        continue
                     self._gone(member, replay, gone)
                     return
                 except BackendUnavailable:
@@ -255,6 +299,71 @@ class Replays:
         except Exception:
             log.exception("replay of %s failed for one subscriber; it is closed", class_name)
             self.cut(conn, 1011, "internal error")
+
+    async def _send_snapshot(self, member: Member[Any], replay: Replay) -> bool:
+        """Queue the stored documents of the member's view (the view's shared pass, or a new one), within the
+        connection's queue bounds; then the journal from the snapshot's position follows (phase ``READING``).
+        False when the member is done with (closed, left, refused)."""
+        conn, view = member.connection, member.view
+        sp = view.snapshot_pass
+        if sp is None or replay.fresh or not sp.joinable:
+            try:
+                snapshot = await self.backend.snapshot(member.class_name)
+            except SnapshotRefused as refused:
+                self.cut(conn, CLOSE_SNAPSHOT_REFUSED, f"snapshot refused: {refused}")
+                return False
+            except BackendUnavailable:
+                await asyncio.sleep(0.05)  # the store is back soon; the member waits, loses nothing
+                return member.replay is replay and not conn.closed
+            if member.replay is not replay or conn.closed:
+                await snapshot.close()
+                return False
+            sp = view.snapshot_pass
+            if sp is None or replay.fresh or not sp.joinable:  # nobody made one meanwhile
+                sp = view.snapshot_pass = SnapshotPass(view, snapshot, self.hooks_for, self.schemas, self.stats)
+                self.stats.snapshot_passes += 1
+            else:
+                await snapshot.close()
+        sp.join(member)
+        try:
+            index = offset = 0
+            while True:
+                if member.replay is not replay or conn.closed:
+                    return False
+                if conn.queue and (len(conn.queue) >= conn.max_messages or conn.queued_bytes >= conn.max_bytes
+                                   or conn.total.over):
+                    await conn.room()
+                    continue
+                try:
+                    page = await sp.page(index)
+                except SnapshotRefused as refused:
+                    self.cut(conn, CLOSE_SNAPSHOT_REFUSED, f"snapshot refused: {refused}")
+                    return False
+                except HistoryGone:  # the store started again (a new epoch) while it was read
+                    if member.replay is replay and not conn.closed:
+                        self._reset(member, replay)
+                    return member.replay is replay and not conn.closed
+                if member.replay is not replay or conn.closed:
+                    return False
+                if page is None:
+                    break
+                while offset < len(page):
+                    if conn.queue and (len(conn.queue) >= conn.max_messages or conn.queued_bytes >= conn.max_bytes
+                                       or conn.total.over):
+                        break
+                    conn.put(page[offset])
+                    offset += 1
+                    self.stats.snapshot_documents += 1
+                if offset >= len(page):
+                    index, offset = index + 1, 0
+                self.wake(conn)
+                await asyncio.sleep(0)  # one page per loop turn: the loop and other subscribers go on
+        finally:
+            sp.leave(member)
+        replay.phase = TRANSITIONS[(replay.phase, "sent")] or Phase.READING
+        replay.cursor, replay.inclusive, replay.epoch, replay.fresh = sp.position.seq or None, False, \
+            sp.position.epoch or None, False
+        return True
 
     def _queue_chunk(self, member: Member[Any], replay: Replay, view: View, changes: list[Change]) -> int:
         """Queue what ``view`` lets through of ``changes``, advancing the cursor; stops early when the queue

@@ -102,7 +102,8 @@ async def test_keys_live_under_the_prefix(cluster: MakeBackend) -> None:
     b = await node(cluster, ChangeRecorder(), "T")
     await b.publish(change(1))
     keys = [k.decode() async for k in b._redis.scan_iter(match=f"{cluster.prefix}*")]
-    assert sorted(keys) == [f"{cluster.prefix}meta:T", f"{cluster.prefix}stream:T", f"{cluster.prefix}wake:{b.node}"]
+    assert sorted(keys) == [f"{cluster.prefix}docs:T", f"{cluster.prefix}meta:T", f"{cluster.prefix}stream:T",
+                            f"{cluster.prefix}wake:{b.node}"]
     await b.close()
     assert not await key_exists(cluster, f"{cluster.prefix}wake:{b.node}")
 

@@ -49,6 +49,9 @@ class Change:
     #: the change's place in the journal when it differs from ``seq`` ("" otherwise): a seq chosen by the
     #: caller that is not after the last of its class is journaled after it, at ``<last>~``
     pos: str = ""
+    #: ``prev`` was decided by the backend's document store (None then means: no stored version before this
+    #: change), so the Hub does not look for one elsewhere
+    prev_stored: bool = False
     #: cache of :meth:`encoded_size` (not part of the change's value)
     _size: int | None = field(default=None, compare=False, repr=False)
 
@@ -107,9 +110,11 @@ class Change:
 
     @classmethod
     def from_record(cls, record: bytes | str, *, seq: str | None = None, epoch: str = "",
-                    schema: DocSchema | None = None) -> Change:
+                    schema: DocSchema | None = None, stored_prev: bytes | str | None = None) -> Change:
         """The change written by :meth:`to_record`. ``seq`` (e.g. from the stream entry id) overrides the
-        record's; ``schema`` is the reader's schema of the class (not part of the record). Raises
+        record's; ``schema`` is the reader's schema of the class (not part of the record). ``stored_prev``:
+        what the document store held before the change, journaled beside the record when the publisher gave
+        no previous state (the record of the document's last change; empty: there was none). Raises
         :class:`BadChangeRecord` when the bytes are not such a record."""
         try:
             obj = orjson.loads(record)
@@ -125,6 +130,13 @@ class Change:
                          _subjects=tuple(subjects) if isinstance(subjects, list) else None,
                          _prev_subjects=tuple(prev_subjects) if isinstance(prev_subjects, list) else None,
                          epoch=epoch)
+            if stored_prev is not None and change.prev is None:
+                change.prev_stored = True
+                if stored_prev:
+                    old = orjson.loads(stored_prev)["data"]
+                    if not isinstance(old, dict):
+                        raise TypeError("wrong types")
+                    change.prev = old
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise BadChangeRecord(f"not a change record: {exc}") from None
         return change

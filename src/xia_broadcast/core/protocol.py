@@ -32,6 +32,7 @@ CLOSE_FLOOD = 4408  #: the client sent more frames than the protocol needs (clie
 CLOSE_NO_CLASS = 4404  #: no requested class is known
 CLOSE_TOO_SLOW = 4409  #: the client fell behind the journal's retention, or does not read what it asks for
 CLOSE_HISTORY_GONE = 4410  #: a replay was asked for from a position the journal no longer holds
+CLOSE_SNAPSHOT_REFUSED = 4413  #: a snapshot was asked of a class whose document store passed its bounds
 CLOSE_INVALID_SCOPE = 4420  #: a data scope is invalid or over the subscription limits
 CLOSE_INVALID_CATALOG = 4421  #: a catalog is invalid or over the subscription limits
 CLOSE_TOO_MANY_SUBSCRIPTIONS = 4429  #: more classes in one handshake than max_subscriptions
@@ -44,7 +45,8 @@ OPTIONS = frozenset({"control", "exits", "strict"})
 #: subscription keys the server derives itself: a client's values are ignored
 SERVER_KEYS = frozenset({"acl", "user_name", "start_time"})
 #: subscription keys the server gives a meaning to
-SUBSCRIPTION_KEYS = frozenset({"data_scope", "catalog", "show_hidden", "start_seq", "after_seq", "from_seq"})
+SUBSCRIPTION_KEYS = frozenset({"data_scope", "catalog", "show_hidden", "start_seq", "after_seq", "from_seq", "epoch",
+                               "snapshot"})
 #: names a client may not pass through (they are options or arguments of ``subscribe`` itself)
 _RESERVED = frozenset({"websocket", "class_name", "cls", "control", "exits", "strict", "hidden_allowed"})
 

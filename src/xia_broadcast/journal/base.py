@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..core.change import Change
 from ..errors import XiaBroadcastError
+
+if TYPE_CHECKING:
+    from .store import Snapshot
 
 #: default retention per class, for every backend: changes kept, and their age in seconds
 DEFAULT_MAX_COUNT = 100_000
@@ -147,6 +150,14 @@ class Backend(ABC):
         """Deliver this class's changes to ``on_change`` from now on. Returns the position after which
         every change of the class reaches ``on_change`` (for a class already watched: the position of the
         last change delivered, or where watching began)."""
+
+    async def snapshot(self, class_name: str) -> Snapshot:
+        """A read of the class's document store (:mod:`.store`): its documents a page at a time, at or
+        before the returned snapshot's ``position``; the journal holds what came after. Raises
+        ``SnapshotRefused`` when the class's store passed its bounds (or this backend keeps none),
+        :class:`BackendUnavailable` when the store cannot be reached."""
+        from .store import SnapshotRefused
+        raise SnapshotRefused(class_name, f"{type(self).__name__} keeps no document store")
 
     @abstractmethod
     def unwatch(self, class_name: str) -> None:

@@ -30,6 +30,7 @@ from .base import (
     Position,
     SeqOrderError,
 )
+from .store import MemoryStore, Snapshot, StoreBounds
 
 __all__ = ["DEFAULT_MAX_AGE", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_COUNT", "DEFAULT_MAX_TOTAL_BYTES", "MemoryBackend",
            "MemoryJournal"]
@@ -245,17 +246,21 @@ class MemoryBackend(Backend):
     def __init__(self, *, max_count: int = DEFAULT_MAX_COUNT, max_age: float = DEFAULT_MAX_AGE,
                  max_bytes: float = DEFAULT_MAX_BYTES, max_total_bytes: float = DEFAULT_MAX_TOTAL_BYTES,
                  clock: Callable[[], float] = time.monotonic, journal: MemoryJournal | None = None,
-                 complete: bool = False, accept_out_of_order: bool = False) -> None:
+                 complete: bool = False, accept_out_of_order: bool = False,
+                 store: StoreBounds | None = None) -> None:
         """``journal``: an existing journal to serve (its own retention applies). ``complete``: the journal
         is taken as complete from its first change (a library that chooses its own seqs); by default it
         knows nothing from before it was made, and positions from before that are history gone.
-        ``accept_out_of_order``: see :class:`MemoryJournal` (the original API lets callers choose seqs)."""
+        ``accept_out_of_order``: see :class:`MemoryJournal` (the original API lets callers choose seqs).
+        ``store``: the bounds of each class's document store (:mod:`.store`)."""
         start_ms = time.time_ns() // 1_000_000
         #: the synchronous journal holding the changes (readable directly)
         self.journal = journal if journal is not None else MemoryJournal(
             max_count, max_age, None if complete else format_seq(start_ms, 0), max_bytes=max_bytes,
             max_total_bytes=max_total_bytes, clock=clock, accept_out_of_order=accept_out_of_order)
         self._epoch = f"{start_ms:013d}-{secrets.token_hex(4)}"
+        #: the latest state of each document, per class (kept with each append)
+        self.store = MemoryStore(store)
         self._on_change: OnChange | None = None
         self._closed = False
         self.ready = False
@@ -272,6 +277,7 @@ class MemoryBackend(Backend):
         # no await between the append and the callback: delivery order is append order
         seq = self.journal.append(change)
         change.epoch = self._epoch
+        self.store.apply(change)
         if self._on_change is not None:
             self._on_change(change)
         return Position(seq, self._epoch)
@@ -318,6 +324,9 @@ class MemoryBackend(Backend):
 
     async def watch(self, class_name: str) -> Position:
         return self.position_nowait(class_name)
+
+    async def snapshot(self, class_name: str) -> Snapshot:
+        return self.store.snapshot(class_name, self.position_nowait(class_name))
 
     def unwatch(self, class_name: str) -> None:
         pass

@@ -7,9 +7,14 @@ Keys (``prefix`` defaults to ``xia:``):
   :meth:`Change.to_record`, JSON). The entry id ``ms-n`` is the change's seq in fixed-width form
   (:func:`seq_of_id`), so seqs sort as strings and convert back to ids.
 * ``{prefix}meta:{class}``: a hash: ``epoch`` (``<13-digit ms>-<8 hex>``, created by whichever node first
-  needs it when missing) and ``last`` (the id of the last entry added). A Redis that comes back empty has no
-  meta key: the next node to touch the class creates a new epoch, and positions carrying the old one are
-  history gone.
+  needs it when missing) and ``last`` (the id of the last entry added); ``sbytes`` (the bytes of the
+  document store) and ``store`` (why the store was refused, when it was). A Redis that comes back empty has
+  no meta key: the next node to touch the class creates a new epoch (and drops the store), and positions
+  carrying the old one are history gone.
+* ``{prefix}docs:{class}``: the document store (:mod:`.store`), a hash: field the document's ``_id`` as
+  JSON, value ``<entry id> <change record>`` of its last change. Updated by the publish script with the
+  entry; when the publisher gave no previous state, the entry also gets field ``v``: the record the store
+  held before (empty: none), so every node and every replay finds scope exits.
 * ``{prefix}wake:{node}``: a one-entry stream per node, written by :meth:`RedisBackend.watch` to wake the
   node's blocked read so that it starts tailing a new class at once; deleted by :meth:`RedisBackend.close`.
 
@@ -54,6 +59,7 @@ from .base import (
     Position,
     SeqOrderError,
 )
+from .store import Snapshot, SnapshotRefused, StoreBounds, doc_key
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -88,10 +94,12 @@ local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
   epoch = string.format('%013d', now_ms()) .. '-' .. ARGV[1]
   redis.call('HSET', KEYS[2], 'epoch', epoch)
+  redis.call('DEL', KEYS[3])  -- a store of another epoch is not this one's
 end
 """
 
-# KEYS: stream, meta. ARGV: new epoch token, record, id or "", maxlen or "", "1" approximate, minid (ms) or "".
+# KEYS: stream, meta, docs. ARGV: new epoch token, record, id or "", maxlen or "", "1" approximate, minid (ms)
+# or "", document key, op, "1" when the record holds the previous state, store max documents, store max bytes.
 # Returns {entry id, epoch}. Invariants: every entry of a stream is after its epoch's start id ``ms-0`` (a
 # new stream's first entry gets ``max(now, start)-1``, later ones are after it), so a position at the
 # epoch's start misses nothing; every entry's ``p`` is the id of the entry added before it ("" for the
@@ -110,6 +118,12 @@ elseif tonumber(string.match(id, '^(%d+)')) < start then
   return redis.error_reply('XIASEQ the seq is before the epoch ' .. epoch)
 end
 local prev = redis.call('HGET', KEYS[2], 'last') or ''
+local refused = redis.call('HGET', KEYS[2], 'store')
+local old = false
+if not refused then
+  old = redis.call('HGET', KEYS[3], ARGV[7])
+  if old then old = string.sub(old, string.find(old, ' ', 1, true) + 1) end
+end
 local cmd = {'XADD', KEYS[1]}
 if ARGV[4] ~= '' then
   table.insert(cmd, 'MAXLEN')
@@ -117,8 +131,33 @@ if ARGV[4] ~= '' then
   table.insert(cmd, ARGV[4])
 end
 for _, v in ipairs({id, 'e', epoch, 'p', prev, 'r', ARGV[2]}) do table.insert(cmd, v) end
+if not refused and ARGV[9] ~= '1' then
+  table.insert(cmd, 'v')
+  table.insert(cmd, old or '')
+end
 local added = redis.call(unpack(cmd))
 redis.call('HSET', KEYS[2], 'last', added)
+if not refused then
+  local delta = 0
+  if old then delta = -#old end
+  if ARGV[8] == 'D' then
+    redis.call('HDEL', KEYS[3], ARGV[7])
+  else
+    redis.call('HSET', KEYS[3], ARGV[7], added .. ' ' .. ARGV[2])
+    delta = delta + #ARGV[2]
+  end
+  local size = redis.call('HINCRBY', KEYS[2], 'sbytes', delta)
+  local reason = false
+  if redis.call('HLEN', KEYS[3]) > tonumber(ARGV[10]) then
+    reason = 'more than ' .. ARGV[10] .. ' documents (store_max_documents)'
+  elseif size > tonumber(ARGV[11]) then
+    reason = 'more than ' .. ARGV[11] .. ' bytes of documents (store_max_bytes)'
+  end
+  if reason then
+    redis.call('DEL', KEYS[3])
+    redis.call('HSET', KEYS[2], 'store', reason, 'sbytes', 0)
+  end
+end
 if ARGV[6] ~= '' then
   -- the entry just added is always kept, even when this node's clock is ahead of Redis's
   local minid = ARGV[6]
@@ -132,7 +171,7 @@ end
 return {added, epoch}
 """
 
-# KEYS: stream, meta. ARGV: new epoch token, range start ("-", "id" or "(id"), count (0: no entries).
+# KEYS: stream, meta, docs. ARGV: new epoch token, range start ("-", "id" or "(id"), count (0: no entries).
 # Returns {epoch, last id or "", last trimmed id or "", first held id or "", entries}: one snapshot.
 _READ = _EPOCH + """
 local last = redis.call('HGET', KEYS[2], 'last') or ''
@@ -151,6 +190,15 @@ if tonumber(ARGV[3]) > 0 and first ~= '' then
   entries = redis.call('XRANGE', KEYS[1], ARGV[2], '+', 'COUNT', ARGV[3])
 end
 return {epoch, last, trimmed, first, entries}
+"""
+
+# KEYS: meta, docs. ARGV: HSCAN cursor, count. Returns {epoch or "", store refusal or "", next cursor, flat
+# [key, value, ...]}: one page of the document store, with the state it belongs to.
+_DOCUMENTS = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch') or ''
+local refused = redis.call('HGET', KEYS[1], 'store') or ''
+local page = redis.call('HSCAN', KEYS[2], ARGV[1], 'COUNT', ARGV[2])
+return {epoch, refused, page[1], page[2]}
 """
 
 
@@ -193,13 +241,15 @@ class RedisBackend(Backend):
         clock: wall-clock seconds, for the age bound (injectable for tests).
         schema_of: the schema of a class, given to the changes read from Redis (records carry none).
         node: this node's name (for its wake key and logs); random by default.
+        store: the bounds of each class's document store (:mod:`.store`; every node should use the same).
     """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "xia:",
                  max_count: int | None = DEFAULT_MAX_COUNT, max_age: float | None = DEFAULT_MAX_AGE,
                  exact_trim: bool = False, block_ms: int = 2000, read_count: int = 512, backoff_min: float = 0.05,
                  backoff_max: float = 5.0, timeout: float = 5.0, clock: Callable[[], float] = time.time,
-                 schema_of: Callable[[str], DocSchema | None] | None = None, node: str | None = None) -> None:
+                 schema_of: Callable[[str], DocSchema | None] | None = None, node: str | None = None,
+                 store: StoreBounds | None = None) -> None:
         aioredis = _import_redis()
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
@@ -214,6 +264,7 @@ class RedisBackend(Backend):
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.node = node or secrets.token_hex(6)
+        self.store = store if store is not None else StoreBounds()
         self._clock = clock
         self._schema_of = schema_of
         # no retries inside redis-py: a retried XADD could append a change twice; failures surface here
@@ -226,6 +277,7 @@ class RedisBackend(Backend):
             single_connection_client=True)
         self._publish = self._redis.register_script(_PUBLISH)
         self._read = self._redis.register_script(_READ)
+        self._documents = self._redis.register_script(_DOCUMENTS)
         #: closes the client replaced after a reconnection, once its commands in flight are done
         self._retiring: asyncio.Task[None] | None = None
         #: the tail has read from Redis at least once (a later first read follows a reconnection)
@@ -253,6 +305,9 @@ class RedisBackend(Backend):
 
     def meta_key(self, class_name: str) -> str:
         return f"{self.prefix}meta:{class_name}"
+
+    def docs_key(self, class_name: str) -> str:
+        return f"{self.prefix}docs:{class_name}"
 
     # -- lifecycle --
 
@@ -305,10 +360,13 @@ class RedisBackend(Backend):
             minid = str(max(0, int((self._clock() - self.max_age) * 1000)))
         args: list[bytes | str] = [secrets.token_hex(4), record, entry_id,
                                    "" if self.max_count is None else str(self.max_count),
-                                   "0" if self.exact_trim else "1", minid]
+                                   "0" if self.exact_trim else "1", minid, doc_key(change.doc_id), change.op,
+                                   "1" if change.prev is not None else "0", str(self.store.max_documents),
+                                   str(self.store.max_bytes)]
+        name = change.class_name
         try:
-            added, epoch = await self._publish(keys=[self.stream_key(change.class_name),
-                                                     self.meta_key(change.class_name)], args=args)
+            added, epoch = await self._publish(keys=[self.stream_key(name), self.meta_key(name),
+                                                     self.docs_key(name)], args=args)
         except _redis_errors() as exc:
             raise BackendUnavailable(f"cannot publish {change.class_name} to Redis at {self.url}: {exc}") from exc
         except _refusals() as exc:
@@ -330,7 +388,7 @@ class RedisBackend(Backend):
         """Run the read script: one consistent view of a class's epoch, trim state and entries."""
         try:
             epoch, last, trimmed, first, entries = await (script or self._read)(
-                keys=[self.stream_key(class_name), self.meta_key(class_name)],
+                keys=[self.stream_key(class_name), self.meta_key(class_name), self.docs_key(class_name)],
                 args=[secrets.token_hex(4), start, count])
         except _redis_errors() as exc:
             raise BackendUnavailable(f"cannot read {class_name} from Redis at {self.url}: {exc}") from exc
@@ -375,7 +433,19 @@ class RedisBackend(Backend):
     def _change(self, class_name: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Change:
         schema = self._schema_of(class_name) if self._schema_of is not None else None
         return Change.from_record(fields[b"r"], seq=seq_of_id(entry_id), epoch=fields[b"e"].decode(),
-                                  schema=schema)
+                                  schema=schema, stored_prev=fields.get(b"v"))
+
+    async def snapshot(self, class_name: str) -> Snapshot:
+        snap = await self._snapshot(class_name, "-", 0)  # the position: every change up to it is stored
+        return _RedisSnapshot(self, class_name, _position(snap.epoch, snap.last))
+
+    async def _documents_page(self, class_name: str, cursor: str, count: int) -> tuple[str, str, str, list[Any]]:
+        try:
+            epoch, refused, after, flat = await self._documents(
+                keys=[self.meta_key(class_name), self.docs_key(class_name)], args=[cursor, count])
+        except _redis_errors() as exc:
+            raise BackendUnavailable(f"cannot read {class_name} from Redis at {self.url}: {exc}") from exc
+        return epoch.decode(), refused.decode(), after.decode(), flat
 
     # -- tailing --
 
@@ -491,6 +561,7 @@ class RedisBackend(Backend):
         old, self._redis = self._redis, self._client()
         self._publish = self._redis.register_script(_PUBLISH)
         self._read = self._redis.register_script(_READ)
+        self._documents = self._redis.register_script(_DOCUMENTS)
         if self._retiring is not None:  # at most one retired client: the one before goes now
             self._retiring.cancel()
         self._retiring = asyncio.get_running_loop().create_task(self._close_retired(old, self._timeout))
@@ -576,6 +647,49 @@ def _position(epoch: str, last_id: str) -> Position:
     start = _epoch_start(epoch)
     head = seq_of_id(last_id) if last_id and last_id != "0-0" else start
     return Position(max(head, start), epoch)
+
+
+class _RedisSnapshot(Snapshot):
+    """The store of one class read with ``HSCAN``, a page per script call (each page checked against the
+    epoch and the store's state); documents changed after ``position`` are left out (the journal brings
+    them), and a document ``HSCAN`` returns twice is given once."""
+
+    def __init__(self, backend: RedisBackend, class_name: str, position: Position) -> None:
+        self.backend = backend
+        self.class_name = class_name
+        self.position = position
+        self._cursor = "0"
+        self._done = False
+        self._seen: set[bytes] = set()
+
+    async def next(self, limit: int) -> list[Change]:
+        name, position = self.class_name, self.position
+        schema = self.backend._schema_of(name) if self.backend._schema_of is not None else None
+        while not self._done:
+            epoch, refused, self._cursor, flat = await self.backend._documents_page(name, self._cursor, limit)
+            self._done = self._cursor == "0"
+            if epoch != position.epoch:
+                raise HistoryGone(name, None, epoch=epoch, reason="the class's epoch changed")
+            if refused:
+                raise SnapshotRefused(name, refused)
+            page: list[Change] = []
+            seen = self._seen
+            for key, value in zip(flat[::2], flat[1::2], strict=True):
+                entry_id, _, record = value.partition(b" ")
+                seq = seq_of_id(entry_id)
+                if seq > position.seq or key in seen:
+                    continue
+                seen.add(key)
+                try:
+                    change = Change.from_record(record, seq=seq, epoch=epoch, schema=schema)
+                except BadChangeRecord as exc:
+                    log.error("%s: skipping stored document %s, not a change record: %s", name, key, exc)
+                    continue
+                change.op, change.prev, change._prev_subjects = "I", None, None
+                page.append(change)
+            if page:
+                return page
+        return []
 
 
 class _Snapshot(NamedTuple):

@@ -4,7 +4,10 @@ Files in the data directory:
 
 * ``journal.sqlite3`` (with SQLite's ``-wal`` and ``-shm``): tables ``meta`` (the file's format, so a foreign
   database is refused), ``classes`` (per class: its epoch, the last seq ever assigned, the newest seq
-  retention removed) and ``changes`` (per class and seq: the change record, its size, when it was written).
+  retention removed, its document store's size or the reason it was refused), ``changes`` (per class and
+  seq: the change record, its size, when it was written, and the stored previous state when the publisher
+  gave none) and ``documents`` (the document store, :mod:`.store`: per class and ``_id``, the record and seq
+  of the document's last change), written in the same transaction as the changes.
 * ``journal.lock``: held (``flock``) by the one server using the directory; a second one is refused.
 
 What "acknowledged" means: :meth:`SqliteBackend.publish` returns, and ``on_change`` delivers the change, only
@@ -46,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..core.change import Change
 from ..core.seq import SeqClock, format_seq
 from ..errors import XiaBroadcastError
@@ -60,18 +65,34 @@ from .base import (
     SeqOrderError,
 )
 from .memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_TOTAL_BYTES
+from .store import Snapshot, SnapshotRefused, StoreBounds, doc_key
 
 log = logging.getLogger("xia_broadcast.journal.sqlite")
 
 #: the journal file and the lock file in the data directory
 FILE_NAME = "journal.sqlite3"
 LOCK_NAME = "journal.lock"
-#: what ``meta.format`` says in a journal this code writes
-FORMAT = "xia-broadcast journal 1"
+#: what ``meta.format`` says in a journal this code writes; a file of the format before it (no document store)
+#: is brought to this one when opened, its classes' stores marked refused (they began after their history)
+FORMAT = "xia-broadcast journal 2"
+_FORMAT_1 = "xia-broadcast journal 1"
+#: the store reason of the classes of a journal written before the document store existed
+_NO_STORE_BEFORE = "the journal file was written by a version without a document store"
 #: durability levels: committed to the operating system, or synced to disk
 DURABILITY = {"os": "NORMAL", "disk": "FULL"}
 #: changes removed by retention per DELETE, so one commit never holds the writer long
 _TRIM_CHUNK = 1000
+
+_DOCUMENTS = """
+CREATE TABLE documents (
+    class TEXT NOT NULL,
+    id TEXT NOT NULL,
+    seq TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    record BLOB NOT NULL,
+    PRIMARY KEY (class, id)
+) WITHOUT ROWID;
+"""
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -79,7 +100,10 @@ CREATE TABLE classes (
     name TEXT PRIMARY KEY,
     epoch TEXT NOT NULL,
     last_seq TEXT NOT NULL DEFAULT '',
-    trimmed TEXT NOT NULL DEFAULT ''
+    trimmed TEXT NOT NULL DEFAULT '',
+    docs INTEGER NOT NULL DEFAULT 0,
+    doc_bytes INTEGER NOT NULL DEFAULT 0,
+    store TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE TABLE changes (
     class TEXT NOT NULL,
@@ -87,9 +111,20 @@ CREATE TABLE changes (
     at REAL NOT NULL,
     size INTEGER NOT NULL,
     record BLOB NOT NULL,
+    prev BLOB,
     PRIMARY KEY (class, seq)
 ) WITHOUT ROWID;
-"""
+""" + _DOCUMENTS
+
+#: from the format before the document store to this one
+_MIGRATE_1 = f"""
+ALTER TABLE classes ADD COLUMN docs INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE classes ADD COLUMN doc_bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE classes ADD COLUMN store TEXT NOT NULL DEFAULT '';
+ALTER TABLE changes ADD COLUMN prev BLOB;
+UPDATE classes SET store = '{_NO_STORE_BEFORE}';
+UPDATE meta SET value = '{FORMAT}' WHERE key = 'format';
+""" + _DOCUMENTS
 
 
 class JournalFileError(XiaBroadcastError):
@@ -122,6 +157,10 @@ class _Tally:
     held: int = 0
     last_seq: str = ""
     trimmed: str = ""
+    #: the document store: documents, their bytes, and why it was refused ("" while it is kept)
+    docs: int = 0
+    doc_bytes: int = 0
+    refused: str = ""
 
 
 class _Tallies:
@@ -137,8 +176,8 @@ class _Tallies:
         tally = self.changed.get(name)
         if tally is None:
             old = self.committed.get(name)
-            tally = self.changed[name] = _Tally() if old is None else _Tally(old.count, old.held, old.last_seq,
-                                                                             old.trimmed)
+            tally = self.changed[name] = _Tally() if old is None else _Tally(
+                old.count, old.held, old.last_seq, old.trimmed, old.docs, old.doc_bytes, old.refused)
         return tally
 
     def peek(self, name: str) -> _Tally:
@@ -158,6 +197,10 @@ class _Entry:
     size: int
     at: float
     waiter: asyncio.Future[Position]
+    #: the document's key in the store (its ``_id`` as JSON)
+    key: str = ""
+    #: set by the commit: the stored previous state (a record; b"" none) when the publisher gave none
+    prev: bytes | None = None
 
 
 @dataclass
@@ -180,6 +223,7 @@ class SqliteBackend(Backend):
         durability: ``"os"`` or ``"disk"`` (see the module docstring).
         max_batch: changes committed in one transaction at most.
         clock: wall-clock seconds, for the age bound (injectable for tests).
+        store: the bounds of each class's document store (:mod:`.store`).
 
     Raises :class:`JournalFileError` when the directory cannot be used. Memory: a few hundred bytes per class,
     and the changes waiting for a commit; the changes themselves are on disk (SQLite's page cache, about 2 MiB
@@ -189,7 +233,7 @@ class SqliteBackend(Backend):
     def __init__(self, directory: str | Path, *, max_count: int = DEFAULT_MAX_COUNT,
                  max_age: float = DEFAULT_MAX_AGE, max_bytes: int = DEFAULT_MAX_BYTES,
                  max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES, durability: str = "os", max_batch: int = 512,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, store: StoreBounds | None = None) -> None:
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {sorted(DURABILITY)}, not {durability!r}")
         self.directory = Path(directory)
@@ -200,6 +244,7 @@ class SqliteBackend(Backend):
         self.max_total_bytes = max_total_bytes
         self.durability = durability
         self.max_batch = max_batch
+        self.store = store if store is not None else StoreBounds()
         self._clock = clock
         self.ready = False
         self._on_change: OnChange | None = None
@@ -261,6 +306,7 @@ class SqliteBackend(Backend):
                     self._check(db)
                     db.execute("BEGIN IMMEDIATE")  # the file can be written (a read-only one is refused now)
                     db.execute("COMMIT")
+                    self._migrate(db)
         except sqlite3.OperationalError as exc:
             db.close()
             raise JournalFileError(f"cannot write {self.path} ({exc}): make the directory and its files writable "
@@ -283,14 +329,22 @@ class SqliteBackend(Backend):
                                    "from the old one will be told its history is gone)")
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         fmt = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() if "meta" in tables else None
-        if fmt is None or fmt[0] != FORMAT or not {"classes", "changes"} <= tables:
+        if fmt is None or fmt[0] not in (FORMAT, _FORMAT_1) or not {"classes", "changes"} <= tables:
             raise JournalFileError(f"{self.path} is a SQLite database but not an xia-broadcast journal "
                                    f"(format {fmt[0] if fmt else 'missing'!r}); use another data directory")
 
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """A journal of the format before the document store: add it (its classes' stores refused)."""
+        if db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()[0] == _FORMAT_1:
+            db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_1 + "COMMIT;")
+            log.warning("journal file brought to format %r: the classes it held have no document store "
+                        "(snapshots of them are refused)", FORMAT)
+
     def _load(self) -> tuple[dict[str, _Class], dict[str, _Tally]]:
         db = self._writer_db
-        tallies = {name: _Tally(0, 0, last, trimmed) for name, last, trimmed
-                   in db.execute("SELECT name, last_seq, trimmed FROM classes")}
+        tallies = {row[0]: _Tally(0, 0, *row[1:]) for row
+                   in db.execute("SELECT name, last_seq, trimmed, docs, doc_bytes, store FROM classes")}
         for name, count, held in db.execute("SELECT class, count(*), sum(size) FROM changes GROUP BY class"):
             tally = tallies.setdefault(name, _Tally())
             tally.count, tally.held = count, held
@@ -342,7 +396,8 @@ class SqliteBackend(Backend):
         cls.last = change.seq
         change.epoch = cls.epoch
         waiter: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
-        self._pending.entries.append(_Entry(change, record, len(record) + 24, self._clock(), waiter))
+        self._pending.entries.append(_Entry(change, record, len(record) + 24, self._clock(), waiter,
+                                            doc_key(change.doc_id)))
         self._commit_soon()
         return waiter
 
@@ -383,7 +438,8 @@ class SqliteBackend(Backend):
             raise BackendUnavailable(f"journal read failed: {exc}") from exc
         if trimmed and (seq is None or trimmed > seq or (inclusive and trimmed == seq)):
             raise HistoryGone(class_name, oldest, epoch=cls.epoch, reason="trimmed")
-        return [Change.from_record(record, seq=row_seq, epoch=cls.epoch) for row_seq, record in rows]
+        return [Change.from_record(record, seq=row_seq, epoch=cls.epoch, stored_prev=prev)
+                for row_seq, record, prev in rows]
 
     async def position(self, class_name: str) -> Position:
         cls = await self._stored_class(class_name)
@@ -394,6 +450,10 @@ class SqliteBackend(Backend):
 
     async def watch(self, class_name: str) -> Position:
         return await self.position(class_name)
+
+    async def snapshot(self, class_name: str) -> Snapshot:
+        cls = await self._stored_class(class_name)  # every change up to ``delivered`` is committed
+        return _SqliteSnapshot(self, class_name, Position(cls.delivered, cls.epoch))
 
     def unwatch(self, class_name: str) -> None:
         pass  # every class is delivered: there is no tail to stop
@@ -462,6 +522,10 @@ class SqliteBackend(Backend):
         for entry in batch.entries:
             change = entry.change
             self._classes[change.class_name].delivered = change.seq
+            if entry.prev is not None and change.prev is None:  # what the store held before it
+                change.prev_stored = True
+                if entry.prev:
+                    change.prev = orjson.loads(entry.prev)["data"]
             if on_change is not None:
                 try:
                     on_change(change)
@@ -493,9 +557,10 @@ class SqliteBackend(Backend):
                 work.get(name)
             for entry in entries:
                 name = entry.change.class_name
-                db.execute("INSERT INTO changes (class, seq, at, size, record) VALUES (?, ?, ?, ?, ?)",
-                           (name, entry.change.seq, entry.at, entry.size, entry.record))
                 tally = work.get(name)
+                entry.prev = self._store(db, name, tally, entry)
+                db.execute("INSERT INTO changes (class, seq, at, size, record, prev) VALUES (?, ?, ?, ?, ?, ?)",
+                           (name, entry.change.seq, entry.at, entry.size, entry.record, entry.prev))
                 tally.count += 1
                 tally.held += entry.size
                 tally.last_seq = entry.change.seq
@@ -505,8 +570,9 @@ class SqliteBackend(Backend):
                 total -= self._trim_class(db, name, work.changed[name], now)
             total = self._trim_total(db, work, total)
             for name, tally in work.changed.items():
-                db.execute("UPDATE classes SET last_seq = ?, trimmed = ? WHERE name = ?",
-                           (tally.last_seq, tally.trimmed, name))
+                db.execute("UPDATE classes SET last_seq = ?, trimmed = ?, docs = ?, doc_bytes = ?, store = ? "
+                           "WHERE name = ?", (tally.last_seq, tally.trimmed, tally.docs, tally.doc_bytes,
+                                             tally.refused, name))
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -514,6 +580,34 @@ class SqliteBackend(Backend):
             raise
         self._tallies.update(work.changed)  # only once committed
         self._total = total
+
+    def _store(self, db: sqlite3.Connection, name: str, tally: _Tally, entry: _Entry) -> bytes | None:
+        """Keep the entry's document in the store (``D``: remove it); the stored previous record (b"": none)
+        when the publisher gave no previous state, else None. A store passing its bounds is dropped and
+        refused (see :mod:`.store`)."""
+        if tally.refused:
+            return None
+        change = entry.change
+        row = db.execute("SELECT size, record FROM documents WHERE class = ? AND id = ?", (name, entry.key)).fetchone()
+        if row is not None:
+            tally.docs -= 1
+            tally.doc_bytes -= row[0]
+        if change.op == "D":
+            if row is not None:
+                db.execute("DELETE FROM documents WHERE class = ? AND id = ?", (name, entry.key))
+        else:
+            db.execute("INSERT OR REPLACE INTO documents (class, id, seq, size, record) VALUES (?, ?, ?, ?, ?)",
+                       (name, entry.key, change.seq, entry.size, entry.record))
+            tally.docs += 1
+            tally.doc_bytes += entry.size
+            reason = self.store.passed(tally.docs, tally.doc_bytes)
+            if reason:
+                db.execute("DELETE FROM documents WHERE class = ?", (name,))
+                tally.refused, tally.docs, tally.doc_bytes = reason, 0, 0
+                log.warning("%s: the document store is dropped, snapshots of the class are refused: %s", name, reason)
+        if change.prev is not None:
+            return None
+        return b"" if row is None else bytes(row[1])
 
     def _reopen_writer(self) -> None:
         """After a failed commit: a new writer connection, so that a file that can be written again (space
@@ -582,7 +676,7 @@ class SqliteBackend(Backend):
     # -- in the reader thread -------------------------------------------------------------------------------
 
     def _read(self, name: str, seq: str | None, inclusive: bool,
-              limit: int) -> tuple[str, str | None, list[tuple[str, bytes]]]:
+              limit: int) -> tuple[str, str | None, list[tuple[str, bytes, bytes | None]]]:
         """One read transaction: what retention removed, the oldest seq held, and up to ``limit`` changes."""
         db = self._reader_db
         db.execute("BEGIN")
@@ -591,22 +685,71 @@ class SqliteBackend(Backend):
             trimmed = row[0] if row is not None else ""
             first = db.execute("SELECT seq FROM changes WHERE class = ? ORDER BY seq LIMIT 1", (name,)).fetchone()
             if seq is None:
-                cursor = db.execute("SELECT seq, record FROM changes WHERE class = ? ORDER BY seq LIMIT ?",
+                cursor = db.execute("SELECT seq, record, prev FROM changes WHERE class = ? ORDER BY seq LIMIT ?",
                                     (name, limit))
             else:
                 op = ">=" if inclusive else ">"
-                cursor = db.execute(f"SELECT seq, record FROM changes WHERE class = ? AND seq {op} ? "
+                cursor = db.execute(f"SELECT seq, record, prev FROM changes WHERE class = ? AND seq {op} ? "
                                     "ORDER BY seq LIMIT ?", (name, seq, limit))
             rows = cursor.fetchall()
         finally:
             db.execute("COMMIT")
         return trimmed, first[0] if first is not None else None, rows
 
+    def _read_documents(self, name: str, after: str, limit: int) -> tuple[str, str, list[tuple[str, str, bytes]]]:
+        """One read transaction: the class's epoch and store state, and up to ``limit`` stored documents with
+        a key after ``after``, in key order."""
+        db = self._reader_db
+        db.execute("BEGIN")
+        try:
+            row = db.execute("SELECT epoch, store FROM classes WHERE name = ?", (name,)).fetchone()
+            rows = db.execute("SELECT id, seq, record FROM documents WHERE class = ? AND id > ? ORDER BY id LIMIT ?",
+                              (name, after, limit)).fetchall()
+        finally:
+            db.execute("COMMIT")
+        return (row[0], row[1], rows) if row is not None else ("", "", [])
+
     # -- for tools and tests --------------------------------------------------------------------------------
 
     def file_bytes(self) -> int:
         """Bytes of the journal file and its WAL on disk now."""
         return sum(p.stat().st_size for p in (self.path, self.path.with_name(FILE_NAME + "-wal")) if p.exists())
+
+
+class _SqliteSnapshot(Snapshot):
+    """The store of one class read a page at a time in key order, each page its own read transaction;
+    documents changed after ``position`` are left out (the journal brings them)."""
+
+    def __init__(self, backend: SqliteBackend, class_name: str, position: Position) -> None:
+        self.backend = backend
+        self.class_name = class_name
+        self.position = position
+        self._after = ""
+
+    async def next(self, limit: int) -> list[Change]:
+        backend, name, position = self.backend, self.class_name, self.position
+        loop = asyncio.get_running_loop()
+        while True:
+            if backend._closed:
+                raise BackendUnavailable("the journal is closed")
+            try:
+                epoch, refused, rows = await loop.run_in_executor(backend._reader, backend._read_documents, name,
+                                                                  self._after, limit)
+            except sqlite3.Error as exc:
+                raise BackendUnavailable(f"journal read failed: {exc}") from exc
+            if epoch and epoch != position.epoch:
+                raise HistoryGone(name, None, epoch=epoch, reason="the class's epoch changed")
+            if refused:
+                raise SnapshotRefused(name, refused)
+            if not rows:
+                return []
+            self._after = rows[-1][0]
+            page = [Change.from_record(record, seq=seq, epoch=position.epoch) for _, seq, record in rows
+                    if seq <= position.seq]
+            if page:
+                for change in page:
+                    change.op, change.prev, change._prev_subjects = "I", None, None
+                return page
 
 
 __all__ = ["DURABILITY", "FILE_NAME", "FORMAT", "LOCK_NAME", "JournalFileError", "SqliteBackend"]

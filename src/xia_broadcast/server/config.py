@@ -33,6 +33,7 @@ from ..core.versions import DEFAULT_MAX_TRACKED_IDS
 from ..errors import InvalidAclError, SchemaError, XiaBroadcastError
 from ..fanout import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_MESSAGES, DEFAULT_MAX_TOTAL_QUEUE_BYTES
 from ..journal.memory import DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, DEFAULT_MAX_TOTAL_BYTES
+from ..journal.store import DEFAULT_STORE_MAX_BYTES, DEFAULT_STORE_MAX_DOCUMENTS
 
 T = TypeVar("T")
 V = TypeVar("V")
@@ -384,7 +385,15 @@ class Settings:
         key="durability", choices=("os", "disk"))
     max_tracked_ids: int = setting(
         DEFAULT_MAX_TRACKED_IDS, "journal", "last versions remembered per class, to find scope exits when a "
-        "publisher gives no previous state; 0: none", minimum=0)
+        "publisher gives no previous state and the class's document store was refused; 0: none", minimum=0)
+    store_max_documents: int = setting(
+        DEFAULT_STORE_MAX_DOCUMENTS, "journal", "documents kept per class in the document store (the latest state "
+        "of each, for snapshots and scope exits); past it the class's store is dropped and its snapshots refused "
+        "(4413)", minimum=0)
+    store_max_bytes: int = setting(
+        DEFAULT_STORE_MAX_BYTES, "journal", "bytes of documents (their change records) kept per class in the "
+        "document store; past it the class's store is dropped and its snapshots refused (4413)", unit="bytes",
+        minimum=0)
 
     redis_url: str | None = setting(
         None, "redis", "cluster mode: the Redis server whose streams carry every change, e.g. "

@@ -38,6 +38,7 @@ from ..errors import DocumentError, HttpError, SubscriptionError
 from ..fanout import W, encode_json
 from ..hub import Hub, HubSettings
 from ..journal import BackendUnavailable, make_backend
+from ..journal.store import StoreBounds
 from ..transport import Transport
 from .auth import Authenticator, AuthError, Principal
 from .config import Settings
@@ -86,7 +87,8 @@ class Service(Generic[W]):
             make_backend(settings.redis_url, redis_prefix=settings.redis_prefix, data=settings.data,
                          durability=settings.journal_durability,
                          max_count=settings.journal_max_count, max_age=settings.journal_max_age,
-                         max_bytes=settings.journal_max_bytes, max_total_bytes=settings.journal_max_total_bytes),
+                         max_bytes=settings.journal_max_bytes, max_total_bytes=settings.journal_max_total_bytes,
+                         store=StoreBounds(settings.store_max_documents, settings.store_max_bytes)),
             HubSettings(queue_messages=settings.queue_messages, queue_bytes=settings.queue_bytes,
                         total_queue_bytes=settings.max_queued_bytes,
                         max_tracked_ids=settings.max_tracked_ids, limits=settings.subscription_limits()),

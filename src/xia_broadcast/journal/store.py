@@ -1,0 +1,188 @@
+"""The document store: the latest state of each document of a class, kept by every backend atomically with
+its journal, for snapshots (``DESIGN.md`` section 9) and for the previous state that travels with each change.
+
+What every backend does with each change it journals, in the same atomic step (the memory backend's
+append, the SQLite backend's transaction, the Redis backend's publish script):
+
+* ``I`` and ``U`` store the document's data with the change's seq; ``D`` removes it;
+* when the publisher gave no previous state, the stored version before the change becomes the change's
+  ``prev`` (and is journaled with it), so scope exits are found the same live, in replays, and on every node.
+
+Bounds, per class: at most ``max_documents`` documents and ``max_bytes`` bytes (each document counted by its
+change record's size). A class that passes either bound stops being stored: its store is dropped (its memory
+freed) and marked *refused* with the reason, and snapshots of it are refused (:class:`SnapshotRefused`, close
+code 4413), never served partial. Documents published without data (objects with only the original document
+hooks) cannot be stored either: their class is refused the same way. A refused class stays refused for the
+life of the store (memory: the process; SQLite: the file; Redis: the class's keys).
+
+A :class:`Snapshot` reads a class's store a page at a time. Every document it returns is at a version at or
+before its ``position``; every change after ``position`` is in the journal. A document changed after
+``position`` while the pages are read is left out of the pages: the changes after ``position``, read from
+the journal, bring it. So a reader that applies the pages, then the journal from ``position``, holds exactly
+the class's documents at the end of what it read, whatever was published meanwhile.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from ..core.change import Change
+from ..errors import XiaBroadcastError
+from .base import Position
+
+__all__ = ["DEFAULT_STORE_MAX_BYTES", "DEFAULT_STORE_MAX_DOCUMENTS", "ListSnapshot", "MemoryStore", "Snapshot",
+           "SnapshotRefused", "StoreBounds", "doc_key"]
+
+#: default bounds of one class's store
+DEFAULT_STORE_MAX_DOCUMENTS = 1_000_000
+DEFAULT_STORE_MAX_BYTES = 256 * 1024 * 1024
+
+#: the reason a class of documents without data is refused
+NO_DATA = "documents published without data cannot be stored"
+
+
+class SnapshotRefused(XiaBroadcastError):
+    """A snapshot of a class cannot be served: its store passed a bound, or holds documents it cannot keep.
+    ``reason`` says which (close code 4413)."""
+
+    def __init__(self, class_name: str, reason: str) -> None:
+        super().__init__(f"no snapshot of {class_name}: {reason}")
+        self.class_name = class_name
+        self.reason = reason
+
+
+class StoreBounds:
+    """The bounds of each class's store (see the module docstring)."""
+
+    __slots__ = ("max_bytes", "max_documents")
+
+    def __init__(self, max_documents: int = DEFAULT_STORE_MAX_DOCUMENTS,
+                 max_bytes: int = DEFAULT_STORE_MAX_BYTES) -> None:
+        self.max_documents = max_documents
+        self.max_bytes = max_bytes
+
+    def passed(self, documents: int, size: int) -> str:
+        """The reason a store of ``documents`` documents and ``size`` bytes is over its bounds ("" if not)."""
+        if documents > self.max_documents:
+            return f"more than {self.max_documents} documents (store_max_documents)"
+        if size > self.max_bytes:
+            return f"more than {self.max_bytes} bytes of documents (store_max_bytes)"
+        return ""
+
+
+class Snapshot(ABC):
+    """A read of one class's store, a page at a time (see the module docstring). ``position`` is where the
+    journal takes over: every document returned is at a version at or before it."""
+
+    position: Position
+
+    @abstractmethod
+    async def next(self, limit: int) -> list[Change]:
+        """Up to ``limit`` more documents as ``I`` changes (seq: the document's last change; no ``prev``);
+        an empty list at the end. Raises :class:`SnapshotRefused` when the store was refused meanwhile,
+        ``HistoryGone`` when the class's epoch changed, ``BackendUnavailable`` when the store is away."""
+
+    async def close(self) -> None:  # noqa: B027 (a hook with nothing to do by default)
+        """Release what the read holds (nothing by default)."""
+
+
+def doc_key(doc_id: Any) -> str:
+    """A document's key in a store that keeps strings (SQLite, Redis): its ``_id`` as JSON, so ``5`` and
+    ``"5"`` stay two documents."""
+    return orjson.dumps(doc_id).decode()
+
+
+def as_snapshot_document(change: Change) -> Change:
+    """The stored version a change left, as a snapshot document: op ``I``, its seq, data, schema, epoch."""
+    return Change(change.class_name, "I", change.seq, change.data, change.schema, doc=change.doc,
+                  _subjects=change._subjects, epoch=change.epoch)
+
+
+class ListSnapshot(Snapshot):
+    """A snapshot taken at once (the memory store: a list of the stored changes), served a page at a time."""
+
+    def __init__(self, position: Position, changes: list[Change]) -> None:
+        self.position = position
+        self._changes = changes
+        self._at = 0
+
+    async def next(self, limit: int) -> list[Change]:
+        page = self._changes[self._at:self._at + limit]
+        self._at += len(page)
+        return [as_snapshot_document(c) for c in page]
+
+
+class _ClassStore:
+    __slots__ = ("docs", "refused", "size")
+
+    def __init__(self) -> None:
+        self.docs: dict[Any, Change] = {}
+        self.size = 0
+        self.refused = ""
+
+
+class MemoryStore:
+    """The memory backend's store: per class, ``_id`` -> the last change of that document (holding its data
+    and seq). Memory: a reference per document to data the journal holds anyway while it retains the change;
+    documents whose last change was trimmed from the journal are held by the store alone (counted by
+    ``max_bytes`` as their record size; the Python objects take 1 to 3 times that)."""
+
+    def __init__(self, bounds: StoreBounds | None = None, *, size_of: Callable[[Change], int] | None = None) -> None:
+        self.bounds = bounds if bounds is not None else StoreBounds()
+        self._classes: dict[str, _ClassStore] = {}
+        self._size_of = size_of or Change.encoded_size
+
+    def apply(self, change: Change) -> None:
+        """Keep ``change`` (journaled just now): store or remove its document, and give it the stored previous
+        state when its publisher gave none."""
+        store = self._classes.get(change.class_name)
+        if store is None:
+            store = self._classes[change.class_name] = _ClassStore()
+        if store.refused:
+            return
+        if change.data is None:
+            self._refuse(store, NO_DATA)
+            return
+        doc_id = change.doc_id
+        old = store.docs.pop(doc_id, None)
+        if old is not None:
+            store.size -= self._size_of(old)
+        if change.prev is None:
+            change.prev = None if old is None else old.data
+            change.prev_stored = True
+        if change.op == "D":
+            return
+        store.docs[doc_id] = change
+        store.size += self._size_of(change)
+        reason = self.bounds.passed(len(store.docs), store.size)
+        if reason:
+            self._refuse(store, reason)
+
+    @staticmethod
+    def _refuse(store: _ClassStore, reason: str) -> None:
+        store.refused = reason
+        store.docs = {}
+        store.size = 0
+
+    def snapshot(self, class_name: str, position: Position) -> ListSnapshot:
+        """Every stored document of the class, now (at ``position``). Raises :class:`SnapshotRefused`."""
+        store = self._classes.get(class_name)
+        if store is None:
+            return ListSnapshot(position, [])
+        if store.refused:
+            raise SnapshotRefused(class_name, store.refused)
+        return ListSnapshot(position, list(store.docs.values()))
+
+    def documents(self, class_name: str) -> int:
+        """Documents stored for a class."""
+        store = self._classes.get(class_name)
+        return 0 if store is None else len(store.docs)
+
+    def size(self, class_name: str) -> int:
+        """Bytes stored for a class (record sizes)."""
+        store = self._classes.get(class_name)
+        return 0 if store is None else store.size
