@@ -26,6 +26,7 @@ from helpers import RECV_TIMEOUT, FakeClock, free_port, until
 from xia_broadcast.core.change import Change
 from xia_broadcast.journal import Backend, MemoryBackend
 from xia_broadcast.journal.redis import delete_prefix
+from xia_broadcast.journal.store import StoreBounds
 
 
 def change(i: int, class_name: str = "T", **extra: Any) -> Change:
@@ -128,23 +129,24 @@ class MakeBackend:
         self.directories: list[Path] = []
 
     async def __call__(self, *, max_count: int | None = None, max_age: float | None = None,
-                       clock: FakeClock | None = None, block_ms: int = 500) -> Backend:
+                       clock: FakeClock | None = None, block_ms: int = 500,
+                       store: StoreBounds | None = None) -> Backend:
         backend: Backend
         if self.kind == "memory":
             backend = MemoryBackend(max_count=max_count or 10**9, max_age=max_age or float("inf"),
-                                    clock=clock or time.monotonic)
+                                    clock=clock or time.monotonic, store=store)
         elif self.kind == "sqlite":
             from xia_broadcast.journal.sqlite import SqliteBackend
 
             directory = Path(tempfile.mkdtemp(prefix="xia-journal-"))
             self.directories.append(directory)
             backend = SqliteBackend(directory, max_count=max_count or 10**9, max_age=max_age or float("inf"),
-                                    clock=clock or time.time)
+                                    clock=clock or time.time, store=store)
         else:
             from xia_broadcast.journal.redis import RedisBackend
 
             backend = RedisBackend(self.redis_url, prefix=self.prefix, max_count=max_count, max_age=max_age,
-                                   exact_trim=True, clock=clock or time.time, block_ms=block_ms)
+                                   exact_trim=True, clock=clock or time.time, block_ms=block_ms, store=store)
         self.made.append(backend)
         return backend
 

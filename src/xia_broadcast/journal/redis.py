@@ -661,8 +661,16 @@ class _RedisSnapshot(Snapshot):
         self._cursor = "0"
         self._done = False
         self._seen: set[bytes] = set()
+        #: documents read but not returned yet (``HSCAN``'s count is a hint: a page may hold more)
+        self._ahead: list[Change] = []
 
     async def next(self, limit: int) -> list[Change]:
+        if not self._ahead:
+            self._ahead = await self._read(limit)
+        page, self._ahead = self._ahead[:limit], self._ahead[limit:]
+        return page
+
+    async def _read(self, limit: int) -> list[Change]:
         name, position = self.class_name, self.position
         schema = self.backend._schema_of(name) if self.backend._schema_of is not None else None
         while not self._done:
