@@ -232,3 +232,42 @@ async def test_retention_reuses_the_space_of_removed_changes(tmp_path: Path) -> 
         assert len(held) == 500 and held[-1].data == {"_id": "o999", "note": "x" * 500}
     finally:
         await backend.close()
+
+
+#: the journal file format before the document store (as an earlier version wrote it)
+FORMAT_1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE classes (name TEXT PRIMARY KEY, epoch TEXT NOT NULL, last_seq TEXT NOT NULL DEFAULT '',
+                      trimmed TEXT NOT NULL DEFAULT '') WITHOUT ROWID;
+CREATE TABLE changes (class TEXT NOT NULL, seq TEXT NOT NULL, at REAL NOT NULL, size INTEGER NOT NULL,
+                      record BLOB NOT NULL, PRIMARY KEY (class, seq)) WITHOUT ROWID;
+INSERT INTO meta VALUES ('format', 'xia-broadcast journal 1'), ('created', '1700000000000-0000000000');
+INSERT INTO classes VALUES ('Order', '1700000000000-abcdef01', '1700000000001-0000000001', '');
+INSERT INTO changes VALUES ('Order', '1700000000001-0000000001', 1700000000.0, 60,
+                            '{"class":"Order","op":"I","id":"o1","data":{"_id":"o1","n":1}}');
+"""
+
+
+async def test_a_journal_written_before_the_document_store_is_brought_forward_with_its_classes_refused(
+        tmp_path: Path) -> None:
+    from xia_broadcast.journal.store import SnapshotRefused
+
+    directory = tmp_path / "data"
+    directory.mkdir()
+    db = sqlite3.connect(directory / FILE_NAME)
+    db.executescript(FORMAT_1_SCHEMA)
+    db.close()
+    backend = SqliteBackend(directory)
+    await backend.start(lambda change: None)
+    try:
+        held = await backend.read("Order", None, inclusive=True, limit=10)  # the old changes are still there
+        assert [(c.seq, c.data) for c in held] == [("1700000000001-0000000001", {"_id": "o1", "n": 1})]
+        with pytest.raises(SnapshotRefused, match="without a document store"):  # it would miss o1: refused
+            await (await backend.snapshot("Order")).next(10)
+        await backend.publish(Change("Customer", "I", "", {"_id": "c1"}))  # a new class has its store
+        assert [c.data for c in await (await backend.snapshot("Customer")).next(10)] == [{"_id": "c1"}]
+    finally:
+        await backend.close()
+    db = sqlite3.connect(directory / FILE_NAME)
+    assert db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone() == ("xia-broadcast journal 2",)
+    db.close()
