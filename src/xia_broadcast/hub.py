@@ -143,11 +143,12 @@ class Hub(Generic[W]):
         self.replays.stop_all()
         await self.backend.close()
 
-    async def watch(self, class_name: str) -> Position:
-        """Make sure this Hub receives the changes of ``class_name``; returns where that began."""
+    async def watch(self, class_name: str, *, create: bool = True) -> Position:
+        """Make sure this Hub receives the changes of ``class_name``; returns where that began. ``create``
+        False: a class the store holds nothing of is not created in it (see ``Backend.watch``)."""
         pos = self._watching.get(class_name)
         if pos is None:
-            pos = await self.backend.watch(class_name)
+            pos = await self.backend.watch(class_name, create=create)
             pos = self._watching.setdefault(class_name, pos)
         return pos
 

@@ -146,10 +146,12 @@ class Backend(ABC):
         """The class's current epoch (created when the class has none yet)."""
 
     @abstractmethod
-    async def watch(self, class_name: str) -> Position:
+    async def watch(self, class_name: str, *, create: bool = True) -> Position:
         """Deliver this class's changes to ``on_change`` from now on. Returns the position after which
         every change of the class reaches ``on_change`` (for a class already watched: the position of the
-        last change delivered, or where watching began)."""
+        last change delivered, or where watching began). ``create`` False: a class the store holds nothing
+        of is not created (no epoch, no key, no row: a subscriber of a name nobody publishes leaves nothing
+        behind); its position is then ``("", "")``, from which everything published later is read."""
 
     async def snapshot(self, class_name: str) -> Snapshot:
         """A read of the class's document store (:mod:`.store`): its documents a page at a time, at or

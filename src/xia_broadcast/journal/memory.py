@@ -322,7 +322,7 @@ class MemoryBackend(Backend):
     async def epoch(self, class_name: str) -> str:
         return self._epoch
 
-    async def watch(self, class_name: str) -> Position:
+    async def watch(self, class_name: str, *, create: bool = True) -> Position:
         return self.position_nowait(class_name)
 
     async def snapshot(self, class_name: str) -> Snapshot:

@@ -6,11 +6,11 @@ Keys (``prefix`` defaults to ``xia:``):
   was written in), ``p`` (the id of the entry added before it) and ``r`` (the change record,
   :meth:`Change.to_record`, JSON). The entry id ``ms-n`` is the change's seq in fixed-width form
   (:func:`seq_of_id`), so seqs sort as strings and convert back to ids.
-* ``{prefix}meta:{class}``: a hash: ``epoch`` (``<13-digit ms>-<8 hex>``, created by whichever node first
-  needs it when missing) and ``last`` (the id of the last entry added); ``sbytes`` (the bytes of the
-  document store) and ``store`` (why the store was refused, when it was). A Redis that comes back empty has
-  no meta key: the next node to touch the class creates a new epoch (and drops the store), and positions
-  carrying the old one are history gone.
+* ``{prefix}meta:{class}``: a hash: ``epoch`` (``<13-digit ms>-<8 hex>``, created by the first publish, or
+  when a node watches a declared class: a subscriber of a name nobody publishes writes no key), ``last``
+  (the id of the last entry added), ``sbytes`` (the bytes of the document store) and ``store`` (why the
+  store was refused, when it was). A Redis that comes back empty has no meta key: the next publish creates a
+  new epoch (and drops the store), and positions carrying the old one are history gone.
 * ``{prefix}docs:{class}``: the document store (:mod:`.store`), a hash: field the document's ``_id`` as
   JSON, value ``<entry id> <change record>`` of its last change. Updated by the publish script with the
   entry; when the publisher gave no previous state, the entry also gets field ``v``: the record the store
@@ -65,6 +65,9 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 log = logging.getLogger("xia_broadcast.journal.redis")
+
+#: seconds the tail waits, when watches wake it in quick succession, to take several new classes in one read
+WAKE_GATHER = 0.01
 
 #: a seq in the fixed-width form of a stream id: 13-digit milliseconds, 10-digit counter
 _SEQ_RE = re.compile(r"^(\d{13})-(\d{10})$")
@@ -171,9 +174,11 @@ end
 return {added, epoch}
 """
 
-# KEYS: stream, meta, docs. ARGV: new epoch token, range start ("-", "id" or "(id"), count (0: no entries).
-# Returns {epoch, last id or "", last trimmed id or "", first held id or "", entries}: one snapshot.
-_READ = _EPOCH + """
+# KEYS: stream, meta, docs. ARGV: new epoch token (unused: reading never creates an epoch, so a subscriber
+# of a class nobody published leaves no key behind), range start ("-", "id" or "(id"), count (0: no entries).
+# Returns {epoch or "" (none yet), last id or "", last trimmed id or "", first held id or "", entries}.
+_READ = """
+local epoch = redis.call('HGET', KEYS[2], 'epoch') or ''
 local last = redis.call('HGET', KEYS[2], 'last') or ''
 local trimmed, first, entries = '', '', {}
 local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
@@ -191,6 +196,10 @@ if tonumber(ARGV[3]) > 0 and first ~= '' then
 end
 return {epoch, last, trimmed, first, entries}
 """
+
+# KEYS: stream, meta, docs. ARGV: new epoch token, "-", 0. The read script's answer, after creating the
+# class's epoch when it has none (watching a declared class: its subscribers' confirmations name the epoch).
+_ENSURE = _EPOCH + _READ
 
 # KEYS: meta, docs. ARGV: HSCAN cursor, count. Returns {epoch or "", store refusal or "", next cursor, flat
 # [key, value, ...]}: one page of the document store, with the state it belongs to.
@@ -278,6 +287,7 @@ class RedisBackend(Backend):
         self._publish = self._redis.register_script(_PUBLISH)
         self._read = self._redis.register_script(_READ)
         self._documents = self._redis.register_script(_DOCUMENTS)
+        self._ensure = self._redis.register_script(_ENSURE)
         #: closes the client replaced after a reconnection, once its commands in flight are done
         self._retiring: asyncio.Task[None] | None = None
         #: the tail has read from Redis at least once (a later first read follows a reconnection)
@@ -296,6 +306,11 @@ class RedisBackend(Backend):
         self._delivered: dict[str, Position] = {}
         #: the tail must check every watched class's epoch before reading again (after a reconnection)
         self._resync = False
+        #: a watch woke the tail and it has not begun its next read: later watches need not wake it again (a
+        #: burst of new classes costs one new blocking read, not one per class over every watched stream)
+        self._wake_pending = False
+        #: when a watch last woke the tail (monotonic seconds)
+        self._last_wake = 0.0
         self.ready = False
 
     # -- keys --
@@ -396,6 +411,8 @@ class RedisBackend(Backend):
 
     async def read(self, class_name: str, seq: str | None, *, inclusive: bool, limit: int,
                    epoch: str | None = None) -> list[Change]:
+        # the position of a class nobody had published yet: ("", ""); from it, everything is read
+        seq, epoch = seq or None, epoch or None
         if seq is None:
             start = "-"
         else:
@@ -406,6 +423,10 @@ class RedisBackend(Backend):
         snap = await self._snapshot(class_name, start, limit)
         current = snap.epoch
         oldest = seq_of_id(snap.first) if snap.first else None
+        if not current:  # nothing was ever published in the class (or Redis came back empty)
+            if seq is not None or epoch is not None:
+                raise HistoryGone(class_name, None, reason="the journal holds nothing of the class")
+            return []
         if epoch is not None and epoch != current:
             raise HistoryGone(class_name, oldest, epoch=current, reason=f"epoch {epoch!r} is not the journal's")
         if seq is not None and seq < _epoch_start(current):
@@ -449,15 +470,18 @@ class RedisBackend(Backend):
 
     # -- tailing --
 
-    async def watch(self, class_name: str) -> Position:
+    async def watch(self, class_name: str, *, create: bool = True) -> Position:
         async with self._watch_lock:  # one registration per class: two would race for the cursor
             delivered = self._delivered.get(class_name)
             if delivered is not None:
                 return delivered
-            snap = await self._snapshot(class_name, "-", 0)
+            snap = await self._snapshot(class_name, "-", 0, self._ensure if create else None)
             position = _position(snap.epoch, snap.last)
             self._cursors[class_name] = snap.last or "0-0"
             self._delivered[class_name] = position
+        if self._wake_pending:  # the tail has been woken and not yet read again: it will read this class too
+            return position
+        self._wake_pending = True
         with contextlib.suppress(*_redis_errors()):  # the tail wakes up by itself after block_ms anyway
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1, approximate=False)
@@ -506,6 +530,7 @@ class RedisBackend(Backend):
                 if self._resync:
                     await self._check_epochs()
                     self._resync = False
+                self._wake_pending = False  # a class watched from here on is in this read, or wakes it
                 streams: dict[Any, Any] = {self._wake_key: wake_cursor}
                 classes = {self.stream_key(c): c for c in self._cursors}
                 for key, c in classes.items():
@@ -521,14 +546,23 @@ class RedisBackend(Backend):
                 self.ready = not self._closed
                 self._outage_logged = False
                 delay = self.backoff_min
+                woken = False
                 for key, entries in reply or ():
                     key_text = key.decode()
                     if key_text == self._wake_key:
                         wake_cursor = entries[-1][0].decode()
+                        woken = True
                         continue
                     class_name = classes.get(key_text)
                     if class_name is not None:
                         self._deliver(class_name, entries)
+                if woken:
+                    # new classes to tail: in a burst of them (a reconnection storm), gather a few before the
+                    # next read, whose every call names every watched stream
+                    now = time.monotonic()
+                    if now - self._last_wake < 5 * WAKE_GATHER:
+                        await asyncio.sleep(WAKE_GATHER)
+                    self._last_wake = now
             except asyncio.CancelledError:
                 raise
             except _redis_errors() as exc:
@@ -562,6 +596,7 @@ class RedisBackend(Backend):
         self._publish = self._redis.register_script(_PUBLISH)
         self._read = self._redis.register_script(_READ)
         self._documents = self._redis.register_script(_DOCUMENTS)
+        self._ensure = self._redis.register_script(_ENSURE)
         if self._retiring is not None:  # at most one retired client: the one before goes now
             self._retiring.cancel()
         self._retiring = asyncio.get_running_loop().create_task(self._close_retired(old, self._timeout))
@@ -582,10 +617,11 @@ class RedisBackend(Backend):
             current = (await self._snapshot(class_name, "-", 0, self._tail_read)).epoch
             known = self._delivered.get(class_name)
             if known is not None and known.epoch != current and class_name in self._cursors:
-                log.warning("%s: Redis holds a new epoch %s (was %s): history before it is gone",
-                            class_name, current, known.epoch)
+                if known.epoch:
+                    log.warning("%s: Redis holds a new epoch %s (was %s): history before it is gone",
+                                class_name, current or "(none yet)", known.epoch)
                 self._cursors[class_name] = "0-0"
-                self._delivered[class_name] = Position(_epoch_start(current), current)
+                self._delivered[class_name] = _position(current, "")
 
     def _deliver(self, class_name: str, entries: list[Any]) -> None:
         """Hand a class's new entries to ``on_change`` in order; an entry at or before the last delivered
@@ -644,6 +680,9 @@ def _epoch_start(epoch: str) -> str:
 
 
 def _position(epoch: str, last_id: str) -> Position:
+    """A class's head: ("", "") for a class without an epoch yet (nothing published)."""
+    if not epoch:
+        return Position("", "")
     start = _epoch_start(epoch)
     head = seq_of_id(last_id) if last_id and last_id != "0-0" else start
     return Position(max(head, start), epoch)

@@ -65,7 +65,7 @@ from .base import (
     SeqOrderError,
 )
 from .memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_TOTAL_BYTES
-from .store import Snapshot, SnapshotRefused, StoreBounds, doc_key
+from .store import ListSnapshot, Snapshot, SnapshotRefused, StoreBounds, doc_key
 
 log = logging.getLogger("xia_broadcast.journal.sqlite")
 
@@ -422,6 +422,11 @@ class SqliteBackend(Backend):
 
     async def read(self, class_name: str, seq: str | None, *, inclusive: bool, limit: int,
                    epoch: str | None = None) -> list[Change]:
+        seq, epoch = seq or None, epoch or None  # ("", ""): the position of a class not created yet
+        if class_name not in self._classes:  # reading creates nothing
+            if seq is not None or epoch is not None:
+                raise HistoryGone(class_name, None, reason="the journal holds nothing of the class")
+            return []
         cls = await self._stored_class(class_name)
         if epoch is not None and epoch != cls.epoch:
             raise HistoryGone(class_name, None, epoch=cls.epoch, reason=f"epoch {epoch!r} is not the journal's")
@@ -448,10 +453,14 @@ class SqliteBackend(Backend):
     async def epoch(self, class_name: str) -> str:
         return (await self._stored_class(class_name)).epoch
 
-    async def watch(self, class_name: str) -> Position:
+    async def watch(self, class_name: str, *, create: bool = True) -> Position:
+        if not create and class_name not in self._classes:
+            return Position("", "")
         return await self.position(class_name)
 
     async def snapshot(self, class_name: str) -> Snapshot:
+        if class_name not in self._classes:
+            return ListSnapshot(Position("", ""), [])
         cls = await self._stored_class(class_name)  # every change up to ``delivered`` is committed
         return _SqliteSnapshot(self, class_name, Position(cls.delivered, cls.epoch))
 

@@ -156,7 +156,9 @@ class Service(Generic[W]):
         notes: list[bytes] = []
         try:
             for c in known:  # every wait first: from here to the confirmation nothing may run before it
-                await self.hub.watch(c)
+                # a declared class gets its epoch now; a name only allowed by allow_undeclared_classes
+                # leaves nothing in the store until someone publishes it
+                await self.hub.watch(c, create=c in self.hub.schemas)
         except BackendUnavailable as exc:  # the backend says so in its own log, once per outage
             raise Refusal(CLOSE_TRY_AGAIN, "journal unavailable, retry later") from exc
         hub = self.hub
