@@ -1,6 +1,7 @@
-"""The demo page in headless Chromium against a real server: rows appear, change and go; the scope controls
-resubscribe and the table follows; the page survives a server restart. A screenshot is written to
-tests/artifacts/demo.png.
+"""The demo page in headless Chromium against a real server: it opens on the current orders (a snapshot), rows
+appear, change and go; the scope controls resubscribe and the table follows; the page survives a server restart
+(reset, then the new server's orders). The client module's snapshot logic against a scripted WebSocket. A
+screenshot is written to tests/artifacts/demo.png.
 
 Needs Debian's ``chromium`` (``/usr/bin/chromium``, installed by ``.ci/run``) and the ``playwright`` package
 (driving that browser; no browser download).
@@ -92,7 +93,7 @@ async def test_demo_page_follows_changes_scopes_and_a_server_restart(make_server
     publish(server, "D", 1, "EU", 50.0)  # deletes remove rows
     await rows_are(page, [4, 3, 2])
 
-    await page.select_option("#region", "EU")  # a new scope: what the page saw is replayed through it
+    await page.select_option("#region", "EU")  # a new scope: a snapshot of it (the current orders in it)
     await rows_are(page, [3])
     publish(server, "I", 5, "EU", 30.0)
     await rows_are(page, [5, 3])
@@ -107,8 +108,8 @@ async def test_demo_page_follows_changes_scopes_and_a_server_restart(make_server
     await server.shutdown()  # the page reconnects to a new server on the same port
     await state_is(page, "reconnecting")
     server = await make_server(port=port, demo=True)
-    # its journal starts empty: history gone, the page starts over from live changes
-    await page.wait_for_function("() => document.getElementById('log').textContent.includes('history gone')",
+    # its journal and store start empty (a new epoch): reset, and the new server's (empty) snapshot
+    await page.wait_for_function("() => document.getElementById('log').textContent.includes('reset:')",
                                  timeout=WAIT_MS)
     await rows_are(page, [])
     await state_is(page, "open")
@@ -148,8 +149,211 @@ async def test_demo_page_resumes_after_a_drop_without_losing_a_change(
         "() => document.querySelector('#rows tr[data-id=\"O-000001\"] td[data-field=\"amount\"]')"
         ".textContent === '15.00'", timeout=WAIT_MS)
     log = await page.inner_text("#log")
-    assert "connected, resuming after" in log and "history gone" not in log
+    assert "connected, resuming after" in log and "caught up at" in log and "reset" not in log
     assert await page.evaluate("() => window.xiaDemo.listener.duplicates") == 0
+
+
+async def demo_state(page: Any) -> dict[str, Any]:
+    state: dict[str, Any] = await page.evaluate("""() => {
+        const { listener, orders } = window.xiaDemo;
+        return { complete: orders.complete, lastSeq: listener.lastSeq.Order ?? null,
+                 epoch: listener.epoch.Order ?? null, duplicates: listener.duplicates,
+                 messages: Number(document.getElementById('message-count').textContent),
+                 shownSeq: document.getElementById('last-seq').textContent,
+                 highlighted: document.querySelectorAll('#rows tr.new').length };
+    }""")
+    return state
+
+
+async def cell_is(page: Any, i: int, field: str, text: str) -> None:
+    await page.wait_for_function(
+        "([id, f, t]) => document.querySelector(`#rows tr[data-id='${id}'] td[data-field='${f}']`)?.textContent === t",
+        arg=[f"O-{i:06d}", field, text], timeout=WAIT_MS)
+
+
+async def test_demo_page_opens_on_the_current_orders_and_after_a_restart_shows_the_new_servers_only(
+        make_server: ServerFactory, page: Any) -> None:
+    port = free_port()
+    server = await make_server(port=port, demo=True)
+    for i in range(1, 7):
+        publish(server, "I", i, ["EU", "US", "APAC"][i % 3], 100.0 * i)
+    publish(server, "U", 2, "APAC", 175.0)
+    publish(server, "D", 4, "US", 400.0)
+    publish(server, "U", 5, "APAC", 500.0, status="paid")
+    publish(server, "I", 7, "US", 700.0)
+    head = publish(server, "D", 7, "US", 700.0)
+
+    await page.goto(f"http://127.0.0.1:{port}/demo")  # nothing is published from here until checked
+    await rows_are(page, [6, 5, 3, 2, 1])  # the current orders, at once, not an empty table
+    await cell_is(page, 2, "amount", "175.00")
+    await cell_is(page, 5, "status", "paid")
+    await page.wait_for_function("(s) => document.getElementById('last-seq').textContent === s", arg=head,
+                                 timeout=WAIT_MS)
+    state = await demo_state(page)
+    # five messages: the stored documents, not a replay of the eleven changes
+    assert state == {"complete": True, "lastSeq": head, "epoch": state["epoch"], "duplicates": 0,
+                     "messages": 5, "shownSeq": head, "highlighted": 0}, state
+    old_epoch = state["epoch"]
+    assert old_epoch
+    assert "current orders loaded (5)" in await page.inner_text("#log")
+
+    publish(server, "I", 8, "EU", 800.0)  # then live
+    publish(server, "U", 1, "US", 150.0)
+    await rows_are(page, [8, 6, 5, 3, 2, 1])
+    await cell_is(page, 1, "amount", "150.00")
+
+    await server.shutdown()  # memory mode: the new server on the same port has a new epoch, other orders
+    await state_is(page, "reconnecting")
+    server = await make_server(port=port, demo=True)
+    publish(server, "I", 20, "EU", 20.0)
+    new_head = publish(server, "I", 21, "US", 21.0)
+    await rows_are(page, [21, 20])  # the reset dropped every order of the old server
+    await page.wait_for_function("(s) => window.xiaDemo.listener.lastSeq.Order === s", arg=new_head,
+                                 timeout=WAIT_MS)
+    state = await demo_state(page)
+    assert state["complete"] and state["epoch"] and state["epoch"] != old_epoch and state["duplicates"] == 0
+    log = await page.inner_text("#log")
+    assert "connected, resuming after" in log and "reset: history gone on the server" in log
+    publish(server, "D", 20, "EU", 20.0)
+    await rows_are(page, [21])
+
+
+async def test_demo_page_is_refused_for_good_when_the_store_refuses_snapshots(make_server: ServerFactory,
+                                                                             page: Any) -> None:
+    server = await make_server(demo=True, store_max_documents=2)
+    for i in range(1, 5):  # past the store's bound: it is dropped, and snapshots of Order refused (4413)
+        publish(server, "I", i, "EU", float(i))
+    await page.goto(f"http://127.0.0.1:{server.port}/demo")
+    await state_is(page, "refused")
+    assert "refused: 4413" in await page.inner_text("#log")
+    await asyncio.sleep(1.0)  # longer than the demo's first reconnection delays: none is made
+    assert await page.evaluate("() => [window.xiaDemo.listener.state, window.xiaDemo.listener.connections]") == [
+        "refused", 1]  # confirmed once, then closed with 4413: not retried
+    assert (await page.inner_text("#log")).count("connected") == 1
+
+
+#: A scripted WebSocket: the test plays the server (``FakeSocket.all[n].serve(msg)``, ``.drop(code)``).
+FAKE_SOCKET = """
+class FakeSocket {
+  constructor(url) { this.url = url; this.sent = []; FakeSocket.all.push(this); setTimeout(() => this.onopen(), 0); }
+  send(data) { this.sent.push(JSON.parse(data)); }
+  close(code = 1000) { this.closed = code; }
+  serve(msg) { this.onmessage({ data: JSON.stringify(msg) }); }
+  drop(code = 1006, reason = "") { this.onclose({ code, reason }); }
+}
+FakeSocket.all = [];
+const tick = () => new Promise((resolve) => setTimeout(resolve, 20));
+async function connection(n) {  // the n-th socket, once it sent its handshake
+  for (let i = 0; i < 250 && !(FakeSocket.all[n] && FakeSocket.all[n].sent.length); i++) await tick();
+  if (!FakeSocket.all[n]) throw new Error(`no connection ${n}`);
+  return FakeSocket.all[n];
+}
+const doc = (op, id, seq, extra = {}) => ({ doc_class: "Order", op, seq, message: { _id: id, ...extra } });
+const ids = (collection) => [...collection.docs.keys()].sort();
+"""
+
+
+async def test_client_module_snapshot_collection_resume_restart_reset_and_refusal(make_server: ServerFactory,
+                                                                                  page: Any) -> None:
+    """The Listener and Collection against a scripted server: a snapshot's unordered seqs are all delivered,
+    the collection is complete at snapshot_done, a resume carries after_seq and epoch only after it, a drop
+    before it starts a fresh snapshot (the partial collection dropped), a server reset clears, a new scope
+    resets, 4413 is final; a class without snapshot keeps its history_gone reload."""
+    server = await make_server()
+    await page.goto(f"http://127.0.0.1:{server.port}/client.js")  # an origin to import the module from
+    got = await page.evaluate(FAKE_SOCKET + """async () => {
+        const { Listener, Collection } = await import("/client.js");
+        const out = {};
+        const kinds = [];
+        const orders = new Collection("Order", { onChange: (kind, id) => kinds.push(id ? `${kind} ${id}` : kind) });
+        const controls = [];
+        const states = [];
+        const listener = new Listener("ws://x/ws", { Order: { snapshot: true, data_scope: [] } }, {
+          WebSocket: FakeSocket, backoff: { initial: 0.001, factor: 1, maxDelay: 0.001 },
+          onMessage: (msg) => orders.handle(msg),
+          onControl: (msg) => { controls.push(msg._control + (msg.local ? " (local)" : "")); orders.handle(msg); },
+          onState: (state, detail) => states.push(state === "open" ? `open ${detail.snapshot}` : state),
+        }).start();
+
+        let ws = await connection(0);
+        out.hello0 = ws.sent[0].Order;
+        ws.serve({ Order: { head_seq: "0009", epoch: "E1" } });
+        ws.serve(doc("I", "b", "0007")); ws.serve(doc("I", "a", "0003")); ws.serve(doc("I", "c", "0009"));
+        ws.serve(doc("D", "b", "0010"));  // published while the snapshot was read
+        out.beforeDone = [ids(orders), orders.complete, listener.lastSeq.Order ?? null];
+        ws.drop();  // before snapshot_done: a fresh snapshot, the partial collection dropped
+
+        ws = await connection(1);
+        out.hello1 = ws.sent[0].Order;
+        out.afterRestart = [ids(orders), orders.complete];
+        ws.serve({ Order: { head_seq: "0010", epoch: "E1" } });
+        ws.serve(doc("I", "c", "0009")); ws.serve(doc("I", "a", "0003"));
+        ws.serve({ _control: "snapshot_done", class: "Order", seq: "0010", epoch: "E1" });
+        out.done = [ids(orders), orders.complete, orders.snapshotSeq, listener.lastSeq.Order, listener.epoch.Order];
+        ws.serve(doc("U", "a", "0011", { v: 2 }));
+        ws.serve(doc("U", "a", "0011", { v: 3 }));  // a repeat: dropped
+        ws.serve(doc("I", "d", "0012"));
+        ws.serve(doc("X", "c", "0013"));
+        out.live = [ids(orders), orders.docs.get("a").v, listener.lastSeq.Order, listener.duplicates];
+        ws.drop(1001, "shutting down");
+
+        ws = await connection(2);
+        out.hello2 = ws.sent[0].Order;  // resumes: after_seq and epoch
+        ws.serve({ Order: { head_seq: "0014", epoch: "E2" } });
+        ws.serve({ _control: "reset", class: "Order" });  // the position is gone: fresh snapshot follows
+        out.afterReset = [ids(orders), orders.complete, listener.lastSeq.Order ?? null];
+        ws.serve(doc("I", "z", "0002"));  // a new epoch's seqs, lower than the old position: delivered
+        ws.serve(doc("I", "y", "0001"));
+        ws.serve({ _control: "snapshot_done", class: "Order", seq: "0002", epoch: "E2" });
+        out.reset = [ids(orders), orders.complete, listener.lastSeq.Order, listener.epoch.Order];
+
+        listener.resubscribe({ Order: { snapshot: true, data_scope: [{ fn: "region", op: "==", val: "EU" }] } },
+                             { afterSeq: "0001" });
+        ws = await connection(3);
+        out.hello3 = ws.sent[0].Order;  // a new scope: a fresh snapshot (afterSeq is not for it)
+        out.afterResubscribe = [ids(orders), orders.complete];
+        ws.serve({ Order: { head_seq: "0002", epoch: "E2" } });
+        ws.drop(4413, "snapshot refused");
+        await tick(); await tick();
+        out.refused = [listener.state, FakeSocket.all.length];
+        out.controls = controls;
+        out.states = states;
+        out.kinds = kinds;
+
+        // a class without snapshot: history_gone still reloads; positions follow the head as before
+        const plain = new Collection("Order", { reload: async () => [{ _id: "r1" }, { _id: "live" }] });
+        const other = new Listener("ws://x/ws", { Order: {} }, { WebSocket: FakeSocket,
+          onMessage: (msg) => plain.handle(msg), onControl: (msg) => plain.handle(msg) }).start();
+        ws = await connection(4);
+        out.plainHello = ws.sent[0].Order;
+        ws.serve({ Order: { head_seq: "0005", epoch: "E2" } });
+        plain.handle(doc("I", "old", "0004"));
+        ws.serve({ _control: "history_gone", class: "Order", seq: "0001", oldest_seq: "0003" });
+        ws.serve(doc("U", "live", "0006", { v: 1 }));
+        await tick();
+        out.plain = [ids(plain), plain.docs.get("live").v, plain.complete, other.lastSeq.Order];
+        other.close();
+        return out;
+    }""")
+    assert got["hello0"] == {"snapshot": True, "data_scope": []}
+    assert got["beforeDone"] == [["a", "c"], False, None]  # every snapshot document, none taken as a repeat
+    assert got["hello1"] == {"snapshot": True, "data_scope": []}  # no after_seq before a snapshot_done
+    assert got["afterRestart"] == [[], False]
+    assert got["done"] == [["a", "c"], True, "0010", "0010", "E1"]
+    assert got["live"] == [["a", "d"], 2, "0013", 1]
+    assert got["hello2"] == {"snapshot": True, "data_scope": [], "after_seq": "0013", "epoch": "E1"}
+    assert got["afterReset"] == [[], False, None]
+    assert got["reset"] == [["y", "z"], True, "0002", "E2"]
+    assert got["hello3"] == {"snapshot": True, "data_scope": [{"fn": "region", "op": "==", "val": "EU"}]}
+    assert got["afterResubscribe"] == [[], False]
+    assert got["refused"] == ["refused", 4]  # 4413 is final: no fifth connection
+    assert got["controls"] == ["reset (local)", "snapshot_done", "reset", "snapshot_done", "reset (local)"]
+    assert got["states"] == ["connecting", "open Order", "reconnecting", "reconnecting", "open Order",
+                             "reconnecting", "reconnecting", "open ", "reconnecting", "open Order", "refused"]
+    assert got["kinds"][:6] == ["insert b", "insert a", "insert c", "delete b", "clear", "insert c"]
+    assert got["kinds"].count("complete") == 2 and got["kinds"].count("clear") == 3
+    assert got["plainHello"] == {}
+    assert got["plain"] == [["live", "r1"], 1, False, "0006"]
 
 
 async def test_client_module_backoff_is_bounded_with_full_jitter(make_server: ServerFactory, page: Any) -> None:

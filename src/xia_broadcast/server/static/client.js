@@ -17,10 +17,20 @@
  * applies it itself and never sends it. Close codes that mean "refused as it is" end it
  * (state "refused") instead of retrying. A Collection keeps the documents of one class by `_id` and applies
  * inserts, updates, deletes and exits; on `history_gone` it reloads (by default: clears).
+ *
+ * Snapshots: a subscription with `snapshot: true` is first sent every current document of its view, then
+ * `snapshot_done`; the Listener resumes it with `after_seq` and `epoch` only after that, starts a fresh
+ * snapshot when a connection dropped before it (handing the caller a `reset` first, so that the partial
+ * collection is dropped), and passes on the server's `reset` (its position is gone: a fresh snapshot
+ * follows). A Collection fed by it holds exactly the server's view from `snapshot_done` on (`complete`).
+ *
+ *   const orders = new Collection("Order", { onChange: render });
+ *   new Listener("ws", { Order: { snapshot: true } }, {
+ *     onMessage: (msg) => orders.handle(msg), onControl: (msg) => orders.handle(msg) }).start();
  */
 
 /** Close codes after which reconnecting with the same request cannot succeed (docs/protocol.md, section 5). */
-export const TERMINAL_CLOSE_CODES = new Set([1009, 4400, 4401, 4403, 4404, 4420, 4421, 4429]);
+export const TERMINAL_CLOSE_CODES = new Set([1009, 4400, 4401, 4403, 4404, 4413, 4420, 4421, 4429]);
 
 /**
  * Reconnection delays in seconds: after the n-th consecutive failure, uniform in
@@ -57,6 +67,11 @@ export function webSocketUrl(url) {
 /**
  * Stays subscribed across drops. States: "idle", "connecting", "open", "reconnecting", "refused", "closed".
  *
+ * subscriptions: {class: {data_scope, catalog, show_hidden, start_seq, after_seq, snapshot, epoch}}.
+ *   `snapshot: true` asks for the current documents of the view first (then `snapshot_done`, then live
+ *   changes); such a subscription takes no `start_seq`, and resumes from a saved position only with both
+ *   `after_seq` and `epoch` (those of a `snapshot_done`, or of a change received after it).
+ *
  * options:
  *   header      `_header` entries (e.g. {"X-App-Name": "shop", "X-Api-Key": "..."})
  *   token       a JWT, or a function (may be async) returning one: sent as `Authorization: Bearer` in
@@ -83,6 +98,11 @@ export class Listener {
     this._ws = null;
     this._timer = null;
     this._stopped = true;
+    // snapshot classes whose caller may hold documents (or a completed snapshot): a fresh snapshot of them
+    // is preceded by a `reset` handed to the caller
+    this._holding = new Set();
+    // snapshot classes receiving a snapshot on the current connection (their seqs are in no order)
+    this._snapshotting = new Set();
     this._setSubscriptions(subscriptions, {});
   }
 
@@ -106,7 +126,8 @@ export class Listener {
   /**
    * Replace the subscriptions (e.g. another scope) and reconnect at once. Positions start over: `afterSeq`
    * (for every class) asks for a replay of what was published after it; without it the new subscriptions
-   * are live from now on.
+   * are live from now on. A `snapshot: true` class takes a fresh snapshot (`afterSeq` does not apply to
+   * it), preceded by a `reset` handed to `onControl` when its caller already holds documents of it.
    */
   resubscribe(subscriptions, { afterSeq } = {}) {
     this._setSubscriptions(subscriptions, { afterSeq });
@@ -118,12 +139,22 @@ export class Listener {
     if (!this._stopped) this._connect();
   }
 
-  /** The first message of the next connection: resumes every class after its last seq when one is known. */
+  /**
+   * The first message of the next connection: resumes every class after its last seq when one is known (a
+   * snapshot class: with its epoch, once a snapshot of it was complete; else it asks for a fresh snapshot).
+   */
   async handshake() {
     const message = {};
     for (const [name, sub] of Object.entries(this.subscriptions)) {
       const request = { ...sub };
-      if (this.lastSeq[name] !== undefined) request.after_seq = this.lastSeq[name];
+      if (sub.snapshot === true) {
+        if (this.lastSeq[name] !== undefined && this.epoch[name]) {
+          request.after_seq = this.lastSeq[name];
+          request.epoch = this.epoch[name];
+        }
+      } else if (this.lastSeq[name] !== undefined) {
+        request.after_seq = this.lastSeq[name];
+      }
       message[name] = request;
     }
     const header = { ...(this.options.header || {}) };
@@ -137,11 +168,21 @@ export class Listener {
     this.subscriptions = {};
     this.lastSeq = {};
     this.startSeq = {};
+    this.epoch = {}; // snapshot classes: the epoch of their position
     for (const [name, sub] of Object.entries(subscriptions)) {
       const request = { ...(sub || {}) };
-      const after = afterSeq ?? request.after_seq;
-      if (after) this.lastSeq[name] = after;
-      if (request.start_seq) this.startSeq[name] = request.start_seq;
+      if (request.snapshot === true) {
+        if (request.start_seq) throw new TypeError(`${name}: a snapshot subscription takes no start_seq`);
+        if (request.after_seq && request.epoch) {
+          this.lastSeq[name] = request.after_seq;
+          this.epoch[name] = request.epoch;
+        }
+        delete request.epoch;
+      } else {
+        const after = afterSeq ?? request.after_seq;
+        if (after) this.lastSeq[name] = after;
+        if (request.start_seq) this.startSeq[name] = request.start_seq;
+      }
       delete request.after_seq;
       delete request.start_seq;
       this.subscriptions[name] = request;
@@ -171,6 +212,15 @@ export class Listener {
       return;
     }
     if (this._stopped || generation !== this._generation) return;
+    this._snapshotting.clear();
+    for (const [name, request] of Object.entries(hello)) {
+      if (!request || request.snapshot !== true || request.after_seq !== undefined) continue;
+      // a fresh snapshot: no position until its snapshot_done; what the caller holds is dropped first
+      this._snapshotting.add(name);
+      delete this.lastSeq[name];
+      delete this.epoch[name];
+      if (this._holding.has(name)) this._control({ _control: "reset", class: name, local: true });
+    }
     const WS = this.options.WebSocket || WebSocket;
     const ws = new WS(this.url);
     this._ws = ws;
@@ -216,15 +266,20 @@ export class Listener {
     this.failures = 0;
     this.confirmation = confirmation;
     const resumed = {};
+    const snapshot = [];
     for (const [name, params] of Object.entries(confirmation)) {
-      if (params && typeof params.head_seq === "string") {
+      const asked = hello[name];
+      if (asked && asked.snapshot === true) {
+        // a snapshot class has a position from its snapshot_done on, never from the head
+        if (asked.after_seq === undefined) snapshot.push(name);
+      } else if (params && typeof params.head_seq === "string") {
         heads[name] = params.head_seq;
         // live only (no replay asked): resume from the head; a replay sets the position as it arrives
         if (this.lastSeq[name] === undefined) this.lastSeq[name] = params.head_seq;
       }
-      if (hello[name] && hello[name].after_seq !== undefined) resumed[name] = hello[name].after_seq;
+      if (asked && asked.after_seq !== undefined) resumed[name] = asked.after_seq;
     }
-    this._setState("open", { confirmation, resumed });
+    this._setState("open", { confirmation, resumed, snapshot });
   }
 
   _received(msg, ws, heads, seen) {
@@ -241,10 +296,17 @@ export class Listener {
           if (ws === this._ws) ws.send(JSON.stringify({ _control: "refresh", token }));
         });
       }
-      if (this.options.onControl) this.options.onControl(msg);
+      this._control(msg);
       return;
     }
     const name = msg.doc_class;
+    this._holding.add(name);
+    if (this._snapshotting.has(name)) {
+      // a snapshot's documents come in no seq order (each with the seq of its last change): all delivered;
+      // the position is the snapshot_done's
+      if (this.options.onMessage) this.options.onMessage(msg);
+      return;
+    }
     const last = this.lastSeq[name];
     if (last !== undefined && msg.seq <= last) {
       this.duplicates += 1; // never delivered twice
@@ -255,6 +317,27 @@ export class Listener {
     const start = this.startSeq[name];
     if (start !== undefined && msg.seq < start) return; // before the subscription's start_seq: not wanted
     if (this.options.onMessage) this.options.onMessage(msg);
+  }
+
+  /** A control message: snapshot bookkeeping, then the caller's onControl. */
+  _control(msg) {
+    const kind = msg._control;
+    const name = msg.class;
+    if (kind === "snapshot_done") {
+      // the collection is whole at msg.seq: from here on the class resumes with after_seq and epoch
+      this._snapshotting.delete(name);
+      this._holding.add(name);
+      const last = this.lastSeq[name];
+      if (typeof msg.seq === "string" && (last === undefined || msg.seq > last)) this.lastSeq[name] = msg.seq;
+      if (msg.epoch) this.epoch[name] = msg.epoch;
+    } else if (kind === "reset") {
+      // drop the collection: a fresh snapshot follows, its documents in no seq order
+      this._snapshotting.add(name);
+      this._holding.delete(name);
+      delete this.lastSeq[name];
+      delete this.epoch[name];
+    }
+    if (this.options.onControl) this.options.onControl(msg);
   }
 
   _dropped(code, reason) {
@@ -275,8 +358,14 @@ export class Listener {
 /**
  * The documents of one class, by `_id`, kept up to date by the messages of a Listener.
  *
+ * With a snapshot subscription (`snapshot: true`) it needs nothing else: it fills from the snapshot, is
+ * `complete` from `snapshot_done` on (exactly the server's view at that seq, then kept so), and on `reset`
+ * clears itself (not complete) and fills again from the fresh snapshot that follows.
+ *
  * options:
- *   onChange  (kind, id, doc, previous) => ...; kind: "insert", "update", "delete", "exit", "clear", "reload"
+ *   onChange  (kind, id, doc, previous) => ...; kind: "insert", "update", "delete", "exit", "clear" (every
+ *             document dropped: `clear()`, a `reset`, a `history_gone`), "reload", "complete" (a
+ *             `snapshot_done`: the collection is the server's view)
  *   reload    (historyGone) => docs | Promise<docs> | undefined: called on `history_gone` for this class,
  *             after the collection was cleared; documents it returns are added, except those that a live
  *             message changed meanwhile (the live version is newer). Default: none (the collection stays
@@ -287,12 +376,27 @@ export class Collection {
     this.className = className;
     this.options = options;
     this.docs = new Map();
+    /** True from a `snapshot_done` on (the server's view, kept up to date); false before, after a reset. */
+    this.complete = false;
+    /** The seq of the last `snapshot_done`. */
+    this.snapshotSeq = undefined;
     this._touched = null;
   }
 
   /** Apply a document or control message (messages of other classes are ignored). */
   handle(msg) {
-    if (msg._control === "history_gone" && msg.class === this.className) return this._historyGone(msg);
+    if (msg._control !== undefined) {
+      if (msg.class !== this.className) return undefined;
+      if (msg._control === "history_gone") return this._historyGone(msg);
+      if (msg._control === "reset") {
+        this.clear();
+      } else if (msg._control === "snapshot_done") {
+        this.complete = true;
+        this.snapshotSeq = msg.seq;
+        this._emit("complete");
+      }
+      return undefined;
+    }
     if (msg.doc_class === this.className) this.apply(msg);
     return undefined;
   }
@@ -313,9 +417,10 @@ export class Collection {
     }
   }
 
-  /** Forget every document. */
+  /** Forget every document (the collection is no longer complete). */
   clear() {
     this.docs.clear();
+    this.complete = false;
     this._emit("clear");
   }
 
