@@ -51,7 +51,7 @@ RELEASED_KEYS = {
     ("journal", "max_count"): "journal_max_count", ("journal", "max_age"): "journal_max_age",
     ("journal", "max_bytes"): "journal_max_bytes", ("journal", "max_total_bytes"): "journal_max_total_bytes",
     ("journal", "max_tracked_ids"): "max_tracked_ids", ("journal", "store_max_documents"): "store_max_documents",
-    ("journal", "store_max_bytes"): "store_max_bytes",
+    ("journal", "store_max_bytes"): "store_max_bytes", ("journal", "store_max_total_bytes"): "store_max_total_bytes",
     ("journal", "path"): "data", ("journal", "durability"): "journal_durability",
     ("redis", "url"): "redis_url", ("redis", "prefix"): "redis_prefix",
     ("jwt", "secret"): "jwt_secret", ("jwt", "public_key"): "jwt_public_key",
@@ -364,7 +364,7 @@ def test_an_unknown_key_is_refused_naming_the_known_keys_of_its_section(tmp_path
     with pytest.raises(ConfigError, match=re.escape("[journal]: unknown settings ['max_changes']; known: "
                                                     "['durability', 'max_age', 'max_bytes', 'max_count', "
                                                     "'max_total_bytes', 'max_tracked_ids', 'path', 'store_max_bytes', "
-                                                    "'store_max_documents']")):
+                                                    "'store_max_documents', 'store_max_total_bytes']")):
         load_settings(config, environ={})
     # an attribute name is not a file key where the file key differs
     config.write_text("[journal]\njournal_max_count = 1\n")

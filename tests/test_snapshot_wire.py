@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from helpers import ORDER, fresh, order, publish_orders, read_until_closed, recv_json, refused, subscribe, until
@@ -115,6 +116,10 @@ async def test_members_of_one_view_asking_together_share_one_pass_and_one_encodi
     assert 1 <= passes <= 3, passes  # joined within the sharing window: not one pass per subscriber
     assert hub.stats.encodings - before == 500 * passes
     assert hub.stats.snapshot_documents == 500 * 100
+    async with httpx.AsyncClient(trust_env=False) as http:  # and the operator sees it
+        metrics = (await http.get(f"http://127.0.0.1:{server.port}/metrics")).text
+    assert f"xia_snapshot_passes_total {float(passes)}" in metrics
+    assert f"xia_snapshot_documents_total {float(500 * 100)}" in metrics
 
 
 async def test_the_library_subscribes_with_a_snapshot_too() -> None:

@@ -41,7 +41,12 @@ from .fanout import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_MESSAGES, Documen
 from .hub import Hub, HubSettings
 from .journal import Backend, MemoryBackend
 from .journal.base import DEFAULT_MAX_AGE, DEFAULT_MAX_COUNT
-from .journal.store import DEFAULT_STORE_MAX_BYTES, DEFAULT_STORE_MAX_DOCUMENTS, StoreBounds
+from .journal.store import (
+    DEFAULT_STORE_MAX_BYTES,
+    DEFAULT_STORE_MAX_DOCUMENTS,
+    DEFAULT_STORE_MAX_TOTAL_BYTES,
+    StoreBounds,
+)
 from .transport import TaskTransport
 
 log = logging.getLogger("xia_broadcast")
@@ -66,6 +71,7 @@ class Broadcaster:
     #: bounds of each class's document store (the latest state of each document, for snapshots and exits)
     store_max_documents: ClassVar[int] = DEFAULT_STORE_MAX_DOCUMENTS
     store_max_bytes: ClassVar[int] = DEFAULT_STORE_MAX_BYTES
+    store_max_total_bytes: ClassVar[int] = DEFAULT_STORE_MAX_TOTAL_BYTES
     #: True: the journal knows nothing from before this class's Hub started (a start_seq older than
     #: that is reported as history gone). False: the journal is taken as complete from its first change.
     journal_epoch_now: ClassVar[bool] = False
@@ -113,7 +119,8 @@ class Broadcaster:
         """The journal backend of this class's Hub (override to use another one, e.g. Redis Streams)."""
         return MemoryBackend(max_count=cls.journal_max_count, max_age=cls.journal_max_age,
                              complete=not cls.journal_epoch_now, accept_out_of_order=True,
-                             store=StoreBounds(cls.store_max_documents, cls.store_max_bytes))
+                             store=StoreBounds(cls.store_max_documents, cls.store_max_bytes,
+                                               cls.store_max_total_bytes))
 
     @classmethod
     def register_class(cls, schema: DocSchema | type[Document]) -> DocSchema:

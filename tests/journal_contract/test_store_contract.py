@@ -124,6 +124,22 @@ async def test_a_store_over_its_bounds_is_refused_never_served_partial(make_back
         await pages(await small.snapshot("S"))
 
 
+async def test_the_stores_of_every_class_together_are_bounded_the_class_passing_it_refused(
+        make_backend: MakeBackend) -> None:
+    if make_backend.kind == "redis":
+        pytest.skip("Redis bounds its total memory itself (maxmemory); each class's store is bounded here")
+    backend = await started(await make_backend(store=StoreBounds(10**6, 10**9, max_total_bytes=1000)), None)
+    for i in range(4):
+        await backend.publish(Change("A", "I", "", doc(i, text="x" * 100)))  # about 600 bytes in all
+    for i in range(4):
+        await backend.publish(Change("B", "I", "", doc(i, text="x" * 100)))  # B passes the total
+    assert len(await pages(await backend.snapshot("A"))) == 4  # A keeps its store
+    with pytest.raises(SnapshotRefused, match="store_max_total_bytes"):
+        await pages(await backend.snapshot("B"))
+    await backend.publish(Change("C", "I", "", doc(1)))  # B's bytes were freed: room for another class
+    assert len(await pages(await backend.snapshot("C"))) == 1
+
+
 async def test_a_snapshot_being_read_when_the_store_is_refused_fails_instead_of_ending_short(
         make_backend: MakeBackend) -> None:
     if make_backend.kind == "memory":

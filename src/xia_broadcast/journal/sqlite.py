@@ -258,6 +258,9 @@ class SqliteBackend(Backend):
             self._release()
             raise
         self._total = sum(t.held for t in self._tallies.values())
+        #: bytes of the document store over every class (the writer thread's)
+        self._doc_total = sum(t.doc_bytes for t in self._tallies.values())
+        self._work_doc_total = self._doc_total  # the same, within the commit being written
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="xia-journal-writer")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="xia-journal-reader")
         self._pending = _Batch()
@@ -559,6 +562,7 @@ class SqliteBackend(Backend):
         db = self._writer_db
         work = _Tallies(self._tallies)
         total = self._total
+        self._work_doc_total = self._doc_total
         db.execute("BEGIN IMMEDIATE")
         try:
             for name, epoch in classes.items():
@@ -589,6 +593,7 @@ class SqliteBackend(Backend):
             raise
         self._tallies.update(work.changed)  # only once committed
         self._total = total
+        self._doc_total = self._work_doc_total
 
     def _store(self, db: sqlite3.Connection, name: str, tally: _Tally, entry: _Entry) -> bytes | None:
         """Keep the entry's document in the store (``D``: remove it); the stored previous record (b"": none)
@@ -601,6 +606,7 @@ class SqliteBackend(Backend):
         if row is not None:
             tally.docs -= 1
             tally.doc_bytes -= row[0]
+            self._work_doc_total -= row[0]
         if change.op == "D":
             if row is not None:
                 db.execute("DELETE FROM documents WHERE class = ? AND id = ?", (name, entry.key))
@@ -609,9 +615,11 @@ class SqliteBackend(Backend):
                        (name, entry.key, change.seq, entry.size, entry.record))
             tally.docs += 1
             tally.doc_bytes += entry.size
-            reason = self.store.passed(tally.docs, tally.doc_bytes)
+            self._work_doc_total += entry.size
+            reason = self.store.passed(tally.docs, tally.doc_bytes, self._work_doc_total)
             if reason:
                 db.execute("DELETE FROM documents WHERE class = ?", (name,))
+                self._work_doc_total -= tally.doc_bytes
                 tally.refused, tally.docs, tally.doc_bytes = reason, 0, 0
                 log.warning("%s: the document store is dropped, snapshots of the class are refused: %s", name, reason)
         if change.prev is not None:

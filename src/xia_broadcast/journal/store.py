@@ -9,7 +9,9 @@ append, the SQLite backend's transaction, the Redis backend's publish script):
   ``prev`` (and is journaled with it), so scope exits are found the same live, in replays, and on every node.
 
 Bounds, per class: at most ``max_documents`` documents and ``max_bytes`` bytes (each document counted by its
-change record's size). A class that passes either bound stops being stored: its store is dropped (its memory
+change record's size); over every class (memory and SQLite; Redis is bounded by its own ``maxmemory``), at
+most ``max_total_bytes``: the class whose change passes it is the one refused. A class that passes a bound
+stops being stored: its store is dropped (its memory
 freed) and marked *refused* with the reason, and snapshots of it are refused (:class:`SnapshotRefused`, close
 code 4413), never served partial. Documents published without data (objects with only the original document
 hooks) cannot be stored either: their class is refused the same way. A refused class stays refused for the
@@ -34,12 +36,13 @@ from ..core.change import Change
 from ..errors import XiaBroadcastError
 from .base import Position
 
-__all__ = ["DEFAULT_STORE_MAX_BYTES", "DEFAULT_STORE_MAX_DOCUMENTS", "ListSnapshot", "MemoryStore", "Snapshot",
-           "SnapshotRefused", "StoreBounds", "doc_key"]
+__all__ = ["DEFAULT_STORE_MAX_BYTES", "DEFAULT_STORE_MAX_DOCUMENTS", "DEFAULT_STORE_MAX_TOTAL_BYTES", "ListSnapshot",
+           "MemoryStore", "Snapshot", "SnapshotRefused", "StoreBounds", "doc_key"]
 
-#: default bounds of one class's store
+#: default bounds of one class's store, and of every class's together (memory and SQLite)
 DEFAULT_STORE_MAX_DOCUMENTS = 1_000_000
 DEFAULT_STORE_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_STORE_MAX_TOTAL_BYTES = 1024 * 1024 * 1024
 
 #: the reason a class of documents without data is refused
 NO_DATA = "documents published without data cannot be stored"
@@ -58,19 +61,23 @@ class SnapshotRefused(XiaBroadcastError):
 class StoreBounds:
     """The bounds of each class's store (see the module docstring)."""
 
-    __slots__ = ("max_bytes", "max_documents")
+    __slots__ = ("max_bytes", "max_documents", "max_total_bytes")
 
-    def __init__(self, max_documents: int = DEFAULT_STORE_MAX_DOCUMENTS,
-                 max_bytes: int = DEFAULT_STORE_MAX_BYTES) -> None:
+    def __init__(self, max_documents: int = DEFAULT_STORE_MAX_DOCUMENTS, max_bytes: int = DEFAULT_STORE_MAX_BYTES,
+                 max_total_bytes: int = DEFAULT_STORE_MAX_TOTAL_BYTES) -> None:
         self.max_documents = max_documents
         self.max_bytes = max_bytes
+        self.max_total_bytes = max_total_bytes
 
-    def passed(self, documents: int, size: int) -> str:
-        """The reason a store of ``documents`` documents and ``size`` bytes is over its bounds ("" if not)."""
+    def passed(self, documents: int, size: int, total: int = 0) -> str:
+        """The reason a store of ``documents`` documents and ``size`` bytes (``total`` over every class) is
+        over its bounds ("" if not)."""
         if documents > self.max_documents:
             return f"more than {self.max_documents} documents (store_max_documents)"
         if size > self.max_bytes:
             return f"more than {self.max_bytes} bytes of documents (store_max_bytes)"
+        if total > self.max_total_bytes:
+            return f"every class's documents together passed {self.max_total_bytes} bytes (store_max_total_bytes)"
         return ""
 
 
@@ -135,6 +142,8 @@ class MemoryStore:
         self.bounds = bounds if bounds is not None else StoreBounds()
         self._classes: dict[str, _ClassStore] = {}
         self._size_of = size_of or Change.encoded_size
+        #: bytes stored over every class
+        self.total = 0
 
     def apply(self, change: Change) -> None:
         """Keep ``change`` (journaled just now): store or remove its document, and give it the stored previous
@@ -150,21 +159,25 @@ class MemoryStore:
         doc_id = change.doc_id
         old = store.docs.pop(doc_id, None)
         if old is not None:
-            store.size -= self._size_of(old)
+            size = self._size_of(old)
+            store.size -= size
+            self.total -= size
         if change.prev is None:
             change.prev = None if old is None else old.data
             change.prev_stored = True
         if change.op == "D":
             return
         store.docs[doc_id] = change
-        store.size += self._size_of(change)
-        reason = self.bounds.passed(len(store.docs), store.size)
+        size = self._size_of(change)
+        store.size += size
+        self.total += size
+        reason = self.bounds.passed(len(store.docs), store.size, self.total)
         if reason:
             self._refuse(store, reason)
 
-    @staticmethod
-    def _refuse(store: _ClassStore, reason: str) -> None:
+    def _refuse(self, store: _ClassStore, reason: str) -> None:
         store.refused = reason
+        self.total -= store.size
         store.docs = {}
         store.size = 0
 

@@ -33,7 +33,7 @@ from ..core.versions import DEFAULT_MAX_TRACKED_IDS
 from ..errors import InvalidAclError, SchemaError, XiaBroadcastError
 from ..fanout import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_MESSAGES, DEFAULT_MAX_TOTAL_QUEUE_BYTES
 from ..journal.memory import DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, DEFAULT_MAX_TOTAL_BYTES
-from ..journal.store import DEFAULT_STORE_MAX_BYTES, DEFAULT_STORE_MAX_DOCUMENTS
+from ..journal.store import DEFAULT_STORE_MAX_BYTES, DEFAULT_STORE_MAX_DOCUMENTS, DEFAULT_STORE_MAX_TOTAL_BYTES
 
 T = TypeVar("T")
 V = TypeVar("V")
@@ -394,6 +394,10 @@ class Settings:
         DEFAULT_STORE_MAX_BYTES, "journal", "bytes of documents (their change records) kept per class in the "
         "document store; past it the class's store is dropped and its snapshots refused (4413)", unit="bytes",
         minimum=0)
+    store_max_total_bytes: int = setting(
+        DEFAULT_STORE_MAX_TOTAL_BYTES, "journal", "bytes of documents kept in the document store over every class "
+        "(memory and SQLite journals; Redis: bound it with maxmemory); the class whose change passes it has its "
+        "store dropped and its snapshots refused (4413)", unit="bytes", minimum=0)
 
     redis_url: str | None = setting(
         None, "redis", "cluster mode: the Redis server whose streams carry every change, e.g. "

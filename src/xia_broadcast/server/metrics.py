@@ -44,6 +44,13 @@ class _ServiceCollector(Collector):
         yield CounterMetricFamily("xia_replayed", "Messages replayed from the journal", value=stats.replayed)
         yield CounterMetricFamily("xia_history_gone", "Replays that found the journal no longer reaching back",
                                   value=stats.history_gone)
+        yield CounterMetricFamily("xia_snapshot_passes", "Reads of a class's document store for a snapshot "
+                                  "(each shared by the subscribers of one view asking together)",
+                                  value=stats.snapshot_passes)
+        yield CounterMetricFamily("xia_snapshot_documents", "Snapshot documents queued to subscribers",
+                                  value=stats.snapshot_documents)
+        yield CounterMetricFamily("xia_snapshot_resets", "Snapshot subscribers whose position was gone, sent reset "
+                                  "and a fresh snapshot", value=stats.resets)
         yield CounterMetricFamily("xia_view_errors", "Changes a view failed to evaluate", value=stats.view_errors)
         yield CounterMetricFamily("xia_refusals", "Connections refused or closed with an error code",
                                   value=svc.refusals)
