@@ -572,6 +572,7 @@ class SqliteBackend(Backend):
                 name = entry.change.class_name
                 tally = work.get(name)
                 entry.prev = self._store(db, name, tally, entry)
+                entry.size += len(entry.prev or b"")  # journaled with the change: counted by the byte bounds
                 db.execute("INSERT INTO changes (class, seq, at, size, record, prev) VALUES (?, ?, ?, ?, ?, ?)",
                            (name, entry.change.seq, entry.at, entry.size, entry.record, entry.prev))
                 tally.count += 1
