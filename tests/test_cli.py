@@ -221,3 +221,42 @@ def test_no_command_is_a_usage_error() -> None:
     result = run_cli()
     assert result.returncode == 2
     assert "usage: xia-broadcast" in result.stderr
+
+
+def _first_log_line(stderr_is_terminal: bool, *extra: str) -> str:
+    """Start ``serve`` with its stderr on a terminal (a pty) or a pipe; its first log line on stderr."""
+    import pty
+    import select
+    import time
+
+    port = free_port()
+    master = slave = -1
+    if stderr_is_terminal:
+        master, slave = pty.openpty()
+    env = {**os.environ, "XIA_BROADCAST_LOG_LEVEL": "debug"}  # something is logged at startup, whatever the host
+    proc = subprocess.Popen(cli("serve", "--port", str(port), *extra), stdout=subprocess.DEVNULL, env=env,
+                            stderr=slave if stderr_is_terminal else subprocess.PIPE)
+    try:
+        fd = master if stderr_is_terminal else proc.stderr.fileno()  # type: ignore[union-attr]
+        data = b""
+        deadline = time.monotonic() + 10
+        while b"\n" not in data and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                data += os.read(fd, 4096)
+        return data.decode(errors="replace").splitlines()[0]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if stderr_is_terminal:
+            os.close(master)
+            os.close(slave)
+
+
+def test_logs_are_text_on_a_terminal_and_json_elsewhere_unless_told() -> None:
+    on_terminal = _first_log_line(True)
+    assert re.match(r"\d\d:\d\d:\d\d (debug|info|warning) ", on_terminal), on_terminal
+    piped = _first_log_line(False)
+    assert piped.startswith("{") and '"level"' in piped, piped
+    forced = _first_log_line(True, "--log-format", "json")
+    assert forced.startswith("{"), forced

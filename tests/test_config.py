@@ -137,7 +137,8 @@ def test_file_keys_and_environment_names_are_the_released_ones() -> None:
     assert {d.section: d.name for d in DECLARATIONS if d.load is not None} == WHOLE_SECTIONS
     # the flags of `serve`
     assert {d.flag: d.name for d in DECLARATIONS if d.flag} == {
-        "--host": "host", "--port": "port", "--redis": "redis_url", "--demo": "demo", "--data": "data"}
+        "--host": "host", "--port": "port", "--redis": "redis_url", "--demo": "demo", "--data": "data",
+        "--log-format": "log_format"}
 
 
 def test_list_defaults_are_not_shared_between_settings() -> None:
@@ -404,7 +405,7 @@ def test_an_unknown_override_is_refused() -> None:
     ("redis_url", "redis://file:6379/0", "redis://env:6379/0", "redis://flag:6379/0"),
     ("demo", True, False, True),
     ("jwt_algorithms", ["HS256"], ["RS256"], ["HS512"]),
-    ("log_format", "text", "json", "text"),
+    ("log_format", "text", "json", "auto"),
     ("demo_rate", 1.5, 2.5, 3.5),
 ])
 def test_defaults_then_file_then_environment_then_overrides(

@@ -318,3 +318,12 @@ async def test_1011_is_not_sent_for_ordinary_bad_input(
         good.publish(1)
     assert all(4400 <= c < 4500 for c in codes), codes
     await good.verify()
+
+
+async def test_4404_names_the_classes_served_to_a_client_of_this_protocol_only(make_server: Any) -> None:
+    server = await make_server()
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    code, reason, _ = await refused(url, json.dumps({"Ordr": {}, "_options": {"strict": True}}))
+    assert (code, reason) == (4404, "Class requested Not Found; this server serves: Customer, Order")
+    code, reason, _ = await refused(url, json.dumps({"Ordr": {}}))  # an original client: the original's words
+    assert (code, reason) == (4404, "Class requested Not Found")

@@ -279,3 +279,11 @@ async def test_shutdown_with_idle_clients_is_prompt(make_server: ServerFactory) 
     results: list[Any] = [await r for r in readers]
     assert all((code, reason) == (1001, "shutting down") and msgs == [] for msgs, code, reason in results)
     assert elapsed < 1.5, elapsed  # well under shutdown_timeout (2 s): nobody was waited for
+
+
+async def test_metrics_carry_the_standard_process_metrics(server: NativeServer, http: httpx.AsyncClient) -> None:
+    m = samples((await http.get(f"{http_base(server)}/metrics")).text)
+    # the figures are this process's own (the server runs in it)
+    assert m["process_open_fds"] >= 1 and m["process_resident_memory_bytes"] > 10 * 1024 * 1024
+    assert m["process_max_fds"] >= m["process_open_fds"]
+    assert "python_info" in {k.split("{")[0] for k in m}

@@ -339,8 +339,9 @@ class Settings:
         "messages continues from the journal, as when its own queue is full", unit="bytes", minimum=1)
     shutdown_timeout: float = setting(5.0, "server", "time to flush queues on SIGTERM/SIGINT before closing "
                                       "with 1001", unit="seconds", minimum=0)
-    log_format: str = setting("json", "server", "log lines as JSON objects or as text",
-                              choices=("json", "text"))
+    log_format: str = setting("auto", "server", "log lines as JSON objects or as text; auto: text when the "
+                              "log goes to a terminal, JSON otherwise (a file, a pipe, a log collector)",
+                              choices=("auto", "json", "text"), flag="--log-format")
     log_level: str = setting("INFO", "server", "least severe level logged", choices=_LOG_LEVELS,
                              ignore_case=True)
     allow_undeclared_classes: bool = setting(

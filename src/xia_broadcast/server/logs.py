@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line on stderr (or plain text with ``log_format = "text"``)."""
+"""Logs on stderr: one JSON object per line (``log_format = "json"``), or a line of text with the same fields
+(``"text"``); ``"auto"`` (the default) writes text to a terminal and JSON anywhere else."""
 
 from __future__ import annotations
 
@@ -30,10 +31,25 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def setup_logging(fmt: str = "json", level: str = "INFO") -> None:
+class TextFormatter(logging.Formatter):
+    """``HH:MM:SS level logger: message key=value ...`` (the extra fields of a structured record)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        extra = " ".join(f"{k}={v}" for k, v in record.__dict__.items()
+                         if k not in _STANDARD and not k.startswith("_"))
+        line = (f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname.lower():7} "
+                f"{record.name.removeprefix('xia_broadcast.')}: {record.getMessage()}" + (f" {extra}" if extra else ""))
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(fmt: str = "auto", level: str = "INFO") -> None:
+    """Log ``xia_broadcast`` records at ``level`` and above to stderr in ``fmt`` (see the module docstring)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    if fmt == "auto":
+        fmt = "text" if sys.stderr.isatty() else "json"
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("xia_broadcast")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

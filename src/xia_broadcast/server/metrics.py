@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -62,6 +62,9 @@ class Metrics:
     def __init__(self, service: Service[Any]) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_ServiceCollector(service))
+        # the standard process_* (CPU, memory, open files) and python_info metrics every exporter offers
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         self.send_latency = Histogram(
             "xia_publish_to_send_seconds",
             "Time from publish to the socket writes carrying it (oldest message of each flush)",

@@ -138,9 +138,12 @@ class NativeServer:
             self.http_limits.max_connections = http
         if ws < self.max_connections:
             self.service.max_connections = ws
-            log.warning("max_connections lowered from %d to %d: the file descriptor limit is %d "
-                        "(%d kept for HTTP connections)", self.settings.max_connections, ws, limit, http,
-                        extra={"max_connections": ws, "fd_limit": limit})
+            # a value the operator chose is worth a warning; the default is meant to follow the fd limit
+            chosen = self.settings.max_connections != type(self.settings)().max_connections
+            log.log(logging.WARNING if chosen else logging.INFO,
+                    "max_connections lowered from %d to %d: the file descriptor limit is %d "
+                    "(%d kept for HTTP connections)", self.settings.max_connections, ws, limit, http,
+                    extra={"max_connections": ws, "fd_limit": limit})
         else:
             log.info("max_connections %d within the file descriptor limit %d", self.max_connections, limit,
                      extra={"max_connections": self.max_connections, "fd_limit": limit})

@@ -150,7 +150,11 @@ class Service(Generic[W]):
             raise Refusal(CLOSE_AUTH_FAILED, str(exc)) from exc
         known = [c for c in handshake.requests if self.class_known(c)]
         if not known:
-            raise Refusal(CLOSE_NO_CLASS, "Class requested Not Found")
+            if not handshake.options:  # an original client: the original's reason, exactly
+                raise Refusal(CLOSE_NO_CLASS, "Class requested Not Found")
+            # a client of this protocol is told what it could ask for (it passed authentication)
+            served = ", ".join(sorted(self.hub.schemas)) or "none declared"
+            raise Refusal(CLOSE_NO_CLASS, f"Class requested Not Found; this server serves: {served}")
         hidden_allowed = principal.show_hidden or not self.settings.show_hidden_requires_grant
         start_time = time.time()
         subscribed: dict[str, Any] = {}
