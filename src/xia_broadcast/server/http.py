@@ -88,6 +88,8 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
         self.state = RequestState.IDLE
+        #: the transport holds more than its high-water mark of answers unsent (see pause_writing)
+        self._writing_paused = False
         self.counted = False
         self.request: h11.Request | None = None
         self.endpoint: Endpoint | None = None
@@ -140,13 +142,18 @@ class HttpConnection(asyncio.Protocol):
         return None
 
     def pause_writing(self) -> None:
-        # the peer does not read its answers: stop reading its requests until it does
+        # the peer does not read its answers: stop reading its requests, and answering those already read
+        # (pipelined behind), until it does
+        self._writing_paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._writing_paused = False
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
+            if self.state is not RequestState.HANDLING:
+                self._process()  # requests read before the pause
 
     def shutdown(self) -> None:
         """The server stops: drop the socket (no request is answered any more)."""
@@ -159,6 +166,8 @@ class HttpConnection(asyncio.Protocol):
         handled while a handler runs: what came behind its request waits for the answer)."""
         try:
             while self.state is not RequestState.DONE and self.state is not RequestState.HANDLING:
+                if self._writing_paused and self.request is None:
+                    return  # the peer does not read its answers: the next request waits until it does
                 event = self.http.next_event()
                 if event is h11.NEED_DATA:
                     return
