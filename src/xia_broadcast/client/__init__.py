@@ -1,10 +1,12 @@
-"""Clients of an xia-broadcast server: an async :class:`Listener` that reconnects and resumes, the
-original listener's interface (:class:`BroadcastListener`), and an HTTP :class:`Publisher`.
+"""Clients of an xia-broadcast server: an async :class:`Listener` that reconnects and resumes (optionally
+through snapshots, applied by a :class:`Collection`), the original listener's interface
+(:class:`BroadcastListener`), and an HTTP :class:`Publisher`.
 
 See ``docs/client.md``.
 """
 
 from .backoff import Backoff
+from .collection import Collection
 from .listener import TERMINAL_CLOSE_CODES, GaveUp, Listener, ListenerError, Refused
 from .messages import (
     Connected,
@@ -16,6 +18,8 @@ from .messages import (
     ProtocolError,
     Reconnecting,
     ReplayDone,
+    Reset,
+    SnapshotDone,
     parse_message,
 )
 from .original import BroadcastListener
@@ -25,6 +29,7 @@ __all__ = [
     "TERMINAL_CLOSE_CODES",
     "Backoff",
     "BroadcastListener",
+    "Collection",
     "Connected",
     "Control",
     "DocumentMessage",
@@ -40,5 +45,7 @@ __all__ = [
     "Reconnecting",
     "Refused",
     "ReplayDone",
+    "Reset",
+    "SnapshotDone",
     "parse_message",
 ]

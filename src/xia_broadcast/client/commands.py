@@ -1,9 +1,11 @@
 """The ``listen`` and ``publish`` subcommands of ``xia-broadcast``.
 
 ``xia-broadcast listen URL --class Order [--scope JSON] [--catalog JSON] [--show-hidden] [--after SEQ]
-[--api-key K --app-name A | --token T] [--count N] [--max-retries N]`` prints one JSON line per message
-(document messages and control messages, as the server sends them) on stdout until interrupted; connection
-notices (connected, resumed, reconnecting) go to stderr. Exit codes: 0 interrupted (SIGINT/SIGTERM),
+[--snapshot [--epoch E]] [--api-key K --app-name A | --token T] [--count N] [--max-retries N]`` prints one
+JSON line per message (document messages and control messages, as the server sends them) on stdout until
+interrupted; connection notices (connected, resumed, reconnecting) go to stderr. With ``--snapshot`` it
+first prints the current documents of the class (one ``I`` line each, as they stand at the snapshot's
+position), then the ``snapshot_done`` line, then the changes. Exit codes: 0 interrupted (SIGINT/SIGTERM),
 ``--count`` messages printed, or stdout closed by its reader; 2 bad arguments; 3 refused by the server
 (close code and reason on stderr); 4 gave up after ``--max-retries`` consecutive failed attempts.
 
@@ -32,7 +34,7 @@ from typing import Any, TextIO
 
 from .backoff import Backoff
 from .listener import GaveUp, Listener, Refused
-from .messages import Connected, DocumentMessage, Exit, Reconnecting
+from .messages import Connected, DocumentMessage, Exit, Reconnecting, Reset, SnapshotDone
 from .publisher import Publisher, PublishRefused
 
 EXIT_OK = 0
@@ -61,6 +63,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--catalog", type=_json_arg, help='catalog, e.g. \'{"order_id": null, "amount": null}\'')
     p.add_argument("--show-hidden", action="store_true", help="ask for hidden fields too")
     p.add_argument("--after", metavar="SEQ", help="replay what was published after this seq, then go live")
+    p.add_argument("--snapshot", action="store_true",
+                   help="first print the current documents of the class (one I line each), then a snapshot_done "
+                        "line, then the changes; after a drop, resume from the last change (a reset line, then "
+                        "the documents again, when the server no longer holds it)")
+    p.add_argument("--epoch", help="with --snapshot --after SEQ: the epoch of that position (a snapshot_done line's)")
     p.add_argument("--api-key", help="API key (sent in _header as X-Api-Key)")
     p.add_argument("--app-name", help="application name (sent in _header as X-App-Name)")
     p.add_argument("--token", help="JWT (sent in _header as Authorization: Bearer)")
@@ -115,21 +122,43 @@ def run_listen(args: argparse.Namespace) -> int:
         sub["show_hidden"] = True
     if args.after:
         sub["after_seq"] = args.after
+    if args.epoch:
+        if not (args.snapshot and args.after):
+            _say("--epoch goes with --snapshot --after SEQ")
+            return EXIT_USAGE
+        sub["epoch"] = args.epoch
     try:
         listener = Listener(args.url, {args.cls: sub}, api_key=args.api_key, app_name=args.app_name,
                             token=args.token, max_retries=args.max_retries,
-                            backoff=Backoff(max_delay=args.max_delay))
+                            backoff=Backoff(max_delay=args.max_delay), snapshot=args.snapshot)
     except ValueError as exc:
         _say(str(exc))
         return EXIT_USAGE
-    return asyncio.run(_listen(listener, args.count, sys.stdout))
+    snapshot = args.snapshot and not args.after  # with --after the reader holds the documents already
+    return asyncio.run(_listen(listener, args.count, sys.stdout, snapshot=snapshot))
 
 
-async def _listen(listener: Listener, count: int | None, out: TextIO) -> int:
+async def _listen(listener: Listener, count: int | None, out: TextIO, *, snapshot: bool = False) -> int:
+    """Print what ``listener`` yields. ``snapshot``: a snapshot is under way first; its documents (and the
+    changes made while it is read) are held and printed as they stand at ``snapshot_done``, one ``I`` line
+    per document, so that the reader sees the current documents, then the changes."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: loop.create_task(listener.close()))
     printed = 0
+    #: the documents of the snapshot under way (by _id), while ``snapshot`` is true
+    held: dict[Any, DocumentMessage] = {}
+
+    def show(message: dict[str, Any], document: bool) -> bool:
+        """Print one line; True when ``--count`` is reached."""
+        nonlocal printed
+        out.write(json.dumps(message, ensure_ascii=False) + "\n")
+        out.flush()
+        if document:
+            printed += 1
+            return count is not None and printed >= count
+        return False
+
     try:
         async for event in listener:
             if isinstance(event, Connected):
@@ -138,13 +167,25 @@ async def _listen(listener: Listener, count: int | None, out: TextIO) -> int:
             elif isinstance(event, Reconnecting):
                 _say(f"connection lost ({event.code}{' ' + printable(event.reason) if event.reason else ''}); "
                      f"reconnecting in {event.delay:.1f} s")
+            elif snapshot and isinstance(event, DocumentMessage | Exit):
+                if isinstance(event, DocumentMessage) and event.op != "D":
+                    held[event.id] = event
+                else:
+                    held.pop(event.id, None)
+            elif snapshot and isinstance(event, Reset):
+                held.clear()  # nothing of this snapshot was printed: the fresh one that follows is held too
+            elif snapshot and isinstance(event, SnapshotDone):
+                snapshot = False
+                documents = [DocumentMessage(m.doc_class, "I", m.seq, m.message) for m in held.values()]
+                held.clear()
+                if any(show(m.to_wire(), True) for m in documents):
+                    break
+                show(event.to_wire(), False)
             else:
-                out.write(json.dumps(event.to_wire(), ensure_ascii=False) + "\n")
-                out.flush()
-                if isinstance(event, DocumentMessage | Exit):
-                    printed += 1
-                    if count is not None and printed >= count:
-                        break
+                if isinstance(event, Reset):  # the reader drops the documents printed; they are printed again
+                    snapshot = True
+                if show(event.to_wire(), isinstance(event, DocumentMessage | Exit)):
+                    break
     except Refused as exc:
         _say(f"refused by the server: {exc.code} {printable(exc.reason)}")
         return EXIT_SERVER

@@ -7,21 +7,33 @@
                 case Exit(): ...                 # X: the document left the view
                 case HistoryGone(): ...          # reload that class, then keep applying what follows
 
+With ``snapshot=True`` (or ``"snapshot": True`` in a class's subscription) the listener keeps a collection
+rather than following changes: the server first sends every stored document of the class in the view (``I``
+messages, their seqs in no order), then the changes made meanwhile, then ``snapshot_done``
+(:class:`SnapshotDone`), then live changes. The position of such a class is known from ``snapshot_done`` on;
+after a drop it resumes with ``after_seq`` and ``epoch`` (the missed changes, then ``snapshot_done`` again),
+or, when the server no longer holds that position, is sent :class:`Reset` and a fresh snapshot. A drop before
+``snapshot_done`` cannot be resumed: the next connection asks for a fresh snapshot and the listener yields a
+:class:`Reset` first, so that what was applied of the partial one is dropped. :class:`Collection` applies
+these events.
+
 The listener sends the original handshake (``{class: {data_scope, catalog, show_hidden}, "_header": {...}}``)
 with ``"_options": {"control": true}``, so that it receives ``replay_done``, ``history_gone`` and exits. It
 keeps the last seq of every class (the ``after_seq`` asked, else the confirmation's ``head_seq``, until a
 message arrives), and after a drop reconnects with :class:`~xia_broadcast.client.backoff.Backoff` and asks
 for ``after_seq`` that seq: the server replays what was missed through the same scope, catalog and ACL, then
 continues live, so nothing is lost or repeated. A message whose seq is not after the last one of its class is
-never yielded twice.
+never yielded twice (the documents of a snapshot, before ``snapshot_done``, are all yielded).
 
 Close codes that mean "this request will never be accepted as it is" (bad handshake, authentication,
-permission, unknown class, invalid scope or catalog, too many subscriptions, message too big) and HTTP
-refusals of the upgrade (4xx but 408 and 429) end the iteration with :class:`Refused` instead of retrying.
+permission, unknown class, invalid scope or catalog, too many subscriptions, message too big, snapshot
+refused because the class's document store passed its bounds) and HTTP refusals of the upgrade (4xx but 408
+and 429) end the iteration with :class:`Refused` instead of retrying.
 
 Memory: one ``websockets`` client connection (its receive queue holds at most ``max_queue`` messages of at
-most ``max_size`` bytes each: 4 of 16 MiB by default) and one seq string per class. A server message that is
-not a message of the protocol (not JSON, wrong types) is logged, counted (``protocol_errors``) and skipped.
+most ``max_size`` bytes each: 4 of 16 MiB by default) and one seq string per class (and an epoch per snapshot
+class). A server message that is not a message of the protocol (not JSON, wrong types) is logged, counted
+(``protocol_errors``) and skipped.
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ from ..core.protocol import (
     CLOSE_INVALID_SCOPE,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_NO_CLASS,
+    CLOSE_SNAPSHOT_REFUSED,
     CLOSE_TOO_MANY_SUBSCRIPTIONS,
 )
 from ..errors import XiaBroadcastError
@@ -61,6 +74,8 @@ from .messages import (
     ProtocolError,
     Reconnecting,
     ReplayDone,
+    Reset,
+    SnapshotDone,
     parse_message,
 )
 
@@ -69,7 +84,7 @@ log = logging.getLogger("xia_broadcast.client")
 #: close codes after which reconnecting with the same request cannot succeed
 TERMINAL_CLOSE_CODES = frozenset({
     CLOSE_MESSAGE_TOO_BIG, CLOSE_BAD_HANDSHAKE, CLOSE_AUTH_FAILED, CLOSE_FORBIDDEN, CLOSE_NO_CLASS,
-    CLOSE_INVALID_SCOPE, CLOSE_INVALID_CATALOG, CLOSE_TOO_MANY_SUBSCRIPTIONS,
+    CLOSE_INVALID_SCOPE, CLOSE_INVALID_CATALOG, CLOSE_TOO_MANY_SUBSCRIPTIONS, CLOSE_SNAPSHOT_REFUSED,
 })
 #: HTTP statuses refusing the upgrade that are worth retrying (others in 4xx are not)
 RETRIED_HTTP_STATUSES = frozenset({408, 429})
@@ -78,7 +93,7 @@ ABNORMAL_CLOSURE = 1006
 
 #: a bearer token, or a function (sync or async) that returns a fresh one; called on every connection
 TokenSource = str | Callable[[], str | Awaitable[str]]
-_SUB_KEYS = frozenset({"data_scope", "catalog", "show_hidden", "start_seq", "after_seq"})
+_SUB_KEYS = frozenset({"data_scope", "catalog", "show_hidden", "start_seq", "after_seq", "snapshot", "epoch"})
 
 
 class ListenerError(XiaBroadcastError):
@@ -119,12 +134,16 @@ class Listener:
 
     Args:
         url: the server's WebSocket URL, e.g. ``ws://127.0.0.1:8765/ws``.
-        subscriptions: ``{class_name: {data_scope, catalog, show_hidden, start_seq, after_seq}}`` (a value
-            may be ``None`` or ``{}`` for everything); the keys are those of the handshake
+        subscriptions: ``{class_name: {data_scope, catalog, show_hidden, start_seq, after_seq, snapshot,
+            epoch}}`` (a value may be ``None`` or ``{}`` for everything); the keys are those of the handshake
             (``docs/protocol.md``). ``after_seq`` replays what was published after that seq, then goes live
             (the explicit replay parameter). ``start_seq`` keeps its original meaning, a filter: messages
             with a seq before it are not yielded; this listener applies it itself and never sends it, so
-            that it means the same on every server.
+            that it means the same on every server. ``snapshot`` (true or false) overrides the argument
+            below for that class; with a snapshot, ``after_seq`` and ``epoch`` (a ``snapshot_done``'s seq and
+            epoch, or a later seq) say that the caller holds the class's documents at that position already,
+            and ``start_seq`` is refused.
+        snapshot: subscribe to every class with a snapshot (see the module docstring).
         api_key, app_name: credentials sent in ``_header`` as ``X-Api-Key`` and ``X-App-Name``.
         token: a JWT sent in ``_header`` as ``Authorization: Bearer``; a function returning one is called for
             every connection and, when the server warns that the token expires, for a refresh.
@@ -140,7 +159,9 @@ class Listener:
             ``proxy``, ``additional_headers``...).
 
     Attributes:
-        last_seq: ``{class_name: seq}``, the position every class resumes after.
+        last_seq: ``{class_name: seq}``, the position every class resumes after (a snapshot class has one
+            from its ``snapshot_done`` on, none while its snapshot is under way).
+        epochs: ``{class_name: epoch}``, the epoch of each snapshot class's position (sent with it).
         confirmation: the server's last confirmation (``{class_name: accepted params}``).
         duplicates: messages the server sent twice and this listener dropped (0 with a correct server).
     """
@@ -151,7 +172,7 @@ class Listener:
                  max_retries: int | None = None, open_timeout: float = 10.0,
                  ping_interval: float | None = 20.0, ping_timeout: float | None = 20.0,
                  max_size: int = 16 * 1024 * 1024, max_queue: int = 4,
-                 connect_kwargs: Mapping[str, Any] | None = None) -> None:
+                 connect_kwargs: Mapping[str, Any] | None = None, snapshot: bool = False) -> None:
         try:
             parse_uri(url)
         except InvalidURI as exc:
@@ -159,19 +180,41 @@ class Listener:
         if not subscriptions:
             raise ValueError("subscribe to at least one class")
         self.url = url
+        if not isinstance(snapshot, bool):
+            raise ValueError(f"snapshot must be true or false, not {snapshot!r}")
         self.last_seq: dict[str, str] = {}
+        self.epochs: dict[str, str] = {}
         self._start_seq: dict[str, str] = {}
         self._subs: dict[str, dict[str, Any]] = {}
+        #: the classes subscribed with a snapshot
+        self._snapshots: set[str] = set()
+        #: snapshot classes whose documents were yielded since their last snapshot_done or reset: a drop now
+        #: leaves the caller a partial collection, dropped by a Reset on the next connection
+        self._partial: set[str] = set()
         for name, sub in subscriptions.items():
             sub = dict(sub or {})
             if name.startswith("_"):
                 raise ValueError(f"{name!r} is not a class name (names starting with '_' are reserved)")
             if set(sub) - _SUB_KEYS:
                 raise ValueError(f"{name}: unknown subscription keys {sorted(set(sub) - _SUB_KEYS)}")
+            wants = sub.pop("snapshot", None)
+            if wants is None:
+                wants = snapshot
+            if not isinstance(wants, bool):
+                raise ValueError(f"{name}: snapshot must be true or false, not {wants!r}")
+            epoch = sub.pop("epoch", None)
             after = sub.pop("after_seq", None)
             if after:
                 self.last_seq[name] = str(after)
             start = sub.pop("start_seq", None)
+            if epoch and not (wants and after):
+                raise ValueError(f"{name}: epoch goes with a snapshot's after_seq")
+            if epoch:
+                self.epochs[name] = str(epoch)
+            if wants:
+                if start:
+                    raise ValueError(f"{name}: a snapshot gives every document; start_seq cannot filter it")
+                self._snapshots.add(name)
             if start:
                 self._start_seq[name] = str(start)
             self._subs[name] = sub
@@ -218,13 +261,20 @@ class Listener:
 
     async def handshake(self) -> dict[str, Any]:
         """The first message of the next connection: the subscriptions, each with ``after_seq`` its last
-        seq when one is known, the credentials in ``_header`` and ``_options.control``."""
+        seq when one is known (a snapshot class: ``snapshot`` true, and its ``epoch`` with ``after_seq``),
+        the credentials in ``_header`` and ``_options.control``."""
         message: dict[str, Any] = {}
         for name, sub in self._subs.items():
             request = dict(sub)
+            snapshot = name in self._snapshots
+            if snapshot:
+                request["snapshot"] = True
             last = self.last_seq.get(name)
             if last is not None:
                 request["after_seq"] = last
+                epoch = self.epochs.get(name)
+                if snapshot and epoch:
+                    request["epoch"] = epoch
             message[name] = request
         header = dict(self._header)
         if self._token is not None:
@@ -286,11 +336,16 @@ class Listener:
                 head = params.get("head_seq") if isinstance(params, dict) else None
                 if isinstance(head, str):
                     heads[name] = head
-                    # live only (no replay asked): resume from here; a replay sets it as it arrives
-                    self.last_seq.setdefault(name, head)
+                    # live only (no replay asked): resume from here; a replay sets it as it arrives (a
+                    # snapshot class's position is its snapshot_done's)
+                    if name not in self._snapshots:
+                        self.last_seq.setdefault(name, head)
             resumed = {n: r["after_seq"] for n, r in handshake.items()
                        if not n.startswith("_") and "after_seq" in r and n in confirmation}
             yield Connected(confirmation, resumed, attempt)
+            for name in sorted(self._partial):  # a snapshot cut short: this connection sends a fresh one
+                self._partial.discard(name)
+                yield Reset(name, local=True)
             seen: set[str] = set()  # classes with a document message on this connection
             while True:
                 try:
@@ -307,6 +362,12 @@ class Listener:
                     continue
                 if isinstance(event, DocumentMessage | Exit):
                     last = self.last_seq.get(event.doc_class)
+                    if last is None and event.doc_class in self._snapshots:
+                        # a snapshot under way: its documents come with the seqs of their last changes, in
+                        # no order, and no position holds until snapshot_done
+                        self._partial.add(event.doc_class)
+                        yield event
+                        continue
                     if last is not None and event.seq <= last:
                         self.duplicates += 1
                         log.warning("duplicate dropped", extra={"class": event.doc_class, "seq": event.seq})
@@ -316,14 +377,27 @@ class Listener:
                     start = self._start_seq.get(event.doc_class)
                     if start is not None and event.seq < start:
                         continue  # before the subscription's start_seq: not wanted
+                elif isinstance(event, SnapshotDone):
+                    # the collection is whole at seq: from here on the class resumes after its last seq
+                    if event.doc_class in self._snapshots:
+                        last = self.last_seq.get(event.doc_class)
+                        if last is None or event.seq > last:
+                            self.last_seq[event.doc_class] = event.seq
+                        self.epochs[event.doc_class] = event.epoch
+                        self._partial.discard(event.doc_class)
+                elif isinstance(event, Reset):
+                    # the server no longer holds the position: a fresh snapshot follows
+                    self.last_seq.pop(event.doc_class, None)
+                    self.epochs.pop(event.doc_class, None)
+                    self._partial.discard(event.doc_class)
                 elif isinstance(event, ReplayDone):
                     last = self.last_seq.get(event.doc_class)
-                    if last is None or event.seq > last:
+                    if event.doc_class not in self._snapshots and (last is None or event.seq > last):
                         self.last_seq[event.doc_class] = event.seq
                 elif isinstance(event, HistoryGone):
                     # what follows is live from this connection's head on: resume from there next time
                     head = heads.get(event.doc_class)
-                    if head is not None and event.doc_class not in seen:
+                    if head is not None and event.doc_class not in seen and event.doc_class not in self._snapshots:
                         self.last_seq[event.doc_class] = head
                 elif isinstance(event, Control) and event.kind == "token_expiring" and callable(self._token):
                     token = await self._fresh_token()

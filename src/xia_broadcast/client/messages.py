@@ -1,7 +1,8 @@
 """What a listener yields: typed messages parsed from the wire, and events of the connection itself.
 
 Pure: no I/O. :func:`parse_message` turns one server message (a JSON object, already decoded) into one of
-the message types below; the events (:class:`Connected`, :class:`Reconnecting`) are made by the listener.
+the message types below; the events (:class:`Connected`, :class:`Reconnecting`) are made by the listener,
+and so is a :class:`Reset` when a snapshot was cut short by a drop.
 The wire format is in ``docs/protocol.md``.
 """
 
@@ -78,6 +79,41 @@ class HistoryGone:
 
 
 @dataclass(frozen=True)
+class SnapshotDone:
+    """The snapshot of ``doc_class`` is whole: the documents received since it was asked for (or since the
+    last :class:`Reset`) are exactly the class's documents in the view at ``seq``; live changes follow.
+
+    ``seq`` and ``epoch`` are the position a listener resumes from (``after_seq``, ``epoch``). Sent again
+    after a resume or a catch-up, with the new position.
+    """
+
+    doc_class: str
+    seq: str
+    epoch: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"_control": "snapshot_done", "class": self.doc_class, "seq": self.seq, "epoch": self.epoch}
+
+
+@dataclass(frozen=True)
+class Reset:
+    """Drop every document of ``doc_class`` held so far: a fresh snapshot of it follows.
+
+    Sent by the server when a snapshot client's position is gone (retention, a restart), and made by the
+    listener (``local`` true) when a connection dropped before ``snapshot_done``: the partial snapshot
+    cannot be resumed.
+    """
+
+    doc_class: str
+    local: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        if self.local:
+            return {"_control": "reset", "class": self.doc_class, "local": True}
+        return {"_control": "reset", "class": self.doc_class}
+
+
+@dataclass(frozen=True)
 class Control:
     """Any other control message (``token_expiring``, ``token_refreshed``, or one this client does not
     know): its kind and its fields as sent."""
@@ -126,7 +162,7 @@ class Reconnecting:
 
 
 #: what a server message parses to
-ServerMessage = DocumentMessage | Exit | ReplayDone | HistoryGone | Control
+ServerMessage = DocumentMessage | Exit | ReplayDone | HistoryGone | SnapshotDone | Reset | Control
 #: what a listener yields
 Event = ServerMessage | Connected | Reconnecting
 
@@ -150,6 +186,10 @@ def parse_message(obj: Any) -> ServerMessage:
             if oldest is not None and not isinstance(oldest, str):
                 raise ProtocolError(f"history_gone: oldest_seq should be a string or null: {oldest!r}")
             return HistoryGone(_str(obj, "class"), _str(obj, "seq"), oldest)
+        if kind == "snapshot_done":
+            return SnapshotDone(_str(obj, "class"), _str(obj, "seq"), _str(obj, "epoch"))
+        if kind == "reset":
+            return Reset(_str(obj, "class"))
         return Control(kind, {k: v for k, v in obj.items() if k != "_control"})
     doc_class, op, seq = _str(obj, "doc_class"), _str(obj, "op"), _str(obj, "seq")
     body = obj.get("message")

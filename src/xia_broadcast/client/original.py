@@ -28,7 +28,17 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .listener import Listener, ListenerError
-from .messages import Connected, Control, DocumentMessage, Exit, HistoryGone, Reconnecting, ReplayDone
+from .messages import (
+    Connected,
+    Control,
+    DocumentMessage,
+    Exit,
+    HistoryGone,
+    Reconnecting,
+    ReplayDone,
+    Reset,
+    SnapshotDone,
+)
 
 Callback = Callable[..., Any]
 #: an ``api_key`` starting with this names the environment variable that holds the key, as in the original
@@ -66,7 +76,8 @@ class BroadcastListener:
             :func:`header_entries`), or ``_header`` entries as sent on the wire.
         channel_config: ``{class_name: {data_scope, catalog, show_hidden, start_seq}}``, as the original.
         on_open, on_message, on_close, on_error: default callbacks for :meth:`listen`.
-        on_control: receives ``replay_done`` and ``history_gone`` (``{"_control": ...}``) when given.
+        on_control: receives ``replay_done`` and ``history_gone`` (``{"_control": ...}``) when given, and
+            ``snapshot_done`` and ``reset`` for a class subscribed with ``"snapshot": true``.
         exits: pass exits (op ``X``) to ``on_message`` too.
         **listener_options: passed to :class:`Listener` (``backoff``, ``max_retries``, ``token``...).
     """
@@ -105,7 +116,7 @@ class BroadcastListener:
                     await _call(on_close, event.code, event.reason)
                 elif isinstance(event, DocumentMessage) or (isinstance(event, Exit) and self.exits):
                     await _call(on_message, event.to_wire())
-                elif isinstance(event, ReplayDone | HistoryGone | Control):
+                elif isinstance(event, ReplayDone | HistoryGone | SnapshotDone | Reset | Control):
                     await _call(self.on_control, event.to_wire())
         except ListenerError as exc:
             if on_error is None:

@@ -154,6 +154,7 @@ export class Listener {
         }
       } else if (this.lastSeq[name] !== undefined) {
         request.after_seq = this.lastSeq[name];
+        delete request.from_seq; // the position asked first is behind us: resume after the last seq seen
       }
       message[name] = request;
     }
