@@ -406,3 +406,48 @@ async def test_client_module_drops_and_retries_a_connection_the_server_never_con
     retries = [reason for state, reason in states if state == "reconnecting"]
     assert len(retries) >= 2 and all(r == "no confirmation within 0.3 s" for r in retries), states
     assert upgrades >= 3
+
+
+async def test_client_module_asks_for_strict_checking_and_shows_the_servers_reason(
+        server: NativeServer, page: Any) -> None:
+    """Against a real server: a scope field or catalog name the class does not declare is refused at once
+    (state "refused", the server's reason in the detail, no retry); with `strict: false` it is accepted and
+    matches nothing, as with the original listener."""
+    await page.goto(f"http://127.0.0.1:{server.port}/client.js")  # an origin to import the module from
+    got = await page.evaluate("""async (url) => {
+        const { Listener } = await import("/client.js");
+        const settle = (subscriptions, options = {}) => new Promise((resolve) => {
+            const states = [];
+            const messages = [];
+            const listener = new Listener(url, subscriptions, { ...options,
+                backoff: { initial: 0.01, factor: 1, maxDelay: 0.01 },
+                onMessage: (msg) => { messages.push(msg); resolve({ states, messages, listener }); },
+                onState: (state, detail) => {
+                    states.push([state, detail.code ?? null, detail.reason ?? null]);
+                    if (state === "refused") setTimeout(() => resolve({ states, messages, listener }), 300);
+                    if (state === "open") window.opened = (window.opened || 0) + 1;
+                } }).start();
+        });
+        const out = {};
+        const scope = await settle({ Order: { data_scope: [{ fn: "regoin", op: "==", val: "EU" }] } });
+        out.scope = [scope.states, scope.listener.connections];
+        const catalog = await settle({ Order: { catalog: { amout: null } } });
+        out.catalog = [catalog.states, (await catalog.listener.handshake())._options];
+        const key = await settle({ Order: { id_only: true } });  // passed on by the original, refused strictly
+        out.key = key.states.at(-1);
+        window.opened = 0;
+        const lenient = settle({ Order: { catalog: { amout: null } } }, { strict: false });
+        for (let i = 0; i < 250 && !window.opened; i++) await new Promise((r) => setTimeout(r, 20));
+        await fetch("/publish", { method: "POST", headers: { "Content-Type": "application/json" },
+            body: JSON.stringify({ class: "Order", op: "I", doc: { _id: "O-1", order_id: "O-1", amount: 5 } }) });
+        const done = await lenient;
+        out.lenient = [done.messages.map((m) => m.message), (await done.listener.handshake())._options];
+        done.listener.close();
+        return out;
+    }""", server.url)
+    assert got["scope"] == [[["connecting", None, None],
+                             ["refused", 4420, "Order: data_scope[0]: Order has no field 'regoin'"]], 0]
+    assert got["catalog"] == [[["connecting", None, None], ["refused", 4421, "Order: Order has no field 'amout'"]],
+                              {"control": True, "strict": True}]
+    assert got["key"] == ["refused", 4400, "Order: unknown subscription keys ['id_only']"]
+    assert got["lenient"] == [[{"_id": "O-1"}], {"control": True}]

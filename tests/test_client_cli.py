@@ -4,6 +4,7 @@ on stdout, reconnection notices on stderr, the progress bar and the summary, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -185,3 +186,110 @@ def test_a_servers_close_reason_never_sends_control_characters_to_the_terminal()
     shown = printable("4400 \x1b[2J\x1b[31mgotcha\x07\nxia-broadcast: fake line")
     assert shown == "4400 \\x1b[2J\\x1b[31mgotcha\\x07\\nxia-broadcast: fake line"
     assert all(c.isprintable() for c in shown)
+
+
+# -- the first hour: typos, where it connects, a server never reached, Ctrl-C --------------------------------
+
+
+async def test_listen_refuses_a_typo_with_the_servers_reason_unless_no_strict(server: NativeServer,
+                                                                             run: Callable[..., Any]) -> None:
+    scope = await run("listen", server.url, "--class", "Order", "--scope",
+                      '[{"fn": "regoin", "op": "==", "val": "EU"}]')
+    assert await scope.wait() == 3
+    assert "refused by the server: 4420 Order: data_scope[0]: Order has no field 'regoin'" in scope.err[-1]
+    assert "--no-strict" in scope.err[-1] and not any("retrying" in line for line in scope.err)
+    catalog = await run("listen", server.url, "--class", "Order", "--catalog", '{"amout": null}')
+    assert await catalog.wait() == 3
+    assert "refused by the server: 4421 Order: Order has no field 'amout'" in catalog.err[-1]
+
+    lenient = await run("listen", server.url, "--class", "Order", "--catalog", '{"amout": null}', "--no-strict",
+                        "--count", "1")
+    await lenient.until(lambda: any(line.startswith("xia-broadcast: connected") for line in lenient.err),
+                        what="connected")
+    seq = server.service.publish_nowait("Order", "I", order(1))
+    assert await lenient.wait() == 0
+    assert [json.loads(line) for line in lenient.out] == [
+        {"doc_class": "Order", "op": "I", "seq": seq, "message": {"_id": "O-000001"}}]  # the name matched nothing
+
+
+async def test_listen_says_where_it_connects_and_gives_up_on_a_server_never_reached(
+        run: Callable[..., Any]) -> None:
+    url = f"ws://127.0.0.1:{free_port()}/ws"
+    p = await run("listen", url, "--class", "Order", "--max-delay", "0.05")
+    assert await p.wait() == 5
+    assert p.err[0] == f"xia-broadcast: connecting to {url}"
+    retries = p.err[1:-1]
+    assert len(retries) == 4, p.err  # five attempts by default: four retries, then it gives up
+    for n, line in enumerate(retries, 1):
+        assert line.startswith(f"xia-broadcast: cannot connect to {url}: connection refused (attempt {n} of 5); "
+                               "retrying in "), line
+        assert line.endswith(" s")
+    assert p.err[-1] == (f"xia-broadcast: gave up: {url} was never reached in 5 attempts (last: connection "
+                         "refused); is the server running at that address? (--connect-attempts sets how many "
+                         "attempts)")
+    assert p.out == []
+
+    two = await run("listen", url, "--class", "Order", "--max-delay", "0.05", "--connect-attempts", "2")
+    assert await two.wait() == 5 and len(two.err) == 3 and "never reached in 2 attempts" in two.err[-1]
+    bad = await run("listen", url, "--class", "Order", "--connect-attempts", "-1")
+    assert await bad.wait() == 2
+
+
+async def test_listen_once_connected_keeps_retrying_and_says_why(make_server: ServerFactory,
+                                                                 run: Callable[..., Any]) -> None:
+    port = free_port()
+    server = await make_server(port=port)
+    p = await run("listen", f"ws://127.0.0.1:{port}/ws", "--class", "Order", "--max-delay", "0.05")
+    await p.until(lambda: any(line.startswith("xia-broadcast: connected") for line in p.err), what="connected")
+    await server.shutdown()
+    # more failed attempts than --connect-attempts' 5: the server was reached once, it keeps trying
+    await p.until(lambda: sum("connection refused" in line for line in p.err) >= 7, what="seven refused attempts")
+    server = await make_server(port=port)
+    await p.until(lambda: sum(line.startswith("xia-broadcast: connected") for line in p.err) == 2,
+                  what="connected again")
+    seq = server.service.publish_nowait("Order", "I", order(1))
+    await p.until(lambda: any('"doc_class"' in line for line in p.out), what="a document on stdout")
+    lines = [json.loads(line) for line in p.out]
+    assert lines[0]["_control"] == "history_gone"  # a new server (memory journal): its history starts over
+    assert [m["seq"] for m in lines if "doc_class" in m] == [seq]
+    closed = [line for line in p.err if "closed by the server" in line]
+    assert len(closed) == 1 and closed[0].startswith(
+        "xia-broadcast: connection closed by the server with code 1001 (shutting down); reconnecting in "), p.err
+    refused = [line for line in p.err if "connection refused" in line]
+    assert all(f"cannot connect to ws://127.0.0.1:{port}/ws: connection refused (attempt " in line
+               and " of " not in line and "; reconnecting in " in line for line in refused), refused
+    assert p.proc.returncode is None  # still listening
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_listen_stops_at_once_with_exit_code_0_while_waiting_to_retry_or_connecting(
+        run: Callable[..., Any], sig: signal.Signals) -> None:
+    """Interrupted while it waits before retrying (nothing listening, long delays), and while an attempt is
+    under way on a host that accepts TCP connections and never answers: exit 0 within a second or two,
+    no traceback."""
+    retrying = await run("listen", f"ws://127.0.0.1:{free_port()}/ws", "--class", "Order",
+                         "--connect-attempts", "0", "--max-delay", "60")
+    await retrying.until(lambda: any("retrying in" in line for line in retrying.err), what="a retry")
+
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        with contextlib.suppress(Exception):
+            await reader.read()
+
+    tcp = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        connecting = await run("listen", f"ws://127.0.0.1:{tcp.sockets[0].getsockname()[1]}/ws", "--class", "Order")
+        await asyncio.wait_for(accepted.wait(), TIMEOUT)
+        await connecting.until(lambda: any("connecting to" in line for line in connecting.err), what="connecting")
+        for p in (retrying, connecting):
+            started = asyncio.get_running_loop().time()
+            p.proc.send_signal(sig)
+            assert await p.wait() == 0, p.err
+            assert asyncio.get_running_loop().time() - started < 3.0
+            assert not any("Traceback" in line for line in p.err), p.err
+            assert p.out == []
+    finally:
+        tcp.close()
+        await tcp.wait_closed()

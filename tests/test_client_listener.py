@@ -32,6 +32,7 @@ from xia_broadcast.client import (
     Reconnecting,
     Refused,
     ReplayDone,
+    Unreachable,
 )
 from xia_broadcast.client.backoff import Backoff
 from xia_broadcast.journal.redis import delete_prefix
@@ -448,3 +449,172 @@ async def test_a_message_that_is_not_of_the_protocol_is_skipped_and_the_stream_g
                     break
         await lst.close()
     assert got == ["good"] and lst.protocol_errors == 2
+
+
+# -- strict checking (the default) ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("request_", "code", "reason"), [
+    ({"Order": {"data_scope": [{"fn": "regoin", "op": "==", "val": "EU"}]}}, 4420,
+     "Order: data_scope[0]: Order has no field 'regoin'"),
+    ({"Order": {"catalog": {"order_id": None, "amout": None}}}, 4421, "Order: Order has no field 'amout'"),
+    ({"Order": {"data_scope": [{"fn": "region", "op": "==", "val": "EU", "neg": True}]}}, 4420,
+     "Order: data_scope[0]: unknown keys ['neg']"),
+])
+async def test_a_typo_is_refused_at_subscribe_time_with_the_servers_reason(
+        server: NativeServer, request_: dict[str, Any], code: int, reason: str) -> None:
+    lst = listener(server.url, request_)
+    events: list[Event] = []
+    with pytest.raises(Refused) as info:
+        async with asyncio.timeout(SCENARIO_TIMEOUT):
+            async for event in lst:
+                events.append(event)
+    assert (info.value.code, info.value.reason) == (code, reason)
+    assert str(info.value) == f"{code} {reason}"  # what a traceback or a log line shows
+    assert events == []  # refused before any confirmation, never retried
+
+
+async def test_without_strict_a_typo_is_accepted_and_matches_nothing_as_with_the_original(
+        server: NativeServer, collect: Callable[..., Collector]) -> None:
+    typo = collect(listener(server.url, {"Order": {"data_scope": [{"fn": "regoin", "op": "==", "val": "EU"}]},
+                                         "Customer": {}}, strict=False))
+    only_id = collect(listener(server.url, {"Order": {"catalog": {"amout": None}}}, strict=False))
+    await typo.until(lambda: bool(typo.of(Connected)), what="connected")
+    await only_id.until(lambda: bool(only_id.of(Connected)), what="connected")
+    server.service.publish_nowait("Order", "I", order(1))
+    server.service.publish_nowait("Customer", "I", {"_id": "C-1", "customer_id": "C-1", "name": "n"})  # a sentinel
+    await typo.until(lambda: bool(typo.of(DocumentMessage)), what="the sentinel")
+    await only_id.until(lambda: bool(only_id.of(DocumentMessage)), what="the order")
+    assert [m.doc_class for m in typo.of(DocumentMessage)] == ["Customer"]  # 'regoin' reads as None: no order
+    assert [m.message for m in only_id.of(DocumentMessage)] == [{"_id": "O-000001"}]
+
+
+async def test_strict_checking_accepts_everything_the_listener_sends_itself(
+        make_server: ServerFactory, make_proxy: Callable[..., Any], collect: Callable[..., Collector]) -> None:
+    """A snapshot class resumed with after_seq and epoch, a class resumed with after_seq, a start_seq, a
+    catalog naming a hidden field, show_hidden false: strictly checked on every connection, nothing is
+    refused."""
+    from xia_broadcast.client import SnapshotDone
+    from xia_broadcast.client.listener import _SUB_KEYS
+    from xia_broadcast.core.protocol import SUBSCRIPTION_KEYS
+
+    assert _SUB_KEYS <= SUBSCRIPTION_KEYS  # every key the listener takes is one strict checking accepts
+    server = await make_server()
+    proxy: TcpProxy = await make_proxy(server.port)
+    before = server.service.publish_nowait("Customer", "I", {"_id": "C-1", "customer_id": "C-1", "name": "a"})
+    c = collect(listener(proxy.url(), {
+        "Order": {"data_scope": EU, "catalog": {"order_id": None, "amount": True, "margin": False},
+                  "show_hidden": False, "snapshot": True},
+        "Customer": {"after_seq": before, "start_seq": "0", "catalog": {"name": None}},
+    }))
+    await c.until(lambda: bool(c.of(SnapshotDone)), what="the snapshot done")
+    server.service.publish_nowait("Order", "I", order(1))
+    await c.until(lambda: bool(c.of(DocumentMessage)), what="an order")
+    proxy.cut()
+    server.service.publish_nowait("Order", "I", order(2))
+    server.service.publish_nowait("Customer", "I", {"_id": "C-2", "customer_id": "C-2", "name": "b"})
+    await c.until(lambda: len(c.of(DocumentMessage)) == 3, what="what was published while away")
+    hello = await c.listener.handshake()
+    assert hello["_options"] == {"control": True, "strict": True}
+    assert set(hello["Order"]) == {"data_scope", "catalog", "show_hidden", "snapshot", "after_seq", "epoch"}
+    assert len(c.of(Connected)) == 2 and set(c.of(Connected)[1].resumed) == {"Order", "Customer"}
+    assert [(m.doc_class, m.id) for m in c.of(DocumentMessage)] == [
+        ("Order", "O-000001"), ("Order", "O-000002"), ("Customer", "C-2")]
+
+
+# -- a server never reached ----------------------------------------------------------------------------------
+
+
+async def test_a_server_never_reached_gives_up_after_connect_attempts() -> None:
+    url = f"ws://127.0.0.1:{free_port()}/ws"
+    lst = listener(url, {"Order": {}}, connect_attempts=3)
+    events: list[Event] = []
+    with pytest.raises(Unreachable) as info:
+        async with asyncio.timeout(SCENARIO_TIMEOUT):
+            async for event in lst:
+                events.append(event)
+    assert isinstance(info.value, GaveUp) and info.value.failures == 3  # a GaveUp, for code that catches those
+    assert info.value.reason == "cannot connect: connection refused"
+    assert str(info.value) == f"{url} was never reached in 3 attempts; last: cannot connect: connection refused"
+    assert [(e.failures, e.reached, e.reason) for e in events if isinstance(e, Reconnecting)] == [
+        (1, False, "cannot connect: connection refused"), (2, False, "cannot connect: connection refused")]
+    assert not lst.reached
+
+
+async def test_a_server_that_answers_is_reached_and_connect_attempts_does_not_apply() -> None:
+    """A server that answers the upgrade with 503: reached (only max_retries ends it), unlike a port with
+    nothing listening."""
+    answers = 0
+
+    async def busy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answers
+        await reader.readuntil(b"\r\n\r\n")
+        answers += 1
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    tcp = await asyncio.start_server(busy, "127.0.0.1", 0)
+    port = tcp.sockets[0].getsockname()[1]
+    lst = listener(f"ws://127.0.0.1:{port}/ws", {"Order": {}}, connect_attempts=2, max_retries=4)
+    events: list[Event] = []
+    try:
+        with pytest.raises(GaveUp) as info:
+            async with asyncio.timeout(SCENARIO_TIMEOUT):
+                async for event in lst:
+                    events.append(event)
+    finally:
+        tcp.close()
+        await tcp.wait_closed()
+    assert type(info.value) is GaveUp and info.value.failures == 5 and info.value.reason == "HTTP 503"
+    assert [e.reached for e in events if isinstance(e, Reconnecting)] == [True] * 4
+    assert answers == 5 and lst.reached
+
+
+async def test_once_connected_it_retries_past_connect_attempts(
+        make_server: ServerFactory, make_proxy: Callable[..., Any], collect: Callable[..., Collector]) -> None:
+    server = await make_server()
+    proxy: TcpProxy = await make_proxy(server.port)
+    c = collect(listener(proxy.url(), {"Order": {}}, connect_attempts=2))
+    await c.until(lambda: bool(c.of(Connected)), what="connected")
+    await proxy.stop()  # connections are refused from now on
+    await c.until(lambda: len(c.of(Reconnecting)) >= 5, what="five retries")
+    assert [e.reached for e in c.of(Reconnecting)][:5] == [True, False, False, False, False]
+    await proxy.start()
+    await c.until(lambda: len(c.of(Connected)) == 2, what="connected again")
+    seq = server.service.publish_nowait("Order", "I", order(1))
+    await c.until(lambda: bool(c.of(DocumentMessage)), what="a document")
+    assert c.of(DocumentMessage)[0].seq == seq and c.error is None
+
+
+async def test_close_while_a_connection_is_being_opened_returns_at_once() -> None:
+    """A host that accepts TCP connections and never answers the upgrade: close() does not wait for
+    open_timeout."""
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        with contextlib.suppress(Exception):
+            await reader.read()
+
+    tcp = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = tcp.sockets[0].getsockname()[1]
+    lst = listener(f"ws://127.0.0.1:{port}/ws", {"Order": {}}, open_timeout=30.0)
+    events: list[Event] = []
+
+    async def consume() -> None:
+        async for event in lst:
+            events.append(event)
+
+    task = asyncio.get_running_loop().create_task(consume())
+    try:
+        await asyncio.wait_for(accepted.wait(), RECV_TIMEOUT)
+        started = time.monotonic()
+        await lst.close()
+        await asyncio.wait_for(task, RECV_TIMEOUT)
+        assert time.monotonic() - started < 1.0
+    finally:
+        task.cancel()
+        tcp.close()
+        await tcp.wait_closed()
+    assert events == []

@@ -149,3 +149,30 @@ async def test_without_on_error_listen_raises(make_server: ServerFactory) -> Non
 
 def _public(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if k != "margin"}
+
+
+async def test_it_sends_no_strict_option_and_a_name_the_class_does_not_declare_is_accepted(
+        make_server: ServerFactory) -> None:
+    """The original listener never asked for strict checking: a catalog name the class does not declare is
+    accepted (the original server ignores it) and the documents come with `_id` alone, not a refusal."""
+    server = await make_server()
+    calls = Calls()
+    bl = BroadcastListener(server.url, None, {"Order": {"catalog": {"colour": None}}}, ping_interval=None,
+                           connect_kwargs={"proxy": None})
+    task = asyncio.get_running_loop().create_task(
+        bl.listen(calls.on_open, calls.on_message, calls.on_error, calls.on_close))
+    try:
+        await calls.until(lambda: calls.opened == 1, what="the first on_open")
+        server.service.publish_nowait("Order", "I", order(3))
+        await calls.until(lambda: len(calls.messages) == 1, what="one message")
+        assert bl.listener is not None
+        assert (await bl.listener.handshake())["_options"] == {"control": True}
+    finally:
+        await bl.close()
+        await asyncio.wait_for(task, RECV_TIMEOUT)
+    assert calls.messages[0]["message"] == {"_id": "O-000003"} and calls.errors == []
+    strict = BroadcastListener(server.url, None, {"Order": {"catalog": {"colour": None}}}, strict=True,
+                               ping_interval=None, connect_kwargs={"proxy": None})
+    with pytest.raises(Refused) as info:  # asked for: the server's reason
+        await asyncio.wait_for(strict.listen(), 20)
+    assert (info.value.code, info.value.reason) == (4421, "Order: Order has no field 'colour'")

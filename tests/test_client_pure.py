@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -63,11 +64,13 @@ async def test_the_handshake_asks_for_control_and_resumes_after_the_last_seq() -
         "Customer": {},
         "Item": {},  # start_seq is a filter the listener applies itself
         "_header": {"X-Extra": "1", "X-Api-Key": "k", "X-App-Name": "shop"},
-        "_options": {"control": True},
+        "_options": {"control": True, "strict": True},  # strict checking unless turned off
     }
     lst.last_seq.update({"Customer": "3-0", "Item": "8-0"})
     hello = await lst.handshake()
     assert hello["Customer"] == {"after_seq": "3-0"} and hello["Item"] == {"after_seq": "8-0"}
+    lenient = Listener("ws://127.0.0.1:1/ws", {"Order": {}}, strict=False)
+    assert (await lenient.handshake())["_options"] == {"control": True}
 
 
 async def test_a_token_source_is_called_for_every_handshake() -> None:
@@ -90,3 +93,9 @@ async def test_a_token_source_is_called_for_every_handshake() -> None:
 def test_bad_arguments_are_refused_at_construction(url: str, subs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         Listener(url, subs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("options", [{"strict": "yes"}, {"strict": None}, {"connect_attempts": 0}])
+def test_bad_options_are_refused_at_construction(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Listener("ws://127.0.0.1/ws", {"Order": {}}, **options)

@@ -88,6 +88,7 @@ const listener = new Listener<{ Order: Order; Customer: Customer }>("ws", {
   token: async () => "jwt",
   backoff: { initial: 1, maxDelay: 5 },
   openTimeout: 5,
+  strict: true,
   WebSocket: WebSocket,
   onMessage: (msg) => {
     if (msg.doc_class === "Order") {
@@ -144,6 +145,8 @@ const untyped = new Listener("wss://example.com/ws", subscriptions, {
   },
 });
 const minimal = new Listener("ws", { Order: { snapshot: true } });
+const lenient = new Listener("ws", { Order: { catalog: { not_declared: null } } }, { strict: false });
+const strictly = lenient.handshake().then((h) => { const asked: true | undefined = h._options.strict; return asked; });
 untyped.resubscribe({ Order: { data_scope: null } }, { afterSeq: "1-9" });
 listener.resubscribe({ Order: { snapshot: true } });
 const hello = untyped.handshake().then((h) => h._options.control && h._header?.["Authorization"]);

@@ -20,6 +20,7 @@ new Listener<{ Order: Order }>("ws", { Customer: {} }); // error TS2353
 new Listener<{ Order: Order }>("ws", {}, { onMessage: (msg) => msg.message.amount }); // error TS2339
 new Listener("ws", {}, { header: { "X-Retry": 3 } }); // error TS2322
 new Listener("ws", {}, { token: 42 }); // error TS2322
+new Listener("ws", {}, { strict: "yes" }); // error TS2322
 new Listener("ws", {}, { backoff: { max_delay: 5 } }); // error TS2561
 new Listener("ws", {}, { onState: (state) => state === "failed" }); // error TS2367
 new Collection<Order>("Order", { onChange: (kind) => kind === "added" }); // error TS2367

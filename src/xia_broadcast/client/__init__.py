@@ -1,13 +1,13 @@
 """Clients of an xia-broadcast server: an async :class:`Listener` that reconnects and resumes (optionally
 through snapshots, applied by a :class:`Collection`), the original listener's interface
-(:class:`BroadcastListener`), and an HTTP :class:`Publisher`.
+(:class:`BroadcastListener`), and HTTP publishers (:class:`Publisher`, blocking; :class:`AsyncPublisher`).
 
 See ``docs/client.md``.
 """
 
 from .backoff import Backoff
 from .collection import Collection
-from .listener import TERMINAL_CLOSE_CODES, GaveUp, Listener, ListenerError, Refused
+from .listener import TERMINAL_CLOSE_CODES, GaveUp, Listener, ListenerError, Refused, Unreachable
 from .messages import (
     Connected,
     Control,
@@ -23,10 +23,11 @@ from .messages import (
     parse_message,
 )
 from .original import BroadcastListener
-from .publisher import Publisher, PublishRefused
+from .publisher import AsyncPublisher, Publisher, PublishRefused
 
 __all__ = [
     "TERMINAL_CLOSE_CODES",
+    "AsyncPublisher",
     "Backoff",
     "BroadcastListener",
     "Collection",
@@ -47,5 +48,6 @@ __all__ = [
     "ReplayDone",
     "Reset",
     "SnapshotDone",
+    "Unreachable",
     "parse_message",
 ]

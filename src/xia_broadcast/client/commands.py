@@ -1,13 +1,17 @@
 """The ``listen`` and ``publish`` subcommands of ``xia-broadcast``.
 
 ``xia-broadcast listen URL --class Order [--scope JSON] [--catalog JSON] [--show-hidden] [--after SEQ]
-[--snapshot [--epoch E]] [--api-key K --app-name A | --token T] [--count N] [--max-retries N]`` prints one
-JSON line per message (document messages and control messages, as the server sends them) on stdout until
-interrupted; connection notices (connected, resumed, reconnecting) go to stderr. With ``--snapshot`` it
-first prints the current documents of the class (one ``I`` line each, as they stand at the snapshot's
-position), then the ``snapshot_done`` line, then the changes. Exit codes: 0 interrupted (SIGINT/SIGTERM),
-``--count`` messages printed, or stdout closed by its reader; 2 bad arguments; 3 refused by the server
-(close code and reason on stderr); 4 gave up after ``--max-retries`` consecutive failed attempts.
+[--snapshot [--epoch E]] [--api-key K --app-name A | --token T] [--count N] [--max-retries N]
+[--connect-attempts N] [--no-strict]`` prints one JSON line per message (document messages and control
+messages, as the server sends them) on stdout until interrupted; connection notices (connecting, connected,
+resumed, each retry with its reason and delay) go to stderr. The subscription is checked strictly by the
+server unless ``--no-strict``: a scope field or catalog name the class does not declare is refused (exit 3,
+the server's reason naming it). With ``--snapshot`` it first prints the current documents of the class (one
+``I`` line each, as they stand at the snapshot's position), then the ``snapshot_done`` line, then the
+changes. Exit codes: 0 interrupted (SIGINT/SIGTERM), ``--count`` messages printed, or stdout closed by its
+reader; 2 bad arguments; 3 refused by the server (close code and reason on stderr); 4 gave up after
+``--max-retries`` consecutive failed attempts; 5 the server was never reached in ``--connect-attempts``
+attempts (default 5).
 
 ``xia-broadcast publish URL --class Order --op I --doc JSON [--previous JSON] [--key K]`` publishes one
 change and prints its seq; ``--file changes.jsonl`` publishes one change object per line
@@ -33,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .backoff import Backoff
-from .listener import GaveUp, Listener, Refused
+from .listener import ABNORMAL_CLOSURE, GaveUp, Listener, Refused, Unreachable
 from .messages import Connected, DocumentMessage, Exit, Reconnecting, Reset, SnapshotDone
 from .publisher import Publisher, PublishRefused
 
@@ -42,6 +46,9 @@ EXIT_REFUSED_CHANGES = 1
 EXIT_USAGE = 2
 EXIT_SERVER = 3
 EXIT_GAVE_UP = 4
+EXIT_UNREACHABLE = 5
+#: attempts ``listen`` makes to reach a server it has never reached before it gives up (exit 5)
+CONNECT_ATTEMPTS = 5
 
 
 def _json_arg(text: str) -> Any:
@@ -56,7 +63,8 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("listen", help="print the changes of a class as JSON lines, reconnecting and resuming",
                        description="Subscribe to a class and print one JSON line per message until interrupted.",
                        epilog="exit codes: 0 interrupted, --count reached or stdout closed; 2 bad arguments; "
-                              "3 refused by the server; 4 gave up after --max-retries")
+                              "3 refused by the server; 4 gave up after --max-retries; 5 the server was never "
+                              "reached in --connect-attempts attempts")
     p.add_argument("url", help="the server's WebSocket URL, e.g. ws://127.0.0.1:8765/ws")
     p.add_argument("--class", dest="cls", required=True, help="document class to subscribe to")
     p.add_argument("--scope", type=_json_arg, help='data scope, e.g. \'[{"fn": "region", "op": "==", "val": "EU"}]\'')
@@ -74,6 +82,14 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--count", type=int, metavar="N", help="exit after N document messages")
     p.add_argument("--max-retries", type=int, metavar="N",
                    help="give up (exit 4) after N consecutive failed attempts (default: retry forever)")
+    p.add_argument("--connect-attempts", type=int, default=CONNECT_ATTEMPTS, metavar="N",
+                   help="give up (exit 5) when the first N attempts all fail to reach the server (nothing "
+                        f"listening, an unknown host; default {CONNECT_ATTEMPTS}; 0: keep trying); once the "
+                        "server has been reached, only --max-retries limits the retries")
+    p.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
+                   help="ask the server to refuse a scope field, catalog name or subscription key the class "
+                        "does not declare (default: on); --no-strict sends the subscription as the original "
+                        "listener would (such a name then matches nothing)")
     p.add_argument("--max-delay", type=float, default=30.0, metavar="SECONDS",
                    help="longest wait between two attempts (default 30)")
     p.set_defaults(run=run_listen)
@@ -127,15 +143,22 @@ def run_listen(args: argparse.Namespace) -> int:
             _say("--epoch goes with --snapshot --after SEQ")
             return EXIT_USAGE
         sub["epoch"] = args.epoch
+    if args.connect_attempts < 0:
+        _say("--connect-attempts must be 0 (keep trying) or more")
+        return EXIT_USAGE
     try:
         listener = Listener(args.url, {args.cls: sub}, api_key=args.api_key, app_name=args.app_name,
                             token=args.token, max_retries=args.max_retries,
-                            backoff=Backoff(max_delay=args.max_delay), snapshot=args.snapshot)
+                            backoff=Backoff(max_delay=args.max_delay), snapshot=args.snapshot,
+                            strict=args.strict, connect_attempts=args.connect_attempts or None)
     except ValueError as exc:
         _say(str(exc))
         return EXIT_USAGE
     snapshot = args.snapshot and not args.after  # with --after the reader holds the documents already
-    return asyncio.run(_listen(listener, args.count, sys.stdout, snapshot=snapshot))
+    try:
+        return asyncio.run(_listen(listener, args.count, sys.stdout, snapshot=snapshot))
+    except KeyboardInterrupt:  # a SIGINT before _listen took the signals over, or after it gave them back
+        return EXIT_OK
 
 
 async def _listen(listener: Listener, count: int | None, out: TextIO, *, snapshot: bool = False) -> int:
@@ -143,9 +166,25 @@ async def _listen(listener: Listener, count: int | None, out: TextIO, *, snapsho
     changes made while it is read) are held and printed as they stand at ``snapshot_done``, one ``I`` line
     per document, so that the reader sees the current documents, then the changes."""
     loop = asyncio.get_running_loop()
+    interrupts = 0
+    closing: list[asyncio.Task[None]] = []  # a reference to the close task, held while it runs
+
+    def interrupt() -> None:
+        """The first SIGINT/SIGTERM closes the listener (the iteration ends, exit 0); a second one exits at
+        once, should the close wait on a server that does not answer (every line printed is flushed)."""
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            closing.append(loop.create_task(listener.close()))
+        else:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os._exit(EXIT_OK)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: loop.create_task(listener.close()))
+        loop.add_signal_handler(sig, interrupt)
     printed = 0
+    connected = False  # some connection was confirmed: a retry is a reconnection
     #: the documents of the snapshot under way (by _id), while ``snapshot`` is true
     held: dict[Any, DocumentMessage] = {}
 
@@ -160,13 +199,15 @@ async def _listen(listener: Listener, count: int | None, out: TextIO, *, snapsho
         return False
 
     try:
+        _say(f"connecting to {listener.url}")
         async for event in listener:
             if isinstance(event, Connected):
+                connected = True
                 resumed = ", ".join(f"{c} after {s}" for c, s in event.resumed.items())
                 _say(f"connected to {listener.url}" + (f" (resuming {resumed})" if resumed else ""))
             elif isinstance(event, Reconnecting):
-                _say(f"connection lost ({event.code}{' ' + printable(event.reason) if event.reason else ''}); "
-                     f"reconnecting in {event.delay:.1f} s")
+                _say(f"{_retry_reason(listener, event)}; {'reconnecting' if connected else 'retrying'} in "
+                     f"{event.delay:.1f} s")
             elif snapshot and isinstance(event, DocumentMessage | Exit):
                 if isinstance(event, DocumentMessage) and event.op != "D":
                     held[event.id] = event
@@ -187,18 +228,48 @@ async def _listen(listener: Listener, count: int | None, out: TextIO, *, snapsho
                 if show(event.to_wire(), isinstance(event, DocumentMessage | Exit)):
                     break
     except Refused as exc:
-        _say(f"refused by the server: {exc.code} {printable(exc.reason)}")
+        hint = ""
+        if listener.strict and "has no field" in exc.reason:
+            hint = " (strict checking, the default: --no-strict lets names the class does not declare through)"
+        _say(f"refused by the server: {exc.code} {printable(exc.reason)}{hint}")
         return EXIT_SERVER
+    except Unreachable as exc:
+        _say(f"gave up: {listener.url} was never reached in {exc.failures} attempts (last: "
+             f"{printable(_connect_reason(exc.reason))}); is the server running at that address? "
+             "(--connect-attempts sets how many attempts)")
+        return EXIT_UNREACHABLE
     except GaveUp as exc:
-        _say(str(exc))
+        _say(printable(str(exc)))
         return EXIT_GAVE_UP
     except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
         return EXIT_OK
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
         with contextlib.suppress(Exception):
-            await listener.close()
+            await asyncio.wait_for(listener.close(), 2.0)
     return EXIT_OK
+
+
+def _connect_reason(reason: str) -> str:
+    return reason.removeprefix("cannot connect: ")
+
+
+def _retry_reason(listener: Listener, event: Reconnecting) -> str:
+    """Why ``listen`` retries, in words: the server not reached (and how many attempts are left), a
+    connection lost, or closed by the server with a code and reason."""
+    if not event.reached:
+        attempt = f"attempt {event.failures}"
+        if not listener.reached and listener.connect_attempts is not None:
+            attempt += f" of {listener.connect_attempts}"
+        return f"cannot connect to {listener.url}: {printable(_connect_reason(event.reason))} ({attempt})"
+    if event.code == ABNORMAL_CLOSURE:  # no close frame
+        if event.reason == "connection lost":
+            return "connection lost"
+        return f"connection lost: {printable(event.reason)}"
+    return f"connection closed by the server with code {event.code}" + (
+        f" ({printable(event.reason)})" if event.reason else "")
 
 
 # -- publish ------------------------------------------------------------------------------------------------

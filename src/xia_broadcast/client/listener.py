@@ -18,7 +18,10 @@ or, when the server no longer holds that position, is sent :class:`Reset` and a 
 these events.
 
 The listener sends the original handshake (``{class: {data_scope, catalog, show_hidden}, "_header": {...}}``)
-with ``"_options": {"control": true}``, so that it receives ``replay_done``, ``history_gone`` and exits. It
+with ``"_options": {"control": true, "strict": true}``, so that it receives ``replay_done``, ``history_gone``
+and exits, and so that a scope field or catalog name the class does not declare (a typo) is refused at once
+(4420, 4421: :class:`Refused` with the server's reason) rather than matching nothing (``strict=False``: the
+original's leniency). It
 keeps the last seq of every class (the ``after_seq`` asked, else the confirmation's ``head_seq``, until a
 message arrives), and after a drop reconnects with :class:`~xia_broadcast.client.backoff.Backoff` and asks
 for ``after_seq`` that seq: the server replays what was missed through the same scope, catalog and ACL, then
@@ -28,7 +31,9 @@ never yielded twice (the documents of a snapshot, before ``snapshot_done``, are 
 Close codes that mean "this request will never be accepted as it is" (bad handshake, authentication,
 permission, unknown class, invalid scope or catalog, too many subscriptions, message too big, snapshot
 refused because the class's document store passed its bounds) and HTTP refusals of the upgrade (4xx but 408
-and 429) end the iteration with :class:`Refused` instead of retrying.
+and 429) end the iteration with :class:`Refused` instead of retrying. ``max_retries`` bounds the consecutive
+failed attempts (:class:`GaveUp`); ``connect_attempts`` bounds the attempts made while the server has never
+been reached (:class:`Unreachable`: nothing listening there, a host name that does not resolve).
 
 Memory: one ``websockets`` client connection (its receive queue holds at most ``max_queue`` messages of at
 most ``max_size`` bytes each: 4 of 16 MiB by default) and one seq string per class (and an epoch per snapshot
@@ -40,8 +45,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import inspect
 import logging
+import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any
@@ -120,13 +127,29 @@ class GaveUp(ListenerError):
         self.failures = failures
 
 
-class _Drop(XiaBroadcastError):
-    """Internal: the current connection ended (or could not be made) with ``code`` and ``reason``."""
+class Unreachable(GaveUp):
+    """The server was never reached: ``connect_attempts`` attempts in a row, and none before them, got an
+    answer from it (nothing listening at that address, a host name that does not resolve, no HTTP answer
+    within ``open_timeout``); ``reason`` says why the last one failed (e.g. ``cannot connect: connection
+    refused``)."""
 
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, url: str, reason: str, failures: int) -> None:
+        ListenerError.__init__(self, f"{url} was never reached in {failures} attempts; last: {reason}")
+        self.url = url
+        self.code = ABNORMAL_CLOSURE
+        self.reason = reason
+        self.failures = failures
+
+
+class _Drop(XiaBroadcastError):
+    """Internal: the current connection ended (or could not be made) with ``code`` and ``reason``;
+    ``reached`` is false when the attempt did not reach the server at all."""
+
+    def __init__(self, code: int, reason: str, reached: bool = True) -> None:
         super().__init__(code, reason)
         self.code = code
         self.reason = reason
+        self.reached = reached
 
 
 class Listener:
@@ -150,6 +173,12 @@ class Listener:
         header: any other ``_header`` entries (sent as given; the three above override them).
         backoff: reconnection delays (default: 0.5 s doubling up to 30 s, full jitter).
         max_retries: consecutive failed attempts allowed before :class:`GaveUp` (None: retry forever).
+        connect_attempts: attempts made while the server has never been reached (no attempt got an answer
+            from it: nothing listening, a host name that does not resolve) before :class:`Unreachable`; once
+            one has, only ``max_retries`` applies (None: no such limit).
+        strict: ask the server for strict checking (``_options.strict``): a scope field, catalog name or
+            subscription key the class does not declare is refused (4400, 4420, 4421: :class:`Refused`, with
+            the server's reason naming it) instead of matching nothing. False: the original's leniency.
         open_timeout: seconds allowed for the TCP and WebSocket opening and for the server's confirmation.
         ping_interval, ping_timeout: client keepalive in seconds (None disables pings).
         max_size: largest message accepted from the server, in bytes.
@@ -172,7 +201,8 @@ class Listener:
                  max_retries: int | None = None, open_timeout: float = 10.0,
                  ping_interval: float | None = 20.0, ping_timeout: float | None = 20.0,
                  max_size: int = 16 * 1024 * 1024, max_queue: int = 4,
-                 connect_kwargs: Mapping[str, Any] | None = None, snapshot: bool = False) -> None:
+                 connect_kwargs: Mapping[str, Any] | None = None, snapshot: bool = False,
+                 strict: bool = True, connect_attempts: int | None = None) -> None:
         try:
             parse_uri(url)
         except InvalidURI as exc:
@@ -182,6 +212,14 @@ class Listener:
         self.url = url
         if not isinstance(snapshot, bool):
             raise ValueError(f"snapshot must be true or false, not {snapshot!r}")
+        if not isinstance(strict, bool):
+            raise ValueError(f"strict must be true or false, not {strict!r}")
+        if connect_attempts is not None and connect_attempts < 1:
+            raise ValueError(f"connect_attempts must be at least 1 (None: no limit), not {connect_attempts!r}")
+        self.strict = strict
+        self.connect_attempts = connect_attempts
+        #: whether some attempt reached the server (it answered the upgrade, or refused it)
+        self.reached = False
         self.last_seq: dict[str, str] = {}
         self.epochs: dict[str, str] = {}
         self._start_seq: dict[str, str] = {}
@@ -262,7 +300,7 @@ class Listener:
     async def handshake(self) -> dict[str, Any]:
         """The first message of the next connection: the subscriptions, each with ``after_seq`` its last
         seq when one is known (a snapshot class: ``snapshot`` true, and its ``epoch`` with ``after_seq``),
-        the credentials in ``_header`` and ``_options.control``."""
+        the credentials in ``_header`` and ``_options`` (``control``, and ``strict`` unless turned off)."""
         message: dict[str, Any] = {}
         for name, sub in self._subs.items():
             request = dict(sub)
@@ -281,7 +319,7 @@ class Listener:
             header["Authorization"] = f"Bearer {await self._fresh_token()}"
         if header:
             message["_header"] = header
-        message["_options"] = {"control": True}
+        message["_options"] = {"control": True, "strict": True} if self.strict else {"control": True}
         return message
 
     # -- the loop -----------------------------------------------------------------------------------------
@@ -306,11 +344,16 @@ class Listener:
                     if drop.code in TERMINAL_CLOSE_CODES:
                         raise Refused(drop.code, drop.reason) from None
                     failures += 1
+                    if drop.reached:
+                        self.reached = True
+                    elif not self.reached and self.connect_attempts is not None \
+                            and failures >= self.connect_attempts:
+                        raise Unreachable(self.url, drop.reason, failures) from None
                     if self.max_retries is not None and failures > self.max_retries:
                         raise GaveUp(drop.code, drop.reason, failures) from None
                     delay = self.backoff.delay(failures)
                     log.info("reconnecting", extra={"code": drop.code, "reason": drop.reason, "delay": delay})
-                    yield Reconnecting(drop.code, drop.reason, delay, failures)
+                    yield Reconnecting(drop.code, drop.reason, delay, failures, drop.reached)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._closing.wait(), delay)
         finally:
@@ -321,6 +364,9 @@ class Listener:
         ends for any reason but :meth:`close`."""
         handshake = await self.handshake()
         ws = await self._open()
+        if ws is None:  # close() was called while connecting
+            return
+        self.reached = True
         self._ws = ws
         try:
             if self._closing.is_set():  # close() was called while connecting
@@ -408,9 +454,28 @@ class Listener:
             self._ws = None
             await ws.close()
 
-    async def _open(self) -> ClientConnection:
-        try:
+    async def _open(self) -> ClientConnection | None:
+        """The WebSocket opened, or None when :meth:`close` was called meanwhile (an attempt under way is
+        abandoned: a close never waits for ``open_timeout``)."""
+
+        async def attempt() -> ClientConnection:
             return await connect(self.url, open_timeout=self.open_timeout, **self._connect_kwargs)
+
+        opening = asyncio.ensure_future(attempt())
+        opening.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: never "unretrieved"
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait((opening, closing), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            if not opening.done():
+                opening.cancel()
+        if not opening.done():  # close() won: let the abandoned attempt clean up its socket
+            await asyncio.wait((opening,))
+        if opening.cancelled():
+            return None
+        try:
+            ws = opening.result()
         except InvalidStatus as exc:
             status = exc.response.status_code
             reason = exc.response.body.decode(errors="replace")[:200] if exc.response.body else ""
@@ -418,7 +483,11 @@ class Listener:
                 raise Refused(status, f"HTTP {status} {reason}".strip()) from None
             raise _Drop(ABNORMAL_CLOSURE, f"HTTP {status}") from None
         except (OSError, TimeoutError, InvalidHandshake) as exc:
-            raise _Drop(ABNORMAL_CLOSURE, f"cannot connect: {exc or type(exc).__name__}") from None
+            raise _Drop(ABNORMAL_CLOSURE, f"cannot connect: {_why(exc, self.open_timeout)}", reached=False) from None
+        if self._closing.is_set():
+            await ws.close()
+            return None
+        return ws
 
     async def _confirmation(self, ws: ClientConnection) -> dict[str, Any]:
         try:
@@ -443,6 +512,21 @@ class Listener:
         if inspect.isawaitable(value):
             value = await value
         return str(value)
+
+
+def _why(exc: BaseException, timeout: float) -> str:
+    """Why a connection could not be made, in words: ``connection refused``, ``timed out after 10 s``..."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror or exc})"
+    text = str(exc) or type(exc).__name__
+    # asyncio reports one error per address tried ("Multiple exceptions: [Errno 111] ..., [Errno 111] ...")
+    refused = f"[Errno {errno.ECONNREFUSED}]"
+    if isinstance(exc, ConnectionRefusedError) or (text.startswith("Multiple exceptions:")
+                                                   and text.count("[Errno ") == text.count(refused)):
+        return "connection refused"
+    return text
 
 
 def _dropped(exc: ConnectionClosed) -> _Drop:

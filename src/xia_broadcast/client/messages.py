@@ -148,17 +148,21 @@ class Reconnecting:
     """The connection dropped (or could not be made) and the listener will try again in ``delay`` seconds.
 
     ``code`` and ``reason`` are the close frame's (1006 and a description when there was none);
-    ``failures`` counts consecutive failed attempts, from 1.
+    ``failures`` counts consecutive failed attempts, from 1. ``reached`` is false when this attempt did not
+    reach the server at all (nothing listening, a host name that does not resolve, no HTTP answer within
+    ``open_timeout``), true when the server answered (and then refused the upgrade, closed, or the
+    connection dropped).
     """
 
     code: int
     reason: str
     delay: float
     failures: int
+    reached: bool = True
 
     def to_wire(self) -> dict[str, Any]:
         return {"_event": "reconnecting", "code": self.code, "reason": self.reason,
-                "delay": round(self.delay, 3), "failures": self.failures}
+                "delay": round(self.delay, 3), "failures": self.failures, "reached": self.reached}
 
 
 #: what a server message parses to

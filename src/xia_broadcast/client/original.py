@@ -79,7 +79,10 @@ class BroadcastListener:
         on_control: receives ``replay_done`` and ``history_gone`` (``{"_control": ...}``) when given, and
             ``snapshot_done`` and ``reset`` for a class subscribed with ``"snapshot": true``.
         exits: pass exits (op ``X``) to ``on_message`` too.
-        **listener_options: passed to :class:`Listener` (``backoff``, ``max_retries``, ``token``...).
+        **listener_options: passed to :class:`Listener` (``backoff``, ``max_retries``, ``token``...). Unlike
+            :class:`Listener`, it does not ask for strict checking unless given ``strict=True``: like the
+            original, a scope field or catalog name the class does not declare is accepted (it matches
+            nothing).
     """
 
     def __init__(self, uri: str, header: Mapping[str, Any] | None, channel_config: Mapping[str, Any], *,
@@ -92,7 +95,8 @@ class BroadcastListener:
         self.on_open, self.on_message, self.on_close, self.on_error = on_open, on_message, on_close, on_error
         self.on_control = on_control
         self.exits = exits
-        self.listener_options = listener_options
+        # the original's leniency: what the original listener sent is accepted as it was
+        self.listener_options = {"strict": False, **listener_options}
         self.listener: Listener | None = None
 
     async def listen(self, on_open: Callback | None = None, on_message: Callback | None = None,

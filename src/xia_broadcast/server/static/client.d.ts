@@ -108,12 +108,19 @@ export type Subscription = LiveSubscription | SnapshotSubscription;
 /** Subscriptions by class name; `null` or `{}` subscribes to every document of the class. */
 export type Subscriptions<Name extends string = string> = { [C in Name]?: Subscription | null };
 
+/** The `_options` of a handshake: control messages always; strict checking unless turned off. */
+export interface HandshakeOptions {
+  control: true;
+  strict?: true;
+}
+
 /** The first message of a connection, as `Listener.handshake()` builds it (docs/protocol.md, section 1). */
 export interface Handshake {
   /** `_header` entries: `X-App-Name`, `X-Api-Key`, `Authorization: Bearer <token>`... */
   _header?: Record<string, string>;
-  _options: { control: true };
-  [className: string]: LiveSubscription | SnapshotSubscription | Record<string, string> | { control: true } | undefined;
+  /** `strict` unless the Listener's option `strict` is false. */
+  _options: HandshakeOptions;
+  [className: string]: LiveSubscription | SnapshotSubscription | Record<string, string> | HandshakeOptions | undefined;
 }
 
 /** The server's confirmation of one class's subscription: what was asked, plus what the server decided. */
@@ -318,6 +325,7 @@ export interface OpenDetail {
 /** The detail of `refused`: a final refusal (a close code of TERMINAL_CLOSE_CODES), the Listener stopped. */
 export interface RefusedDetail {
   code: number;
+  /** The server's reason, e.g. `Order: data_scope[0]: Order has no field 'regoin'` (4420, strict checking). */
   reason: string;
   delay?: undefined;
   failures?: undefined;
@@ -391,6 +399,12 @@ export interface ListenerOptions<Classes extends ClassMap = Record<string, AnyDo
   onState?: (state: Exclude<ListenerState, "idle">, detail: StateDetail) => void;
   /** Seconds from opening a connection to the server's confirmation (default 10): past it, dropped and retried. */
   openTimeout?: number;
+  /**
+   * Ask the server for strict checking (default true): a scope field, catalog name or subscription key the class
+   * does not declare is refused (4400, 4420, 4421: state `refused`, the server's reason in the detail) instead of
+   * matching nothing. False: the original listener's leniency.
+   */
+  strict?: boolean;
   /** The WebSocket class to use (default: the global one). */
   WebSocket?: WebSocketConstructor;
 }

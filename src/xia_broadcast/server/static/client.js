@@ -9,8 +9,10 @@
  *     onState: (state, detail) => console.log(state, detail),
  *   }).start();
  *
- * The Listener sends the handshake of docs/protocol.md with `_options: {control: true}` (so it receives
- * exits, `replay_done` and `history_gone`), keeps the last seq of every class (the `after_seq` asked, else
+ * The Listener sends the handshake of docs/protocol.md with `_options: {control: true, strict: true}` (so it
+ * receives exits, `replay_done` and `history_gone`, and a scope field or catalog name the class does not
+ * declare is refused at once, state "refused" with the server's reason, rather than matching nothing; option
+ * `strict: false` sends `{control: true}` only, the original's leniency), keeps the last seq of every class (the `after_seq` asked, else
  * the confirmation's `head_seq`, until a message arrives), and after any drop reconnects with exponential
  * backoff and full jitter, resuming with `after_seq`: nothing is lost or repeated. A `start_seq` in a
  * subscription keeps its original meaning, a filter (messages before it are not delivered): the Listener
@@ -83,6 +85,10 @@ export function webSocketUrl(url) {
  *               refused, {confirmation, resumed} when open
  *   openTimeout seconds from opening a connection to the server's confirmation (default 10); past it the
  *               connection is dropped and retried
+ *   strict      ask the server for strict checking (default true): a scope field, catalog name or
+ *               subscription key the class does not declare is refused (4400, 4420, 4421: state "refused",
+ *               detail {code, reason} with the server's reason, e.g. "Order: Order has no field 'amout'");
+ *               false: such a name is accepted and matches nothing, as with the original listener
  *   WebSocket   the WebSocket class to use (default: the global one)
  */
 export class Listener {
@@ -161,7 +167,7 @@ export class Listener {
     const header = { ...(this.options.header || {}) };
     if (this.options.token) header.Authorization = `Bearer ${await this._token()}`;
     if (Object.keys(header).length) message._header = header;
-    message._options = { control: true };
+    message._options = this.options.strict === false ? { control: true } : { control: true, strict: true };
     return message;
   }
 
