@@ -323,7 +323,19 @@ async def test_1011_is_not_sent_for_ordinary_bad_input(
 async def test_4404_names_the_classes_served_to_a_client_of_this_protocol_only(make_server: Any) -> None:
     server = await make_server()
     url = f"ws://127.0.0.1:{server.port}/ws"
-    code, reason, _ = await refused(url, json.dumps({"Ordr": {}, "_options": {"strict": True}}))
+    code, reason, _ = await refused(url, json.dumps({"Ordr": {}, "_options": {"control": True}}))
     assert (code, reason) == (4404, "Class requested Not Found; this server serves: Customer, Order")
+    code, reason, _ = await refused(url, json.dumps({"Ordr": {}, "_options": {"strict": True}}))
+    assert (code, reason) == (4404, "Class requested Not Found: Ordr; this server serves: Customer, Order")
     code, reason, _ = await refused(url, json.dumps({"Ordr": {}}))  # an original client: the original's words
     assert (code, reason) == (4404, "Class requested Not Found")
+
+
+async def test_a_strict_client_naming_an_unknown_class_beside_a_known_one_is_refused(make_server: Any) -> None:
+    server = await make_server()
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    code, reason, _ = await refused(url, json.dumps({"Order": {}, "Ordr": {}, "_options": {"strict": True}}))
+    assert (code, reason) == (4404, "Class requested Not Found: Ordr; this server serves: Customer, Order")
+    ws, confirmation = await subscribe(url, {"Order": {}, "Ordr": {}})  # not strict: skipped, as the original
+    async with ws:
+        assert list(confirmation) == ["Order"]

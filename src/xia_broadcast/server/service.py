@@ -149,6 +149,11 @@ class Service(Generic[W]):
         except AuthError as exc:
             raise Refusal(CLOSE_AUTH_FAILED, str(exc)) from exc
         known = [c for c in handshake.requests if self.class_known(c)]
+        unknown = [c for c in handshake.requests if c not in known]
+        if unknown and handshake.strict:  # a typo in a class name fails loudly, not by silence
+            served = ", ".join(sorted(self.hub.schemas)) or "none declared"
+            raise Refusal(CLOSE_NO_CLASS, f"Class requested Not Found: {', '.join(unknown)[:40]}; "
+                                          f"this server serves: {served}")
         if not known:
             if not handshake.options:  # an original client: the original's reason, exactly
                 raise Refusal(CLOSE_NO_CLASS, "Class requested Not Found")
