@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +249,14 @@ def test_classes_must_be_a_mapping(source: Any, tmp_path: Path) -> None:
     path.write_text(json.dumps(source), encoding="utf-8")
     with pytest.raises(SchemaError, match="mapping"):
         load_schemas(path)
+
+
+def test_a_missing_id_names_the_class_key_that_usually_gives_it() -> None:
+    s = DocSchema.from_dict({"key": ["order_id"], "fields": {"order_id": "str"}}, "Order")
+    with pytest.raises(DocumentError, match=re.escape("this class's key is order_id: e.g. \"_id\": \"A-1\"")):
+        s.validate({"order_id": "A-1"})
+    with pytest.raises(DocumentError, match=re.escape("_id\": \"...\"")):  # no key value to show either
+        s.validate({})
+    with pytest.raises(DocumentError) as plain:  # an _id of the wrong kind: no hint needed
+        s.validate({"_id": 1.5, "order_id": "A-1"})
+    assert "key is" not in str(plain.value)

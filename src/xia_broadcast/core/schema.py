@@ -117,7 +117,13 @@ class DocSchema:
         if not self.embedded and path == "":
             _id = data.get("_id")
             if not isinstance(_id, (str, int)) or isinstance(_id, bool) or _id == "":
-                raise DocumentError(f"{where}: '_id' must be a non-empty string or an integer")
+                hint = ""
+                if "_id" not in data and self.key_fields:  # say where an _id usually comes from
+                    values = [data.get(k) for k in self.key_fields]
+                    example = "/".join(str(v) for v in values) if all(v is not None for v in values) else "..."
+                    hint = (f" (every document carries its own '_id'; this class's key is "
+                            f"{', '.join(self.key_fields)}: e.g. \"_id\": \"{example}\")")
+                raise DocumentError(f"{where}: '_id' must be a non-empty string or an integer{hint}")
         for k, v in data.items():
             if k == "_id":
                 continue
