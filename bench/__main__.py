@@ -23,7 +23,8 @@ Steps (each on a fresh server; server pinned to CPU 0, load generator to CPU 1):
 6. replay rate: 100,000 retained changes replayed into one subscriber (xia-broadcast only).
 
 Every step checks loss (every subscriber got every document it should) and order (seqs increase per
-connection) and reports both. Writes ``bench/results/bench-<time>.json`` and ``docs/benchmarks.md``.
+connection) and reports both. Writes ``bench/results/bench-<time>.json`` and ``docs/benchmarks.md`` (keeping
+its "Snapshots" section, whose figures come from ``python -m bench.snapshot``).
 ``--quick`` runs small sizes (a smoke test, about two minutes; it does not write docs/benchmarks.md).
 ``--headline-only`` runs steps 1 and 2 at N=1000 only (the load generator's capacity, both references, every
 V): the comparison of one build against another, about three minutes; it writes the JSON result, not the docs.
@@ -280,8 +281,30 @@ def main() -> None:
     print(text)
     print(f"full results: {out.relative_to(ROOT)}")
     if not quick:
-        (ROOT / "docs" / "benchmarks.md").write_text(text)
+        docs = ROOT / "docs" / "benchmarks.md"
+        docs.write_text(keep_sections(docs.read_text() if docs.exists() else "", text))
         print("wrote docs/benchmarks.md")
+
+
+KEPT_SECTIONS = ("## Snapshots",)
+"""Sections of docs/benchmarks.md written from other benchmarks' runs (``bench.snapshot``): kept when this one
+rewrites the page."""
+
+
+def keep_sections(old: str, new: str) -> str:
+    """``new`` with the :data:`KEPT_SECTIONS` of ``old`` (each up to the next ``## `` heading) put back before
+    ``## Cluster mode`` (or at the end)."""
+    kept = []
+    for heading in KEPT_SECTIONS:
+        at = old.find(f"\n{heading}\n")
+        if at >= 0:
+            end = old.find("\n## ", at + 1)
+            kept.append(old[at + 1:end + 1 if end >= 0 else len(old)].rstrip("\n") + "\n\n")
+    if not kept:
+        return new
+    at = new.find("\n## Cluster mode\n")
+    at = at + 1 if at >= 0 else len(new)
+    return new[:at] + "".join(kept) + new[at:]
 
 
 #: the keys of a throughput row that ``--headline-only`` prints (with every ``ratio_*``)

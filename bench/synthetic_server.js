@@ -16,7 +16,8 @@
 //   its own latency floor for that fan-out width.
 //
 // Documents are {"doc_class": "Order", "op": "I", "seq": <20-digit counter>,
-// "message": {...--doc, "_id": "synthetic-<n>"}}.
+// "message": {...--doc, "_id": "synthetic-<n>"}}, n from 1. At full speed, --last JSON is one more
+// message written after them (e.g. the {"_control": "snapshot_done"} that snapshot_client.js waits for).
 //
 // stdout carries JSON lines: {"event":"listening"}, then {"event":"sent", ...}
 // once every socket accepted every frame. The process exits on SIGTERM/SIGINT
@@ -24,7 +25,8 @@
 //
 // Usage (from bench/):
 //   node synthetic_server.js --port 8790 --clients 100 --messages 2000 \
-//     --doc '{"status": "open", "amount": 12.5}' [--frames-per-write 16 | --rate 20] [--timeout 300]
+//     --doc '{"status": "open", "amount": 12.5}' [--frames-per-write 16 | --rate 20] [--timeout 300] \
+//     [--last '{"_control": "snapshot_done"}']
 'use strict';
 
 const crypto = require('node:crypto');
@@ -44,6 +46,7 @@ function parseCommandLine() {
       'frames-per-write': { type: 'string', default: '16' },
       rate: { type: 'string' },
       timeout: { type: 'string', default: '300' },
+      last: { type: 'string' },
     },
     strict: true,
   });
@@ -65,6 +68,7 @@ function parseCommandLine() {
     framesPerWrite: integer('frames-per-write'),
     ratePerS: values.rate === undefined ? null : positive('rate'),
     timeoutS: integer('timeout'),
+    last: values.last === undefined ? null : JSON.parse(values.last),
   };
 }
 
@@ -136,6 +140,7 @@ function buildChunks(config) {
   for (let i = 0; i < frames.length; i += config.framesPerWrite) {
     chunks.push(Buffer.concat(frames.slice(i, i + config.framesPerWrite)));
   }
+  if (config.last !== null) chunks.push(textFrame(Buffer.from(JSON.stringify(config.last))));
   return chunks;
 }
 
