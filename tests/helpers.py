@@ -711,3 +711,57 @@ class TcpProxy:
 def fast_backoff(seed: int = 0) -> Backoff:
     """Reconnection delays for tests: at most 0.2 s, seeded jitter."""
     return Backoff(initial=0.02, factor=2.0, max_delay=0.2, rng=random.Random(seed))
+
+
+class Collector:
+    """Reads a client ``Listener`` in a background task; tests wait (:meth:`until`) for conditions on what
+    arrived. Subclasses keep more of each event by overriding :meth:`record`."""
+
+    #: how long :meth:`until` waits by default (a scenario with reconnections)
+    timeout = 30.0
+
+    def __init__(self, lst: Any, on_event: Callable[[Any], None] | None = None) -> None:
+        self.listener = lst
+        self.events: list[Any] = []
+        self.error: BaseException | None = None
+        self._changed = asyncio.Event()
+        self._on_event = on_event
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def record(self, event: Any) -> None:
+        """Keep one event (called in order, before ``on_event``)."""
+        self.events.append(event)
+
+    async def _run(self) -> None:
+        try:
+            async for event in self.listener:
+                self.record(event)
+                if self._on_event is not None:
+                    self._on_event(event)
+                self._changed.set()
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self._changed.set()
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    async def until(self, condition: Callable[[], bool], *, what: str, timeout: float | None = None) -> None:
+        """Until ``condition()`` holds, checked at each event; fails after ``timeout`` seconds naming ``what``,
+        or at once if the iteration ended."""
+
+        def holds() -> bool:
+            if condition():
+                return True
+            if self.task.done():
+                raise AssertionError(f"the listener stopped while waiting for {what}: {self.error!r}")
+            return False
+
+        await until(holds, self.timeout if timeout is None else timeout, wake=self._changed,
+                    what=lambda: f"{what} ({len(self.events)} events)")
+
+    async def close(self) -> None:
+        await self.listener.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(self.task, RECV_TIMEOUT)

@@ -20,7 +20,7 @@ from typing import Any
 import jwt
 import pytest
 
-from helpers import RECV_TIMEOUT, ServerFactory, TcpProxy, fast_backoff, free_port, order, until
+from helpers import RECV_TIMEOUT, Collector, ServerFactory, TcpProxy, fast_backoff, free_port, order, until
 from xia_broadcast.client import (
     Connected,
     DocumentMessage,
@@ -52,51 +52,6 @@ def listener(url: str, subscriptions: dict[str, Any], seed: int = 0, **options: 
     options.setdefault("open_timeout", RECV_TIMEOUT)
     options.setdefault("connect_kwargs", {"proxy": None})
     return Listener(url, subscriptions, **options)
-
-
-class Collector:
-    """Reads a listener in a background task; tests wait (:meth:`until`) for conditions on what arrived."""
-
-    def __init__(self, lst: Listener, on_event: Callable[[Event], None] | None = None) -> None:
-        self.listener = lst
-        self.events: list[Event] = []
-        self.error: BaseException | None = None
-        self._changed = asyncio.Event()
-        self._on_event = on_event
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        try:
-            async for event in self.listener:
-                self.events.append(event)
-                if self._on_event is not None:
-                    self._on_event(event)
-                self._changed.set()
-        except Exception as exc:
-            self.error = exc
-        finally:
-            self._changed.set()
-
-    def of(self, kind: type[Any]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    async def until(self, condition: Callable[[], bool], *, what: str, timeout: float = SCENARIO_TIMEOUT) -> None:
-        """Until ``condition()`` holds, checked at each event; fails after ``timeout`` seconds naming ``what``,
-        or at once if the iteration ended."""
-
-        def holds() -> bool:
-            if condition():
-                return True
-            if self.task.done():
-                raise AssertionError(f"the listener stopped while waiting for {what}: {self.error!r}")
-            return False
-
-        await until(holds, timeout, wake=self._changed, what=lambda: f"{what} ({len(self.events)} events)")
-
-    async def close(self) -> None:
-        await self.listener.close()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(self.task, RECV_TIMEOUT)
 
 
 @pytest.fixture

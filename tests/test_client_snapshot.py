@@ -11,7 +11,6 @@ exactly the model's documents at that seq, and at the end exactly the model's la
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import signal
@@ -33,6 +32,9 @@ from helpers import (
     order,
     post_publish,
     until,
+)
+from helpers import (
+    Collector as BaseCollector,
 )
 from xia_broadcast.client import (
     TERMINAL_CLOSE_CODES,
@@ -176,61 +178,31 @@ def listener(url: str, subscriptions: dict[str, Any], seed: int = 0, **options: 
     return Listener(url, subscriptions, **options)
 
 
-class Collector:
+class Collector(BaseCollector):
     """Reads a listener in a background task into a :class:`Collection` of Order; keeps every event, the
     collection as it was at each ``snapshot_done``, and what it held when told to reset."""
 
+    timeout = SCENARIO_TIMEOUT
+
     def __init__(self, lst: Listener, on_event: Callable[[Event], None] | None = None) -> None:
-        self.listener = lst
         self.collection = Collection("Order")
-        self.events: list[Event] = []
         #: (the snapshot_done, the collection's documents then)
         self.done: list[tuple[SnapshotDone, dict[Any, dict[str, Any]]]] = []
         #: (documents held, complete) just before each Reset was applied
         self.before_reset: list[tuple[int, bool]] = []
-        self.error: BaseException | None = None
-        self._changed = asyncio.Event()
-        self._on_event = on_event
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        super().__init__(lst, on_event)
 
-    async def _run(self) -> None:
-        try:
-            async for event in self.listener:
-                self.events.append(event)
-                if isinstance(event, Reset):
-                    self.before_reset.append((len(self.collection), self.collection.complete))
-                self.collection.apply(event)
-                if isinstance(event, SnapshotDone):
-                    self.done.append((event, dict(self.collection.docs)))
-                if self._on_event is not None:
-                    self._on_event(event)
-                self._changed.set()
-        except Exception as exc:
-            self.error = exc
-        finally:
-            self._changed.set()
-
-    def of(self, kind: type[Any]) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
+    def record(self, event: Event) -> None:
+        self.events.append(event)
+        if isinstance(event, Reset):
+            self.before_reset.append((len(self.collection), self.collection.complete))
+        self.collection.apply(event)
+        if isinstance(event, SnapshotDone):
+            self.done.append((event, dict(self.collection.docs)))
 
     def after(self, event: Event) -> list[Event]:
         """The events that followed ``event``."""
         return self.events[self.events.index(event) + 1:]
-
-    async def until(self, condition: Callable[[], bool], *, what: str, timeout: float = SCENARIO_TIMEOUT) -> None:
-        def holds() -> bool:
-            if condition():
-                return True
-            if self.task.done():
-                raise AssertionError(f"the listener stopped while waiting for {what}: {self.error!r}")
-            return False
-
-        await until(holds, timeout, wake=self._changed, what=lambda: f"{what} ({len(self.events)} events)")
-
-    async def close(self) -> None:
-        await self.listener.close()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(self.task, RECV_TIMEOUT)
 
 
 @pytest.fixture
