@@ -15,7 +15,18 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import CLASSES, RECV_TIMEOUT, AsgiServer, GoodClient, ServerFactory, ServerProcess, TcpProxy
+from helpers import (
+    CLASSES,
+    RECV_TIMEOUT,
+    AsgiServer,
+    CliProcess,
+    Collector,
+    GoodClient,
+    ServerFactory,
+    ServerProcess,
+    TcpProxy,
+    cli,
+)
 from journal_contract.journal_helpers import own_redis, redis_url  # noqa: F401  (fixtures, shared by every test)
 from xia_broadcast.server.config import Settings
 from xia_broadcast.server.native import NativeServer
@@ -127,3 +138,45 @@ async def make_proxy() -> AsyncIterator[Callable[[int], Awaitable[TcpProxy]]]:
     yield factory
     for proxy in proxies:
         await proxy.close()
+
+
+@pytest.fixture
+async def run() -> AsyncIterator[Callable[..., Any]]:
+    """``await run(*args, stdin=None)``: ``xia-broadcast ARGS`` in a child process (:class:`CliProcess`); every one
+    still running is killed afterwards."""
+    procs: list[CliProcess] = []
+
+    async def start(*args: str, stdin: bytes | None = None) -> CliProcess:
+        proc = await asyncio.create_subprocess_exec(
+            *cli(*args), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL)
+        if stdin is not None:
+            assert proc.stdin is not None
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+        p = CliProcess(proc)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        if p.proc.returncode is None:
+            p.proc.kill()
+            await p.proc.wait()
+
+
+@pytest.fixture
+async def collect() -> AsyncIterator[Callable[..., Collector]]:
+    """``collect(listener, on_event=None, kind=Collector)``: a :class:`Collector` (or ``kind``) reading a client
+    ``Listener`` in a background task; every one is closed afterwards."""
+    collectors: list[Collector] = []
+
+    def factory(lst: Any, on_event: Callable[[Any], None] | None = None,
+                kind: type[Collector] = Collector) -> Collector:
+        c = kind(lst, on_event)
+        collectors.append(c)
+        return c
+
+    yield factory
+    for c in collectors:
+        await c.close()

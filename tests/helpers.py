@@ -765,3 +765,51 @@ class Collector:
         await self.listener.close()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(self.task, RECV_TIMEOUT)
+
+
+#: how long a command of the CLI tests may take to do what is waited for
+CLI_TIMEOUT = 30.0
+
+
+class CliProcess:
+    """A running subcommand: its stdout lines and stderr lines are read as they come."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._changed = asyncio.Event()
+        assert proc.stdout is not None and proc.stderr is not None
+        loop = asyncio.get_running_loop()
+        self._readers = [loop.create_task(self._read(proc.stdout, self.out)),
+                         loop.create_task(self._read(proc.stderr, self.err))]
+
+    async def _read(self, stream: asyncio.StreamReader, into: list[str]) -> None:
+        while line := await stream.readline():
+            into.append(line.decode().rstrip("\n"))
+            self._changed.set()
+        self._changed.set()
+
+    async def until(self, condition: Callable[[], bool], *, what: str, timeout: float = CLI_TIMEOUT) -> None:
+        """Until ``condition()`` holds, checked at each line read (and every 0.5 s, for the exit); fails after
+        ``timeout`` seconds, or once the process has ended without it, naming ``what``."""
+
+        def ended() -> bool:
+            return self.proc.returncode is not None and all(r.done() for r in self._readers)
+
+        await until(lambda: condition() or ended(), timeout, wake=self._changed, poll=0.5,
+                    what=lambda: f"{what}; stdout={self.out[-5:]} stderr={self.err[-5:]}")
+        assert condition(), f"{what}: not met, the process ended; stdout={self.out[-5:]} stderr={self.err[-5:]}"
+
+    def lines(self) -> list[dict[str, Any]]:
+        """The stdout lines, parsed as JSON."""
+        return [json.loads(line) for line in self.out]
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+
+    async def wait(self, timeout: float = CLI_TIMEOUT) -> int:
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await asyncio.wait_for(asyncio.gather(*self._readers), timeout)
+        return code

@@ -7,76 +7,17 @@ import asyncio
 import contextlib
 import json
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import ServerFactory, TcpProxy, cli, free_port, order, until
+from helpers import ServerFactory, TcpProxy, free_port, order
 from xia_broadcast.server.config import ApiKey
 from xia_broadcast.server.native import NativeServer
 
 TIMEOUT = 30.0
-
-
-class Proc:
-    """A running subcommand: its stdout lines and stderr lines are read as they come."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._changed = asyncio.Event()
-        assert proc.stdout is not None and proc.stderr is not None
-        loop = asyncio.get_running_loop()
-        self._readers = [loop.create_task(self._read(proc.stdout, self.out)),
-                         loop.create_task(self._read(proc.stderr, self.err))]
-
-    async def _read(self, stream: asyncio.StreamReader, into: list[str]) -> None:
-        while line := await stream.readline():
-            into.append(line.decode().rstrip("\n"))
-            self._changed.set()
-        self._changed.set()
-
-    async def until(self, condition: Callable[[], bool], *, what: str, timeout: float = TIMEOUT) -> None:
-        """Until ``condition()`` holds, checked at each line read (and every 0.5 s, for the exit); fails after
-        ``timeout`` seconds, or once the process has ended without it, naming ``what``."""
-
-        def ended() -> bool:
-            return self.proc.returncode is not None and all(r.done() for r in self._readers)
-
-        await until(lambda: condition() or ended(), timeout, wake=self._changed, poll=0.5,
-                    what=lambda: f"{what}; stdout={self.out[-5:]} stderr={self.err[-5:]}")
-        assert condition(), f"{what}: not met, the process ended; stdout={self.out[-5:]} stderr={self.err[-5:]}"
-
-    async def wait(self, timeout: float = TIMEOUT) -> int:
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
-        await asyncio.wait_for(asyncio.gather(*self._readers), timeout)
-        return code
-
-
-@pytest.fixture
-async def run() -> AsyncIterator[Callable[..., Any]]:
-    procs: list[Proc] = []
-
-    async def start(*args: str, stdin: bytes | None = None) -> Proc:
-        proc = await asyncio.create_subprocess_exec(
-            *cli(*args), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL)
-        if stdin is not None:
-            assert proc.stdin is not None
-            proc.stdin.write(stdin)
-            proc.stdin.close()
-        p = Proc(proc)
-        procs.append(p)
-        return p
-
-    yield start
-    for p in procs:
-        if p.proc.returncode is None:
-            p.proc.kill()
-            await p.proc.wait()
 
 
 def base(server: NativeServer) -> str:

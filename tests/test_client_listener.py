@@ -14,7 +14,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -52,20 +52,6 @@ def listener(url: str, subscriptions: dict[str, Any], seed: int = 0, **options: 
     options.setdefault("open_timeout", RECV_TIMEOUT)
     options.setdefault("connect_kwargs", {"proxy": None})
     return Listener(url, subscriptions, **options)
-
-
-@pytest.fixture
-async def collect() -> AsyncIterator[Callable[..., Collector]]:
-    collectors: list[Collector] = []
-
-    def factory(lst: Listener, on_event: Callable[[Event], None] | None = None) -> Collector:
-        c = Collector(lst, on_event)
-        collectors.append(c)
-        return c
-
-    yield factory
-    for c in collectors:
-        await c.close()
 
 
 class Orders:

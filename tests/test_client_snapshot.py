@@ -11,10 +11,11 @@ exactly the model's documents at that seq, and at the end exactly the model's la
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,10 @@ from helpers import (
     RECV_TIMEOUT,
     ServerFactory,
     TcpProxy,
-    cli,
     fast_backoff,
     free_port,
     order,
     post_publish,
-    until,
 )
 from helpers import (
     Collector as BaseCollector,
@@ -206,17 +205,9 @@ class Collector(BaseCollector):
 
 
 @pytest.fixture
-async def collect() -> AsyncIterator[Callable[..., Collector]]:
-    collectors: list[Collector] = []
-
-    def factory(lst: Listener, on_event: Callable[[Event], None] | None = None) -> Collector:
-        c = Collector(lst, on_event)
-        collectors.append(c)
-        return c
-
-    yield factory
-    for c in collectors:
-        await c.close()
+def collect(collect: Callable[..., BaseCollector]) -> Callable[..., Collector]:
+    """The conftest's ``collect``, making the Collectors of this file (with their Collection)."""
+    return functools.partial(collect, kind=Collector)  # type: ignore[return-value]
 
 
 def assert_whole_at_each_snapshot_done(c: Collector, shop: Shop, since: int = 0) -> None:
@@ -474,69 +465,6 @@ async def test_a_class_with_a_snapshot_and_one_without_on_one_connection(
 
 
 # -- the command line -----------------------------------------------------------------------------------------
-
-
-class Cli:
-    """``xia-broadcast ARGS`` in a child process; its stdout and stderr lines are read as they come."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._changed = asyncio.Event()
-        assert proc.stdout is not None and proc.stderr is not None
-        loop = asyncio.get_running_loop()
-        self._readers = [loop.create_task(self._read(proc.stdout, self.out)),
-                         loop.create_task(self._read(proc.stderr, self.err))]
-
-    @classmethod
-    async def start(cls, *args: str) -> Cli:
-        return cls(await asyncio.create_subprocess_exec(*cli(*args), stdin=asyncio.subprocess.DEVNULL,
-                                                        stdout=asyncio.subprocess.PIPE,
-                                                        stderr=asyncio.subprocess.PIPE))
-
-    async def _read(self, stream: asyncio.StreamReader, into: list[str]) -> None:
-        while line := await stream.readline():
-            into.append(line.decode().rstrip("\n"))
-            self._changed.set()
-        self._changed.set()
-
-    def lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.out]
-
-    async def until(self, condition: Callable[[], bool], *, what: str) -> None:
-        def holds() -> bool:
-            if condition():
-                return True
-            if self.proc.returncode is not None and all(r.done() for r in self._readers):
-                raise AssertionError(f"the command ended while waiting for {what}: {self.err[-5:]}")
-            return False
-
-        await until(holds, SCENARIO_TIMEOUT, wake=self._changed, poll=0.5,
-                    what=lambda: f"{what}; stdout={self.out[-3:]} stderr={self.err[-3:]}")
-
-    async def wait(self) -> int:
-        code = await asyncio.wait_for(self.proc.wait(), SCENARIO_TIMEOUT)
-        await asyncio.wait_for(asyncio.gather(*self._readers), SCENARIO_TIMEOUT)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-
-
-@pytest.fixture
-async def run() -> AsyncIterator[Callable[..., Any]]:
-    started: list[Cli] = []
-
-    async def start(*args: str) -> Cli:
-        started.append(await Cli.start(*args))
-        return started[-1]
-
-    yield start
-    for p in started:
-        p.kill()
-        await p.wait()
 
 
 def done_lines(lines: list[dict[str, Any]]) -> list[int]:
