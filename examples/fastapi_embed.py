@@ -14,8 +14,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from xia_broadcast.server.asgi import create_app
-from xia_broadcast.server.config import Settings
+from xia_broadcast.server import Settings, create_app
 from xia_broadcast.server.demo import ORDER_SCHEMA
 
 realtime = create_app(Settings(classes={"Order": ORDER_SCHEMA}))

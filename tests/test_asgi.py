@@ -182,3 +182,14 @@ async def test_publish_key_is_checked_before_the_body_is_read_and_the_body_is_bo
 
     assert b" 401 " in await answer_before_body_ends("", 10_000_000)
     assert b" 413 " in await answer_before_body_ends("X-Publisher-Key: p-1\r\n", 10_000_000)
+
+
+def test_the_names_an_application_uses_are_exported_by_the_server_package() -> None:
+    import xia_broadcast.server as server
+    from xia_broadcast.server.asgi import create_app
+    from xia_broadcast.server.config import Settings, load_settings
+    from xia_broadcast.server.native import NativeServer
+
+    assert (server.create_app, server.Settings, server.load_settings, server.NativeServer) == (
+        create_app, Settings, load_settings, NativeServer)
+    assert set(server.__all__) == {"ConfigError", "NativeServer", "Settings", "create_app", "load_settings"}
