@@ -1,7 +1,8 @@
 """The demo page in headless Chromium against a real server: it opens on the current orders (a snapshot), rows
-appear, change and go; the scope controls resubscribe and the table follows; the page survives a server restart
-(reset, then the new server's orders). The client module's snapshot logic against a scripted WebSocket. A
-screenshot is written to tests/artifacts/demo.png.
+appear, change and go, the most recently changed first; the scope controls resubscribe and the table follows;
+the page survives a server restart (reset, then the new server's orders). Its layout, measured, on a phone
+(390x844: nothing overlaps, every column fits, a change lands in view) and on a desktop. The client module's
+snapshot logic against a scripted WebSocket. Screenshots are written to tests/artifacts/.
 
 Needs Debian's ``chromium`` (``/usr/bin/chromium``, installed by ``.ci/run``) and the ``playwright`` package
 (driving that browser; no browser download).
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,24 +38,37 @@ ROW_IDS = "() => [...document.querySelectorAll('#rows tr')].map((r) => r.dataset
 
 
 @pytest.fixture
-async def page() -> AsyncIterator[Any]:
+async def new_page() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """``await new_page(**context_options)``: a page of its own browser context (default viewport 1100x560);
+    an error in any page fails the test."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            pg = await browser.new_page(viewport={"width": 1100, "height": 560})
-            errors: list[str] = []
+        errors: list[str] = []
+
+        async def factory(**options: Any) -> Any:
+            options.setdefault("viewport", {"width": 1100, "height": 560})
+            pg = await (await browser.new_context(**options)).new_page()
             pg.on("pageerror", lambda exc: errors.append(str(exc)))
-            yield pg
+            return pg
+
+        try:
+            yield factory
             assert errors == [], f"errors in the page: {errors}"
         finally:
             await browser.close()
 
 
-async def rows_are(page: Any, ids: list[int]) -> None:
-    """Wait until the table shows exactly these orders, in this order (newest first)."""
-    want = [f"O-{i:06d}" for i in ids]
+@pytest.fixture
+async def page(new_page: Callable[..., Awaitable[Any]]) -> Any:
+    return await new_page()
+
+
+async def rows_are(page: Any, ids: Sequence[int | str]) -> None:
+    """Wait until the table shows exactly these orders (numbers, or ids), in this order (the most recently
+    changed first)."""
+    want = [i if isinstance(i, str) else f"O-{i:06d}" for i in ids]
     try:
         await page.wait_for_function(f"(want) => JSON.stringify(({ROW_IDS})()) === JSON.stringify(want)",
                                      arg=want, timeout=WAIT_MS)
@@ -64,6 +79,12 @@ async def rows_are(page: Any, ids: list[int]) -> None:
 
 async def state_is(page: Any, state: str) -> None:
     await page.wait_for_function("(s) => document.getElementById('state').dataset.state === s", arg=state,
+                                 timeout=WAIT_MS)
+
+
+async def shown_seq_is(page: Any, seq: str) -> None:
+    """Wait until the page shows this seq as its position (in short; in full in data-seq and the title)."""
+    await page.wait_for_function("(s) => document.getElementById('last-seq').dataset.seq === s", arg=seq,
                                  timeout=WAIT_MS)
 
 
@@ -84,14 +105,15 @@ async def test_demo_page_follows_changes_scopes_and_a_server_restart(make_server
     await rows_are(page, [3, 2, 1])
     publish(server, "I", 4, "APAC", 400.0)
     await rows_are(page, [4, 3, 2, 1])
-    publish(server, "U", 2, "US", 175.0)  # updates change cells, highlighted
+    publish(server, "U", 2, "US", 175.0)  # updates change cells, highlighted, and bring the row to the top
     amount = page.locator('#rows tr[data-id="O-000002"] td[data-field="amount"]')
     await page.wait_for_function(
         "() => document.querySelector('#rows tr[data-id=\"O-000002\"] td[data-field=\"amount\"]')"
         ".textContent === '175.00'", timeout=WAIT_MS)
     assert "flash" in (await amount.get_attribute("class") or "")
+    await rows_are(page, [2, 4, 3, 1])
     publish(server, "D", 1, "EU", 50.0)  # deletes remove rows
-    await rows_are(page, [4, 3, 2])
+    await rows_are(page, [2, 4, 3])
 
     await page.select_option("#region", "EU")  # a new scope: a snapshot of it (the current orders in it)
     await rows_are(page, [3])
@@ -120,9 +142,8 @@ async def test_demo_page_follows_changes_scopes_and_a_server_restart(make_server
     await rows_are(page, [6])  # still in the scope chosen before the restart
     publish(server, "I", 8, "EU", 800.0)
     head = publish(server, "U", 6, "EU", 650.0)
-    await rows_are(page, [8, 6])
-    await page.wait_for_function("(s) => document.getElementById('last-seq').textContent === s", arg=head,
-                                 timeout=WAIT_MS)
+    await rows_are(page, [6, 8])
+    await shown_seq_is(page, head)
 
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "demo.png"))
@@ -159,7 +180,7 @@ async def demo_state(page: Any) -> dict[str, Any]:
         return { complete: orders.complete, lastSeq: listener.lastSeq.Order ?? null,
                  epoch: listener.epoch.Order ?? null, duplicates: listener.duplicates,
                  messages: Number(document.getElementById('message-count').textContent),
-                 shownSeq: document.getElementById('last-seq').textContent,
+                 shownSeq: document.getElementById('last-seq').dataset.seq,
                  highlighted: document.querySelectorAll('#rows tr.new').length };
     }""")
     return state
@@ -184,11 +205,11 @@ async def test_demo_page_opens_on_the_current_orders_and_after_a_restart_shows_t
     head = publish(server, "D", 7, "US", 700.0)
 
     await page.goto(f"http://127.0.0.1:{port}/demo")  # nothing is published from here until checked
-    await rows_are(page, [6, 5, 3, 2, 1])  # the current orders, at once, not an empty table
+    # the current orders, at once, not an empty table: the most recently changed first (5 and 2 were updated)
+    await rows_are(page, [5, 2, 6, 3, 1])
     await cell_is(page, 2, "amount", "175.00")
     await cell_is(page, 5, "status", "paid")
-    await page.wait_for_function("(s) => document.getElementById('last-seq').textContent === s", arg=head,
-                                 timeout=WAIT_MS)
+    await shown_seq_is(page, head)
     state = await demo_state(page)
     # five messages: the stored documents, not a replay of the eleven changes
     assert state == {"complete": True, "lastSeq": head, "epoch": state["epoch"], "duplicates": 0,
@@ -199,7 +220,7 @@ async def test_demo_page_opens_on_the_current_orders_and_after_a_restart_shows_t
 
     publish(server, "I", 8, "EU", 800.0)  # then live
     publish(server, "U", 1, "US", 150.0)
-    await rows_are(page, [8, 6, 5, 3, 2, 1])
+    await rows_are(page, [1, 8, 5, 2, 6, 3])
     await cell_is(page, 1, "amount", "150.00")
 
     await server.shutdown()  # memory mode: the new server on the same port has a new epoch, other orders
@@ -230,6 +251,164 @@ async def test_demo_page_is_refused_for_good_when_the_store_refuses_snapshots(ma
     assert await page.evaluate("() => [window.xiaDemo.listener.state, window.xiaDemo.listener.connections]") == [
         "refused", 1]  # confirmed once, then closed with 4413: not retried
     assert (await page.inner_text("#log")).count("connected") == 1
+
+
+#: The demo page's layout as the browser lays it out (CSS pixels, relative to the viewport): the page, the
+#: header, the table and its scroll container (the section), the connection panel, every column and cell shown.
+LAYOUT = """() => {
+    const box = (el) => { const r = el.getBoundingClientRect();
+                          return { left: r.left, top: r.top, right: r.right, bottom: r.bottom }; };
+    const shown = (el) => getComputedStyle(el).display !== "none" && el.getClientRects().length > 0;
+    const section = document.querySelector("main > section");
+    const seq = document.getElementById("last-seq");
+    return {
+        viewport: { width: document.documentElement.clientWidth, height: innerHeight,
+                    scale: visualViewport.scale },
+        pageWidth: document.documentElement.scrollWidth, scrollY,
+        header: box(document.querySelector("header")),
+        table: box(document.querySelector("main table")),
+        section: { ...box(section), scrollWidth: section.scrollWidth, clientWidth: section.clientWidth },
+        panel: box(document.querySelector("aside")),
+        columns: [...document.querySelectorAll("thead th")].filter(shown)
+            .map((th) => ({ field: th.dataset.field, ...box(th) })),
+        cells: [...document.querySelectorAll("#rows td")].filter(shown).map((td) => ({
+            id: td.parentElement.dataset.id, field: td.dataset.field, ...box(td),
+            cut: td.scrollWidth > td.clientWidth, title: td.title })),
+        seq: { text: seq.textContent, title: seq.title, size: parseFloat(getComputedStyle(seq).fontSize),
+               rowsSize: parseFloat(getComputedStyle(document.getElementById("row-count")).fontSize) },
+    };
+}"""
+
+
+def overlap(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
+    return a["left"] < b["right"] and b["left"] < a["right"] and a["top"] < b["bottom"] and b["top"] < a["bottom"]
+
+
+def within(inner: Mapping[str, float], outer: Mapping[str, float], slack: float = 0.5) -> bool:
+    return (inner["left"] >= outer["left"] - slack and inner["right"] <= outer["right"] + slack
+            and inner["top"] >= outer["top"] - slack and inner["bottom"] <= outer["bottom"] + slack)
+
+
+async def row_box(page: Any, oid: str) -> dict[str, Any]:
+    """Where the row of this order is, with the viewport's height and the scroll position."""
+    box: dict[str, Any] = await page.evaluate("""(id) => {
+        const tr = document.querySelector(`#rows tr[data-id="${id}"]`);
+        const r = tr.getBoundingClientRect();
+        return { left: r.left, top: r.top, right: r.right, bottom: r.bottom, height: innerHeight,
+                 width: document.documentElement.clientWidth, scrollY,
+                 index: [...tr.parentElement.children].indexOf(tr),
+                 classes: [tr.className, ...[...tr.children].map((td) => td.className)].join(" ") };
+    }""", oid)
+    return box
+
+
+def in_view(box: Mapping[str, Any]) -> bool:
+    return bool(box["top"] >= 0 and box["bottom"] <= box["height"]
+                and box["left"] >= 0 and box["right"] <= box["width"])
+
+
+def check_seq_is_compact(layout: dict[str, Any], head: str) -> None:
+    """The position is shown in short (the end of the seq's milliseconds, its counter), smaller than the counts;
+    in full in its title."""
+    seq = layout["seq"]
+    ms, counter = head.split("-")
+    assert seq["text"] == f"…{ms[-6:]}-{int(counter)}", seq
+    assert head in seq["title"] and seq["size"] < seq["rowsSize"], seq
+
+
+async def test_demo_page_on_a_phone_fits_the_screen_and_shows_each_change_in_view(
+        make_server: ServerFactory, new_page: Callable[..., Awaitable[Any]], run: Callable[..., Any]) -> None:
+    """390x844, a phone's screen (mobile viewport, touch): the connection panel is below the table, never over
+    it; every column shown fits on the screen without scrolling sideways (the narrow table leaves out the
+    region and cuts a long name with an ellipsis, never the status); an order inserted from the CLI (an id
+    that sorts before every other) and an update of the order at the bottom of a long table both land at the
+    top, in view, highlighted."""
+    server = await make_server(demo=True)
+    for i in range(1, 41):  # more orders than the screen shows
+        publish(server, "I", i, ["EU", "US", "APAC"][i % 3], 97.5 * i, status=["new", "paid", "delivered"][i % 3],
+                **({"customer": "Umbrella Corporation International"} if i == 39 else {}))
+    head = publish(server, "U", 40, "US", 4000.0, status="delivered")
+    page = await new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+                          has_touch=True)
+    await page.goto(f"http://127.0.0.1:{server.port}/demo")
+    await state_is(page, "open")
+    await page.wait_for_function("() => window.xiaDemo.orders.complete && "
+                                 "document.querySelectorAll('#rows tr').length === 40", timeout=WAIT_MS)
+    await shown_seq_is(page, head)
+
+    layout = await page.evaluate(LAYOUT)
+    screen = {"left": 0, "top": -1e9, "right": layout["viewport"]["width"], "bottom": 1e9}
+    assert layout["viewport"]["width"] == 390 and layout["viewport"]["scale"] == 1, layout["viewport"]
+    assert layout["pageWidth"] <= 390, f"the page scrolls sideways: {layout['pageWidth']} px wide"
+    assert not overlap(layout["panel"], layout["table"]) and not overlap(layout["panel"], layout["section"])
+    assert layout["panel"]["top"] >= layout["section"]["bottom"], (layout["panel"], layout["section"])
+    assert layout["header"]["bottom"] <= layout["table"]["top"]
+    assert within(layout["section"], screen), layout["section"]
+    assert layout["section"]["scrollWidth"] <= layout["section"]["clientWidth"], layout["section"]  # no scrolling
+    fields = [c["field"] for c in layout["columns"]]
+    assert fields == ["order_id", "customer", "amount", "status"], fields  # the region left out
+    for box in layout["columns"] + layout["cells"]:
+        assert within(box, layout["section"]) and within(box, screen), f"cut: {box}"
+    long_name = next(c for c in layout["cells"] if c["id"] == "O-000039" and c["field"] == "customer")
+    assert long_name["cut"] and long_name["title"] == "Umbrella Corporation International", long_name
+    assert not any(c["cut"] for c in layout["cells"] if c["field"] in ("amount", "status"))
+    check_seq_is_compact(layout, head)
+    oldest = await row_box(page, "O-000001")
+    assert oldest["index"] == 39 and not in_view(oldest), oldest  # at the bottom: below the screen
+
+    # from the CLI, as a reader does: an id that sorted by id would go last
+    doc = {**order(0, customer="cli", amount=12.5), "_id": "A-1", "order_id": "A-1"}
+    cli = await run("publish", f"http://127.0.0.1:{server.port}", "--class", "Order", "--op", "I",
+                    "--doc", json.dumps(doc))
+    assert await cli.wait() == 0, cli.err
+    await rows_are(page, ["A-1"] + [f"O-{i:06d}" for i in [40, *range(39, 0, -1)]])
+    inserted = await row_box(page, "A-1")
+    assert inserted["index"] == 0 and inserted["scrollY"] == 0 and in_view(inserted), inserted
+    assert "new" in inserted["classes"].split(), inserted
+
+    publish(server, "U", 1, "US", 1234.5)  # the order at the bottom changes: to the top, its amount lit
+    await cell_is(page, 1, "amount", "1234.50")
+    updated = await row_box(page, "O-000001")
+    assert updated["index"] == 0 and in_view(updated), updated
+    assert "flash" in updated["classes"].split(), updated
+    layout = await page.evaluate(LAYOUT)  # still fits
+    assert layout["pageWidth"] <= 390 and layout["section"]["scrollWidth"] <= layout["section"]["clientWidth"]
+    assert not overlap(layout["panel"], layout["table"])
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "demo-phone.png"))
+
+
+async def test_demo_page_on_a_desktop_keeps_the_table_and_the_panel_side_by_side(
+        make_server: ServerFactory, new_page: Callable[..., Awaitable[Any]]) -> None:
+    """1280x800: the layout as it was, the table with its five columns and the connection panel beside it, in
+    the same row; nothing overlaps, nothing scrolls sideways; a change lands at the top of the table."""
+    server = await make_server(demo=True)
+    for i in range(1, 9):
+        publish(server, "I", i, ["EU", "US", "APAC"][i % 3], 120.0 * i)
+    page = await new_page(viewport={"width": 1280, "height": 800})
+    await page.goto(f"http://127.0.0.1:{server.port}/demo")
+    await rows_are(page, [8, 7, 6, 5, 4, 3, 2, 1])
+    head = publish(server, "U", 2, "EU", 999.0, status="paid")
+    await rows_are(page, [2, 8, 7, 6, 5, 4, 3, 1])
+    await shown_seq_is(page, head)
+
+    layout = await page.evaluate(LAYOUT)
+    screen = {"left": 0, "top": 0, "right": 1280, "bottom": 800}
+    assert layout["pageWidth"] <= 1280 and layout["viewport"]["width"] == 1280
+    fields = [c["field"] for c in layout["columns"]]
+    assert fields == ["order_id", "customer", "region", "amount", "status"], fields
+    table, panel, section = layout["table"], layout["panel"], layout["section"]
+    # main's grid: the table in the first column (20 px padding), the 280 px panel beside it, 16 px apart
+    assert abs(table["left"] - 20) < 1 and abs(panel["right"] - 1260) < 1, (table, panel)
+    assert abs(panel["right"] - panel["left"] - 280) < 1, panel
+    assert abs(panel["left"] - table["right"] - 16) < 1 and abs(panel["top"] - table["top"]) < 1, (table, panel)
+    assert not overlap(panel, table) and layout["header"]["bottom"] <= table["top"]
+    assert section["scrollWidth"] <= section["clientWidth"], section
+    for box in layout["columns"] + layout["cells"]:
+        assert within(box, section) and within(box, screen) and not box.get("cut"), f"cut: {box}"
+    assert in_view(await row_box(page, "O-000002"))
+    check_seq_is_compact(layout, head)
 
 
 #: A scripted WebSocket: the test plays the server (``FakeSocket.all[n].serve(msg)``, ``.drop(code)``).
