@@ -5,6 +5,8 @@
 
 The references send one pre-encoded message to every client with no filtering: a Python ``websockets``
 server (``bench/reference_server.py``) and a Node.js ``ws`` server (``bench/node/reference_server.js``).
+xia-broadcast runs as its native server (``xia-broadcast serve``) and, the usual Python way, as its ASGI app
+(``create_app``) under uvicorn, one worker, the same config (``bench/asgi_server.py``, :class:`AsgiTarget`).
 Steps (each on a fresh server; server pinned to CPU 0, load generator to CPU 1):
 
 1. the load generator's own capacity against a synthetic sender (pre-built frames), and its latency floor;
@@ -13,13 +15,14 @@ Steps (each on a fresh server; server pinned to CPU 0, load generator to CPU 1):
    xia-broadcast with V in {1, 10, 100, N} distinct views (each view a different scope and ACL, catalogs
    cycling over three; every document matches every view, so every subscriber receives every document and
    deliveries are comparable), and at N=1000 also V=N with every catalog distinct (no view shares its
-   projection). The server's socket-writing system calls are counted meanwhile (``perf stat``);
+   projection), and at N=1000 the ASGI app under uvicorn with V in {1, N}. The server's socket-writing system
+   calls are counted meanwhile (``perf stat``);
 3. batched publishing (100 changes per POST, one publisher), N=1000: a second, labelled scenario;
-4. publish-to-receipt latency p50/p99/max at N=1000 and 20 messages/s for 20 s, all three servers, five
+4. publish-to-receipt latency p50/p99/max at N=1000 and 20 messages/s for 20 s, all four servers, five
    runs each in turn (the run with the median p99 is reported, every run's p99 beside it: a p99 over
    400 changes moves by several milliseconds between runs on a shared machine);
 5. resident memory per idle subscribed connection at 10,000 connections: both references, xia-broadcast
-   with one view and with one view per subscriber;
+   with one view and with one view per subscriber, the ASGI app under uvicorn with one view;
 6. replay rate: 100,000 retained changes replayed into one subscriber (xia-broadcast only).
 
 Every step checks loss (every subscriber got every document it should) and order (seqs increase per
@@ -27,7 +30,8 @@ connection) and reports both. Writes ``bench/results/bench-<time>.json`` and ``d
 its "Snapshots" section, whose figures come from ``python -m bench.snapshot``).
 ``--quick`` runs small sizes (a smoke test, about two minutes; it does not write docs/benchmarks.md).
 ``--headline-only`` runs steps 1 and 2 at N=1000 only (the load generator's capacity, both references, every
-V): the comparison of one build against another, about three minutes; it writes the JSON result, not the docs.
+V, the ASGI rows): the comparison of one build against another, about three minutes; it writes the JSON result,
+not the docs.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from bench.harness import (
     BENCH_DIR,
     DEFAULT_HANDSHAKE,
     NICE,
+    AsgiTarget,
     FixedRate,
     FullSpeed,
     Loadgen,
@@ -115,23 +120,31 @@ def checks(lg: dict[str, Any]) -> dict[str, Any]:
             "min_received": lg["per_connection_min"], "max_received": lg["per_connection_max"]}
 
 
+ASGI_N = 1000
+"""The N at which the headline scenario also measures the ASGI app under uvicorn (V=1 and V=N)."""
+
+
 def throughput_cases(sizes: dict[int, int]) -> list[tuple[int, str, int | None, bool]]:
-    """(N, target name, V, distinct catalogs) of the headline scenario, references first for each N."""
+    """(N, target name, V, distinct catalogs) of the headline scenario, references first for each N, then the
+    native server, then (at :data:`ASGI_N`) the ASGI app under uvicorn."""
     cases: list[tuple[int, str, int | None, bool]] = []
     for n in sizes:
         cases += [(n, ReferenceTarget.name, None, False), (n, NodeReferenceTarget.name, None, False)]
         cases += [(n, XiaTarget.name, v, False) for v in sorted({1, 10, 100, n} - ({100} if n < 100 else set()))]
         if n == 1000:
             cases.append((n, XiaTarget.name, n, True))
+        if n == ASGI_N:
+            cases += [(n, AsgiTarget.name, 1, False), (n, AsgiTarget.name, n, False)]
     return cases
 
 
 def run_case(n: int, target: str, v: int | None, distinct: bool, profile: Any, log_dir: Path) -> Any:
     """One throughput measurement on a fresh server, with its socket writes counted."""
-    if target == XiaTarget.name:
+    if target in (XiaTarget.name, AsgiTarget.name):
         assert v is not None
         handshakes, keys = views(v, distinct)
-        with XiaTarget(log_dir=log_dir, api_keys=keys, settings=XIA_SETTINGS) as t:
+        xia_cls = XiaTarget if target == XiaTarget.name else AsgiTarget
+        with xia_cls(log_dir=log_dir, api_keys=keys, settings=XIA_SETTINGS) as t:
             wait_until_quiet(timeout_s=QUIET_WAIT_S)
             return run_publish_scenario(t, n, profile, handshakes=handshakes, count_syscalls=True, log_dir=log_dir)
     cls = ReferenceTarget if target == ReferenceTarget.name else NodeReferenceTarget
@@ -142,9 +155,11 @@ def run_case(n: int, target: str, v: int | None, distinct: bool, profile: Any, l
 
 def throughput(progress: Progress, title: str, cases: list[tuple[int, str, int | None, bool]],
                counts: dict[int, int], profile_of: Callable[[int], Any], log_dir: Path) -> list[dict[str, Any]]:
-    """Run ``cases``; every xia-broadcast row carries its ratio to both references of its N."""
+    """Run ``cases``; every xia-broadcast row carries its ratio to both references of its N, and every ASGI
+    row its ratio to the native server's row of the same N, V and catalogs (``ratio_xia-broadcast``)."""
     rows: list[dict[str, Any]] = []
     refs: dict[tuple[int, str], Any] = {}
+    native: dict[tuple[int, int | None, bool], Any] = {}
     for n, target, v, distinct in cases:
         label = f"{title}: {target}, N={n}" + (f", V={v}" if v is not None else "") + \
             (" (distinct catalogs)" if distinct else "")
@@ -153,8 +168,12 @@ def throughput(progress: Progress, title: str, cases: list[tuple[int, str, int |
         res = progress.run(label, measure, lambda r: f"{r.loadgen['deliveries_per_s']:,.0f} deliveries/s")
         if v is None:
             refs[(n, target)] = res
-        rows.append(row(target, n, v, distinct, res, {name: refs.get((n, name)) for name in
-                                                      (ReferenceTarget.name, NodeReferenceTarget.name)}))
+        if target == XiaTarget.name:
+            native[(n, v, distinct)] = res
+        compared = {name: refs.get((n, name)) for name in (ReferenceTarget.name, NodeReferenceTarget.name)}
+        if target == AsgiTarget.name:
+            compared[XiaTarget.name] = native.get((n, v, distinct))
+        rows.append(row(target, n, v, distinct, res, compared))
     return rows
 
 
@@ -179,7 +198,14 @@ def main() -> None:
     headline = throughput_cases(sizes)
     batched = [(batched_n, ReferenceTarget.name, None, False), (batched_n, NodeReferenceTarget.name, None, False),
                (batched_n, XiaTarget.name, 1, False), (batched_n, XiaTarget.name, batched_n, False)]
-    total = 2 + len(headline) + (0 if args.headline_only else len(batched) + 3 * repeats + 4 + 1)
+    latency_targets = (ReferenceTarget, NodeReferenceTarget, XiaTarget, AsgiTarget)
+    mem_cases: list[tuple[str, Any, int]] = [(ReferenceTarget.name, ReferenceTarget, 0),
+                                             (NodeReferenceTarget.name, NodeReferenceTarget, 0),
+                                             ("xia-broadcast, one view", XiaTarget, 1),
+                                             ("xia-broadcast, one view per subscriber", XiaTarget, idle_n),
+                                             (f"{AsgiTarget.name}, one view", AsgiTarget, 1)]
+    total = 2 + len(headline) + (0 if args.headline_only else
+                                 len(batched) + len(latency_targets) * repeats + len(mem_cases) + 1)
     progress = Progress(total)
     report: dict[str, Any] = {"machine": machine(), "log_dir": str(log_dir), "quick": quick,
                               "publishers": PUBLISHERS}
@@ -214,10 +240,9 @@ def main() -> None:
                                    lambda count: FullSpeed(count, batch=100), log_dir)
 
     # 4. latency at a fixed rate: the servers in turn, `repeats` times; the median run of each is reported
-    targets = (ReferenceTarget, NodeReferenceTarget, XiaTarget)
-    runs: dict[str, list[Any]] = {t.name: [] for t in targets}
+    runs: dict[str, list[Any]] = {t.name: [] for t in latency_targets}
     for i in range(repeats):
-        for target_cls in targets:
+        for target_cls in latency_targets:
             def lat_run(target_cls: Any = target_cls) -> Any:
                 with target_cls(log_dir=log_dir) as t:
                     quiet()
@@ -241,17 +266,13 @@ def main() -> None:
 
     # 5. memory per idle subscribed connection
     mem: dict[str, Any] = {}
-    mem_cases: list[tuple[str, Any, int]] = [(ReferenceTarget.name, ReferenceTarget, 0),
-                                             (NodeReferenceTarget.name, NodeReferenceTarget, 0),
-                                             ("xia-broadcast, one view", XiaTarget, 1),
-                                             ("xia-broadcast, one view per subscriber", XiaTarget, idle_n)]
     for label, target_cls, v in mem_cases:
         def mem_run(target_cls: Any = target_cls, v: int = v) -> Any:
             if not v:
                 with target_cls(log_dir=log_dir) as t:
                     return measure_idle_rss(t, idle_n, log_dir=log_dir)
             handshakes, keys = views(v)
-            with XiaTarget(log_dir=log_dir, api_keys=keys, settings=XIA_SETTINGS) as t:
+            with target_cls(log_dir=log_dir, api_keys=keys, settings=XIA_SETTINGS) as t:
                 return measure_idle_rss(t, idle_n, handshakes=handshakes, log_dir=log_dir)
         res = progress.run(f"{label} memory, {idle_n} idle connections", mem_run,
                            lambda r: f"{r.kib_per_connection:.1f} KiB per connection")
@@ -364,7 +385,25 @@ def machine() -> dict[str, Any]:
     import xia_broadcast
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kib / 2**20, 1),
             "kernel": platform.release(), "python": platform.python_version(), "websockets": version("websockets"),
-            "node": node, "node_ws": ws_version, "xia_broadcast": xia_broadcast.__version__, "nice": NICE}
+            "node": node, "node_ws": ws_version, "xia_broadcast": xia_broadcast.__version__, "nice": NICE,
+            "uvicorn": version("uvicorn"), "starlette": version("starlette"), "uvicorn_auto": uvicorn_auto()}
+
+
+def uvicorn_auto() -> dict[str, str]:
+    """What uvicorn's ``auto`` choices (``--loop``, ``--http``, ``--ws``) resolve to in this environment, i.e. in
+    ``bench/asgi_server.py``, which runs on this Python and passes none of them."""
+    from importlib.util import find_spec
+
+    from uvicorn.config import HTTP_PROTOCOLS, WS_PROTOCOLS
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+    from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
+
+    def name(table: dict[str, Any], cls: Any) -> str:
+        where = f"{cls.__module__}:{cls.__qualname__}" if cls is not None else None
+        return next((k for k, v in table.items() if v == where and k != "auto"), str(where))
+
+    return {"loop": "uvloop" if find_spec("uvloop") else "asyncio", "http": name(HTTP_PROTOCOLS, AutoHTTPProtocol),
+            "ws": name(WS_PROTOCOLS, AutoWebSocketsProtocol)}
 
 
 def _throughput_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -384,14 +423,47 @@ def _throughput_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _asgi_sentence(asgi1: dict[str, Any] | None, asgin: dict[str, Any] | None, native1: dict[str, Any] | None,
+                   nativen: dict[str, Any] | None) -> list[str]:
+    """What the ASGI rows show against the native server's rows of the same N and V (none if one is missing)."""
+    if asgi1 is None or asgin is None or native1 is None or nativen is None:
+        return []
+
+    def writes(f: dict[str, Any]) -> str:
+        return "n/a" if f["writes_per_delivery"] is None else f"{f['writes_per_delivery']:.2f}"
+
+    idle = [f"{label}, busy {f['server_busy']:.2f}" for label, f in (("one view", native1),
+                                                                      ("one view per subscriber", nativen))
+            if f["server_busy"] < 0.9]
+    headroom = (f" (the native server's own core was not full with {' and '.join(idle)}: there its figure is bounded"
+                " by the publishers or the load generator)") if idle else ""
+    full = "with its own core full " if min(asgi1["server_busy"], asgin["server_busy"]) >= 0.9 else "at "
+    return [
+        "The ASGI rows are the same service (the same core computing the views and encodings) served the usual",
+        f"Python way: at N={asgi1['connections']} it delivers {asgi1['ratio_xia-broadcast']:.2f}x (one view) and "
+        f"{asgin['ratio_xia-broadcast']:.2f}x (one view per subscriber) the native server's deliveries/s"
+        f"{headroom},",
+        f"{full}(server busy {asgi1['server_busy']:.2f} and {asgin['server_busy']:.2f}) and {writes(asgi1)} and "
+        f"{writes(asgin)} socket writes per delivery against the native server's {writes(native1)} and "
+        f"{writes(nativen)}:",
+        "uvicorn sends each message to each socket with its own awaited `send_text`, where the native server "
+        "coalesces the writes of a socket.",
+        "",
+    ]
+
+
 def render(r: dict[str, Any]) -> str:
     m = r["machine"]
     cap = r["loadgen"]["capacity"]
     floor = r["loadgen"]["latency_floor"]["latency_ms"]
     lat = r["latency"]
-    head = next((f for f in r["one_per_request"] if f["connections"] == 1000 and f["views"] == 1), None)
-    vn = next((f for f in r["one_per_request"] if f["connections"] == 1000 and f["views"] == 1000
-               and not f["distinct_catalogs"]), None)
+    def find(target: str, views: int) -> dict[str, Any] | None:
+        return next((f for f in r["one_per_request"] if f["target"] == target and f["connections"] == 1000
+                     and f["views"] == views and not f["distinct_catalogs"]), None)
+
+    head, vn = find(XiaTarget.name, 1), find(XiaTarget.name, 1000)
+    asgi1, asgin = find(AsgiTarget.name, 1), find(AsgiTarget.name, 1000)
+    auto = m.get("uvicorn_auto", {})
     lines = [
         "# Benchmarks",
         "",
@@ -404,9 +476,25 @@ def render(r: dict[str, Any]) -> str:
         "generator to CPU 1, publishers unpinned, 127.0.0.1 only. Documents of about 200 bytes. Servers, load",
         f"generator and publishers all run at niceness {m['nice']} (`XIA_BENCH_NICE`).",
         "",
+    ]
+    if "uvicorn" in m:
+        lines += [
+            "xia-broadcast runs twice: as its native server (`xia-broadcast serve`, rows \"xia-broadcast\") and the",
+            "usual Python way, its ASGI app (`create_app`) served by uvicorn (rows \"xia-broadcast ASGI (uvicorn)\",",
+            "`bench/asgi_server.py`): one worker, the same config file, what `pip install uvicorn` gives (here: "
+            f"loop {auto.get('loop', '?')},",
+            f"HTTP {auto.get('http', '?')}, WebSocket {auto.get('ws', '?')}, uvicorn's default implementation "
+            "over the `websockets` package;",
+            "`uvicorn[standard]` would add uvloop and httptools, not measured here), its other options at their",
+            "defaults, log level WARNING as the native server's. Measured in the same run: the headline at N=1000,",
+            "the latency and the memory tables.",
+            "",
+        ]
+    lines += [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}.",
         f"Python {m['python']}, websockets {m['websockets']}, Node.js {m['node']} with ws {m['node_ws']},",
-        f"xia-broadcast {m['xia_broadcast']}.",
+        f"xia-broadcast {m['xia_broadcast']}"
+        + (f", uvicorn {m['uvicorn']} with Starlette {m['starlette']}." if "uvicorn" in m else "."),
         "",
     ]
     if head is not None and vn is not None:
@@ -416,6 +504,18 @@ def render(r: dict[str, Any]) -> str:
             f"{head.get('ratio_node-ws', float('nan')):.2f}x the Node `ws` reference; with one view per",
             f"subscriber {vn.get('ratio_reference', float('nan')):.2f}x and "
             f"{vn.get('ratio_node-ws', float('nan')):.2f}x.",
+        ]
+        if asgi1 is not None and asgin is not None:
+            lines += [
+                "Served the usual Python way (its ASGI app under uvicorn), the same service delivers "
+                f"{asgi1.get('ratio_reference', float('nan')):.2f}x the `websockets`",
+                f"reference and {asgi1.get('ratio_node-ws', float('nan')):.2f}x the Node `ws` reference with "
+                f"one view ({asgin.get('ratio_reference', float('nan')):.2f}x and "
+                f"{asgin.get('ratio_node-ws', float('nan')):.2f}x with one view per subscriber):",
+                f"{asgi1.get('ratio_xia-broadcast', float('nan')):.2f}x and "
+                f"{asgin.get('ratio_xia-broadcast', float('nan')):.2f}x the native server's figures.",
+            ]
+        lines += [
             "Earlier versions of this page quoted 2.1x, measured with batched publishing (100 changes per",
             "request), which lets one write carry 100 messages; batched figures have their own table below and",
             "are not the headline.",
@@ -447,6 +547,7 @@ def render(r: dict[str, Any]) -> str:
         "",
         *_throughput_table(r["one_per_request"]),
         "",
+        *_asgi_sentence(asgi1, asgin, head, vn),
         "## Batched publishing (100 changes per request, one publisher): a second scenario",
         "",
         "One publisher POSTs 100 changes per request, the next after the answer. Both references still write",
@@ -472,7 +573,12 @@ def render(r: dict[str, Any]) -> str:
     xia_p99 = servers["xia-broadcast"]["latency_ms"]["p99"]
     lines += ["", f"p99 ratio xia-broadcast / `websockets` reference: "
               f"{xia_p99 / servers['reference']['latency_ms']['p99']:.2f}x; / Node `ws` reference: "
-              f"{xia_p99 / servers['node-ws']['latency_ms']['p99']:.2f}x (the runs with the median p99).", ""]
+              f"{xia_p99 / servers['node-ws']['latency_ms']['p99']:.2f}x (the runs with the median p99)."]
+    if AsgiTarget.name in servers:
+        asgi_p99 = servers[AsgiTarget.name]["latency_ms"]["p99"]
+        lines += [f"p99 ratio xia-broadcast ASGI (uvicorn) / native xia-broadcast: {asgi_p99 / xia_p99:.2f}x; "
+                  f"/ `websockets` reference: {asgi_p99 / servers['reference']['latency_ms']['p99']:.2f}x."]
+    lines += [""]
     moved = max(max(x["p99_all_runs"]) - min(x["p99_all_runs"]) for x in servers.values())
     lines += [f"The load generator's own floor at this rate (synthetic sender, above): p50 {floor['p50']:.1f} ms, "
               f"p99 {floor['p99']:.1f} ms. Between runs of one server the p99 moved by up to {moved:.1f} ms: "

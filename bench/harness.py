@@ -30,6 +30,7 @@ import math
 import os
 import queue
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -457,6 +458,11 @@ class XiaTarget(HttpPublishTarget):
         self.api_keys = api_keys or {}
 
     def argv(self) -> list[str]:
+        return [sys.executable, "-m", "xia_broadcast.cli", "serve", "--port", str(self.ws_port),
+                "--config", str(self.write_config())]
+
+    def write_config(self) -> Path:
+        """Write the server's TOML config file (settings, journal, publish key, API keys, classes); its path."""
         config = self.log_dir / f"xia-{self.ws_port}.toml"
         server = "\n".join(f"{k} = {json.dumps(v)}" for k, v in self.settings.items())
         keys = "".join(
@@ -466,8 +472,40 @@ class XiaTarget(HttpPublishTarget):
         journal = "".join(f"{k} = {json.dumps(v)}\n" for k, v in self.journal.items())
         config.write_text(f"[server]\n{server}\n[journal]\n{journal}[publish]\n"
                           f"keys = [{json.dumps(self.publisher_key)}]\n" + keys + BENCH_CLASSES)
-        return [sys.executable, "-m", "xia_broadcast.cli", "serve", "--port", str(self.ws_port),
-                "--config", str(config)]
+        return config
+
+
+class AsgiTarget(XiaTarget):
+    """xia-broadcast's ASGI app (``create_app``) under uvicorn, one worker (``bench/asgi_server.py``): the same
+    config file as :class:`XiaTarget`, one port for WebSocket and HTTP.
+
+    uvicorn closes a kept-alive HTTP connection after 5 s idle (its default ``--timeout-keep-alive``; the
+    native server waits 60 s), e.g. the target's own between two scenarios: before a request, a connection
+    the server has closed is reopened (nothing was sent on it since, so nothing is published twice).
+    """
+
+    name = "xia-broadcast ASGI (uvicorn)"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, str(BENCH_DIR / "asgi_server.py"), "--port", str(self.ws_port),
+                "--config", str(self.write_config())]
+
+    def publish_batch(self, changes: Sequence[Change], connection: http.client.HTTPConnection | None = None) -> None:
+        conn = connection or self._http
+        if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
+            conn.close()  # http.client connects again on the next request
+        super().publish_batch(changes, connection)
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the peer has closed ``sock`` (an idle keep-alive connection: nothing is expected on it)."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 @dataclass(frozen=True)
