@@ -117,6 +117,8 @@ class Replay:
     epoch: str | None = None
     #: a snapshot after a reset reads the store anew (it never joins a pass already under way)
     fresh: bool = False
+    #: seconds waited before the last retry of a store that could not be reached (doubling, at most 2)
+    retry: float = 0.0
 
 
 class Replays:
@@ -312,9 +314,11 @@ class Replays:
             except SnapshotRefused as refused:
                 self.cut(conn, CLOSE_SNAPSHOT_REFUSED, f"snapshot refused: {refused}")
                 return False
-            except BackendUnavailable:
-                await asyncio.sleep(0.05)  # the store is back soon; the member waits, loses nothing
+            except BackendUnavailable:  # the store is back soon; the member waits (backing off), loses nothing
+                replay.retry = min(2.0, replay.retry * 2) if replay.retry else 0.05
+                await asyncio.sleep(replay.retry)
                 return member.replay is replay and not conn.closed
+            replay.retry = 0.0
             if member.replay is not replay or conn.closed:
                 await snapshot.close()
                 return False

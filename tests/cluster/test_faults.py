@@ -133,3 +133,24 @@ async def test_a_redis_that_could_lose_the_journal_is_warned_about_once_connecte
     assert await warnings_of({"appendonly": "yes", "maxmemory-policy": "noeviction"}) == []
     lossy = await warnings_of({"appendonly": "no", "save": "", "maxmemory-policy": "allkeys-lru"})
     assert len(lossy) == 2 and "keeps nothing on disk" in lossy[0] and "allkeys-lru" in lossy[1]
+
+
+async def test_a_snapshot_asked_while_redis_is_away_is_sent_whole_once_it_is_back(
+        make_server: ServerFactory, own_redis: RedisServer) -> None:
+    server = await make_server(redis_url=own_redis.url, classes=dict(CLASSES))
+    await until(lambda: server.service.hub.ready, what="the node tails Redis")
+    for i in range(1, 6):
+        await server.service.publish("Order", "I", order(i))
+    url = f"ws://127.0.0.1:{server.port}/ws"
+    watcher, _ = await subscribe(url, {"Order": {}})  # the class is tailed: a handshake needs no Redis
+    own_redis.stop()
+    try:
+        ws, confirmation = await subscribe(url, {"Order": {"snapshot": True}})
+        with pytest.raises(TimeoutError):  # nothing can be read of the store meanwhile, and nothing partial is sent
+            await recv_json(ws, 1.0)
+    finally:
+        own_redis.start()  # the same append-only file: the store is back with the journal
+    async with ws, watcher:
+        got = [await recv_json(ws, 20.0) for _ in range(6)]
+    assert sorted(m["message"]["_id"] for m in got[:5]) == [f"O-{i:06d}" for i in range(1, 6)]
+    assert got[5]["_control"] == "snapshot_done" and got[5]["epoch"] == confirmation["Order"]["epoch"]
