@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from helpers import Region, Signals, Socket, fresh, until
+from helpers import FakeClock, Region, Signals, Socket, fresh, until
 from xia_broadcast.core.change import Change
 from xia_broadcast.fanout import Member
 from xia_broadcast.hub import Hub, HubSettings
@@ -361,3 +361,34 @@ async def test_caller_chosen_seqs_out_of_order_reach_lagging_subscribers_too() -
     assert await small.flush()
     # every change, once, in publish order (before: 0004 was lost)
     assert [m["seq"] for m in small.to("slow")] == seqs
+
+
+# -- snapshots -------------------------------------------------------------------------------------------------
+
+
+async def test_a_snapshot_of_a_class_whose_every_change_aged_out_goes_live_it_never_resets_in_a_loop() -> None:
+    clock = FakeClock(1000.0)
+    signals = Signals(take=True)
+    hub = make_hub(signals, journal=MemoryJournal(max_age=10, clock=clock))
+    for i in range(1500):  # more than a compaction's worth (1,024) of changes
+        publish(hub, i)
+    clock.advance(60)  # every change is older than max_age: the first read drops them all
+    first = hub.subscribe(object(), "Doc", {"snapshot": True})
+    await until(lambda: first.replay is None, what="the first snapshot subscriber goes live")
+    second = hub.subscribe(object(), "Doc", {"snapshot": True})
+    await until(lambda: second.replay is None, what="the second snapshot subscriber goes live")
+    got = messages(signals)
+    assert [m["_control"] for m in got if "_control" in m] == ["snapshot_done", "snapshot_done"]
+    assert sum(1 for m in got if "message" in m) == 2 * 1500  # the documents stayed; only the changes went
+    assert hub.stats.resets == 0
+
+
+async def test_a_snapshot_whose_position_is_gone_again_and_again_backs_off_between_resets() -> None:
+    signals = Signals(take=True)
+    hub = make_hub(signals, max_count=1)
+    filled(hub, 5)
+    member = hub.subscribe(object(), "Doc", {"snapshot": True, "after_seq": "0000000000001-0000000000",
+                                              "epoch": "not-this-journal"})
+    await until(lambda: member.replay is None, what="live after the reset and a fresh snapshot")
+    assert [m["_control"] for m in messages(signals) if "_control" in m] == ["reset", "snapshot_done"]
+    assert hub.stats.resets == 1

@@ -34,6 +34,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+import xia_broadcast.snapshot as snapshot_module
 from helpers import until, ws_connect
 from xia_broadcast.journal.redis import delete_prefix
 from xia_broadcast.server.native import NativeServer
@@ -269,8 +270,9 @@ async def settle(sub: Subscriber, url: str, published: Published, final_seq: str
                                 f"extra {sorted(set(sub.docs) - set(final))}")
 
 
-async def publisher(publish: Callable[[str, str, dict[str, Any]], Any], published: Published, state: dict[str, Any],
+async def publisher(publish: Callable[..., Any], published: Published, state: dict[str, Any],
                     rng: random.Random, count: int) -> None:
+    stale: dict[str, dict[str, Any]] = {}  # an older version of each document, for stale previous states
     for _ in range(count):
         doc_id = rng.choice(IDS)
         current = state.get(doc_id)
@@ -293,7 +295,11 @@ async def publisher(publish: Callable[[str, str, dict[str, Any]], Any], publishe
             state.pop(doc_id, None)
         else:
             state[doc_id] = doc
-        seq = await publish("Order", op, doc)
+        # now and then a stale previous state (two publishers racing): what subscribers hold must win
+        previous = stale.get(doc_id) if current is not None and rng.random() < 0.1 else None
+        if current is not None:
+            stale[doc_id] = current
+        seq = await publish("Order", op, doc, previous)
         published.changes.append((seq, op, doc))
         await asyncio.sleep(rng.uniform(0, 0.01))
 
@@ -302,10 +308,13 @@ async def publisher(publish: Callable[[str, str, dict[str, Any]], Any], publishe
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis", "redis-two-nodes"])
-async def nodes(request: pytest.FixtureRequest, make_server: Callable[..., Any],
-                tmp_path: Path) -> AsyncIterator[list[NativeServer]]:
+async def nodes(request: pytest.FixtureRequest, make_server: Callable[..., Any], tmp_path: Path,
+                monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[NativeServer]]:
     kind: str = request.param
-    base: dict[str, Any] = {"jwt_secret": SECRET, "show_hidden_requires_grant": True}
+    # a short journal: subscribers that stay away for a while find their position gone (reset); small store
+    # pages: a snapshot is read over many pages while publishers publish
+    monkeypatch.setattr(snapshot_module, "PAGE", 3)
+    base: dict[str, Any] = {"jwt_secret": SECRET, "show_hidden_requires_grant": True, "journal_max_count": 150}
     if kind == "memory":
         yield [await make_server(**base)]
     elif kind == "sqlite":

@@ -198,6 +198,13 @@ class Connection(Generic[W]):
         self.total.queued -= size
         return batch
 
+    @property
+    def full(self) -> bool:
+        """It holds messages and no more may be queued now: its own bounds, or the Hub's total, are reached
+        (replays and snapshots wait for room; an empty queue always takes one message)."""
+        return bool(self.queue) and (len(self.queue) >= self.max_messages or self.queued_bytes >= self.max_bytes
+                                     or self.total.over)
+
     def put(self, out: Outgoing) -> None:
         """Queue one message after what is queued (no bound checked: the caller checked it)."""
         self.queue.append(out)

@@ -37,6 +37,7 @@ import asyncio
 import enum
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -115,8 +116,11 @@ class Replay:
     cursor: str | None
     inclusive: bool
     epoch: str | None = None
-    #: a snapshot after a reset reads the store anew (it never joins a pass already under way)
-    fresh: bool = False
+    #: when it was last reset (monotonic seconds): a snapshot after a reset joins only a pass begun after it
+    reset_at: float = 0.0
+    #: resets in a row without going live: each waits longer before its fresh snapshot (a position that is
+    #: gone at once again never spins)
+    resets: int = 0
     #: seconds waited before the last retry of a store that could not be reached (doubling, at most 2)
     retry: float = 0.0
 
@@ -233,7 +237,9 @@ class Replays:
         snapshot, instead of an error."""
         self.stats.resets += 1
         replay.phase = TRANSITIONS[(replay.phase, "reset")] or Phase.SNAPSHOT
-        replay.cursor, replay.inclusive, replay.epoch, replay.fresh = None, False, None, True
+        replay.cursor, replay.inclusive, replay.epoch = None, False, None
+        replay.reset_at = time.monotonic()
+        replay.resets += 1
         member.connection.put(control_message("reset", **{"class": member.class_name}))
         self.wake(member.connection)
 
@@ -265,8 +271,7 @@ class Replays:
                     if not await self._send_snapshot(member, replay):
                         return
                     continue
-                if conn.queue and (len(conn.queue) >= conn.max_messages or conn.queued_bytes >= conn.max_bytes
-                                   or conn.total.over):
+                if conn.full:
                     await conn.room()
                     continue
                 limit = min(REPLAY_CHUNK, max(1, conn.max_messages - len(conn.queue)))
@@ -308,7 +313,11 @@ class Replays:
         False when the member is done with (closed, left, refused)."""
         conn, view = member.connection, member.view
         sp = view.snapshot_pass
-        if sp is None or replay.fresh or not sp.joinable:
+        if replay.resets > 1:  # reset again before going live: back off (50 ms doubling, at most 2 s)
+            await asyncio.sleep(min(2.0, 0.05 * 2 ** (replay.resets - 2)))
+            if member.replay is not replay or conn.closed:
+                return False
+        if sp is None or not sp.joinable or sp.started < replay.reset_at:
             try:
                 snapshot = await self.backend.snapshot(member.class_name)
             except SnapshotRefused as refused:
@@ -320,22 +329,18 @@ class Replays:
                 return member.replay is replay and not conn.closed
             replay.retry = 0.0
             if member.replay is not replay or conn.closed:
-                await snapshot.close()
                 return False
             sp = view.snapshot_pass
-            if sp is None or replay.fresh or not sp.joinable:  # nobody made one meanwhile
+            if sp is None or not sp.joinable or sp.started < replay.reset_at:  # nobody made one meanwhile
                 sp = view.snapshot_pass = SnapshotPass(view, snapshot, self.hooks_for, self.schemas, self.stats)
                 self.stats.snapshot_passes += 1
-            else:
-                await snapshot.close()
         sp.join(member)
         try:
             index = offset = 0
             while True:
                 if member.replay is not replay or conn.closed:
                     return False
-                if conn.queue and (len(conn.queue) >= conn.max_messages or conn.queued_bytes >= conn.max_bytes
-                                   or conn.total.over):
+                if conn.full:
                     await conn.room()
                     continue
                 try:
@@ -352,8 +357,7 @@ class Replays:
                 if page is None:
                     break
                 while offset < len(page):
-                    if conn.queue and (len(conn.queue) >= conn.max_messages or conn.queued_bytes >= conn.max_bytes
-                                       or conn.total.over):
+                    if conn.full:
                         break
                     conn.put(page[offset])
                     offset += 1
@@ -365,8 +369,7 @@ class Replays:
         finally:
             sp.leave(member)
         replay.phase = TRANSITIONS[(replay.phase, "sent")] or Phase.READING
-        replay.cursor, replay.inclusive, replay.epoch, replay.fresh = sp.position.seq or None, False, \
-            sp.position.epoch or None, False
+        replay.cursor, replay.inclusive, replay.epoch = sp.position.seq or None, False, sp.position.epoch or None
         return True
 
     def _queue_chunk(self, member: Member[Any], replay: Replay, view: View, changes: list[Change]) -> int:

@@ -14,7 +14,6 @@ by ``store_max_bytes``) until its last member has sent them; then it is dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -57,8 +56,6 @@ class SnapshotPass:
         self.started = time.monotonic()
         #: the encoded documents, a page at a time (a page may be empty: nothing in it was for the view)
         self.pages: list[list[Outgoing]] = []
-        #: bytes of the encoded documents held
-        self.held = 0
         self.done = False
         #: why the pass cannot go on (``SnapshotRefused``, ``HistoryGone``): every member gets it
         self.failure: SnapshotRefused | HistoryGone | None = None
@@ -82,9 +79,6 @@ class SnapshotPass:
         if self._reading is not None:
             self._reading.cancel()
         self.pages = []
-        self.held = 0
-        with contextlib.suppress(RuntimeError):  # no loop: nothing to release
-            asyncio.get_running_loop().create_task(self.snapshot.close())
 
     async def page(self, index: int) -> list[Outgoing] | None:
         """The ``index``-th page of encoded documents (read when first asked for); None after the last.
@@ -121,7 +115,6 @@ class SnapshotPass:
                 out = self._encode(change)
                 if out is not None:
                     page.append(out)
-                    self.held += len(out.data)
             self.pages.append(page)
         finally:
             self._reading = None

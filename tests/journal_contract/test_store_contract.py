@@ -62,15 +62,19 @@ async def test_every_change_carries_the_stored_previous_state_live_and_read_back
     backend = await started(await make_backend(), recorder, "T")
     await publish(backend, "I", doc(1, n=1))
     await publish(backend, "U", doc(1, n=2))
-    await publish(backend, "U", doc(1, n=3), prev=doc(1, n=99))  # the publisher's previous state wins
+    # a stale previous state from a publisher: what subscribers were sent last (the store's) wins
+    await publish(backend, "U", doc(1, n=3), prev=doc(1, n=99))
     await publish(backend, "D", doc(1, n=3))
     await publish(backend, "I", doc(1, n=4))  # a new life: nothing stored before it
-    await recorder.until_count(5, "T")
-    expected = [(None, True), ({"_id": 1, "n": 1}, True), ({"_id": 1, "n": 99}, False),
-                ({"_id": 1, "n": 3}, True), (None, True)]
+    await publish(backend, "U", doc(2, n=1), prev=doc(2, n=0))  # nothing stored: the publisher's is all there is
+    await recorder.until_count(6, "T")
+    expected = [(None, True), ({"_id": 1, "n": 1}, True), ({"_id": 1, "n": 2}, True),
+                ({"_id": 1, "n": 3}, True), (None, True), ({"_id": 2, "n": 0}, False)]
     assert [(c.prev, c.prev_stored) for c in recorder.changes] == expected
     read = await backend.read("T", None, inclusive=True, limit=10)
     assert [(c.prev, c.prev_stored) for c in read] == expected
+    # the previous state's ACL subjects are those of the state used, not of the publisher's stale one
+    assert read[2].prev_subjects == recorder.changes[2].prev_subjects == ("T/key/1",)
 
 
 async def test_a_snapshot_returns_no_version_after_its_position_and_the_journal_after_it_completes_it(

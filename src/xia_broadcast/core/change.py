@@ -113,8 +113,9 @@ class Change:
                     schema: DocSchema | None = None, stored_prev: bytes | str | None = None) -> Change:
         """The change written by :meth:`to_record`. ``seq`` (e.g. from the stream entry id) overrides the
         record's; ``schema`` is the reader's schema of the class (not part of the record). ``stored_prev``:
-        what the document store held before the change, journaled beside the record when the publisher gave
-        no previous state (the record of the document's last change; empty: there was none). Raises
+        what the document store held before the change, journaled beside the record (the record of the
+        document's last change, which then is the previous state; empty: there was none, and the publisher
+        gave no previous state either). Raises
         :class:`BadChangeRecord` when the bytes are not such a record."""
         try:
             obj = orjson.loads(record)
@@ -130,13 +131,13 @@ class Change:
                          _subjects=tuple(subjects) if isinstance(subjects, list) else None,
                          _prev_subjects=tuple(prev_subjects) if isinstance(prev_subjects, list) else None,
                          epoch=epoch)
-            if stored_prev is not None and change.prev is None:
+            if stored_prev:  # the version the store held: it wins over a previous state the publisher gave
+                old = orjson.loads(stored_prev)["data"]
+                if not isinstance(old, dict):
+                    raise TypeError("wrong types")
+                change.prev, change._prev_subjects, change.prev_stored = old, None, True
+            elif stored_prev is not None and change.prev is None:  # the store held nothing before it
                 change.prev_stored = True
-                if stored_prev:
-                    old = orjson.loads(stored_prev)["data"]
-                    if not isinstance(old, dict):
-                        raise TypeError("wrong types")
-                    change.prev = old
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise BadChangeRecord(f"not a change record: {exc}") from None
         return change

@@ -151,7 +151,7 @@ class MemoryJournal:
         chosen = bool(change.seq)
         seq = change.seq or log.clock.next()
         pos = seq
-        last = log.seqs[-1] if log.seqs else None
+        last = log.seqs[-1] if log.seqs else log.last_trimmed  # the last seq ever assigned
         if (last is not None and seq <= last) or (self.epoch_seq is not None and seq < self.epoch_seq):
             if not (chosen and self.accept_out_of_order):
                 if last is not None and seq <= last:
@@ -208,9 +208,12 @@ class MemoryJournal:
         return log.changes[i:i + limit]  # type: ignore[return-value]  # from start on: never a dropped slot
 
     def head(self, class_name: str) -> str | None:
-        """The seq of the last change of the class (None when there was none)."""
+        """The seq of the last change of the class (None when there was none), also once retention has
+        dropped every change of it."""
         log = self._logs.get(class_name)
-        return log.seqs[-1] if log is not None and log.seqs else None
+        if log is None:
+            return None
+        return log.seqs[-1] if log.seqs else log.last_trimmed
 
     def oldest(self, class_name: str) -> str | None:
         """The oldest seq still held for the class."""

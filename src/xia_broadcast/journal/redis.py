@@ -13,8 +13,8 @@ Keys (``prefix`` defaults to ``xia:``):
   new epoch (and drops the store), and positions carrying the old one are history gone.
 * ``{prefix}docs:{class}``: the document store (:mod:`.store`), a hash: field the document's ``_id`` as
   JSON, value ``<entry id> <change record>`` of its last change. Updated by the publish script with the
-  entry; when the publisher gave no previous state, the entry also gets field ``v``: the record the store
-  held before (empty: none), so every node and every replay finds scope exits.
+  entry, which also gets field ``v``: the record the store held before (the previous state, over one the
+  publisher gave; empty: none, and none given), so every node and every replay finds scope exits.
 * ``{prefix}wake:{node}``: a one-entry stream per node, written by :meth:`RedisBackend.watch` to wake the
   node's blocked read so that it starts tailing a new class at once; deleted by :meth:`RedisBackend.close`.
 
@@ -59,7 +59,7 @@ from .base import (
     Position,
     SeqOrderError,
 )
-from .store import Snapshot, SnapshotRefused, StoreBounds, doc_key
+from .store import Snapshot, SnapshotRefused, StoreBounds, doc_key, snapshot_document
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -134,7 +134,8 @@ if ARGV[4] ~= '' then
   table.insert(cmd, ARGV[4])
 end
 for _, v in ipairs({id, 'e', epoch, 'p', prev, 'r', ARGV[2]}) do table.insert(cmd, v) end
-if not refused and ARGV[9] ~= '1' then
+if not refused and (old or ARGV[9] ~= '1') then
+  -- what subscribers were sent last wins over a previous state the publisher gave
   table.insert(cmd, 'v')
   table.insert(cmd, old or '')
 end
@@ -711,7 +712,6 @@ class _RedisSnapshot(Snapshot):
 
     async def _read(self, limit: int) -> list[Change]:
         name, position = self.class_name, self.position
-        schema = self.backend._schema_of(name) if self.backend._schema_of is not None else None
         while not self._done:
             epoch, refused, self._cursor, flat = await self.backend._documents_page(name, self._cursor, limit)
             self._done = self._cursor == "0"
@@ -728,12 +728,12 @@ class _RedisSnapshot(Snapshot):
                     continue
                 seen.add(key)
                 try:
-                    change = Change.from_record(record, seq=seq, epoch=epoch, schema=schema)
+                    data = Change.from_record(record).data
                 except BadChangeRecord as exc:
                     log.error("%s: skipping stored document %s, not a change record: %s", name, key, exc)
                     continue
-                change.op, change.prev, change._prev_subjects = "I", None, None
-                page.append(change)
+                assert data is not None
+                page.append(snapshot_document(name, seq, data, epoch=epoch))
             if page:
                 return page
         return []

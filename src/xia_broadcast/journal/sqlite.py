@@ -51,7 +51,7 @@ from typing import Any
 
 import orjson
 
-from ..core.change import Change
+from ..core.change import BadChangeRecord, Change
 from ..core.seq import SeqClock, format_seq
 from ..errors import XiaBroadcastError
 from .base import (
@@ -65,7 +65,7 @@ from .base import (
     SeqOrderError,
 )
 from .memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_TOTAL_BYTES
-from .store import ListSnapshot, Snapshot, SnapshotRefused, StoreBounds, doc_key
+from .store import ListSnapshot, Snapshot, SnapshotRefused, StoreBounds, doc_key, snapshot_document
 
 log = logging.getLogger("xia_broadcast.journal.sqlite")
 
@@ -199,8 +199,9 @@ class _Entry:
     waiter: asyncio.Future[Position]
     #: the document's key in the store (its ``_id`` as JSON)
     key: str = ""
-    #: set by the commit: the stored previous state (a record; b"" none) when the publisher gave none
+    #: set by the commit: the stored previous state (a record; b"" none, and none given), and its data
     prev: bytes | None = None
+    prev_data: dict[str, Any] | None = None
 
 
 @dataclass
@@ -463,7 +464,7 @@ class SqliteBackend(Backend):
 
     async def snapshot(self, class_name: str) -> Snapshot:
         if class_name not in self._classes:
-            return ListSnapshot(Position("", ""), [])
+            return ListSnapshot(class_name, Position("", ""), [])
         cls = await self._stored_class(class_name)  # every change up to ``delivered`` is committed
         return _SqliteSnapshot(self, class_name, Position(cls.delivered, cls.epoch))
 
@@ -534,10 +535,10 @@ class SqliteBackend(Backend):
         for entry in batch.entries:
             change = entry.change
             self._classes[change.class_name].delivered = change.seq
-            if entry.prev is not None and change.prev is None:  # what the store held before it
+            if entry.prev:  # what the store held before it
+                change.prev, change._prev_subjects, change.prev_stored = entry.prev_data, None, True
+            elif entry.prev is not None:
                 change.prev_stored = True
-                if entry.prev:
-                    change.prev = orjson.loads(entry.prev)["data"]
             if on_change is not None:
                 try:
                     on_change(change)
@@ -597,8 +598,9 @@ class SqliteBackend(Backend):
         self._doc_total = self._work_doc_total
 
     def _store(self, db: sqlite3.Connection, name: str, tally: _Tally, entry: _Entry) -> bytes | None:
-        """Keep the entry's document in the store (``D``: remove it); the stored previous record (b"": none)
-        when the publisher gave no previous state, else None. A store passing its bounds is dropped and
+        """Keep the entry's document in the store (``D``: remove it); the stored previous record (its data
+        parsed into ``entry.prev_data``, here in the writer thread), else b"" when the publisher gave no
+        previous state either, else None. A store passing its bounds is dropped and
         refused (see :mod:`.store`)."""
         if tally.refused:
             return None
@@ -623,9 +625,10 @@ class SqliteBackend(Backend):
                 self._work_doc_total -= tally.doc_bytes
                 tally.refused, tally.docs, tally.doc_bytes = reason, 0, 0
                 log.warning("%s: the document store is dropped, snapshots of the class are refused: %s", name, reason)
-        if change.prev is not None:
-            return None
-        return b"" if row is None else bytes(row[1])
+        if row is not None:  # what subscribers were sent last: it wins over a previous state the publisher gave
+            entry.prev_data = orjson.loads(row[1])["data"]
+            return bytes(row[1])
+        return None if change.prev is not None else b""
 
     def _reopen_writer(self) -> None:
         """After a failed commit: a new writer connection, so that a file that can be written again (space
@@ -762,11 +765,18 @@ class _SqliteSnapshot(Snapshot):
             if not rows:
                 return []
             self._after = rows[-1][0]
-            page = [Change.from_record(record, seq=seq, epoch=position.epoch) for _, seq, record in rows
-                    if seq <= position.seq]
+            page = []
+            for key, seq, record in rows:
+                if seq > position.seq:
+                    continue  # changed after the position: the journal after it brings the document
+                try:
+                    data = Change.from_record(record).data
+                except BadChangeRecord as exc:
+                    log.error("%s: skipping stored document %s, not a change record: %s", name, key, exc)
+                    continue
+                assert data is not None
+                page.append(snapshot_document(name, seq, data, epoch=position.epoch))
             if page:
-                for change in page:
-                    change.op, change.prev, change._prev_subjects = "I", None, None
                 return page
 
 

@@ -5,8 +5,9 @@ What every backend does with each change it journals, in the same atomic step (t
 append, the SQLite backend's transaction, the Redis backend's publish script):
 
 * ``I`` and ``U`` store the document's data with the change's seq; ``D`` removes it;
-* when the publisher gave no previous state, the stored version before the change becomes the change's
-  ``prev`` (and is journaled with it), so scope exits are found the same live, in replays, and on every node.
+* the stored version before the change becomes the change's ``prev`` (and is journaled with it), so scope
+  exits are found the same live, in replays, and on every node; it wins over a previous state the publisher
+  gave, which is used only when the store holds nothing of the document (or the class's store was refused).
 
 Bounds, per class: at most ``max_documents`` documents and ``max_bytes`` bytes (each document counted by its
 change record's size); over every class (memory and SQLite; Redis is bounded by its own ``maxmemory``), at
@@ -27,8 +28,8 @@ the class's documents at the end of what it read, whatever was published meanwhi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -93,9 +94,6 @@ class Snapshot(ABC):
         an empty list at the end. Raises :class:`SnapshotRefused` when the store was refused meanwhile,
         ``HistoryGone`` when the class's epoch changed, ``BackendUnavailable`` when the store is away."""
 
-    async def close(self) -> None:  # noqa: B027 (a hook with nothing to do by default)
-        """Release what the read holds (nothing by default)."""
-
 
 def doc_key(doc_id: Any) -> str:
     """A document's key in a store that keeps strings (SQLite, Redis): its ``_id`` as JSON, so ``5`` and
@@ -103,72 +101,84 @@ def doc_key(doc_id: Any) -> str:
     return orjson.dumps(doc_id).decode()
 
 
-def as_snapshot_document(change: Change) -> Change:
-    """The stored version a change left, as a snapshot document: op ``I``, its seq, data, schema, epoch."""
-    return Change(change.class_name, "I", change.seq, change.data, change.schema, doc=change.doc,
-                  _subjects=change._subjects, epoch=change.epoch)
+class Stored(NamedTuple):
+    """What the memory store keeps of a document's last change: not the change itself, whose ``prev`` would
+    keep the version before it alive too."""
+
+    seq: str
+    data: Mapping[str, Any]
+    doc: Any
+    epoch: str
+    size: int
+
+
+def snapshot_document(class_name: str, seq: str, data: Mapping[str, Any], doc: Any = None, epoch: str = "") -> Change:
+    """A stored document as a snapshot document: op ``I``, the seq of its last change. Its schema and ACL
+    subjects are left to the reader (the schema the server has now, not the one the document was stored
+    under)."""
+    return Change(class_name, "I", seq, data, None, doc=doc, epoch=epoch)
 
 
 class ListSnapshot(Snapshot):
-    """A snapshot taken at once (the memory store: a list of the stored changes), served a page at a time."""
+    """A snapshot taken at once (the memory store: a list of what it keeps), served a page at a time."""
 
-    def __init__(self, position: Position, changes: list[Change]) -> None:
+    def __init__(self, class_name: str, position: Position, stored: list[Stored]) -> None:
+        self.class_name = class_name
         self.position = position
-        self._changes = changes
+        self._stored = stored
         self._at = 0
 
     async def next(self, limit: int) -> list[Change]:
-        page = self._changes[self._at:self._at + limit]
+        page = self._stored[self._at:self._at + limit]
         self._at += len(page)
-        return [as_snapshot_document(c) for c in page]
+        return [snapshot_document(self.class_name, s.seq, s.data, s.doc, s.epoch) for s in page]
 
 
 class _ClassStore:
     __slots__ = ("docs", "refused", "size")
 
     def __init__(self) -> None:
-        self.docs: dict[Any, Change] = {}
+        self.docs: dict[Any, Stored] = {}
         self.size = 0
         self.refused = ""
 
 
 class MemoryStore:
-    """The memory backend's store: per class, ``_id`` -> the last change of that document (holding its data
-    and seq). Memory: a reference per document to data the journal holds anyway while it retains the change;
-    documents whose last change was trimmed from the journal are held by the store alone (counted by
-    ``max_bytes`` as their record size; the Python objects take 1 to 3 times that)."""
+    """The memory backend's store: per class, ``_id`` -> what it keeps of the document's last change (its
+    seq and data). Memory: a small tuple per document and a reference to data the journal holds anyway while
+    it retains the change; documents whose last change was trimmed from the journal are held by the store
+    alone (counted by ``max_bytes`` as their record size; the Python objects take 1 to 3 times that)."""
 
-    def __init__(self, bounds: StoreBounds | None = None, *, size_of: Callable[[Change], int] | None = None) -> None:
+    def __init__(self, bounds: StoreBounds | None = None) -> None:
         self.bounds = bounds if bounds is not None else StoreBounds()
         self._classes: dict[str, _ClassStore] = {}
-        self._size_of = size_of or Change.encoded_size
         #: bytes stored over every class
         self.total = 0
 
     def apply(self, change: Change) -> None:
         """Keep ``change`` (journaled just now): store or remove its document, and give it the stored previous
-        state when its publisher gave none."""
+        state (over one its publisher gave; that one is used only when nothing is stored)."""
         store = self._classes.get(change.class_name)
         if store is None:
             store = self._classes[change.class_name] = _ClassStore()
         if store.refused:
             return
-        if change.data is None:
+        data = change.data
+        if data is None:
             self._refuse(store, NO_DATA)
             return
-        doc_id = change.doc_id
+        doc_id = data.get("_id")
         old = store.docs.pop(doc_id, None)
-        if old is not None:
-            size = self._size_of(old)
-            store.size -= size
-            self.total -= size
-        if change.prev is None:
-            change.prev = None if old is None else old.data
+        if old is not None:  # what subscribers were sent last: it wins over a previous state the publisher gave
+            store.size -= old.size
+            self.total -= old.size
+            change.prev, change._prev_subjects, change.prev_stored = old.data, None, True
+        elif change.prev is None:  # nothing stored, nothing given: a new document
             change.prev_stored = True
         if change.op == "D":
             return
-        store.docs[doc_id] = change
-        size = self._size_of(change)
+        size = change.encoded_size()
+        store.docs[doc_id] = Stored(change.seq, data, change.doc, change.epoch, size)
         store.size += size
         self.total += size
         reason = self.bounds.passed(len(store.docs), store.size, self.total)
@@ -185,10 +195,10 @@ class MemoryStore:
         """Every stored document of the class, now (at ``position``). Raises :class:`SnapshotRefused`."""
         store = self._classes.get(class_name)
         if store is None:
-            return ListSnapshot(position, [])
+            return ListSnapshot(class_name, position, [])
         if store.refused:
             raise SnapshotRefused(class_name, store.refused)
-        return ListSnapshot(position, list(store.docs.values()))
+        return ListSnapshot(class_name, position, list(store.docs.values()))
 
     def documents(self, class_name: str) -> int:
         """Documents stored for a class."""
