@@ -8,8 +8,9 @@ Keys (``prefix`` defaults to ``xia:``):
   (:func:`seq_of_id`), so seqs sort as strings and convert back to ids.
 * ``{prefix}meta:{class}``: a hash: ``epoch`` (``<13-digit ms>-<8 hex>``, created by the first publish, or
   when a node watches a declared class: a subscriber of a name nobody publishes writes no key), ``last``
-  (the id of the last entry added), ``sbytes`` (the bytes of the document store) and ``store`` (why the
-  store was refused, when it was). A Redis that comes back empty has no meta key: the next publish creates a
+  (the id of the last entry added), ``sbytes`` (the bytes of the document store), ``slast`` (the last entry
+  the store was kept with: a class published without it since, by a node of an earlier version, has its
+  store refused) and ``store`` (why the store was refused, when it was). A Redis that comes back empty has no meta key: the next publish creates a
   new epoch (and drops the store), and positions carrying the old one are history gone.
 * ``{prefix}docs:{class}``: the document store (:mod:`.store`), a hash: field the document's ``_id`` as
   JSON, value ``<entry id> <change record>`` of its last change. Updated by the publish script with the
@@ -122,6 +123,13 @@ elseif tonumber(string.match(id, '^(%d+)')) < start then
 end
 local prev = redis.call('HGET', KEYS[2], 'last') or ''
 local refused = redis.call('HGET', KEYS[2], 'store')
+if not refused and (redis.call('HGET', KEYS[2], 'slast') or '') ~= prev then
+  -- the store was not kept with every change of the class (a class from before the store, or a node
+  -- without it published since): it is not whole, so it is refused rather than served partial
+  refused = 'the store does not hold every change of the class (published without a document store)'
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[2], 'store', refused, 'sbytes', 0)
+end
 local old = false
 if not refused then
   old = redis.call('HGET', KEYS[3], ARGV[7])
@@ -160,6 +168,8 @@ if not refused then
   if reason then
     redis.call('DEL', KEYS[3])
     redis.call('HSET', KEYS[2], 'store', reason, 'sbytes', 0)
+  else
+    redis.call('HSET', KEYS[2], 'slast', added)  -- the store holds every change up to this one
   end
 end
 if ARGV[6] ~= '' then
