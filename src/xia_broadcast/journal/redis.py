@@ -10,8 +10,9 @@ Keys (``prefix`` defaults to ``xia:``):
   when a node watches a declared class: a subscriber of a name nobody publishes writes no key), ``last``
   (the id of the last entry added), ``sbytes`` (the bytes of the document store), ``slast`` (the last entry
   the store was kept with: a class published without it since, by a node of an earlier version, has its
-  store refused) and ``store`` (why the store was refused, when it was). A Redis that comes back empty has no meta key: the next publish creates a
-  new epoch (and drops the store), and positions carrying the old one are history gone.
+  store refused) and ``store`` (why the store was refused, when it was). A Redis that comes back empty has
+  no meta key: the next publish creates a new epoch (and drops the store), and positions carrying the old
+  one are history gone.
 * ``{prefix}docs:{class}``: the document store (:mod:`.store`), a hash: field the document's ``_id`` as
   JSON, value ``<entry id> <change record>`` of its last change. Updated by the publish script with the
   entry, which also gets field ``v``: the record the store held before (the previous state, over one the
