@@ -225,7 +225,7 @@ class Replays:
             # is never delivered again (a synchronous read ends exactly at the last change delivered)
             member.start_seq = replay.cursor + "\0"
         if member.snapshot:  # the collection is whole at this position: tell it even without a replay
-            seq = replay.cursor or self.head(member.class_name)
+            seq = replay.cursor or self.head(member.class_name) or ""  # "": nothing was ever published
             conn.put(control_message("snapshot_done", **{"class": member.class_name, "seq": seq,
                                                          "epoch": replay.epoch or self.epoch_of(member.class_name)}))
         elif conn.control and tell:

@@ -78,3 +78,12 @@ async def test_a_burst_of_new_classes_costs_a_few_blocking_reads_not_one_per_cla
         await client.aclose()
     assert used <= 40, f"{used} blocking reads for 200 new classes"  # one per class before
     assert json.dumps(server.service.hub.stats.view_errors) == "0"
+
+
+async def test_a_snapshot_of_a_class_nobody_published_yet_is_empty_and_whole(node: tuple[NativeServer, str]) -> None:
+    server, _ = node
+    ws, _ = await subscribe(f"ws://127.0.0.1:{server.port}/ws", {"Fresh": {"snapshot": True}})
+    async with ws:
+        assert await recv_json(ws) == {"_control": "snapshot_done", "class": "Fresh", "seq": "", "epoch": ""}
+        seq = await server.service.publish("Fresh", "I", {"_id": 1})  # the class's first change makes its epoch
+        assert (await recv_json(ws))["seq"] == seq

@@ -726,7 +726,7 @@ class _RedisSnapshot(Snapshot):
         while not self._done:
             epoch, refused, self._cursor, flat = await self.backend._documents_page(name, self._cursor, limit)
             self._done = self._cursor == "0"
-            if epoch != position.epoch:
+            if position.epoch and epoch != position.epoch:  # none at the position: a first publish may make it
                 raise HistoryGone(name, None, epoch=epoch, reason="the class's epoch changed")
             if refused:
                 raise SnapshotRefused(name, refused)
