@@ -99,8 +99,8 @@ def journal_text(settings: Settings) -> str:
     if settings.data:
         return (f"SQLite in {settings.data}, durability {settings.journal_durability} (a restart loses nothing "
                 "acknowledged; clients resume where they were)")
-    return ("in memory: a restart loses every change and starts a new epoch (resuming clients are told "
-            "history_gone); --data DIR keeps it")
+    return ("in memory: a restart loses every change and document and starts a new epoch (resuming clients "
+            "are told history_gone, snapshot clients reset); --data DIR keeps them")
 
 
 def main(argv: list[str] | None = None) -> int:
