@@ -392,3 +392,31 @@ async def test_a_snapshot_whose_position_is_gone_again_and_again_backs_off_betwe
     await until(lambda: member.replay is None, what="live after the reset and a fresh snapshot")
     assert [m["_control"] for m in messages(signals) if "_control" in m] == ["reset", "snapshot_done"]
     assert hub.stats.resets == 1
+
+
+async def test_members_sharing_a_pass_finish_it_when_one_leaves_midway_and_the_pass_is_dropped_after(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import xia_broadcast.snapshot as snapshot_module
+
+    monkeypatch.setattr(snapshot_module, "PAGE", 2)
+    signals = Signals()  # nothing is taken by itself: each queue holds what its member was given
+    hub = make_hub(signals, queue_messages=4)
+    filled(hub, 40)
+    sockets = [object() for _ in range(3)]
+    members = [hub.subscribe(ws, "Doc", {"snapshot": True}) for ws in sockets]
+    view = members[0].view
+    await until(lambda: all(len(hub.connections[ws].queue) == 4 for ws in sockets), what="every queue full")
+    shared = view.snapshot_pass
+    assert shared is not None and hub.stats.snapshot_passes == 1 and shared.members == set(members)
+    hub.remove(sockets[0])  # one leaves halfway: its task is cancelled and leaves the pass
+    await until(lambda: shared.members == set(members[1:]), what="the member that left is out of the pass")
+    got: dict[object, list[Any]] = {ws: [] for ws in sockets[1:]}
+    while any(m.replay is not None for m in members[1:]) or any(hub.connections[ws].queue for ws in got):
+        for ws in got:  # the others read on, as their sockets would
+            got[ws] += [orjson.loads(o.data) for o in hub.connections[ws].take()]
+            hub.connections[ws].scheduled = False
+        await asyncio.sleep(0)
+    for messages_of in got.values():
+        assert sorted(m["message"]["i"] for m in messages_of if "message" in m) == list(range(40))
+        assert messages_of[-1]["_control"] == "snapshot_done"
+    assert view.snapshot_pass is None and hub.stats.encodings == 40  # one encoding per document, then dropped
