@@ -8,8 +8,10 @@ refuse snapshots instead of serving them partial.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
+import orjson
 import pytest
 
 from xia_broadcast.core.change import Change
@@ -156,3 +158,35 @@ async def test_a_snapshot_being_read_when_the_store_is_refused_fails_instead_of_
     await publish(backend, "I", doc(10))  # past the bound while the snapshot is read
     with pytest.raises(SnapshotRefused):
         await pages(snapshot)
+
+
+async def stored_bytes(kind: str, backend: Backend, class_name: str, doc_id: Any) -> bytes | None:
+    """What the SQLite file or Redis holds for a document in the store (None for the memory backend)."""
+    key = orjson.dumps(doc_id).decode()
+    if kind == "sqlite":
+        db = sqlite3.connect(backend.path)  # type: ignore[attr-defined]
+        try:
+            row = db.execute("SELECT record FROM documents WHERE class = ? AND id = ?", (class_name, key)).fetchone()
+        finally:
+            db.close()
+        return bytes(row[0])
+    if kind == "redis":
+        value: bytes = await backend._redis.hget(backend.docs_key(class_name), key)  # type: ignore[attr-defined]
+        return value
+    return None
+
+
+async def test_the_store_keeps_no_previous_state_a_publisher_gave(make_backend: MakeBackend) -> None:
+    recorder = ChangeRecorder()
+    backend = await started(await make_backend(), recorder, "T")
+    await publish(backend, "I", doc(1, n=1), prev=doc(1, n=0, big="x" * 500))  # nothing stored before it
+    raw = await stored_bytes(make_backend.kind, backend, "T", 1)
+    assert raw is None or (b'"n":1' in raw and b"x" * 500 not in raw)  # the store holds the document only
+    await publish(backend, "U", doc(1, n=2))
+    await recorder.until_count(2, "T")
+    # the stored version, the next change's previous state, is the document alone
+    assert recorder.changes[1].prev == doc(1, n=1)
+    read = await backend.read("T", None, inclusive=True, limit=10)
+    assert read[1].prev == doc(1, n=1) and read[0].prev == doc(1, n=0, big="x" * 500)
+    stored = await (await backend.snapshot("T")).next(10)
+    assert [(c.data, c.prev) for c in stored] == [(doc(1, n=2), None)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -107,6 +107,14 @@ class Change:
             return orjson.dumps(record)
         except TypeError as exc:
             raise ChangeNotSerialisable(f"{self.class_name}: data is not JSON-ready: {exc}") from None
+
+    def stored_record(self, record: bytes) -> bytes:
+        """What a document store keeps of this change: ``record`` (its :meth:`to_record`), without the previous
+        state a publisher gave (the store never needs it, and it would be journaled again with the next
+        change as that one's previous state)."""
+        if self.prev is None:
+            return record
+        return replace(self, prev=None, _prev_subjects=None, _size=None).to_record(with_seq=False)
 
     @classmethod
     def from_record(cls, record: bytes | str, *, seq: str | None = None, epoch: str = "",

@@ -104,7 +104,8 @@ end
 """
 
 # KEYS: stream, meta, docs. ARGV: new epoch token, record, id or "", maxlen or "", "1" approximate, minid (ms)
-# or "", document key, op, "1" when the record holds the previous state, store max documents, store max bytes.
+# or "", document key, op, "1" when the record holds the previous state, store max documents, store max bytes,
+# the record to store ("": the record itself; else it without the previous state the publisher gave).
 # Returns {entry id, epoch}. Invariants: every entry of a stream is after its epoch's start id ``ms-0`` (a
 # new stream's first entry gets ``max(now, start)-1``, later ones are after it), so a position at the
 # epoch's start misses nothing; every entry's ``p`` is the id of the entry added before it ("" for the
@@ -156,8 +157,10 @@ if not refused then
   if ARGV[8] == 'D' then
     redis.call('HDEL', KEYS[3], ARGV[7])
   else
-    redis.call('HSET', KEYS[3], ARGV[7], added .. ' ' .. ARGV[2])
-    delta = delta + #ARGV[2]
+    local stored = ARGV[12]
+    if stored == '' then stored = ARGV[2] end  -- without a previous state given, the record itself
+    redis.call('HSET', KEYS[3], ARGV[7], added .. ' ' .. stored)
+    delta = delta + #stored
   end
   local size = redis.call('HINCRBY', KEYS[2], 'sbytes', delta)
   local reason = false
@@ -389,7 +392,8 @@ class RedisBackend(Backend):
                                    "" if self.max_count is None else str(self.max_count),
                                    "0" if self.exact_trim else "1", minid, doc_key(change.doc_id), change.op,
                                    "1" if change.prev is not None else "0", str(self.store.max_documents),
-                                   str(self.store.max_bytes)]
+                                   str(self.store.max_bytes),
+                                   b"" if change.prev is None else change.stored_record(record)]
         name = change.class_name
         try:
             added, epoch = await self._publish(keys=[self.stream_key(name), self.meta_key(name),

@@ -614,11 +614,13 @@ class SqliteBackend(Backend):
             if row is not None:
                 db.execute("DELETE FROM documents WHERE class = ? AND id = ?", (name, entry.key))
         else:
+            stored = change.stored_record(entry.record)
+            size = len(stored) + 24
             db.execute("INSERT OR REPLACE INTO documents (class, id, seq, size, record) VALUES (?, ?, ?, ?, ?)",
-                       (name, entry.key, change.seq, entry.size, entry.record))
+                       (name, entry.key, change.seq, size, stored))
             tally.docs += 1
-            tally.doc_bytes += entry.size
-            self._work_doc_total += entry.size
+            tally.doc_bytes += size
+            self._work_doc_total += size
             reason = self.store.passed(tally.docs, tally.doc_bytes, self._work_doc_total)
             if reason:
                 db.execute("DELETE FROM documents WHERE class = ?", (name,))
