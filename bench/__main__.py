@@ -32,6 +32,9 @@ its "Snapshots" section, whose figures come from ``python -m bench.snapshot``).
 ``--headline-only`` runs steps 1 and 2 at N=1000 only (the load generator's capacity, both references, every
 V, the ASGI rows): the comparison of one build against another, about three minutes; it writes the JSON result,
 not the docs.
+``--lean`` drives the throughput scenarios (steps 2 and 3) with ``bench/node/leangen.js`` (frames read straight from
+``net`` sockets, many per read: a load generator well above the servers' figures) instead of ``loadgen.js``, which
+stays for latency, memory and replay; step 1 then measures both generators' capacities.
 """
 
 from __future__ import annotations
@@ -115,9 +118,14 @@ class Progress:
         return result
 
 
+#: checks only the lean generator (``leangen.js``) reports: seqs it could not read, sampled parses that disagreed
+LEAN_CHECKS = ("seq_scan_failures", "cross_checked", "cross_check_failures", "frames_per_read")
+
+
 def checks(lg: dict[str, Any]) -> dict[str, Any]:
     return {"complete": lg["complete"], "out_of_order": lg["out_of_order"],
-            "min_received": lg["per_connection_min"], "max_received": lg["per_connection_max"]}
+            "min_received": lg["per_connection_min"], "max_received": lg["per_connection_max"],
+            "loadgen_busy": lg.get("busy_fraction"), **{k: lg[k] for k in LEAN_CHECKS if k in lg}}
 
 
 ASGI_N = 1000
@@ -138,23 +146,26 @@ def throughput_cases(sizes: dict[int, int]) -> list[tuple[int, str, int | None, 
     return cases
 
 
-def run_case(n: int, target: str, v: int | None, distinct: bool, profile: Any, log_dir: Path) -> Any:
-    """One throughput measurement on a fresh server, with its socket writes counted."""
+def run_case(n: int, target: str, v: int | None, distinct: bool, profile: Any, log_dir: Path,
+             generator: str = "ws") -> Any:
+    """One throughput measurement on a fresh server, with its socket writes counted, driven by ``generator``."""
     if target in (XiaTarget.name, AsgiTarget.name):
         assert v is not None
         handshakes, keys = views(v, distinct)
         xia_cls = XiaTarget if target == XiaTarget.name else AsgiTarget
         with xia_cls(log_dir=log_dir, api_keys=keys, settings=XIA_SETTINGS) as t:
             wait_until_quiet(timeout_s=QUIET_WAIT_S)
-            return run_publish_scenario(t, n, profile, handshakes=handshakes, count_syscalls=True, log_dir=log_dir)
+            return run_publish_scenario(t, n, profile, handshakes=handshakes, count_syscalls=True,
+                                        generator=generator, log_dir=log_dir)
     cls = ReferenceTarget if target == ReferenceTarget.name else NodeReferenceTarget
     with cls(log_dir=log_dir) as ref:
         wait_until_quiet(timeout_s=QUIET_WAIT_S)
-        return run_publish_scenario(ref, n, profile, count_syscalls=True, log_dir=log_dir)
+        return run_publish_scenario(ref, n, profile, count_syscalls=True, generator=generator, log_dir=log_dir)
 
 
 def throughput(progress: Progress, title: str, cases: list[tuple[int, str, int | None, bool]],
-               counts: dict[int, int], profile_of: Callable[[int], Any], log_dir: Path) -> list[dict[str, Any]]:
+               counts: dict[int, int], profile_of: Callable[[int], Any], log_dir: Path,
+               generator: str = "ws") -> list[dict[str, Any]]:
     """Run ``cases``; every xia-broadcast row carries its ratio to both references of its N, and every ASGI
     row its ratio to the native server's row of the same N, V and catalogs (``ratio_xia-broadcast``)."""
     rows: list[dict[str, Any]] = []
@@ -164,7 +175,7 @@ def throughput(progress: Progress, title: str, cases: list[tuple[int, str, int |
         label = f"{title}: {target}, N={n}" + (f", V={v}" if v is not None else "") + \
             (" (distinct catalogs)" if distinct else "")
         def measure(n: int = n, target: str = target, v: int | None = v, distinct: bool = distinct) -> Any:
-            return run_case(n, target, v, distinct, profile_of(counts[n]), log_dir)
+            return run_case(n, target, v, distinct, profile_of(counts[n]), log_dir, generator)
         res = progress.run(label, measure, lambda r: f"{r.loadgen['deliveries_per_s']:,.0f} deliveries/s")
         if v is None:
             refs[(n, target)] = res
@@ -182,7 +193,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes, a smoke test")
     ap.add_argument("--headline-only", action="store_true",
                     help="only the load generator's capacity and the headline scenario at N=1000")
+    ap.add_argument("--lean", action="store_true",
+                    help="throughput scenarios driven by bench/node/leangen.js (loadgen.js stays for latency)")
     args = ap.parse_args()
+    generator = "lean" if args.lean else "ws"
     set_niceness()
     quick = args.quick
     sizes = {100: 500, 1000: 300} if quick else {100: 5000, 1000: 2000, 5000: 400}
@@ -204,40 +218,53 @@ def main() -> None:
                                              ("xia-broadcast, one view", XiaTarget, 1),
                                              ("xia-broadcast, one view per subscriber", XiaTarget, idle_n),
                                              (f"{AsgiTarget.name}, one view", AsgiTarget, 1)]
-    total = 2 + len(headline) + (0 if args.headline_only else
+    total = 2 + int(args.lean) + len(headline) + (0 if args.headline_only else
                                  len(batched) + len(latency_targets) * repeats + len(mem_cases) + 1)
     progress = Progress(total)
     report: dict[str, Any] = {"machine": machine(), "log_dir": str(log_dir), "quick": quick,
-                              "publishers": PUBLISHERS}
+                              "publishers": PUBLISHERS, "throughput_generator": generator}
 
     def quiet() -> float:
         return wait_until_quiet(timeout_s=QUIET_WAIT_S)
 
     # 1. the load generator's own limits
     cap_n, cap_count = (1000, 2000) if not quick else (100, 500)
-    cap = progress.run(f"loadgen capacity, synthetic sender, {cap_n} clients",
+    cap = progress.run(f"loadgen capacity (ws, loadgen.js), synthetic sender, {cap_n} clients",
                        lambda: (quiet(), measure_loadgen_capacity(cap_n, cap_count, log_dir=log_dir))[1],
                        lambda r: f"{r['deliveries_per_s']:,.0f} deliveries/s")
+    lean_cap = None
+    if args.lean:
+        lean_cap = progress.run(f"loadgen capacity (lean, leangen.js), synthetic sender, {cap_n} clients",
+                                lambda: (quiet(), measure_loadgen_capacity(cap_n, cap_count, generator="lean",
+                                                                           log_dir=log_dir))[1],
+                                lambda r: f"{r['deliveries_per_s']:,.0f} deliveries/s")
     floor = progress.run(f"loadgen latency floor, {rate.rate_per_s:g}/s, {latency_n} clients",
                          lambda: (quiet(), measure_loadgen_capacity(latency_n, rate.count,
                                                                      rate_per_s=rate.rate_per_s,
                                                                      log_dir=log_dir))[1],
                          lambda r: f"p50 {r['latency_ms']['p50']:.1f} ms p99 {r['latency_ms']['p99']:.1f} ms")
     report["loadgen"] = {"capacity": cap, "capacity_connections": cap_n, "latency_floor": floor}
+    if lean_cap is not None:
+        report["loadgen"]["lean_capacity"] = lean_cap
 
     # 2. headline: one change per request, concurrent publishers
     report["one_per_request"] = throughput(progress, "one change per request", headline, sizes,
-                                           lambda count: OnePerRequest(count, PUBLISHERS), log_dir)
+                                           lambda count: OnePerRequest(count, PUBLISHERS), log_dir, generator)
     if args.headline_only:
         report["headline_only"] = True
         out = save(report)
+        for name, c in (("ws", cap), ("lean", lean_cap)):
+            if c is not None:
+                print(json.dumps({"loadgen_capacity": name, "deliveries_per_s": c["deliveries_per_s"],
+                                  "busy": c["busy_fraction"], "complete": c["complete"],
+                                  "out_of_order": c["out_of_order"], "headline": name == generator}))
         for r in report["one_per_request"]:
             print(json.dumps({k: v for k, v in r.items() if k in SUMMARY or k.startswith("ratio_")}))
         print(f"full results: {out.relative_to(ROOT)}")
         return
     # 3. batched publishing, labelled
     report["batched"] = throughput(progress, "batched, 100 per request", batched, {batched_n: batched_count},
-                                   lambda count: FullSpeed(count, batch=100), log_dir)
+                                   lambda count: FullSpeed(count, batch=100), log_dir, generator)
 
     # 4. latency at a fixed rate: the servers in turn, `repeats` times; the median run of each is reported
     runs: dict[str, list[Any]] = {t.name: [] for t in latency_targets}
@@ -330,7 +357,7 @@ def keep_sections(old: str, new: str) -> str:
 
 #: the keys of a throughput row that ``--headline-only`` prints (with every ``ratio_*``)
 SUMMARY = ("target", "connections", "views", "distinct_catalogs", "deliveries_per_s", "server_busy", "complete",
-           "out_of_order")
+           "out_of_order", "loadgen_busy", "seq_scan_failures", "cross_check_failures")
 
 
 def save(report: dict[str, Any]) -> Path:
@@ -452,6 +479,21 @@ def _asgi_sentence(asgi1: dict[str, Any] | None, asgin: dict[str, Any] | None, n
     ]
 
 
+def _lean_sentence(r: dict[str, Any]) -> list[str]:
+    """The lean generator's capacity, when the throughput tables were driven by it (``--lean``)."""
+    lean = r["loadgen"].get("lean_capacity")
+    if lean is None:
+        return []
+    return [
+        "The throughput tables (headline and batched) were driven by the lean load generator",
+        "(`bench/node/leangen.js`: frames read straight from `net` sockets, many per read, seqs checked in the",
+        f"frame bytes), whose capacity against the same synthetic sender is **{lean['deliveries_per_s']:,.0f}"
+        f" deliveries/s** ({lean['deliveries_per_s'] / r['loadgen']['capacity']['deliveries_per_s']:.1f}x the "
+        "`ws` one above, which drives the latency, memory and replay steps).",
+        "",
+    ]
+
+
 def render(r: dict[str, Any]) -> str:
     m = r["machine"]
     cap = r["loadgen"]["capacity"]
@@ -531,6 +573,7 @@ def render(r: dict[str, Any]) -> str:
         "by the server: `server busy` (server CPU seconds per second of delivery; 1: its core is full) tells",
         "how much headroom the server had.",
         "",
+        *_lean_sentence(r),
         f"## Headline: one change per request ({r['publishers']} concurrent publishers)",
         "",
         f"{r['publishers']} publishers, each on its own keep-alive connection, POST one change each and send the next",

@@ -645,8 +645,14 @@ def _write_handshakes(log_dir: Path, handshakes: Sequence[dict[str, Any]]) -> Pa
     return Path(name)
 
 
+GENERATORS = {"ws": "loadgen.js", "lean": "leangen.js"}
+"""Load generators by name: ``loadgen.js`` (the ``ws`` package; latency) and ``leangen.js`` (frames read straight
+from ``net`` sockets, many per read; throughput). Same command line and result fields."""
+
+
 class Loadgen:
-    """``bench/node/loadgen.js`` as a child process; see that file for its result fields."""
+    """``bench/node/loadgen.js`` (or, with ``generator="lean"``, ``leangen.js``) as a child process; see that file
+    for its result fields."""
 
     def __init__(
         self,
@@ -658,6 +664,7 @@ class Loadgen:
         timeout_s: float = 120.0,
         connect_timeout_s: float = 120.0,
         cpu: int | None = LOADGEN_CPU,
+        generator: str = "ws",
         log_dir: Path,
     ) -> None:
         """Start the loadgen: ``connections`` clients, each expecting ``expect`` documents (0: none).
@@ -672,7 +679,7 @@ class Loadgen:
         self.connect_timeout_s = connect_timeout_s
         argv = [
             node_binary(),
-            str(NODE_DIR / "loadgen.js"),
+            str(NODE_DIR / GENERATORS[generator]),
             "--url",
             url,
             "--connections",
@@ -785,6 +792,7 @@ def run_publish_scenario(
     expect: int | None = None,
     timeout_s: float = 300.0,
     count_syscalls: bool = False,
+    generator: str = "ws",
     log_dir: Path,
 ) -> ScenarioResult:
     """Subscribe ``connections`` clients to the started ``target``, publish ``profile``, collect results.
@@ -792,7 +800,7 @@ def run_publish_scenario(
     ``expect`` is the number of documents each client should receive (default: all of
     ``profile``, right for a target that does not filter). The scenario is bounded by
     ``timeout_s`` seconds for publishing and as much again for delivery. ``count_syscalls`` counts the
-    server's socket writes meanwhile (:class:`SyscallCounter`).
+    server's socket writes meanwhile (:class:`SyscallCounter`). ``generator``: see :data:`GENERATORS`.
     """
     loadgen = Loadgen(
         target.ws_url,
@@ -800,6 +808,7 @@ def run_publish_scenario(
         handshakes=handshakes,
         expect=profile.count if expect is None else expect,
         timeout_s=timeout_s,
+        generator=generator,
         log_dir=log_dir,
     )
     try:
@@ -871,6 +880,7 @@ def measure_loadgen_capacity(
     frames_per_write: int = 16,
     rate_per_s: float | None = None,
     timeout_s: float = 300.0,
+    generator: str = "ws",
     log_dir: Path,
 ) -> dict[str, Any]:
     """Loadgen ``result`` against ``bench/synthetic_server.js`` (server on CPU 0, loadgen on CPU 1).
@@ -882,7 +892,8 @@ def measure_loadgen_capacity(
     (documents per second) each carries ``ts``, so the reported latency is the
     loadgen's own latency floor at that fan-out width. Added keys: the synthetic
     server's ``sent`` event under ``"sender"``, and ``sender_cpu_s``, ``loadgen_cpu_s``,
-    ``other_cpu_s`` as in :class:`ScenarioResult` (counted from the loadgen's start).
+    ``other_cpu_s`` as in :class:`ScenarioResult` (counted from the loadgen's start). ``generator``: the load
+    generator measured (:data:`GENERATORS`).
     """
     port = free_port()
     doc = {k: v for k, v in make_change(0, monotonic_us())["doc"].items() if k not in ("_id", "ts")}
@@ -907,7 +918,8 @@ def measure_loadgen_capacity(
     server = Child("synthetic", argv, cpu=SERVER_CPU, log_dir=log_dir, capture_stdout=True)
     try:
         server.next_event("listening", STOP_GRACE_S)
-        loadgen = Loadgen(f"ws://127.0.0.1:{port}/ws", connections, expect=count, timeout_s=timeout_s, log_dir=log_dir)
+        loadgen = Loadgen(f"ws://127.0.0.1:{port}/ws", connections, expect=count, timeout_s=timeout_s,
+                          generator=generator, log_dir=log_dir)
         try:
             cpu = CpuWindow(server.pid, loadgen.pid)
             loadgen.wait_ready()
