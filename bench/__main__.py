@@ -32,9 +32,10 @@ its "Snapshots" section, whose figures come from ``python -m bench.snapshot``).
 ``--headline-only`` runs steps 1 and 2 at N=1000 only (the load generator's capacity, both references, every
 V, the ASGI rows): the comparison of one build against another, about three minutes; it writes the JSON result,
 not the docs.
-``--lean`` drives the throughput scenarios (steps 2 and 3) with ``bench/node/leangen.js`` (frames read straight from
-``net`` sockets, many per read: a load generator well above the servers' figures) instead of ``loadgen.js``, which
-stays for latency, memory and replay; step 1 then measures both generators' capacities.
+The throughput scenarios (steps 2 and 3) are driven by ``bench/node/leangen.js`` (frames read straight from ``net``
+sockets, many per read: a load generator well above the servers' figures); ``loadgen.js`` (the ``ws`` package)
+stays for latency, memory and replay, and step 1 measures both generators' capacities. ``--ws-throughput`` drives
+the throughput scenarios with ``loadgen.js`` too, as earlier versions did.
 """
 
 from __future__ import annotations
@@ -193,10 +194,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes, a smoke test")
     ap.add_argument("--headline-only", action="store_true",
                     help="only the load generator's capacity and the headline scenario at N=1000")
-    ap.add_argument("--lean", action="store_true",
-                    help="throughput scenarios driven by bench/node/leangen.js (loadgen.js stays for latency)")
+    ap.add_argument("--ws-throughput", action="store_true",
+                    help="throughput scenarios driven by bench/node/loadgen.js (ws) as well, not leangen.js")
     args = ap.parse_args()
-    generator = "lean" if args.lean else "ws"
+    generator = "ws" if args.ws_throughput else "lean"
     set_niceness()
     quick = args.quick
     sizes = {100: 500, 1000: 300} if quick else {100: 5000, 1000: 2000, 5000: 400}
@@ -218,7 +219,7 @@ def main() -> None:
                                              ("xia-broadcast, one view", XiaTarget, 1),
                                              ("xia-broadcast, one view per subscriber", XiaTarget, idle_n),
                                              (f"{AsgiTarget.name}, one view", AsgiTarget, 1)]
-    total = 2 + int(args.lean) + len(headline) + (0 if args.headline_only else
+    total = 2 + int(generator == "lean") + len(headline) + (0 if args.headline_only else
                                  len(batched) + len(latency_targets) * repeats + len(mem_cases) + 1)
     progress = Progress(total)
     report: dict[str, Any] = {"machine": machine(), "log_dir": str(log_dir), "quick": quick,
@@ -233,7 +234,7 @@ def main() -> None:
                        lambda: (quiet(), measure_loadgen_capacity(cap_n, cap_count, log_dir=log_dir))[1],
                        lambda r: f"{r['deliveries_per_s']:,.0f} deliveries/s")
     lean_cap = None
-    if args.lean:
+    if generator == "lean":
         lean_cap = progress.run(f"loadgen capacity (lean, leangen.js), synthetic sender, {cap_n} clients",
                                 lambda: (quiet(), measure_loadgen_capacity(cap_n, cap_count, generator="lean",
                                                                            log_dir=log_dir))[1],
@@ -480,7 +481,7 @@ def _asgi_sentence(asgi1: dict[str, Any] | None, asgin: dict[str, Any] | None, n
 
 
 def _lean_sentence(r: dict[str, Any]) -> list[str]:
-    """The lean generator's capacity, when the throughput tables were driven by it (``--lean``)."""
+    """The lean generator's capacity, when it drove the throughput tables (not with ``--ws-throughput``)."""
     lean = r["loadgen"].get("lean_capacity")
     if lean is None:
         return []
