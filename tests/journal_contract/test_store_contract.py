@@ -190,3 +190,25 @@ async def test_the_store_keeps_no_previous_state_a_publisher_gave(make_backend: 
     assert read[1].prev == doc(1, n=1) and read[0].prev == doc(1, n=0, big="x" * 500)
     stored = await (await backend.snapshot("T")).next(10)
     assert [(c.data, c.prev) for c in stored] == [(doc(1, n=2), None)]
+
+
+async def test_a_stored_record_that_cannot_be_read_is_skipped_and_logged_the_rest_served(
+        make_backend: MakeBackend, caplog: pytest.LogCaptureFixture) -> None:
+    if make_backend.kind == "memory":
+        pytest.skip("the memory store keeps objects, not records")
+    backend = await started(await make_backend(), None, "T")
+    for i in range(3):
+        await publish(backend, "I", doc(i))
+    key = orjson.dumps(1).decode()
+    if make_backend.kind == "sqlite":
+        db = sqlite3.connect(backend.path)  # type: ignore[attr-defined]
+        db.execute("UPDATE documents SET record = ? WHERE class = 'T' AND id = ?", (b"not json", key))
+        db.commit()
+        db.close()
+    else:
+        redis = backend._redis  # type: ignore[attr-defined]
+        value = await redis.hget(backend.docs_key("T"), key)  # type: ignore[attr-defined]
+        await redis.hset(backend.docs_key("T"), key, value.split(b" ", 1)[0] + b" not json")  # type: ignore[attr-defined]
+    got = await pages(await backend.snapshot("T"))
+    assert sorted(c.doc_id for c in got) == [0, 2]
+    assert "skipping stored document 1" in caplog.text

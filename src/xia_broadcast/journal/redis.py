@@ -61,7 +61,7 @@ from .base import (
     Position,
     SeqOrderError,
 )
-from .store import Snapshot, SnapshotRefused, StoreBounds, doc_key, snapshot_document
+from .store import Snapshot, SnapshotRefused, StoreBounds, doc_key, stored_document
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -742,13 +742,9 @@ class _RedisSnapshot(Snapshot):
                 if seq > position.seq or key in seen:
                     continue
                 seen.add(key)
-                try:
-                    data = Change.from_record(record).data
-                except BadChangeRecord as exc:
-                    log.error("%s: skipping stored document %s, not a change record: %s", name, key, exc)
-                    continue
-                assert data is not None
-                page.append(snapshot_document(name, seq, data, epoch=epoch))
+                document = stored_document(name, key.decode(errors="replace"), seq, record, epoch)
+                if document is not None:
+                    page.append(document)
             if page:
                 return page
         return []

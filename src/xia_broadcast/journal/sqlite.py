@@ -51,7 +51,7 @@ from typing import Any
 
 import orjson
 
-from ..core.change import BadChangeRecord, Change
+from ..core.change import Change
 from ..core.seq import SeqClock, format_seq
 from ..errors import XiaBroadcastError
 from .base import (
@@ -65,7 +65,7 @@ from .base import (
     SeqOrderError,
 )
 from .memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_TOTAL_BYTES
-from .store import ListSnapshot, Snapshot, SnapshotRefused, StoreBounds, doc_key, snapshot_document
+from .store import ListSnapshot, Snapshot, SnapshotRefused, StoreBounds, doc_key, stored_document
 
 log = logging.getLogger("xia_broadcast.journal.sqlite")
 
@@ -771,13 +771,9 @@ class _SqliteSnapshot(Snapshot):
             for key, seq, record in rows:
                 if seq > position.seq:
                     continue  # changed after the position: the journal after it brings the document
-                try:
-                    data = Change.from_record(record).data
-                except BadChangeRecord as exc:
-                    log.error("%s: skipping stored document %s, not a change record: %s", name, key, exc)
-                    continue
-                assert data is not None
-                page.append(snapshot_document(name, seq, data, epoch=position.epoch))
+                document = stored_document(name, key, seq, record, position.epoch)
+                if document is not None:
+                    page.append(document)
             if page:
                 return page
 

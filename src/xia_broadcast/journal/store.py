@@ -27,15 +27,18 @@ the class's documents at the end of what it read, whatever was published meanwhi
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import orjson
 
-from ..core.change import Change
+from ..core.change import BadChangeRecord, Change
 from ..errors import XiaBroadcastError
 from .base import Position
+
+log = logging.getLogger("xia_broadcast.journal.store")
 
 __all__ = ["DEFAULT_STORE_MAX_BYTES", "DEFAULT_STORE_MAX_DOCUMENTS", "DEFAULT_STORE_MAX_TOTAL_BYTES", "ListSnapshot",
            "MemoryStore", "Snapshot", "SnapshotRefused", "StoreBounds", "doc_key"]
@@ -117,6 +120,18 @@ def snapshot_document(class_name: str, seq: str, data: Mapping[str, Any], doc: A
     subjects are left to the reader (the schema the server has now, not the one the document was stored
     under)."""
     return Change(class_name, "I", seq, data, None, doc=doc, epoch=epoch)
+
+
+def stored_document(class_name: str, key: Any, seq: str, record: bytes, epoch: str) -> Change | None:
+    """A document as a store that keeps change records holds it (SQLite, Redis), as a snapshot document;
+    None, logged, for bytes that are not a change record (the rest of the snapshot goes on)."""
+    try:
+        data = Change.from_record(record).data
+    except BadChangeRecord as exc:
+        log.error("%s: skipping stored document %s, not a change record: %s", class_name, key, exc)
+        return None
+    assert data is not None  # a record always holds its data
+    return snapshot_document(class_name, seq, data, epoch=epoch)
 
 
 class ListSnapshot(Snapshot):
