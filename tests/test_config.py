@@ -44,7 +44,7 @@ RELEASED_KEYS = {
         "max_http_connections", "max_body_bytes", "max_outbound_bytes", "max_write_delay", "origin_allowlist",
         "max_subscriptions", "ping_interval", "ping_timeout", "queue_messages", "queue_bytes", "shutdown_timeout",
         "log_format", "log_level", "allow_undeclared_classes", "show_hidden_requires_grant", "client_frame_burst",
-        "client_frame_rate", "max_queued_bytes", "allowed_hosts")},
+        "client_frame_rate", "max_queued_bytes", "allowed_hosts", "gc_freeze_interval")},
     **{("limits", k): k for k in (
         "max_scope_conditions", "max_scope_path_depth", "max_scope_in_values", "max_scope_value_length",
         "max_catalog_depth", "max_catalog_fields")},

@@ -7,6 +7,7 @@ flush of the sockets that have messages (the age of the oldest message written),
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,16 @@ class _ServiceCollector(Collector):
         yield CounterMetricFamily("xia_snapshot_resets", "Snapshot subscribers whose position was gone, sent reset "
                                   "and a fresh snapshot", value=stats.resets)
         yield CounterMetricFamily("xia_view_errors", "Changes a view failed to evaluate", value=stats.view_errors)
+        yield GaugeMetricFamily("xia_gc_frozen_objects", "Objects in the garbage collector's permanent generation "
+                                "(gc_freeze_interval): they follow connections and journal; growth without bound "
+                                "means something leaks reference cycles", value=gc.get_freeze_count())
+        yield CounterMetricFamily("xia_gc_freezes", "Moves of long-lived objects out of the collector's passes",
+                                  value=svc.collector.freezes)
+        collections = CounterMetricFamily("python_gc_collections", "Collections of each generation",
+                                          labels=["generation"])
+        for generation, stat in enumerate(gc.get_stats()):
+            collections.add_metric([str(generation)], stat["collections"])
+        yield collections
         yield CounterMetricFamily("xia_refusals", "Connections refused or closed with an error code",
                                   value=svc.refusals)
 

@@ -41,6 +41,7 @@ from ..journal import BackendUnavailable, make_backend
 from ..journal.store import StoreBounds
 from ..transport import Transport
 from .auth import Authenticator, AuthError, Principal
+from .collector import CollectorPolicy
 from .config import Settings
 from .metrics import Metrics
 
@@ -95,6 +96,7 @@ class Service(Generic[W]):
                         max_tracked_ids=settings.max_tracked_ids, limits=settings.subscription_limits()),
             transport, schemas=dict(settings.classes))
         self.auth = Authenticator(settings)
+        self.collector = CollectorPolicy(settings.gc_freeze_interval)
         self.metrics = Metrics(self)
         #: WebSockets admitted and not yet released
         self.connection_count = 0
@@ -105,10 +107,13 @@ class Service(Generic[W]):
         self.shutting_down = False
 
     async def start(self) -> None:
-        """Start the Hub's backend (Redis: connect and tail; it keeps retrying while Redis is down)."""
+        """Start the Hub's backend (Redis: connect and tail; it keeps retrying while Redis is down) and the
+        garbage-collector policy."""
         await self.hub.start()
+        self.collector.start()
 
     async def stop(self) -> None:
+        await self.collector.stop()
         await self.hub.close()
 
     # -- admission ------------------------------------------------------------------------------------
@@ -189,6 +194,7 @@ class Service(Generic[W]):
         for note in notes:
             hub.send_direct(websocket, note)
         log.info("subscribed", extra={"user": principal.user_name, "classes": known})
+        self.collector.note_subscribed()
         return Session(principal, handshake.control)
 
     def arm_expiry(self, websocket: W, session: Session, close: Callable[[int, str], Any]) -> None:

@@ -1,0 +1,91 @@
+"""The garbage-collector policy of a running server: long-lived objects kept out of the collector's passes.
+
+CPython's cycle collector now and then makes a full pass over every object it tracks, and the event loop
+waits for it: with 19,000 subscribers (about 50 tracked objects each) and a full journal, one pass holds the
+loop for close to half a second. Nearly all of those objects live as long as their connection (the socket,
+its parser, queue, member, view, compiled scope) or their retention (journaled changes), and none of them is
+ever freed by the collector: they are freed by reference counting when their connection goes or their change
+is dropped.
+
+So every ``gc_freeze_interval`` seconds (and after every 256 subscriptions, for connection storms) the
+server collects the young generations (``gc.collect(1)``: cheap, they hold only what was made since the last
+collection) and then moves every object that survived into the collector's permanent generation
+(``gc.freeze()``, a constant-time splice). Frozen objects are still freed by reference counting; the
+collector just never visits them again. The full passes that remain visit only what
+became long-lived within one interval: a few thousand objects, well under a millisecond.
+
+The price: an object frozen and later dropped *in a reference cycle* is never reclaimed. The server's own
+long-lived objects break their cycles when they go (tests/test_collector.py churns connections, views,
+snapshots and refusals with freezing on and fails on any leaked cycle of them); a cycle made by an
+application's hooks (an ACL callback, a document object) could leak. ``xia_gc_frozen_objects`` in
+``/metrics`` shows the frozen count: it follows the connections and the journal, and grows without bound
+only when something leaks. ``gc_freeze_interval = 0`` leaves the collector as Python sets it.
+
+Freezing is process-wide. When the last server of a process stops, its objects are unfrozen, so that a
+process that goes on (a test suite, an application that embeds the server) gets its collector back whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+
+#: subscriptions after which what they made is frozen at once, not at the end of the interval: in a
+#: connection storm (thousands a second, about 50 long-lived objects each) a full pass between two freezes
+#: would otherwise walk up to a second's worth of new connections
+FREEZE_AFTER_SUBSCRIPTIONS = 256
+
+#: servers of this process whose policy is running (freezing is process-wide: unfreeze when none is left)
+_running = 0
+
+
+class CollectorPolicy:
+    """Freezes what survived the young generations every ``interval`` seconds (0: does nothing)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        #: freezes made by this policy
+        self.freezes = 0
+        #: subscriptions since the last freeze
+        self._fresh = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        global _running
+        if self.interval <= 0 or self._task is not None:
+            return
+        _running += 1
+        self.freeze()  # what the process built to start (modules, settings, schemas) is never visited again
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="xia-gc-freeze")
+
+    def freeze(self) -> None:
+        """Collect the young generations, then freeze everything that survived."""
+        gc.collect(1)
+        gc.freeze()
+        self.freezes += 1
+        self._fresh = 0
+
+    def note_subscribed(self) -> None:
+        """A subscription was made: freeze now when :data:`FREEZE_AFTER_SUBSCRIPTIONS` were since the last."""
+        if self._task is not None:
+            self._fresh += 1
+            if self._fresh >= FREEZE_AFTER_SUBSCRIPTIONS:
+                self.freeze()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.freeze()
+
+    async def stop(self) -> None:
+        global _running
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        _running -= 1
+        if _running == 0:
+            gc.unfreeze()
