@@ -308,6 +308,49 @@ def shared_catalog(canonical: bytes, catalog: dict[str, Any], show_hidden: bool)
     return shared
 
 
+class SharedScope:
+    """A scope compiled once for every view that has it (whatever their catalogs and ACLs), with its answer
+    for the document tested last: views that differ only by catalog or ACL (every user of an application
+    asking the same question with an ACL of their own) test each change once between them.
+
+    Memory: the compiled predicate and the last change tested with its answer (the change held, so that no
+    other takes its identity while it is compared by identity), per distinct scope in use.
+    """
+
+    __slots__ = ("__weakref__", "last_change", "last_data", "last_result", "predicate", "views")
+
+    def __init__(self, predicate: Predicate) -> None:
+        self.predicate = predicate
+        #: views using it now: with one, it is tested directly (remembering would cost more than it saves)
+        self.views = 0
+        #: the change and document tested last, and the answer (the loop runs one fan-out at a time)
+        self.last_change: Change | None = None
+        self.last_data: Mapping[str, Any] | None = None
+        self.last_result = False
+
+    def holds(self, change: Change, data: Mapping[str, Any]) -> bool:
+        """Whether the scope holds for ``data`` (the data or the previous data of ``change``): computed once
+        per change and document for all the views sharing the scope."""
+        if change is self.last_change and data is self.last_data:
+            return self.last_result
+        result = self.last_result = bool(self.predicate(data))
+        self.last_change, self.last_data = change, data
+        return result
+
+
+#: the compiled scopes in use, by canonical scope (as in view keys); an entry goes with its last view
+_SCOPES: weakref.WeakValueDictionary[bytes, SharedScope] = weakref.WeakValueDictionary()
+
+
+def shared_scope(canonical: bytes, compile_scope: Callable[[], Predicate]) -> SharedScope:
+    """The :class:`SharedScope` of the scope whose canonical form is ``canonical`` (compiled by
+    ``compile_scope`` the first time)."""
+    shared = _SCOPES.get(canonical)
+    if shared is None:
+        shared = _SCOPES[canonical] = SharedScope(compile_scope())
+    return shared
+
+
 class View:
     """Subscribers of one class sharing (scope, catalog, show_hidden, ACL), and what they compile to.
 
@@ -315,15 +358,20 @@ class View:
     views that differ only by scope or ACL project and encode each change once between them.
     """
 
-    __slots__ = ("acl", "acl_param", "catalog", "class_name", "key", "members", "predicate", "replay_cache",
-                 "replay_cache_bytes", "replaying", "scope", "shared", "show_hidden", "snapshot_pass")
+    __slots__ = ("acl", "acl_param", "catalog", "class_name", "key", "members", "predicate",
+                 "replay_cache", "replay_cache_bytes", "replaying", "scope", "shared", "shared_scope", "show_hidden",
+                 "snapshot_pass")
 
-    def __init__(self, key: ViewKey, class_name: str, scope: list[dict[str, Any]], predicate: Predicate,
+    def __init__(self, key: ViewKey, class_name: str, scope: list[dict[str, Any]], predicate: Predicate | SharedScope,
                  catalog: dict[str, Any], show_hidden: bool, acl: Acl | None, acl_param: Any) -> None:
         self.key = key
         self.class_name = class_name
         self.scope = scope
-        self.predicate = predicate
+        #: the compiled scope, shared with every other view of the same scope (a bare predicate: this
+        #: view's own), which answers it once per change for all of them
+        self.shared_scope = predicate if isinstance(predicate, SharedScope) else SharedScope(predicate)
+        self.shared_scope.views += 1
+        self.predicate = self.shared_scope.predicate
         self.catalog = catalog
         self.show_hidden = show_hidden
         self.acl = acl
@@ -355,13 +403,15 @@ class View:
         """
         if slow is not None or change.data is None:
             return self._evaluate_slow(change, slow)
-        data, acl = change.data, self.acl
-        if (acl is None or acl.allows(change.subjects)) and self.predicate(data):
+        data, acl, scope = change.data, self.acl, self.shared_scope
+        if (acl is None or acl.allows(change.subjects)) and (
+                scope.holds(change, data) if scope.views > 1 else scope.predicate(data)):
             return change.op, self.shared.project(change, data), False
         prev = change.prev
         if prev is None:
             return None
-        if (acl is None or acl.allows(change.prev_subjects)) and self.predicate(prev):
+        if (acl is None or acl.allows(change.prev_subjects)) and (
+                scope.holds(change, prev) if scope.views > 1 else scope.predicate(prev)):
             if change.op != "D":  # an update, or an insert over a document still stored
                 return "X", {"_id": data.get("_id")}, True
             return change.op, self.shared.project(change, prev), True

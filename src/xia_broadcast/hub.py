@@ -35,7 +35,7 @@ from .core.protocol import CLOSE_TOO_SLOW
 from .core.schema import DocSchema
 from .core.scope import compile_conditions, validate_scope
 from .core.versions import DEFAULT_MAX_TRACKED_IDS, LastVersions
-from .core.viewindex import ViewIndex, equality_key
+from .core.viewindex import ViewIndex, index_key
 from .core.viewkey import view_key
 from .errors import HiddenFieldError, SubscriptionError
 from .fanout import (
@@ -51,6 +51,7 @@ from .fanout import (
     View,
     W,
     envelope,
+    shared_scope,
     truthy,
 )
 from .journal import Backend, MemoryBackend, Position, SeqOrderError
@@ -246,9 +247,9 @@ class Hub(Generic[W]):
             views = self.channels[class_name] = ViewIndex()
         view = views.get(key)
         if view is None:
-            view = View(key, class_name, scope, compile_conditions(scope), catalog, show_hidden, acl,
-                        params.get("acl"))
-            views.add(key, view, equality_key(scope))
+            view = View(key, class_name, scope, shared_scope(key[0], lambda: compile_conditions(scope)), catalog,
+                        show_hidden, acl, params.get("acl"))
+            views.add(key, view, index_key(scope))
         conn = self.connection(websocket)
         if control or snapshot:  # a snapshot client keeps a collection: snapshot_done, reset, exits
             conn.control = True
@@ -284,6 +285,7 @@ class Hub(Generic[W]):
         view = member.view
         view.members.pop(member.connection, None)
         if not view.members and view is not keep:
+            view.shared_scope.views -= 1
             views = self.channels.get(view.class_name)
             if views is not None:
                 views.remove(view.key)

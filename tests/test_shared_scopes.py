@@ -1,0 +1,84 @@
+"""Compiled scopes shared between views (``fanout.SharedScope``): views that differ only by catalog or ACL
+share one compiled scope and test each change once between them, and get exactly what each would get with
+a scope of its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xia_broadcast.core.acl import Acl
+from xia_broadcast.core.change import Change
+from xia_broadcast.core.schema import DocSchema
+from xia_broadcast.core.scope import compile_conditions, validate_scope
+from xia_broadcast.core.viewkey import view_key
+from xia_broadcast.fanout import View
+from xia_broadcast.hub import Hub
+from xia_broadcast.transport import NoTransport
+
+SCHEMA = DocSchema.from_dict({"key": ["region"], "privilege_keys": {"region": ["region"]},
+                              "fields": {"region": "str", "amount": "float", "tags": {"type": "str", "many": True},
+                                         "secret": {"type": "str", "hidden": True}}}, "Order")
+SCOPES: list[list[dict[str, Any]]] = [
+    [],
+    [{"fn": "region", "op": "==", "val": "EU"}],
+    [{"fn": "amount", "op": ">=", "val": 10}],
+    [{"fn": "amount", "op": ">=", "val": 10}, {"fn": "region", "op": "in", "val": ["EU", "US"]}],
+    [{"fn": "tags", "op": "==", "val": "hot"}],
+    [{"fn": "region", "op": "!=", "val": "EU"}, {"fn": "amount", "op": "<", "val": 50}],
+]
+CATALOGS: list[dict[str, Any]] = [{}, {"amount": None}, {"region": None, "tags": None}]
+ACLS: list[dict[str, Any] | None] = [
+    None,
+    {"content": [{"obj": "Order/region/EU", "act": "read"}]},
+    {"content": [{"obj": "Order/*", "act": "read"}]},
+    {"content": [{"obj": "Order/region/US", "act": "read"}, {"obj": "Invoice/*", "act": "read"}]},
+]
+docs = st.fixed_dictionaries({
+    "_id": st.sampled_from(["a", "b", "c"]),
+    "region": st.sampled_from(["EU", "US", "ASIA"]),
+    "amount": st.sampled_from([0.0, 9.5, 10.0, 49.0, 50.0, 99.0]),
+    "tags": st.lists(st.sampled_from(["hot", "cold"]), max_size=2),
+    "secret": st.just("s"),
+})
+views_drawn = st.lists(st.tuples(st.sampled_from(range(len(SCOPES))), st.sampled_from(range(len(CATALOGS))),
+                                 st.sampled_from(range(len(ACLS)))), min_size=2, max_size=24)
+
+
+@settings(max_examples=150, deadline=None)
+@given(views_drawn, st.lists(st.tuples(st.sampled_from("IUD"), docs, st.none() | docs), min_size=1, max_size=12))
+def test_views_sharing_a_compiled_scope_get_what_each_would_get_with_its_own(
+        drawn: list[tuple[int, int, int]], changes: list[tuple[str, dict[str, Any], dict[str, Any] | None]]) -> None:
+    hub: Hub[str] = Hub(transport=NoTransport(), schemas={"Order": SCHEMA})
+    alone: dict[str, View] = {}
+    for n, (s, c, a) in enumerate(drawn):
+        ws = f"ws{n}"
+        params = {"data_scope": SCOPES[s], "catalog": CATALOGS[c], "acl": ACLS[a]}
+        hub.subscribe(ws, "Order", params, exits=True)
+        # the same view, with a scope compiled for it alone (nothing shared, nothing remembered between views)
+        scope = validate_scope(SCOPES[s], SCHEMA)
+        acl = Acl.coerce(ACLS[a])
+        alone[ws] = View(view_key(scope, CATALOGS[c], False, acl), "Order", scope, compile_conditions(scope),
+                         CATALOGS[c], False, acl, ACLS[a])
+    shared = {id(v.shared_scope) for v in hub.channels["Order"].values()}
+    assert len(shared) == len({s for s, _, _ in drawn})  # one compiled scope per distinct scope
+    for op, data, prev in changes:
+        change = Change("Order", op, "", data=data, schema=SCHEMA, prev=prev, prev_stored=True)
+        hub.publish_nowait(change)
+        for ws, view in alone.items():
+            conn = hub.connections[ws]
+            got = [m.data for m in conn.queue]
+            conn.queue.clear()
+            conn.queued_bytes = 0
+            expected = view.evaluate(change, None)
+            if expected is None:
+                assert got == [], (ws, drawn, change)
+            else:
+                want_op, body, _exit = expected
+                assert len(got) == 1, (ws, drawn, change)
+                message = orjson.loads(got[0])
+                assert (message["op"], message["message"]) == (want_op, dict(body)), (ws, drawn, change)
+        hub.queued.queued = 0
