@@ -177,3 +177,20 @@ async def test_connection_churn_with_freezing_leaks_no_cycle(make_server: Server
         assert gc.get_freeze_count() == 0
         garbage = cyclic_garbage()
     assert ours(garbage) == {}, f"the server's objects died in reference cycles: {ours(garbage).most_common(12)}"
+
+
+async def test_the_interval_shortens_while_young_collections_are_long_and_comes_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that frees old objects as fast as it makes new ones never reaches CPython's own young
+    collection: all it made since the last freeze is young. A freeze whose collection takes longer than the
+    budget halves the interval (down to 50 ms); one well under it doubles it (up to ``gc_freeze_interval``)."""
+    policy = collector.CollectorPolicy(1.0)
+    monkeypatch.setattr(collector, "YOUNG_COLLECTION_BUDGET", 0.0)  # every collection is too long
+    for expected in (0.5, 0.25, 0.125, 0.0625, 0.05, 0.05):
+        policy.freeze()
+        assert policy.current == expected
+    monkeypatch.setattr(collector, "YOUNG_COLLECTION_BUDGET", 3600.0)  # every collection is short
+    for expected in (0.1, 0.2, 0.4, 0.8, 1.0, 1.0):
+        policy.freeze()
+        assert policy.current == expected
+    gc.unfreeze()  # no server runs this policy: leave the process's collector as it was

@@ -338,9 +338,10 @@ class Settings:
         "counting those it holds (a message shared by many counts for each); past it, a connection holding "
         "messages continues from the journal, as when its own queue is full", unit="bytes", minimum=1)
     gc_freeze_interval: float = setting(
-        1.0, "server", "time between two moves of the objects that survived the garbage collector's young "
-        "generations out of its full passes (gc.freeze), so that no full pass walks every connection; 0: the "
-        "collector as Python sets it", unit="seconds", minimum=0)
+        1.0, "server", "longest time between two moves of the objects that survived the garbage collector's "
+        "young generations out of its full passes (gc.freeze), so that no full pass walks every connection; "
+        "shorter while a move's young collection takes over 5 ms; 0: the collector as Python sets it",
+        unit="seconds", minimum=0)
     shutdown_timeout: float = setting(5.0, "server", "time to flush queues on SIGTERM/SIGINT before closing "
                                       "with 1001", unit="seconds", minimum=0)
     log_format: str = setting("auto", "server", "log lines as JSON objects or as text; auto: text when the "
