@@ -34,6 +34,9 @@
 const crypto = require('node:crypto');
 const net = require('node:net');
 const { parseArgs } = require('node:util');
+const {
+  WS_GUID, inPool, runGenerator, nowUs, cpuUs, emit, usageFor, numberReader, isSubscription, maskedFrame, frameSize, parseSlice,
+} = require('./common');
 
 const OPTIONS = {
   url: { type: 'string' },
@@ -46,23 +49,11 @@ const OPTIONS = {
   'check-every': { type: 'string', default: '1000' },
 };
 
-function usage(message) {
-  process.stderr.write(`leangen: ${message}\n`);
-  process.exit(2);
-}
-
-function isSubscription(value) {
-  return value !== null && typeof value === 'object' && !Array.isArray(value)
-    && Object.keys(value).filter((k) => !k.startsWith('_')).length === 1;
-}
+const usage = usageFor('leangen');
 
 function parseCommandLine() {
   const { values } = parseArgs({ options: OPTIONS, strict: true });
-  const number = (name, min) => {
-    const value = Number(values[name]);
-    if (!Number.isFinite(value) || value < min) usage(`--${name} must be a number >= ${min}`);
-    return value;
-  };
+  const number = numberReader(values, usage);
   if (!values.url || !values.handshakes) usage('--url and --handshakes are required');
   const text = values.handshakes.startsWith('@')
     ? require('node:fs').readFileSync(values.handshakes.slice(1), 'utf8')
@@ -88,16 +79,6 @@ function parseCommandLine() {
   };
 }
 
-function nowUs() {
-  return Number(process.hrtime.bigint() / 1000n);
-}
-
-function cpuUs() {
-  const { user, system } = process.cpuUsage();
-  return user + system;
-}
-
-const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 const DOC_CLASS = Buffer.from('{"doc_class"');
 const QUOTE = 0x22;
 const BACKSLASH = 0x5c;
@@ -105,45 +86,6 @@ const SEQ_MAX = 64; // bytes of a seq kept per connection
 const SEQ_SCAN_LIMIT = 256; // the "seq" key is looked for in a document's first bytes only
 const READ_BUFFER = Buffer.allocUnsafe(1 << 20); // shared by every socket: data is handled before the next read
 const HTTP_END = Buffer.from('\r\n\r\n');
-
-/** A client frame (masked, as RFC 6455 requires of a client): FIN, ``opcode``, ``payload``. */
-function maskedFrame(opcode, payload) {
-  const size = payload.length;
-  const header = size < 126 ? 2 : size < 65536 ? 4 : 10;
-  const frame = Buffer.allocUnsafe(header + 4 + size);
-  frame[0] = 0x80 | opcode;
-  if (header === 2) frame[1] = 0x80 | size;
-  else if (header === 4) {
-    frame[1] = 0x80 | 126;
-    frame.writeUInt16BE(size, 2);
-  } else {
-    frame[1] = 0x80 | 127;
-    frame.writeBigUInt64BE(BigInt(size), 2);
-  }
-  const mask = crypto.randomBytes(4);
-  mask.copy(frame, header);
-  for (let k = 0; k < size; k++) frame[header + 4 + k] = payload[k] ^ mask[k & 3];
-  return frame;
-}
-
-/** Bytes of the frame at data[p] (header, mask key and payload), or -1 when its header is not all there. */
-function frameSize(data, p, length) {
-  if (p + 2 > length) return -1;
-  const b1 = data[p + 1];
-  const masked = b1 & 0x80 ? 4 : 0;
-  const size = b1 & 0x7f;
-  if (size < 126) return 2 + masked + size;
-  if (size === 126) return p + 4 > length ? -1 : 4 + masked + ((data[p + 2] << 8) | data[p + 3]);
-  return p + 10 > length ? -1 : 10 + masked + Number(data.readBigUInt64BE(p + 2));
-}
-
-function parseSlice(data, start, end) {
-  try {
-    return JSON.parse(data.toString('utf8', start, end));
-  } catch {
-    return null;
-  }
-}
 
 /** Start of the value of the first `"seq"` key (the byte after its opening quote), or -1. */
 function seqValueStart(data, start, end) {
@@ -209,20 +151,8 @@ class LeanGen {
   }
 
   async connectAll() {
-    let next = 0;
-    const worker = async () => {
-      while (next < this.config.connections) await this.connectOne(next++);
-    };
-    const workers = Array.from({ length: Math.min(this.config.concurrency, this.config.connections) }, worker);
-    let timer;
-    const deadline = new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error('connect timeout')), this.config.connectTimeoutMs);
-    });
-    try {
-      await Promise.race([Promise.all(workers), deadline]);
-    } finally {
-      clearTimeout(timer);
-    }
+    await inPool(this.config.connections, this.config.concurrency, this.config.connectTimeoutMs,
+      (i) => this.connectOne(i));
     this.readyUs = nowUs();
   }
 
@@ -511,23 +441,4 @@ class LeanGen {
   }
 }
 
-function emit(record) {
-  process.stdout.write(`${JSON.stringify(record)}\n`);
-}
-
-async function main() {
-  const config = parseCommandLine();
-  const gen = new LeanGen(config);
-  for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => gen.finish('signal'));
-  try {
-    await gen.connectAll();
-  } catch (err) {
-    emit({ event: 'error', error: err.message });
-    process.exit(1);
-  }
-  emit({ event: 'ready', connections: config.connections, connect_s: (gen.readyUs - gen.startUs) / 1e6 });
-  if (config.expect > 0 && gen.completed === config.connections) gen.finish('complete');
-  setTimeout(() => gen.finish('timeout'), config.timeoutMs);
-}
-
-main();
+runGenerator(new LeanGen(parseCommandLine()));

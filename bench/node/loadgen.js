@@ -27,6 +27,9 @@
 
 const { parseArgs } = require('node:util');
 const WebSocket = require('ws');
+const {
+  inPool, runGenerator, nowUs, cpuUs, emit, usageFor, numberReader, isSubscription,
+} = require('./common');
 
 const OPTIONS = {
   url: { type: 'string' },
@@ -39,13 +42,11 @@ const OPTIONS = {
 };
 
 /** Parse and validate the command line; exits with a usage message when invalid. */
+const usage = usageFor('loadgen');
+
 function parseCommandLine() {
   const { values } = parseArgs({ options: OPTIONS, strict: true });
-  const number = (name, min) => {
-    const value = Number(values[name]);
-    if (!Number.isFinite(value) || value < min) usage(`--${name} must be a number >= ${min}`);
-    return value;
-  };
+  const number = numberReader(values, usage);
   if (!values.url || !values.handshakes) usage('--url and --handshakes are required');
   // `--handshakes @FILE` reads the JSON from FILE (many distinct handshakes exceed an argument's size limit)
   const text = values.handshakes.startsWith('@')
@@ -65,28 +66,6 @@ function parseCommandLine() {
     connectTimeoutMs: number('connect-timeout', 1) * 1000, // for all connections together
     concurrency: Math.floor(number('concurrency', 1)), // connection attempts in flight
   };
-}
-
-function usage(message) {
-  process.stderr.write(`loadgen: ${message}\n`);
-  process.exit(2);
-}
-
-function isSubscription(value) {
-  // one class name, plus optional `_header` (credentials) and `_options` entries
-  return value !== null && typeof value === 'object' && !Array.isArray(value)
-    && Object.keys(value).filter((k) => !k.startsWith('_')).length === 1;
-}
-
-/** Monotonic clock (CLOCK_MONOTONIC) in microseconds. */
-function nowUs() {
-  return Number(process.hrtime.bigint() / 1000n);
-}
-
-/** CPU time (user + system) of this process, in microseconds. */
-function cpuUs() {
-  const { user, system } = process.cpuUsage();
-  return user + system;
 }
 
 /** Append-only list of latency samples in microseconds, stored in typed-array chunks. */
@@ -146,20 +125,8 @@ class LoadGen {
 
   /** Open every connection (at most config.concurrency attempts in flight) and wait for all confirmations. */
   async connectAll() {
-    let next = 0;
-    const worker = async () => {
-      while (next < this.config.connections) await this.connectOne(next++);
-    };
-    const workers = Array.from({ length: Math.min(this.config.concurrency, this.config.connections) }, worker);
-    let timer;
-    const deadline = new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error('connect timeout')), this.config.connectTimeoutMs);
-    });
-    try {
-      await Promise.race([Promise.all(workers), deadline]);
-    } finally {
-      clearTimeout(timer);
-    }
+    await inPool(this.config.connections, this.config.concurrency, this.config.connectTimeoutMs,
+      (i) => this.connectOne(i));
     this.readyUs = nowUs();
   }
 
@@ -262,23 +229,4 @@ class LoadGen {
   }
 }
 
-function emit(record) {
-  process.stdout.write(`${JSON.stringify(record)}\n`);
-}
-
-async function main() {
-  const config = parseCommandLine();
-  const loadgen = new LoadGen(config);
-  for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => loadgen.finish('signal'));
-  try {
-    await loadgen.connectAll();
-  } catch (err) {
-    emit({ event: 'error', error: err.message });
-    process.exit(1);
-  }
-  emit({ event: 'ready', connections: config.connections, connect_s: (loadgen.readyUs - loadgen.startUs) / 1e6 });
-  if (config.expect > 0 && loadgen.completed === config.connections) loadgen.finish('complete');
-  setTimeout(() => loadgen.finish('timeout'), config.timeoutMs);
-}
-
-main();
+runGenerator(new LoadGen(parseCommandLine()));

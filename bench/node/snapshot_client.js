@@ -28,6 +28,9 @@
 const { parseArgs } = require('node:util');
 const crypto = require('node:crypto');
 const http = require('node:http');
+const {
+  WS_GUID, inPool, nowUs, cpuUs, emit, usageFor, numberReader, maskedFrame, frameSize, parseSlice,
+} = require('./common');
 
 const OPTIONS = {
   url: { type: 'string' },
@@ -43,18 +46,11 @@ const OPTIONS = {
   'go-now': { type: 'boolean', default: false },
 };
 
-function usage(message) {
-  process.stderr.write(`snapshot_client: ${message}\n`);
-  process.exit(2);
-}
+const usage = usageFor('snapshot_client');
 
 function parseCommandLine() {
   const { values } = parseArgs({ options: OPTIONS, strict: true });
-  const number = (name, min) => {
-    const value = Number(values[name]);
-    if (!Number.isFinite(value) || value < min) usage(`--${name} must be a number >= ${min}`);
-    return value;
-  };
+  const number = numberReader(values, usage);
   if (!values.url || !values.handshake) usage('--url and --handshake are required');
   const handshake = JSON.parse(values.handshake);
   const classes = Object.keys(handshake).filter((k) => !k.startsWith('_'));
@@ -76,18 +72,8 @@ function parseCommandLine() {
   };
 }
 
-function nowUs() {
-  return Number(process.hrtime.bigint() / 1000n);
-}
-
-function cpuUs() {
-  const { user, system } = process.cpuUsage();
-  return user + system;
-}
-
 const DOC_CLASS = Buffer.from('{"doc_class"');
 const ZERO = 0x30;
-const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 const QUOTE = 0x22;
 const UNDERSCORE = 0x5f;
 const COLON = 0x3a;
@@ -146,20 +132,8 @@ class SnapshotClients {
   }
 
   async openAll() {
-    let next = 0;
-    const worker = async () => {
-      while (next < this.config.connections) await this.openOne(next++);
-    };
-    const workers = Array.from({ length: Math.min(this.config.concurrency, this.config.connections) }, worker);
-    let timer;
-    const deadline = new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error('connect timeout')), this.config.connectTimeoutMs);
-    });
-    try {
-      await Promise.race([Promise.all(workers), deadline]);
-    } finally {
-      clearTimeout(timer);
-    }
+    await inPool(this.config.connections, this.config.concurrency, this.config.connectTimeoutMs,
+      (i) => this.openOne(i));
     this.openUs = nowUs();
     const text = Buffer.from(this.config.handshakeText);
     for (let i = 0; i < this.config.connections; i++) {
@@ -453,49 +427,6 @@ class SnapshotClients {
 function startsWith(data, start, prefix) {
   for (let k = 0; k < prefix.length; k++) if (data[start + k] !== prefix[k]) return false;
   return true;
-}
-
-/** Bytes of the frame at data[p] (header, mask key and payload), or -1 when its header is not all there. */
-function frameSize(data, p, length) {
-  if (p + 2 > length) return -1;
-  const b1 = data[p + 1];
-  const masked = b1 & 0x80 ? 4 : 0;
-  const size = b1 & 0x7f;
-  if (size < 126) return 2 + masked + size;
-  if (size === 126) return p + 4 > length ? -1 : 4 + masked + data.readUInt16BE(p + 2);
-  return p + 10 > length ? -1 : 10 + masked + Number(data.readBigUInt64BE(p + 2));
-}
-
-function parseSlice(data, start, end) {
-  try {
-    return JSON.parse(data.toString('utf8', start, end));
-  } catch {
-    return null;
-  }
-}
-
-/** A client frame (masked, as RFC 6455 requires of a client): FIN, ``opcode``, ``payload``. */
-function maskedFrame(opcode, payload) {
-  const size = payload.length;
-  const header = size < 126 ? 2 : size < 65536 ? 4 : 10;
-  const frame = Buffer.allocUnsafe(header + 4 + size);
-  frame[0] = 0x80 | opcode;
-  if (header === 2) frame[1] = 0x80 | size;
-  else if (header === 4) {
-    frame[1] = 0x80 | 126;
-    frame.writeUInt16BE(size, 2);
-  } else {
-    frame[1] = 0x80 | 127;
-    frame.writeBigUInt64BE(BigInt(size), 2);
-  }
-  const mask = crypto.randomBytes(4);
-  mask.copy(frame, header);
-  for (let k = 0; k < size; k++) frame[header + 4 + k] = payload[k] ^ mask[k & 3];
-  return frame;
-}
-
-function emit(record) {
-  process.stdout.write(`${JSON.stringify(record)}\n`);
 }
 
 async function main() {
