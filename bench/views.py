@@ -15,9 +15,9 @@ Scenarios (N = ``--views``):
 
 * ``distinct catalogs``: the throughput benchmark's costly row: view k has scope ``amount >= -k``, its own
   ACL and its own catalog; every change matches every view (nothing for an index to skip);
-* ``ranges, 1% match``: view k has ``amount >= 10 k`` and ``amount < 10 k + 10``... filed by its lower
-  bound: a change with amount a reaches the views whose bound is below a (the index's candidates) and of
-  those the one whose range holds;
+* ``ranges, 1% match``: view k has ``10 k <= amount < 10 k + 10``; it is filed by its lower bound, so a
+  change with amount a is tested against the views whose lower bound is at most a (the index's candidates),
+  and one of those holds;
 * ``in, 2 of N``: view k has ``customer in [c<k>, c<k+1>]``;
 * ``one scope, N ACLs``: every view has the same two-condition scope and its own ACL (one user each): the
   scope is tested once per change when shared, N times when not.

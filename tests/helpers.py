@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
 import httpx
@@ -46,6 +46,11 @@ from xia_broadcast.transport import NoTransport
 #: seconds any one wait may take (a message, a condition, a process starting) before the test fails:
 #: generous for a loaded CI machine, still fails fast
 RECV_TIMEOUT = 5.0
+#: seconds a whole client scenario (connect, drops, retries, resumes) may take before the test fails
+SCENARIO_TIMEOUT = 30.0
+#: the data scope of the subscribers of one region, and the regions documents are spread over
+EU = [{"fn": "region", "op": "==", "val": "EU"}]
+REGIONS = ["EU", "US", "APAC"]
 
 #: seconds between two checks of a condition nothing signals
 POLL = 0.005
@@ -495,6 +500,25 @@ async def raw_subscribe(port: int, request: Mapping[str, Any], path: str = "/ws"
 
 
 # -- servers -----------------------------------------------------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def silent_host() -> AsyncIterator[tuple[int, asyncio.Event]]:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers: yields its port and an event
+    set once a connection was accepted; closed afterwards."""
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        with contextlib.suppress(Exception):
+            await reader.read()
+
+    tcp = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        yield tcp.sockets[0].getsockname()[1], accepted
+    finally:
+        tcp.close()
+        await tcp.wait_closed()
+
 
 def cli(*args: str) -> list[str]:
     """The command line running ``xia-broadcast ARGS`` with this interpreter."""

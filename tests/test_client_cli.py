@@ -4,7 +4,6 @@ on stdout, reconnection notices on stderr, the progress bar and the summary, and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from helpers import ServerFactory, TcpProxy, free_port, order
+from helpers import ServerFactory, TcpProxy, free_port, order, silent_host
 from xia_broadcast.server.config import ApiKey
 from xia_broadcast.server.native import NativeServer
 
@@ -212,16 +211,8 @@ async def test_listen_stops_at_once_with_exit_code_0_while_waiting_to_retry_or_c
                          "--connect-attempts", "0", "--max-delay", "60")
     await retrying.until(lambda: any("retrying in" in line for line in retrying.err), what="a retry")
 
-    accepted = asyncio.Event()
-
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.set()
-        with contextlib.suppress(Exception):
-            await reader.read()
-
-    tcp = await asyncio.start_server(silent, "127.0.0.1", 0)
-    try:
-        connecting = await run("listen", f"ws://127.0.0.1:{tcp.sockets[0].getsockname()[1]}/ws", "--class", "Order")
+    async with silent_host() as (port, accepted):
+        connecting = await run("listen", f"ws://127.0.0.1:{port}/ws", "--class", "Order")
         await asyncio.wait_for(accepted.wait(), TIMEOUT)
         await connecting.until(lambda: any("connecting to" in line for line in connecting.err), what="connecting")
         for p in (retrying, connecting):
@@ -231,6 +222,3 @@ async def test_listen_stops_at_once_with_exit_code_0_while_waiting_to_retry_or_c
             assert asyncio.get_running_loop().time() - started < 3.0
             assert not any("Traceback" in line for line in p.err), p.err
             assert p.out == []
-    finally:
-        tcp.close()
-        await tcp.wait_closed()

@@ -9,7 +9,6 @@ code under test.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import time
@@ -20,7 +19,20 @@ from typing import Any
 import jwt
 import pytest
 
-from helpers import RECV_TIMEOUT, Collector, ServerFactory, TcpProxy, fast_backoff, free_port, order, until
+from helpers import (
+    EU,
+    RECV_TIMEOUT,
+    REGIONS,
+    SCENARIO_TIMEOUT,
+    Collector,
+    ServerFactory,
+    TcpProxy,
+    fast_backoff,
+    free_port,
+    order,
+    silent_host,
+    until,
+)
 from xia_broadcast.client import (
     Connected,
     DocumentMessage,
@@ -39,11 +51,6 @@ from xia_broadcast.journal.redis import delete_prefix
 from xia_broadcast.server.native import NativeServer
 from xia_broadcast.server.upgrade import accept_key
 
-EU = [{"fn": "region", "op": "==", "val": "EU"}]
-REGIONS = ["EU", "US", "APAC"]
-#: seconds a whole scenario may take before the test fails
-SCENARIO_TIMEOUT = 30.0
-
 
 def listener(url: str, subscriptions: dict[str, Any], seed: int = 0, **options: Any) -> Listener:
     """A listener with fast, seeded reconnection delays and no client pings."""
@@ -52,6 +59,16 @@ def listener(url: str, subscriptions: dict[str, Any], seed: int = 0, **options: 
     options.setdefault("open_timeout", RECV_TIMEOUT)
     options.setdefault("connect_kwargs", {"proxy": None})
     return Listener(url, subscriptions, **options)
+
+
+async def until_it_gives_up(lst: Listener) -> tuple[list[Event], GaveUp]:
+    """Every event ``lst`` yields until it raises :class:`GaveUp` (within ``SCENARIO_TIMEOUT``), and that."""
+    events: list[Event] = []
+    with pytest.raises(GaveUp) as info:
+        async with asyncio.timeout(SCENARIO_TIMEOUT):
+            async for event in lst:
+                events.append(event)
+    return events, info.value
 
 
 class Orders:
@@ -249,12 +266,8 @@ async def test_an_http_refusal_of_the_upgrade_is_final(server: NativeServer) -> 
 
 async def test_max_retries_gives_up_on_a_server_that_is_not_there() -> None:
     lst = listener(f"ws://127.0.0.1:{free_port()}/ws", {"Order": {}}, max_retries=2)
-    events: list[Event] = []
-    with pytest.raises(GaveUp) as info:
-        async with asyncio.timeout(SCENARIO_TIMEOUT):
-            async for event in lst:
-                events.append(event)
-    assert info.value.failures == 3 and info.value.code == 1006
+    events, gave_up = await until_it_gives_up(lst)
+    assert gave_up.failures == 3 and gave_up.code == 1006
     assert [e.failures for e in events if isinstance(e, Reconnecting)] == [1, 2]
 
 
@@ -283,16 +296,9 @@ async def test_a_cut_between_the_upgrade_and_the_subscription_is_retried() -> No
     port = tcp.sockets[0].getsockname()[1]
     lst = listener(f"ws://127.0.0.1:{port}/ws", {"Order": {}}, max_retries=40,
                    backoff=Backoff(initial=0.001, factor=1.0, max_delay=0.001, rng=random.Random(1)))
-    events: list[Event] = []
-    try:
-        with pytest.raises(GaveUp) as info:
-            async with asyncio.timeout(SCENARIO_TIMEOUT):
-                async for event in lst:
-                    events.append(event)
-    finally:
-        tcp.close()
-        await tcp.wait_closed()
-    assert info.value.failures == 41 and info.value.code == 1006
+    async with tcp:
+        events, gave_up = await until_it_gives_up(lst)
+    assert gave_up.failures == 41 and gave_up.code == 1006
     assert [e.failures for e in events if isinstance(e, Reconnecting)] == list(range(1, 41))
     assert cuts == 41
 
@@ -498,16 +504,9 @@ async def test_a_server_that_answers_is_reached_and_connect_attempts_does_not_ap
     tcp = await asyncio.start_server(busy, "127.0.0.1", 0)
     port = tcp.sockets[0].getsockname()[1]
     lst = listener(f"ws://127.0.0.1:{port}/ws", {"Order": {}}, connect_attempts=2, max_retries=4)
-    events: list[Event] = []
-    try:
-        with pytest.raises(GaveUp) as info:
-            async with asyncio.timeout(SCENARIO_TIMEOUT):
-                async for event in lst:
-                    events.append(event)
-    finally:
-        tcp.close()
-        await tcp.wait_closed()
-    assert type(info.value) is GaveUp and info.value.failures == 5 and info.value.reason == "HTTP 503"
+    async with tcp:
+        events, gave_up = await until_it_gives_up(lst)
+    assert type(gave_up) is GaveUp and gave_up.failures == 5 and gave_up.reason == "HTTP 503"
     assert [e.reached for e in events if isinstance(e, Reconnecting)] == [True] * 4
     assert answers == 5 and lst.reached
 
@@ -531,31 +530,21 @@ async def test_once_connected_it_retries_past_connect_attempts(
 async def test_close_while_a_connection_is_being_opened_returns_at_once() -> None:
     """A host that accepts TCP connections and never answers the upgrade: close() does not wait for
     open_timeout."""
-    accepted = asyncio.Event()
-
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.set()
-        with contextlib.suppress(Exception):
-            await reader.read()
-
-    tcp = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = tcp.sockets[0].getsockname()[1]
-    lst = listener(f"ws://127.0.0.1:{port}/ws", {"Order": {}}, open_timeout=30.0)
     events: list[Event] = []
+    async with silent_host() as (port, accepted):
+        lst = listener(f"ws://127.0.0.1:{port}/ws", {"Order": {}}, open_timeout=30.0)
 
-    async def consume() -> None:
-        async for event in lst:
-            events.append(event)
+        async def consume() -> None:
+            async for event in lst:
+                events.append(event)
 
-    task = asyncio.get_running_loop().create_task(consume())
-    try:
-        await asyncio.wait_for(accepted.wait(), RECV_TIMEOUT)
-        started = time.monotonic()
-        await lst.close()
-        await asyncio.wait_for(task, RECV_TIMEOUT)
-        assert time.monotonic() - started < 1.0
-    finally:
-        task.cancel()
-        tcp.close()
-        await tcp.wait_closed()
+        task = asyncio.get_running_loop().create_task(consume())
+        try:
+            await asyncio.wait_for(accepted.wait(), RECV_TIMEOUT)
+            started = time.monotonic()
+            await lst.close()
+            await asyncio.wait_for(task, RECV_TIMEOUT)
+            assert time.monotonic() - started < 1.0
+        finally:
+            task.cancel()
     assert events == []

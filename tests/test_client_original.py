@@ -10,12 +10,11 @@ from typing import Any
 
 import pytest
 
-from helpers import RECV_TIMEOUT, ServerFactory, TcpProxy, fast_backoff, order, until
+from helpers import EU, RECV_TIMEOUT, ServerFactory, TcpProxy, fast_backoff, order, until
 from xia_broadcast.client import BroadcastListener, Refused
 from xia_broadcast.client.original import header_entries
 from xia_broadcast.server.config import ApiKey
 
-EU = [{"fn": "region", "op": "==", "val": "EU"}]
 KEYS = {"k-shop": ApiKey(user_name="shop", acl=None, app_name="shop")}
 
 

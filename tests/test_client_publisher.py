@@ -16,7 +16,17 @@ from typing import Any
 
 import pytest
 
-from helpers import RECV_TIMEOUT, AsgiServer, GoodClient, ServerFactory, free_port, order, order_change, until
+from helpers import (
+    RECV_TIMEOUT,
+    AsgiServer,
+    GoodClient,
+    ServerFactory,
+    free_port,
+    order,
+    order_change,
+    silent_host,
+    until,
+)
 from xia_broadcast.client import AsyncPublisher, Publisher, PublishRefused
 from xia_broadcast.server.native import NativeServer
 
@@ -242,18 +252,10 @@ async def test_network_failures_raise_oserror(publisher: Callable[..., Both]) ->
 
 
 async def test_a_server_that_does_not_answer_times_out(publisher: Callable[..., Both]) -> None:
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(Exception):
-            await reader.read()
-
-    tcp = await asyncio.start_server(silent, "127.0.0.1", 0)
     started = asyncio.get_running_loop().time()
-    try:
+    async with silent_host() as (port, _accepted):
         with pytest.raises(TimeoutError):
-            await publisher(f"http://127.0.0.1:{tcp.sockets[0].getsockname()[1]}", timeout=0.3).publish(
-                "Order", "I", order(1))
-    finally:
-        tcp.close()
+            await publisher(f"http://127.0.0.1:{port}", timeout=0.3).publish("Order", "I", order(1))
     assert asyncio.get_running_loop().time() - started < 5.0
 
 

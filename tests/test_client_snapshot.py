@@ -24,7 +24,10 @@ import pytest
 
 import xia_broadcast.snapshot as snapshot_module
 from helpers import (
+    EU,
     RECV_TIMEOUT,
+    REGIONS,
+    SCENARIO_TIMEOUT,
     ServerFactory,
     TcpProxy,
     fast_backoff,
@@ -54,11 +57,6 @@ from xia_broadcast.client import (
     parse_message,
 )
 from xia_broadcast.server.native import NativeServer
-
-EU = [{"fn": "region", "op": "==", "val": "EU"}]
-REGIONS = ["EU", "US", "APAC"]
-#: seconds a whole scenario may take before the test fails
-SCENARIO_TIMEOUT = 30.0
 
 
 @pytest.fixture

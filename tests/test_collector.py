@@ -53,7 +53,9 @@ async def test_connections_leave_the_generations_the_collector_walks(make_server
     await until(lambda: server.service.collector.freezes >= freezes + 2, what="two freezes")
     walked = tracked_ids()
     # the socket, its parser, the Hub's connection, its member, view and compiled scope: none is walked again
-    long_lived = [(c, c.ws, c.writer) for c in conns] + [(h, *h.members.values()) for h in hub_conns]
+    members = [m for h in hub_conns for m in h.members.values()]
+    long_lived = ([(c, c.ws, c.writer) for c in conns] + [(h,) for h in hub_conns]
+                  + [(m, m.view, m.view.shared_scope, m.view.predicate) for m in members])
     stray = [type(o).__name__ for group in long_lived for o in group if id(o) in walked]
     assert stray == []
     assert gc.get_freeze_count() > 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from helpers import Recorder, Socket, fresh
+from helpers import EU, Recorder, Socket, fresh
 from xia_broadcast import Broadcaster
 from xia_broadcast.server.demo import ORDER_SCHEMA
 
@@ -18,7 +18,6 @@ def bare_order(oid: str, **fields: Any) -> dict[str, Any]:
     return {"_id": oid, "order_id": oid, **fields}
 
 
-EU = [{"fn": "region", "op": "==", "val": "EU"}]
 ACME = {"content": [{"obj": "Order/customer/acme", "act": "read"}]}
 
 

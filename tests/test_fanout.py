@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from helpers import ORDER, order
+from helpers import EU, ORDER, order
 from xia_broadcast.core.acl import Acl
 from xia_broadcast.core.catalog import validate_catalog
 from xia_broadcast.core.change import Change
@@ -64,7 +64,6 @@ async def test_room_is_a_future_done_when_the_queue_is_next_taken() -> None:
 
 # -- what a view makes of a change -------------------------------------------------------------------------
 
-EU = [{"fn": "region", "op": "==", "val": "EU"}]
 ACME = {"content": [{"obj": "Order/customer/acme", "act": "read"}]}
 
 

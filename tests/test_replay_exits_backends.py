@@ -13,11 +13,9 @@ from typing import Any
 
 import pytest
 
-from helpers import order, recv_json, subscribe, until
+from helpers import EU, order, recv_json, subscribe, until
 from xia_broadcast.journal.redis import delete_prefix
 from xia_broadcast.server.native import NativeServer
-
-EU = [{"fn": "region", "op": "==", "val": "EU"}]
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])

@@ -18,14 +18,13 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from helpers import ServerFactory, read_until_closed, recv_json, ws_connect
+from helpers import REGIONS, ServerFactory, read_until_closed, recv_json, ws_connect
 from xia_broadcast import Document
 from xia_broadcast.server.config import ApiKey
 from xia_broadcast.server.demo import ORDER_SCHEMA
 from xia_broadcast.server.native import NativeServer
 
 CUSTOMERS = ["acme", "globex", "initech", "umbrella"]
-REGIONS = ["EU", "US", "APAC"]
 
 
 def acl_for(customers: list[str]) -> dict[str, Any]:

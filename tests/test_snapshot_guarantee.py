@@ -35,13 +35,12 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 import xia_broadcast.snapshot as snapshot_module
-from helpers import until, ws_connect
+from helpers import REGIONS, until, ws_connect
 from xia_broadcast.journal.redis import delete_prefix
 from xia_broadcast.server.native import NativeServer
 
 SECRET = "s" * 32
 CUSTOMERS = ["acme", "globex", "initech"]
-REGIONS = ["EU", "US", "APAC"]
 STATUSES = ["new", "paid", "shipped"]
 FIELDS = ["order_id", "customer", "region", "amount", "status", "note", "margin"]
 IDS = [f"O-{i:06d}" for i in range(1, 41)]

@@ -392,6 +392,10 @@ class View:
         """The catalog compiled against ``schema`` (cached: one per schema the class is published with)."""
         return self.shared.projector(schema)
 
+    def release(self) -> None:
+        """The view is dropped (its last member left): it no longer counts among its scope's users."""
+        self.shared_scope.views -= 1
+
     def evaluate(self, change: Change, slow: DocumentHooks | None) -> Evaluation | None:
         """What this view's members get for ``change``: ``(op, message body, is_exit)``, or None.
 

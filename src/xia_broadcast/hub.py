@@ -285,7 +285,7 @@ class Hub(Generic[W]):
         view = member.view
         view.members.pop(member.connection, None)
         if not view.members and view is not keep:
-            view.shared_scope.views -= 1
+            view.release()
             views = self.channels.get(view.class_name)
             if views is not None:
                 views.remove(view.key)
