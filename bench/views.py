@@ -8,8 +8,9 @@ documents. Each scenario runs three ways in the same process, alternated, best o
 
 * ``scan``: every view tested by every change (the view index files nothing, as it did for ranges and
   ``in`` before), each view with a compiled scope of its own;
-* ``own scopes``: the view index on, each view with a compiled scope of its own;
-* ``shared``: the view index on and compiled scopes shared between views with the same scope (the server).
+* ``own scopes``: the view index on, each view with a compiled scope and an ACL of its own;
+* ``shared``: the view index on, compiled scopes shared between views with the same scope and ACL decisions
+  between views whose ACLs grant the same on the class (the server).
 
 Scenarios (N = ``--views``):
 
@@ -36,7 +37,7 @@ from typing import Any
 import xia_broadcast.hub as hub_module
 from xia_broadcast.core.change import Change
 from xia_broadcast.core.schema import DocSchema
-from xia_broadcast.fanout import SharedScope
+from xia_broadcast.fanout import SharedAcl, SharedScope
 from xia_broadcast.hub import Hub, HubSettings
 from xia_broadcast.transport import NoTransport
 
@@ -69,20 +70,21 @@ WAYS = ("scan", "own scopes", "shared")
 
 def build(name: str, way: str, n: int) -> Hub[str]:
     """A Hub with ``n`` subscribers of scenario ``name``, set up the ``way`` asked."""
-    saved_key, saved_shared = hub_module.index_key, hub_module.shared_scope
+    saved_key = hub_module.index_key
     if way == "scan":
         hub_module.index_key = lambda scope: None  # type: ignore[assignment]
-    if way in ("scan", "own scopes"):
-        hub_module.shared_scope = lambda canonical, compile_scope: SharedScope(compile_scope())  # type: ignore
     try:
         hub: Hub[str] = Hub(transport=NoTransport(), schemas={"Order": ORDER},
                             settings=HubSettings(queue_messages=10 ** 6, queue_bytes=10 ** 9,
                                                  total_queue_bytes=10 ** 11))
+        if way in ("scan", "own scopes"):  # each view its own compiled scope and ACL: nothing decided once
+            hub.sharing.scope = lambda canonical, compile_scope: SharedScope(compile_scope())  # type: ignore
+            hub.sharing.acl = lambda acl, class_name: SharedAcl(acl)  # type: ignore
         params = scenario_params(name, n)
         for k in range(n):
             hub.subscribe(f"c{k}", "Order", params(k))
     finally:
-        hub_module.index_key, hub_module.shared_scope = saved_key, saved_shared
+        hub_module.index_key = saved_key
     return hub
 
 

@@ -16,7 +16,7 @@ from xia_broadcast.core.catalog import validate_catalog
 from xia_broadcast.core.change import Change
 from xia_broadcast.core.scope import compile_conditions, validate_scope
 from xia_broadcast.core.viewkey import view_key
-from xia_broadcast.fanout import Body, Connection, Outgoing, View, envelope, truthy
+from xia_broadcast.fanout import Body, Connection, Outgoing, Sharing, View, envelope, truthy
 
 # -- a connection's queue ----------------------------------------------------------------------------------
 
@@ -67,14 +67,16 @@ async def test_room_is_a_future_done_when_the_queue_is_next_taken() -> None:
 ACME = {"content": [{"obj": "Order/customer/acme", "act": "read"}]}
 
 
-def view(scope: Any = None, catalog: Any = None, acl: Any = None, show_hidden: bool = False) -> View:
-    """A view of Order (``helpers.ORDER``), made as the Hub makes one for a subscription."""
+def view(scope: Any = None, catalog: Any = None, acl: Any = None, show_hidden: bool = False,
+         sharing: Sharing | None = None) -> View:
+    """A view of Order (``helpers.ORDER``), made as the Hub makes one for a subscription (sharing what the
+    views of ``sharing`` share, as the views of one Hub do; nothing when None)."""
     checked_scope = validate_scope(scope, ORDER)
     checked_catalog = validate_catalog(catalog, ORDER)
     checked_acl = Acl.coerce(acl)
     key = view_key(checked_scope, checked_catalog, show_hidden, checked_acl, acl)
     return View(key, "Order", checked_scope, compile_conditions(checked_scope), checked_catalog, show_hidden,
-                checked_acl, acl)
+                checked_acl, acl, sharing)
 
 
 def published(op: str, data: dict[str, Any], prev: dict[str, Any] | None = None) -> Change:
@@ -124,8 +126,10 @@ def test_an_insert_over_a_document_still_stored_that_leaves_the_view_is_an_exit(
 
 def test_views_with_alike_catalogs_share_one_body_and_one_encoded_message() -> None:
     catalog = {"amount": None, "region": None}
-    wide, narrow, by_acl = view(None, catalog), view(EU, catalog), view(None, catalog, ACME)
-    other = view(None, {"amount": None})
+    hub = Sharing()
+    wide, narrow, by_acl = view(None, catalog, sharing=hub), view(EU, catalog, sharing=hub), \
+        view(None, catalog, ACME, sharing=hub)
+    other = view(None, {"amount": None}, sharing=hub)
     c = published("I", order(1))
     evaluations = [v.evaluate(c, None) for v in (wide, narrow, by_acl, other)]
     bodies = [e[1] for e in evaluations if e is not None]
@@ -137,6 +141,11 @@ def test_views_with_alike_catalogs_share_one_body_and_one_encoded_message() -> N
     assert orjson.loads(messages[3].data)["message"] == {"_id": "O-000001", "amount": 1.0}
     assert orjson.loads(messages[0].data) == {"doc_class": "Order", "op": "I", "seq": "0001",
                                               "message": {"_id": "O-000001", "amount": 1.0, "region": "EU"}}
+    # what the fan-out uses: the message made from the change's cut-up fields, once for the three views
+    encoded = [v.message(c, None) for v in (wide, narrow, by_acl, other)]
+    outs = [e[0] for e in encoded if e is not None]
+    assert len(outs) == 4 and outs[0] is outs[1] is outs[2] and outs[3] is not outs[0]
+    assert [o.data for o in outs] == [m.data for m in messages]  # the very bytes of the projection encoded
 
 
 def test_a_body_shared_for_one_change_is_encoded_again_for_another_op_or_seq() -> None:

@@ -16,12 +16,14 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
+import orjson
+
 from .core.acl import Acl
-from .core.catalog import Projector, compile_normalised
+from .core.catalog import Flat, Projector, compile_normalised, flat_plan
 from .core.change import Change
 from .core.encoding import dumps
 from .core.schema import DocSchema
@@ -36,7 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("xia_broadcast.fanout")
 
 __all__ = ["DEFAULT_MAX_QUEUE_BYTES", "DEFAULT_MAX_QUEUE_MESSAGES", "DEFAULT_MAX_TOTAL_QUEUE_BYTES", "Body",
-           "Connection", "DocumentHooks", "Evaluation", "HubStats", "Member", "Outgoing", "QueueTotal", "View", "W",
+           "Connection", "DocumentHooks", "Evaluation", "FieldCodes", "HubStats", "Member", "Outgoing", "QueueTotal",
+           "SharedAcl", "SharedCatalog", "SharedScope", "Sharing", "View", "W",
            "control_message", "encode_json", "envelope", "truthy"]
 
 #: the transport's object for one socket (a key of the Hub's connections)
@@ -258,21 +261,92 @@ class Body(dict[str, Any]):
     message: tuple[str, str, str, Outgoing]
 
 
+class FieldCodes:
+    """The JSON of one change's documents, cut up for :class:`SharedCatalog`: each top-level field as its
+    ``"name":value`` (encoded once per change and document, whatever the catalogs), and the message head
+    per op. A message is then the head, the fields its catalog keeps joined by commas, and ``}}``: the bytes
+    :func:`encode_json` would make of the whole message, without projecting or encoding per catalog.
+
+    One instance at a time (the change being fanned out or replayed last): it holds that change's fields.
+    """
+
+    __slots__ = ("change", "data", "heads", "prev")
+
+    #: a document that cannot be cut up (a key that is not a string, a value orjson refuses): its messages
+    #: are made whole by :func:`envelope`, which falls back to ``json`` as before
+    UNCUT: dict[str, bytes] = {}
+
+    def __init__(self, change: Change) -> None:
+        self.change = change
+        self.data: dict[str, bytes] | None = None
+        self.prev: dict[str, bytes] | None = None
+        self.heads: dict[str, bytes] = {}
+
+    def fields(self, data: Mapping[str, Any]) -> dict[str, bytes]:
+        """The encoded fields of ``data`` (the change's data or previous data), in the document's order;
+        :attr:`UNCUT` (empty) when it cannot be cut up."""
+        change = self.change
+        if data is change.data:
+            codes = self.data
+            if codes is None:
+                codes = self.data = _cut(data)
+            return codes
+        if data is change.prev:
+            codes = self.prev
+            if codes is None:
+                codes = self.prev = _cut(data)
+            return codes
+        return _cut(data)
+
+    def head(self, op: str) -> bytes:
+        """``{"doc_class":...,"op":...,"seq":...,"message":{`` for this change and ``op``."""
+        head = self.heads.get(op)
+        if head is None:
+            change = self.change
+            whole = orjson.dumps({"doc_class": change.class_name, "op": op, "seq": change.seq, "message": 0})
+            head = self.heads[op] = whole[:-2] + b"{"  # less the ``0}``
+        return head
+
+
+def _cut(data: Mapping[str, Any]) -> dict[str, bytes]:
+    codes: dict[str, bytes] = {}
+    dumps_ = orjson.dumps
+    try:
+        for k, v in data.items():
+            if type(k) is not str:
+                return FieldCodes.UNCUT
+            codes[k] = dumps_({k: v}, default=_json_default)[1:-1]  # ``"k":v``, as inside the whole
+    except TypeError:  # orjson refuses it (e.g. an integer beyond 64 bits): encoded whole, by json
+        return FieldCodes.UNCUT
+    return codes
+
+
 class SharedCatalog:
     """A catalog with its ``show_hidden``, compiled once for every view that asks for it (whatever their scopes
     and ACLs): one projector per schema the class is published with, and the last projection made.
 
-    Memory: the projectors, and one change with its projection (the last), per distinct catalog in use.
+    Memory: the projectors, and one change with its projection and message (the last), per distinct catalog
+    in use.
     """
 
-    __slots__ = ("__weakref__", "catalog", "last", "projectors", "show_hidden")
+    __slots__ = ("__weakref__", "catalog", "last", "last_message", "plans", "projectors", "sharing", "show_hidden",
+                 "views")
 
-    def __init__(self, catalog: dict[str, Any], show_hidden: bool) -> None:
+    def __init__(self, catalog: dict[str, Any], show_hidden: bool, sharing: Sharing | None = None) -> None:
         self.catalog = catalog
+        #: the registry it belongs to (whose :class:`FieldCodes` it reads)
+        self.sharing = sharing if sharing is not None else Sharing()
         self.show_hidden = show_hidden
         self.projectors: dict[DocSchema | None, Projector] = {}
+        #: per schema: the fields the catalog keeps (None: it projects embedded values, only the projector can)
+        self.plans: dict[DocSchema | None, Flat | None] = {}
         #: (change, data, body): the projection of ``data`` of ``change`` made last
         self.last: tuple[Change, Mapping[str, Any], Body] | None = None
+        #: (change, data, op, message): the message made last, while more than one view uses the catalog
+        #: (with one, nothing is kept: a message is freed once its connections took it)
+        self.last_message: tuple[Change, Mapping[str, Any], str, Outgoing] | None = None
+        #: views using it now
+        self.views = 0
 
     def projector(self, schema: DocSchema | None) -> Projector:
         """The catalog compiled against ``schema`` (cached: one per schema the class is published with)."""
@@ -294,18 +368,40 @@ class SharedCatalog:
         self.last = (change, data, body)
         return body
 
-
-#: the compiled catalogs in use, by (canonical catalog, show_hidden); an entry goes with its last view
-_CATALOGS: weakref.WeakValueDictionary[tuple[bytes, bool], SharedCatalog] = weakref.WeakValueDictionary()
-
-
-def shared_catalog(canonical: bytes, catalog: dict[str, Any], show_hidden: bool) -> SharedCatalog:
-    """The :class:`SharedCatalog` of ``catalog`` (``canonical``: its canonical JSON, as in view keys)."""
-    key = (canonical, show_hidden)
-    shared = _CATALOGS.get(key)
-    if shared is None:
-        shared = _CATALOGS[key] = SharedCatalog(catalog, show_hidden)
-    return shared
+    def message(self, change: Change, data: Mapping[str, Any], op: str) -> Outgoing:
+        """The document message of ``data`` (the change's data or previous data) with ``op``: made once per
+        change for every view sharing this catalog, from the change's :class:`FieldCodes` when the catalog
+        keeps whole top-level fields (the same bytes :func:`envelope` makes of the projection)."""
+        last = self.last_message
+        if last is not None and last[0] is change and last[1] is data and last[2] == op:
+            return last[3]
+        schema = change.schema
+        try:
+            plan = self.plans[schema]
+        except KeyError:
+            plan = self.plans[schema] = flat_plan(self.catalog, schema, self.show_hidden)
+        out = None
+        if plan is not None:
+            codes = self.sharing.codes
+            if codes is None or codes.change is not change:
+                codes = self.sharing.field_codes(change)
+            fields = codes.data if data is change.data else None
+            if fields is None:
+                fields = codes.fields(data)
+            if fields is not FieldCodes.UNCUT:
+                names = plan.names
+                if names is not None:
+                    kept = [fields[n] for n in names if n in fields]
+                elif plan.hidden:
+                    hidden = plan.hidden
+                    kept = [c for n, c in fields.items() if n not in hidden]
+                else:
+                    kept = list(fields.values())
+                out = Outgoing(b"".join((codes.heads.get(op) or codes.head(op), b",".join(kept), b"}}")))
+        if out is None:
+            out = envelope(change.class_name, op, change.seq, self.project(change, data))
+        self.last_message = (change, data, op, out) if self.views > 1 else None
+        return out
 
 
 class SharedScope:
@@ -338,17 +434,80 @@ class SharedScope:
         return result
 
 
-#: the compiled scopes in use, by canonical scope (as in view keys); an entry goes with its last view
-_SCOPES: weakref.WeakValueDictionary[bytes, SharedScope] = weakref.WeakValueDictionary()
+class SharedAcl:
+    """An ACL's grants on one class (:meth:`Acl.for_class`), checked once per document for every view whose
+    ACL grants the same on that class (whatever it grants elsewhere): the last subjects checked and the answer.
+
+    Memory: the ACL restricted to the class and the subjects checked last, per distinct restricted ACL in use.
+    """
+
+    __slots__ = ("__weakref__", "acl", "last_result", "last_subjects")
+
+    def __init__(self, acl: Acl) -> None:
+        self.acl = acl
+        #: the subjects checked last (a change's, held so that no other tuple takes their identity)
+        self.last_subjects: Sequence[str] | None = None
+        self.last_result = False
+
+    def allows(self, subjects: Sequence[str]) -> bool:
+        """Whether the ACL reads a document with ``subjects`` (a change's subjects, compared by identity)."""
+        if subjects is self.last_subjects:
+            return self.last_result
+        result = self.last_result = self.acl.allows(subjects)
+        self.last_subjects = subjects
+        return result
 
 
-def shared_scope(canonical: bytes, compile_scope: Callable[[], Predicate]) -> SharedScope:
-    """The :class:`SharedScope` of the scope whose canonical form is ``canonical`` (compiled by
-    ``compile_scope`` the first time)."""
-    shared = _SCOPES.get(canonical)
-    if shared is None:
-        shared = _SCOPES[canonical] = SharedScope(compile_scope())
-    return shared
+class Sharing:
+    """What the views of one Hub share: compiled catalogs, compiled scopes and class-restricted ACLs, each
+    with its answer for the change seen last, and the fields of that change cut up (:class:`FieldCodes`).
+
+    One per Hub, used only from the Hub's event loop: the answers remembered are not locked, so views of
+    Hubs running in other threads never share them. An entry goes with its last view.
+    """
+
+    def __init__(self) -> None:
+        #: by (canonical catalog, show_hidden)
+        self.catalogs: weakref.WeakValueDictionary[tuple[bytes, bool], SharedCatalog] = weakref.WeakValueDictionary()
+        #: by canonical scope (as in view keys)
+        self.scopes: weakref.WeakValueDictionary[bytes, SharedScope] = weakref.WeakValueDictionary()
+        #: by class and the content of the ACL restricted to it
+        self.acls: weakref.WeakValueDictionary[tuple[str, tuple[tuple[str, str], ...]], SharedAcl] = \
+            weakref.WeakValueDictionary()
+        #: the change whose fields were cut up last (one at a time: the loop fans out one change at a time)
+        self.codes: FieldCodes | None = None
+
+    def catalog(self, canonical: bytes, catalog: dict[str, Any], show_hidden: bool) -> SharedCatalog:
+        """The :class:`SharedCatalog` of ``catalog`` (``canonical``: its canonical JSON, as in view keys)."""
+        key = (canonical, show_hidden)
+        shared = self.catalogs.get(key)
+        if shared is None:
+            shared = self.catalogs[key] = SharedCatalog(catalog, show_hidden, self)
+        return shared
+
+    def scope(self, canonical: bytes, compile_scope: Callable[[], Predicate]) -> SharedScope:
+        """The :class:`SharedScope` of the scope whose canonical form is ``canonical`` (compiled by
+        ``compile_scope`` the first time)."""
+        shared = self.scopes.get(canonical)
+        if shared is None:
+            shared = self.scopes[canonical] = SharedScope(compile_scope())
+        return shared
+
+    def acl(self, acl: Acl, class_name: str) -> SharedAcl:
+        """The :class:`SharedAcl` of what ``acl`` grants on ``class_name``."""
+        restricted = acl.for_class(class_name)
+        key = (class_name, restricted.key)
+        shared = self.acls.get(key)
+        if shared is None:
+            shared = self.acls[key] = SharedAcl(restricted)
+        return shared
+
+    def field_codes(self, change: Change) -> FieldCodes:
+        """The :class:`FieldCodes` of ``change`` (made anew when it is not the last one's)."""
+        codes = self.codes
+        if codes is None or codes.change is not change:
+            codes = self.codes = FieldCodes(change)
+        return codes
 
 
 class View:
@@ -359,11 +518,14 @@ class View:
     """
 
     __slots__ = ("acl", "acl_param", "catalog", "class_name", "key", "members", "predicate",
-                 "replay_cache", "replay_cache_bytes", "replaying", "scope", "shared", "shared_scope", "show_hidden",
-                 "snapshot_pass")
+                 "replay_cache", "replay_cache_bytes", "replaying", "scope", "shared", "shared_acl", "shared_scope",
+                 "show_hidden", "snapshot_pass")
 
     def __init__(self, key: ViewKey, class_name: str, scope: list[dict[str, Any]], predicate: Predicate | SharedScope,
-                 catalog: dict[str, Any], show_hidden: bool, acl: Acl | None, acl_param: Any) -> None:
+                 catalog: dict[str, Any], show_hidden: bool, acl: Acl | None, acl_param: Any,
+                 sharing: Sharing | None = None) -> None:
+        if sharing is None:  # a view of its own, sharing nothing
+            sharing = Sharing()
         self.key = key
         self.class_name = class_name
         self.scope = scope
@@ -375,10 +537,13 @@ class View:
         self.catalog = catalog
         self.show_hidden = show_hidden
         self.acl = acl
+        #: what the ACL grants on the class, checked once per change with every view granting the same there
+        self.shared_acl = None if acl is None else sharing.acl(acl, class_name)
         #: the ACL object as the first subscriber gave it, for documents that check ACLs themselves
         self.acl_param = acl_param
         self.members: dict[Connection[Any], Member[Any]] = {}
-        self.shared = shared_catalog(key[1], catalog, show_hidden)
+        self.shared = sharing.catalog(key[1], catalog, show_hidden)
+        self.shared.views += 1
         self.catalog = self.shared.catalog  # one equal dict for all the views sharing it
         #: seq -> (message, is_exit) or None, for the changes its members replayed lately (shared by them)
         self.replay_cache: dict[str, tuple[Outgoing, bool] | None] = {}
@@ -395,6 +560,7 @@ class View:
     def release(self) -> None:
         """The view is dropped (its last member left): it no longer counts among its scope's users."""
         self.shared_scope.views -= 1
+        self.shared.views -= 1
 
     def evaluate(self, change: Change, slow: DocumentHooks | None) -> Evaluation | None:
         """What this view's members get for ``change``: ``(op, message body, is_exit)``, or None.
@@ -407,19 +573,58 @@ class View:
         """
         if slow is not None or change.data is None:
             return self._evaluate_slow(change, slow)
-        data, acl, scope = change.data, self.acl, self.shared_scope
+        found = self._find(change)
+        if found is None:
+            return None
+        data, is_exit = found
+        if is_exit and change.op != "D":
+            return "X", {"_id": change.doc_id}, True
+        return change.op, self.shared.project(change, data), is_exit
+
+    def message(self, change: Change, slow: DocumentHooks | None) -> tuple[Outgoing, bool] | None:
+        """:meth:`evaluate`, encoded: ``(message, is_exit)`` or None. The message is shared by every view whose
+        catalog is alike (:meth:`SharedCatalog.message`)."""
+        data = change.data
+        if slow is not None or data is None:
+            evaluated = self._evaluate_slow(change, slow)
+            if evaluated is None:
+                return None
+            return envelope(self.class_name, evaluated[0], change.seq, evaluated[1]), evaluated[2]
+        # the common case first, inline (the loop runs this once per view and change): in the view now
+        acl = self.shared_acl
+        if acl is not None:
+            subjects = change._subjects or change.subjects
+            allowed = acl.last_result if subjects is acl.last_subjects else acl.allows(subjects)
+        if acl is None or allowed:
+            scope = self.shared_scope
+            if scope.holds(change, data) if scope.views > 1 else scope.predicate(data):
+                return self.shared.message(change, data, change.op), False
+        if not self._was_in(change):
+            return None
+        if change.op != "D":
+            return envelope(self.class_name, "X", change.seq, {"_id": change.doc_id}), True
+        assert change.prev is not None
+        return self.shared.message(change, change.prev, change.op), True
+
+    def _find(self, change: Change) -> tuple[Mapping[str, Any], bool] | None:
+        """Which state of a change published as data is in the view: ``(data, False)`` (now), ``(prev, True)``
+        (before, not now: an exit), or None."""
+        data, acl, scope = change.data, self.shared_acl, self.shared_scope
+        assert data is not None
         if (acl is None or acl.allows(change.subjects)) and (
                 scope.holds(change, data) if scope.views > 1 else scope.predicate(data)):
-            return change.op, self.shared.project(change, data), False
+            return data, False
+        return (change.prev, True) if self._was_in(change) else None  # type: ignore[return-value]
+
+    def _was_in(self, change: Change) -> bool:
+        """Whether the previous state of a change published as data was in the view (the ACL read it and the
+        scope held)."""
         prev = change.prev
         if prev is None:
-            return None
-        if (acl is None or acl.allows(change.prev_subjects)) and (
-                scope.holds(change, prev) if scope.views > 1 else scope.predicate(prev)):
-            if change.op != "D":  # an update, or an insert over a document still stored
-                return "X", {"_id": data.get("_id")}, True
-            return change.op, self.shared.project(change, prev), True
-        return None
+            return False
+        acl, scope = self.shared_acl, self.shared_scope
+        return (acl is None or acl.allows(change.prev_subjects)) and (
+            scope.holds(change, prev) if scope.views > 1 else bool(scope.predicate(prev)))
 
     def _evaluate_slow(self, change: Change, slow: DocumentHooks | None) -> Evaluation | None:
         """The same rules through the document hooks (``check_subscriber_acl``, ``get_message_body``): for

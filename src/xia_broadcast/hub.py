@@ -48,10 +48,9 @@ from .fanout import (
     Member,
     Outgoing,
     QueueTotal,
+    Sharing,
     View,
     W,
-    envelope,
-    shared_scope,
     truthy,
 )
 from .journal import Backend, MemoryBackend, Position, SeqOrderError
@@ -114,6 +113,8 @@ class Hub(Generic[W]):
             self._started = True
         #: the views of each class, indexed by an equality condition of each
         self.channels: dict[str, ViewIndex[View]] = {}
+        #: what its views share (compiled catalogs, scopes, class-restricted ACLs) and their remembered answers
+        self.sharing = Sharing()
         self.connections: dict[W, Connection[W]] = {}
         #: the bytes queued over every connection, shared by them
         self.queued = QueueTotal(self.settings.total_queue_bytes)
@@ -247,8 +248,8 @@ class Hub(Generic[W]):
             views = self.channels[class_name] = ViewIndex()
         view = views.get(key)
         if view is None:
-            view = View(key, class_name, scope, shared_scope(key[0], lambda: compile_conditions(scope)), catalog,
-                        show_hidden, acl, params.get("acl"))
+            view = View(key, class_name, scope, self.sharing.scope(key[0], lambda: compile_conditions(scope)),
+                        catalog, show_hidden, acl, params.get("acl"), self.sharing)
             views.add(key, view, index_key(scope))
         conn = self.connection(websocket)
         if control or snapshot:  # a snapshot client keeps a collection: snapshot_done, reset, exits
@@ -444,11 +445,11 @@ class Hub(Generic[W]):
         candidates = views.values() if (slow is not None or data is None) else views.candidates(data, change.prev)
         for view in candidates:
             try:
-                result = view.evaluate(change, slow)
+                result = view.message(change, slow)
                 if result is None:
                     continue
                 stats.projections += 1
-                out = envelope(class_name, result[0], seq, result[1])
+                out, is_exit = result
                 if id(out) not in encoded:  # views sharing a catalog share one message
                     encoded.add(id(out))
                     stats.encodings += 1
@@ -458,7 +459,6 @@ class Hub(Generic[W]):
                               class_name, change.op, seq, class_name)
                 continue
             size = len(out.data)
-            is_exit = result[2]
             for member in view.members.values():  # the hot loop; an empty queue takes any one message
                 if member.replay is not None or seq < member.start_seq or (is_exit and not member.exits):
                     continue

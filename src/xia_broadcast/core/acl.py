@@ -65,6 +65,18 @@ class _Matcher:
         return True
 
 
+def may_match_class(pattern: str, class_name: str) -> bool:
+    """Whether an ``obj`` pattern can match some subject of a document of ``class_name`` (a string that
+    begins with ``<class_name>/``): its literal text before the first ``*`` (all of it, without one) must
+    agree with that beginning as far as either goes. Never False for a pattern that can match."""
+    prefix = class_name + "/"
+    star = pattern.find("*")
+    if star < 0:
+        return pattern.startswith(prefix)
+    literal = pattern[:star]
+    return literal.startswith(prefix) or prefix.startswith(literal)
+
+
 @dataclass(frozen=True)
 class AclItem:
     """One grant: an object pattern and a comma-separated list of actions (patterns too)."""
@@ -134,6 +146,13 @@ class Acl:
         except KeyError:
             m = self._matchers[action] = _Matcher(i.obj for i in self.content if act_grants(i.act, action))
             return m
+
+    def for_class(self, class_name: str) -> Acl:
+        """This ACL less the items that can grant nothing on a document of ``class_name`` (whose subjects all
+        begin with ``<class_name>/``): for such documents it decides exactly as this ACL does. ACLs that differ
+        only in grants on other classes (every user's own record elsewhere) become equal, so views can share
+        their decisions (see :class:`~xia_broadcast.fanout.SharedAcl`)."""
+        return Acl(i for i in self.content if may_match_class(i.obj, class_name))
 
     def allows(self, subjects: Sequence[str], action: str = "read") -> bool:
         """True when some item grants ``action`` on one of ``subjects``."""

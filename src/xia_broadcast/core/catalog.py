@@ -93,7 +93,23 @@ def _apply_each(project: Projector, value: Any) -> Any:
     return value
 
 
-def _compile(catalog: Mapping[str, Any], schema: DocSchema | None, show_hidden: bool, top: bool) -> Projector:
+class Flat:
+    """What a catalog keeps of a document when it keeps whole top-level values and nothing at a deeper level:
+    ``names`` in that order (those present in the document), or with ``names`` None every field in the
+    document's order less ``hidden``. A projector that is one of these (:func:`flat_plan`) lets a message be
+    assembled from each field's JSON encoded once per change, whatever the catalogs (see :mod:`..fanout`)."""
+
+    __slots__ = ("hidden", "names")
+
+    def __init__(self, names: tuple[str, ...] | None, hidden: frozenset[str]) -> None:
+        self.names = names
+        self.hidden = hidden
+
+
+def _plan(catalog: Mapping[str, Any], schema: DocSchema | None, show_hidden: bool,
+          top: bool) -> tuple[Flat, dict[str, Projector]]:
+    """The fields a catalog keeps at one level (:class:`Flat`) and the sub-projectors of the embedded values
+    it projects further (by field name)."""
     hidden = frozenset() if (schema is None or show_hidden) else schema.hidden_fields
     subs: dict[str, Projector] = {}
     if catalog:
@@ -107,7 +123,26 @@ def _compile(catalog: Mapping[str, Any], schema: DocSchema | None, show_hidden: 
                 subs[n] = _compile(catalog[n], sub_schema, show_hidden, False)
             elif sub_schema is not None and not show_hidden and sub_schema.has_hidden():
                 subs[n] = _compile({}, sub_schema, show_hidden, False)
-        names_t = tuple(names)
+        return Flat(tuple(names), hidden), subs
+    # every field, less the hidden ones at every depth
+    if schema is not None and not show_hidden and schema.has_hidden():
+        for n, spec in schema.fields.items():
+            if not spec.hidden and spec.embedded is not None and spec.embedded.has_hidden():
+                subs[n] = _compile({}, spec.embedded, show_hidden, False)
+    return Flat(None, hidden), subs
+
+
+def flat_plan(catalog: dict[str, Any], schema: DocSchema | None, show_hidden: bool) -> Flat | None:
+    """The :class:`Flat` plan of a catalog :func:`validate_catalog` returned, or None when it projects an
+    embedded value further (its projector, :func:`compile_normalised`, is then the only way)."""
+    plan, subs = _plan(catalog, schema, bool(show_hidden), True)
+    return None if subs else plan
+
+
+def _compile(catalog: Mapping[str, Any], schema: DocSchema | None, show_hidden: bool, top: bool) -> Projector:
+    plan, subs = _plan(catalog, schema, show_hidden, top)
+    names_t, hidden = plan.names, plan.hidden
+    if names_t is not None:
         if not subs:
             def pick(data: Mapping[str, Any]) -> Mapping[str, Any]:
                 return {n: data[n] for n in names_t if n in data}
@@ -122,13 +157,10 @@ def _compile(catalog: Mapping[str, Any], schema: DocSchema | None, show_hidden: 
                     out[n] = _apply_each(sub, v) if sub is not None else v
             return out
         return pick_nested
-    # every field, less the hidden ones at every depth
-    if schema is None or show_hidden or not schema.has_hidden():
-        return _identity
-    for n, spec in schema.fields.items():
-        if not spec.hidden and spec.embedded is not None and spec.embedded.has_hidden():
-            subs[n] = _compile({}, spec.embedded, show_hidden, False)
     if not subs:
+        if not hidden:
+            return _identity
+
         def drop(data: Mapping[str, Any]) -> Mapping[str, Any]:
             return {k: v for k, v in data.items() if k not in hidden}
         return drop
