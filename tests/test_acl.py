@@ -6,6 +6,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xia_broadcast.core.acl import Acl, AclItem, check_acl, subjects_of
 from xia_broadcast.core.schema import DocSchema
@@ -161,3 +163,35 @@ def test_display_data_round_trips() -> None:
         "content": [{"obj": "Order/*", "act": "read"}, {"obj": "Invoice/*", "act": "write"}]
     }
     assert Acl.coerce(a.get_display_data()) == a
+
+
+# -- an ACL restricted to one class (what views share) ------------------------------------------------------
+
+PATTERNS = ["*", "Order", "Order/", "Order/*", "Orde*", "Order*", "O*", "*r/*", "O*r/key/*", "Order/key/*",
+            "Order/key/eu/*", "Order/*/eu", "Order/customer/c-7", "Orders/*", "Order s/*", "Invoice/*",
+            "Invoice/key/eu/123", "*/key/eu/123", "order/*", "Order/key/eu/123", "Order/key/*/*", "**", ""]
+ACTS = ["read", "write", "read,write", "*", "r*", "rea", "readonly", " read ", ""]
+acl_items = st.lists(st.tuples(st.sampled_from(PATTERNS), st.sampled_from(ACTS)), max_size=5)
+# values an attacker may give key fields: slashes and stars are data, not pattern syntax
+key_values = st.sampled_from(["eu", "us", "", "/", "*", "eu/123", "a*b", "Order", "key"]) | st.text(max_size=4)
+
+
+@settings(max_examples=400, deadline=None)
+@given(acl_items, key_values, key_values, key_values, key_values, st.sampled_from(["read", "write", "delete"]))
+def test_an_acl_restricted_to_a_class_decides_exactly_as_the_whole_acl_for_that_class(
+        items: list[tuple[str, str]], region: str, customer: str, desk: str, number: str, action: str) -> None:
+    whole = acl(*items)
+    doc = {**ORDER_DOC, "region": region, "customer": customer, "desk": desk, "number": number}
+    for class_name, schema in (("Order", ORDER), ("Ord", None), ("O", None)):
+        subjects = subjects_of(class_name, doc, schema)
+        restricted = whole.for_class(class_name)
+        assert restricted.allows(subjects, action) is whole.allows(subjects, action), (items, subjects)
+        assert set(restricted.content) <= set(whole.content)
+
+
+def test_grants_that_cannot_match_a_class_are_dropped_and_the_others_kept() -> None:
+    whole = acl(("Invoice/*", "read"), ("Orders/*", "read"), ("Order", "read"), ("Order/key/1", "read"),
+                ("Ord*", "write"), ("*", "read"), ("*/key/1", "read"), ("O*/x", "read"))
+    assert [(i.obj, i.act) for i in whole.for_class("Order").content] == [
+        ("Order/key/1", "read"), ("Ord*", "write"), ("*", "read"), ("*/key/1", "read"), ("O*/x", "read")]
+    assert acl(("Invoice/*", "read")).for_class("Order") == acl()  # grants nothing on Order: reads nothing
