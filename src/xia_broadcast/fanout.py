@@ -400,6 +400,7 @@ class SharedCatalog:
                 out = Outgoing(b"".join((codes.heads.get(op) or codes.head(op), b",".join(kept), b"}}")))
         if out is None:
             out = envelope(change.class_name, op, change.seq, self.project(change, data))
+        self.sharing.made += 1
         self.last_message = (change, data, op, out) if self.views > 1 else None
         return out
 
@@ -476,6 +477,8 @@ class Sharing:
             weakref.WeakValueDictionary()
         #: the change whose fields were cut up last (one at a time: the loop fans out one change at a time)
         self.codes: FieldCodes | None = None
+        #: messages made by its views (:meth:`View.message`), a count the Hub reads around each fan-out
+        self.made = 0
 
     def catalog(self, canonical: bytes, catalog: dict[str, Any], show_hidden: bool) -> SharedCatalog:
         """The :class:`SharedCatalog` of ``catalog`` (``canonical``: its canonical JSON, as in view keys)."""
@@ -589,6 +592,7 @@ class View:
             evaluated = self._evaluate_slow(change, slow)
             if evaluated is None:
                 return None
+            self.shared.sharing.made += 1
             return envelope(self.class_name, evaluated[0], change.seq, evaluated[1]), evaluated[2]
         # the common case first, inline (the loop runs this once per view and change): in the view now
         acl = self.shared_acl
@@ -602,6 +606,7 @@ class View:
         if not self._was_in(change):
             return None
         if change.op != "D":
+            self.shared.sharing.made += 1
             return envelope(self.class_name, "X", change.seq, {"_id": change.doc_id}), True
         assert change.prev is not None
         return self.shared.message(change, change.prev, change.op), True

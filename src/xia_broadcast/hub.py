@@ -434,8 +434,9 @@ class Hub(Generic[W]):
         slow = self._hooks_for(change)
         ready: list[Connection[W]] = []
         lagged: list[Connection[W]] = []
-        encoded: set[int] = set()
-        queued = 0
+        sharing = self.sharing
+        made = sharing.made  # views sharing a catalog share one message: the count of those made
+        queued = projections = 0
         data = change.data
         transport = self.transport
         write_now = transport.write_during_fanout if transport.fanout_begins() else None
@@ -448,11 +449,8 @@ class Hub(Generic[W]):
                 result = view.message(change, slow)
                 if result is None:
                     continue
-                stats.projections += 1
+                projections += 1
                 out, is_exit = result
-                if id(out) not in encoded:  # views sharing a catalog share one message
-                    encoded.add(id(out))
-                    stats.encodings += 1
             except Exception:
                 stats.view_errors += 1
                 log.exception("change %s %s %s failed for a view of %s; other views go on",
@@ -476,6 +474,8 @@ class Hub(Generic[W]):
                     if write_now is None or not write_now(conn):
                         ready.append(conn)
         stats.deliveries += queued
+        stats.projections += projections
+        stats.encodings += sharing.made - made
         total.queued += added
         transport.fanout_ended(queued)
         for conn in lagged:
