@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("xia_broadcast.fanout")
 
 __all__ = ["DEFAULT_MAX_QUEUE_BYTES", "DEFAULT_MAX_QUEUE_MESSAGES", "DEFAULT_MAX_TOTAL_QUEUE_BYTES", "Body",
-           "Connection", "DocumentHooks", "Evaluation", "FieldCodes", "HubStats", "Member", "Outgoing", "QueueTotal",
-           "SharedAcl", "SharedCatalog", "SharedScope", "Sharing", "View", "W",
+           "Connection", "Cut", "DocumentHooks", "Evaluation", "FieldCodes", "HubStats", "Member", "Outgoing",
+           "QueueTotal", "SharedAcl", "SharedCatalog", "SharedScope", "Sharing", "View", "W",
            "control_message", "encode_json", "envelope", "truthy"]
 
 #: the transport's object for one socket (a key of the Hub's connections)
@@ -261,11 +261,29 @@ class Body(dict[str, Any]):
     message: tuple[str, str, str, Outgoing]
 
 
+class Cut(dict[str, bytes]):
+    """One document's top-level fields, each encoded once as ``"name":value`` (this dict, in the document's
+    order), and as ``,"name":value`` (:attr:`after`: a field after another; a name the document lacks is
+    ``b""`` there, so that one ``itemgetter`` takes a catalog's fields in its order)."""
+
+    __slots__ = ("after",)
+    after: _Absent
+
+
+class _Absent(dict[str, bytes]):
+    """``,"name":value`` by name; ``b""`` for a name the document lacks (nothing to write)."""
+
+    __slots__ = ()
+
+    def __missing__(self, key: str) -> bytes:
+        return b""
+
+
 class FieldCodes:
-    """The JSON of one change's documents, cut up for :class:`SharedCatalog`: each top-level field as its
-    ``"name":value`` (encoded once per change and document, whatever the catalogs), and the message head
-    per op. A message is then the head, the fields its catalog keeps joined by commas, and ``}}``: the bytes
-    :func:`encode_json` would make of the whole message, without projecting or encoding per catalog.
+    """The JSON of one change's documents, cut up for :class:`SharedCatalog`: each top-level field encoded
+    once per change and document (:class:`Cut`), whatever the catalogs, and the message head per op. A
+    message is then the head, the fields its catalog keeps, and ``}}``: the bytes :func:`encode_json` would
+    make of the whole message, without projecting or encoding per catalog.
 
     One instance at a time (the change being fanned out or replayed last): it holds that change's fields.
     """
@@ -274,17 +292,17 @@ class FieldCodes:
 
     #: a document that cannot be cut up (a key that is not a string, a value orjson refuses): its messages
     #: are made whole by :func:`envelope`, which falls back to ``json`` as before
-    UNCUT: dict[str, bytes] = {}
+    UNCUT = Cut()
 
     def __init__(self, change: Change) -> None:
         self.change = change
-        self.data: dict[str, bytes] | None = None
-        self.prev: dict[str, bytes] | None = None
+        self.data: Cut | None = None
+        self.prev: Cut | None = None
         self.heads: dict[str, bytes] = {}
 
-    def fields(self, data: Mapping[str, Any]) -> dict[str, bytes]:
-        """The encoded fields of ``data`` (the change's data or previous data), in the document's order;
-        :attr:`UNCUT` (empty) when it cannot be cut up."""
+    def fields(self, data: Mapping[str, Any]) -> Cut:
+        """The encoded fields of ``data`` (the change's data or previous data); :attr:`UNCUT` when it cannot
+        be cut up."""
         change = self.change
         if data is change.data:
             codes = self.data
@@ -308,14 +326,16 @@ class FieldCodes:
         return head
 
 
-def _cut(data: Mapping[str, Any]) -> dict[str, bytes]:
-    codes: dict[str, bytes] = {}
+def _cut(data: Mapping[str, Any]) -> Cut:
+    codes = Cut()
+    after = codes.after = _Absent()
     dumps_ = orjson.dumps
     try:
         for k, v in data.items():
             if type(k) is not str:
                 return FieldCodes.UNCUT
-            codes[k] = dumps_({k: v}, default=_json_default)[1:-1]  # ``"k":v``, as inside the whole
+            code = codes[k] = dumps_({k: v}, default=_json_default)[1:-1]  # ``"k":v``, as inside the whole
+            after[k] = b"," + code
     except TypeError:  # orjson refuses it (e.g. an integer beyond 64 bits): encoded whole, by json
         return FieldCodes.UNCUT
     return codes
@@ -389,15 +409,21 @@ class SharedCatalog:
             if fields is None:
                 fields = codes.fields(data)
             if fields is not FieldCodes.UNCUT:
-                names = plan.names
-                if names is not None:
-                    kept = [fields[n] for n in names if n in fields]
-                elif plan.hidden:
-                    hidden = plan.hidden
-                    kept = [c for n, c in fields.items() if n not in hidden]
+                head = codes.heads.get(op) or codes.head(op)
+                rest = plan.rest
+                if rest is not None and (first := fields.get(plan.first)) is not None:  # type: ignore[arg-type]
+                    # the first name (``_id``) found: the others, each after a comma, taken in one call
+                    out = Outgoing(b"".join((head, first, b"".join(rest(fields.after)), b"}}")))
                 else:
-                    kept = list(fields.values())
-                out = Outgoing(b"".join((codes.heads.get(op) or codes.head(op), b",".join(kept), b"}}")))
+                    names = plan.names
+                    if names is not None:  # what ``get`` finds (codes are never empty), in the catalog's order
+                        body = b",".join(filter(None, map(fields.get, names)))
+                    elif plan.hidden:
+                        hidden = plan.hidden
+                        body = b",".join([c for n, c in fields.items() if n not in hidden])
+                    else:
+                        body = b",".join(fields.values())
+                    out = Outgoing(b"".join((head, body, b"}}")))
         if out is None:
             out = envelope(change.class_name, op, change.seq, self.project(change, data))
         self.sharing.made += 1

@@ -14,6 +14,7 @@ is only ever encoded, never modified.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from operator import itemgetter
 from typing import Any
 
 from ..errors import InvalidCatalogError
@@ -99,11 +100,16 @@ class Flat:
     document's order less ``hidden``. A projector that is one of these (:func:`flat_plan`) lets a message be
     assembled from each field's JSON encoded once per change, whatever the catalogs (see :mod:`..fanout`)."""
 
-    __slots__ = ("hidden", "names")
+    __slots__ = ("first", "hidden", "names", "rest")
 
     def __init__(self, names: tuple[str, ...] | None, hidden: frozenset[str]) -> None:
         self.names = names
         self.hidden = hidden
+        #: with three names or more: the first, and a getter of the others (a tuple, in the catalog's order)
+        self.first: str | None = None
+        self.rest: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = None
+        if names is not None and len(names) >= 3:
+            self.first, self.rest = names[0], itemgetter(*names[1:])
 
 
 def _plan(catalog: Mapping[str, Any], schema: DocSchema | None, show_hidden: bool,
