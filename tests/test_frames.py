@@ -50,3 +50,14 @@ def test_a_message_written_alone_has_its_frame_built_once() -> None:
     out = Outgoing(b"x" * 300)
     assert frames_of([out]) is frames_of([out]) is out.frame
     assert parse(out.frame) == [out.data]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(LENGTHS), min_size=2, max_size=5), st.integers(1, 4))
+def test_messages_written_to_several_sockets_are_the_same_frames_each_time(lengths: list[int], sockets: int) -> None:
+    batch = [Outgoing(bytes([97 + k]) * n) for k, n in enumerate(lengths)]
+    writes = [frames_of(batch) for _ in range(sockets)]  # the first writes headers, the second builds frames
+    assert all(parse(w) == [o.data for o in batch] for w in writes)
+    assert len(set(writes)) == 1
+    if sockets >= 2:
+        assert all(o.frame is not None and parse(o.frame) == [o.data] for o in batch)

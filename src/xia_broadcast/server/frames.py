@@ -30,7 +30,7 @@ def text_frame(data: bytes) -> bytes:
 def frame_of(out: Outgoing) -> bytes:
     """The wire frame of a message, built once and cached on it for every other recipient."""
     frame = out.frame
-    if frame is None:
+    if not frame:  # None, or _ONCE
         frame = out.frame = text_frame(out.data)
     return frame
 
@@ -38,32 +38,37 @@ def frame_of(out: Outgoing) -> bytes:
 #: frame headers by payload length, under 126 bytes (made at import) and from 126 to 65,535 (made when first used)
 _SHORT = [bytes((0x81, n)) for n in range(126)]
 _MEDIUM: dict[int, bytes] = {}
+#: ``Outgoing.frame`` of a message written once with its header, no frame built (the next write builds one)
+_ONCE = b""
 
 
 def _header(n: int) -> bytes:
     if n < 65536:
-        header = _MEDIUM.get(n)
-        if header is None:
-            header = _MEDIUM[n] = struct.pack("!BBH", 0x81, 126, n)
+        header = _MEDIUM[n] = struct.pack("!BBH", 0x81, 126, n)
         return header
     return struct.pack("!BBQ", 0x81, 127, n)
 
 
 def frames_of(batch: list[Outgoing]) -> bytes:
-    """The wire bytes of queued messages, for one write: a lone message's cached frame as it is, several
-    messages joined with their headers (a frame cached already is used as it is)."""
+    """The wire bytes of queued messages, for one write. A lone message is its frame, built once and cached
+    for every other socket. Of several, a message written for the first time is its header joined with it
+    (no frame built: a message made for one subscriber is written once), and its frame is built at its
+    second write and cached for the others."""
     if len(batch) == 1:
         return frame_of(batch[0])
     parts: list[bytes] = []
     append = parts.append
-    short = _SHORT
+    short, medium = _SHORT, _MEDIUM
     for out in batch:
         frame = out.frame
-        if frame is not None:
+        if frame:
             append(frame)
-            continue
-        data = out.data
-        n = len(data)
-        append(short[n] if n < 126 else _header(n))
-        append(data)
+        elif frame is None:
+            data = out.data
+            n = len(data)
+            append(short[n] if n < 126 else medium.get(n) or _header(n))
+            append(data)
+            out.frame = _ONCE
+        else:
+            append(frame_of(out))
     return b"".join(parts)
