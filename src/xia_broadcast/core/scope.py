@@ -47,6 +47,8 @@ Predicate = Callable[[Mapping[str, Any]], bool]
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "not in")
 _ORDERING = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 _NEGATIVE = frozenset({"!=", "not in"})
+#: (in)equality of two values of one kind, for the compiled conditions' shortcut (``bool`` results)
+_EQUALITY = {"==": operator.eq, "!=": operator.ne}
 _SCALARS = (str, int, float, bool, type(None))
 _TEMPORAL_KINDS = frozenset({"datetime", "date"})
 
@@ -328,6 +330,30 @@ def _compile_condition(fn: str, op: str, val: Any) -> Predicate:
         def simple_whole(data: Mapping[str, Any]) -> bool:
             return test(data.get(key)) is True
         return simple_whole
+
+    k = kind(val)
+    cmp: Callable[[Any, Any], bool] | None = _ORDERING.get(op) or _EQUALITY.get(op)
+    if cmp is not None and k == "num":
+        # a number compared with a number (what scopes mostly ask) at once: what ``test`` answers for it
+        def simple_num(data: Mapping[str, Any]) -> bool:
+            v = data.get(key)
+            t = type(v)
+            if t is float or t is int:
+                return cmp(v, val)
+            if t is list:
+                return general(data)
+            return test(v) is True
+        return simple_num
+    if cmp is not None and k == "str":
+        def simple_str(data: Mapping[str, Any]) -> bool:
+            v = data.get(key)
+            t = type(v)
+            if t is str:
+                return cmp(v, val)
+            if t is list:
+                return general(data)
+            return test(v) is True
+        return simple_str
 
     def simple(data: Mapping[str, Any]) -> bool:
         v = data.get(key)
