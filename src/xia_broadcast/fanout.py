@@ -629,6 +629,11 @@ class View:
             scope = self.shared_scope
             if scope.holds(change, data) if scope.views > 1 else scope.predicate(data):
                 return self.shared.message(change, data, change.op), False
+        return self.exit_message(change)
+
+    def exit_message(self, change: Change) -> tuple[Outgoing, bool] | None:
+        """For a change published as data that is not in the view now: its exit, ``(message, True)``, when its
+        previous state was in the view, else None."""
         if not self._was_in(change):
             return None
         if change.op != "D":
