@@ -302,19 +302,27 @@ class FieldCodes:
 
     def fields(self, data: Mapping[str, Any]) -> Cut:
         """The encoded fields of ``data`` (the change's data or previous data); :attr:`UNCUT` when it cannot
-        be cut up."""
+        be cut up, or when no other catalog asked for this document of this change before: a document that
+        only one catalog projects (one view, a replay into one subscriber) is encoded whole, which costs less
+        than cutting up all its fields; the second catalog cuts it up for itself and every later one."""
         change = self.change
         if data is change.data:
             codes = self.data
             if codes is None:
+                self.data = _ASKED
+                return FieldCodes.UNCUT
+            if codes is _ASKED:
                 codes = self.data = _cut(data)
             return codes
         if data is change.prev:
             codes = self.prev
             if codes is None:
+                self.prev = _ASKED
+                return FieldCodes.UNCUT
+            if codes is _ASKED:
                 codes = self.prev = _cut(data)
             return codes
-        return _cut(data)
+        return FieldCodes.UNCUT
 
     def head(self, op: str) -> bytes:
         """``{"doc_class":...,"op":...,"seq":...,"message":{`` for this change and ``op``."""
@@ -324,6 +332,10 @@ class FieldCodes:
             whole = orjson.dumps({"doc_class": change.class_name, "op": op, "seq": change.seq, "message": 0})
             head = self.heads[op] = whole[:-2] + b"{"  # less the ``0}``
         return head
+
+
+#: ``FieldCodes.data``/``prev`` of a document one catalog asked for (and encoded whole): not cut up yet
+_ASKED = Cut()
 
 
 def _cut(data: Mapping[str, Any]) -> Cut:
@@ -406,7 +418,7 @@ class SharedCatalog:
             if codes is None or codes.change is not change:
                 codes = self.sharing.field_codes(change)
             fields = codes.data if data is change.data else None
-            if fields is None:
+            if fields is None or fields is _ASKED:
                 fields = codes.fields(data)
             if fields is not FieldCodes.UNCUT:
                 head = codes.heads.get(op) or codes.head(op)

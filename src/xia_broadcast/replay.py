@@ -47,11 +47,13 @@ from .core.protocol import CLOSE_HISTORY_GONE, CLOSE_SNAPSHOT_REFUSED, CLOSE_TOO
 from .fanout import (
     Connection,
     DocumentHooks,
+    Evaluation,
     HubStats,
     Member,
     Outgoing,
     View,
     control_message,
+    envelope,
 )
 from .journal import Backend, BackendUnavailable, HistoryGone
 from .journal.store import SnapshotRefused
@@ -400,8 +402,10 @@ class Replays:
             return cache[key]
         result: tuple[Outgoing, bool] | None = None
         try:
-            result = view.message(change, self.hooks_for(change))
-            if result is not None:
+            # projected and encoded whole: a replay reads one view's changes, nothing to share between catalogs
+            evaluated: Evaluation | None = view.evaluate(change, self.hooks_for(change))
+            if evaluated is not None:
+                result = envelope(view.class_name, evaluated[0], change.seq, evaluated[1]), evaluated[2]
                 self.stats.encodings += 1
         except Exception:
             self.stats.view_errors += 1
