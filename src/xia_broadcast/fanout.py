@@ -285,10 +285,10 @@ class FieldCodes:
     message is then the head, the fields its catalog keeps, and ``}}``: the bytes :func:`encode_json` would
     make of the whole message, without projecting or encoding per catalog.
 
-    One instance at a time (the change being fanned out or replayed last): it holds that change's fields.
+    One instance at a time (the change fanned out last): it holds that change's fields.
     """
 
-    __slots__ = ("change", "data", "heads", "prev")
+    __slots__ = ("change", "cuts", "heads")
 
     #: a document that cannot be cut up (a key that is not a string, a value orjson refuses): its messages
     #: are made whole by :func:`envelope`, which falls back to ``json`` as before
@@ -296,8 +296,8 @@ class FieldCodes:
 
     def __init__(self, change: Change) -> None:
         self.change = change
-        self.data: Cut | None = None
-        self.prev: Cut | None = None
+        #: the change's data and previous data cut up (None: no catalog asked yet; ``_ASKED``: one did)
+        self.cuts: list[Cut | None] = [None, None]
         self.heads: dict[str, bytes] = {}
 
     def fields(self, data: Mapping[str, Any]) -> Cut:
@@ -306,23 +306,16 @@ class FieldCodes:
         only one catalog projects (one view, a replay into one subscriber) is encoded whole, which costs less
         than cutting up all its fields; the second catalog cuts it up for itself and every later one."""
         change = self.change
-        if data is change.data:
-            codes = self.data
-            if codes is None:
-                self.data = _ASKED
-                return FieldCodes.UNCUT
-            if codes is _ASKED:
-                codes = self.data = _cut(data)
-            return codes
-        if data is change.prev:
-            codes = self.prev
-            if codes is None:
-                self.prev = _ASKED
-                return FieldCodes.UNCUT
-            if codes is _ASKED:
-                codes = self.prev = _cut(data)
-            return codes
-        return FieldCodes.UNCUT
+        which = 0 if data is change.data else 1 if data is change.prev else -1
+        if which < 0:
+            return FieldCodes.UNCUT
+        codes = self.cuts[which]
+        if codes is None:
+            self.cuts[which] = _ASKED
+            return FieldCodes.UNCUT
+        if codes is _ASKED:
+            codes = self.cuts[which] = _cut(data)
+        return codes
 
     def head(self, op: str) -> bytes:
         """``{"doc_class":...,"op":...,"seq":...,"message":{`` for this change and ``op``."""
@@ -417,7 +410,7 @@ class SharedCatalog:
             codes = self.sharing.codes
             if codes is None or codes.change is not change:
                 codes = self.sharing.field_codes(change)
-            fields = codes.data if data is change.data else None
+            fields = codes.cuts[0] if data is change.data else None
             if fields is None or fields is _ASKED:
                 fields = codes.fields(data)
             if fields is not FieldCodes.UNCUT:
