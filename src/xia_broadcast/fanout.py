@@ -327,7 +327,7 @@ class FieldCodes:
         return head
 
 
-#: ``FieldCodes.data``/``prev`` of a document one catalog asked for (and encoded whole): not cut up yet
+#: ``FieldCodes.cuts`` of a document one catalog asked for (and encoded whole): not cut up yet
 _ASKED = Cut()
 
 
@@ -508,7 +508,8 @@ class Sharing:
             weakref.WeakValueDictionary()
         #: the change whose fields were cut up last (one at a time: the loop fans out one change at a time)
         self.codes: FieldCodes | None = None
-        #: messages made by its views (:meth:`View.message`), a count the Hub reads around each fan-out
+        #: messages made for its views (:meth:`SharedCatalog.message`, exits, hooks), a count the Hub reads around
+        #: each fan-out
         self.made = 0
 
     def catalog(self, canonical: bytes, catalog: dict[str, Any], show_hidden: bool) -> SharedCatalog:
@@ -625,15 +626,8 @@ class View:
                 return None
             self.shared.sharing.made += 1
             return envelope(self.class_name, evaluated[0], change.seq, evaluated[1]), evaluated[2]
-        # the common case first, inline (the loop runs this once per view and change): in the view now
-        acl = self.shared_acl
-        if acl is not None:
-            subjects = change._subjects or change.subjects
-            allowed = acl.last_result if subjects is acl.last_subjects else acl.allows(subjects)
-        if acl is None or allowed:
-            scope = self.shared_scope
-            if scope.holds(change, data) if scope.views > 1 else scope.predicate(data):
-                return self.shared.message(change, data, change.op), False
+        if self._in_now(change, data):
+            return self.shared.message(change, data, change.op), False
         return self.exit_message(change)
 
     def exit_message(self, change: Change) -> tuple[Outgoing, bool] | None:
@@ -650,12 +644,18 @@ class View:
     def _find(self, change: Change) -> tuple[Mapping[str, Any], bool] | None:
         """Which state of a change published as data is in the view: ``(data, False)`` (now), ``(prev, True)``
         (before, not now: an exit), or None."""
-        data, acl, scope = change.data, self.shared_acl, self.shared_scope
+        data = change.data
         assert data is not None
-        if (acl is None or acl.allows(change.subjects)) and (
-                scope.holds(change, data) if scope.views > 1 else scope.predicate(data)):
+        if self._in_now(change, data):
             return data, False
         return (change.prev, True) if self._was_in(change) else None  # type: ignore[return-value]
+
+    def _in_now(self, change: Change, data: Mapping[str, Any]) -> bool:
+        """Whether a change published as data is in the view now: the ACL reads it and the scope holds (both
+        decided once per change with the views alike). ``Hub.fanout`` runs a copy of this inline."""
+        acl, scope = self.shared_acl, self.shared_scope
+        return (acl is None or acl.allows(change.subjects)) and (
+            scope.holds(change, data) if scope.views > 1 else bool(scope.predicate(data)))
 
     def _was_in(self, change: Change) -> bool:
         """Whether the previous state of a change published as data was in the view (the ACL read it and the

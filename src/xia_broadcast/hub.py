@@ -444,21 +444,28 @@ class Hub(Generic[W]):
         full = total.over  # over the total bound: every connection that holds messages is full (read once)
         added = 0
         doc: Mapping[str, Any] = {}
-        if slow is None and data is not None:
-            candidates, doc = views.candidates(data, change.prev), data
-            subjects: tuple[str, ...] | None = change.subjects
+        fast = slow is None and data is not None  # published as data, read by the compiled views
+        if fast:
+            assert data is not None
+            doc = data
+            candidates = views.candidates(doc, change.prev)
         else:
-            candidates, subjects = views.values(), None
+            candidates = views.values()
+        subjects: tuple[str, ...] | None = None  # the change's, made at the first view with an ACL
         op = change.op
         for view in candidates:
             try:
-                if subjects is not None:
-                    # View.message for a change published as data, its common case inline (this loop runs it
-                    # once per view and change): in the view now, by the ACL's decision and the scope's answer
-                    # (both shared with the views alike)
+                if fast:
+                    # View.message inline (this loop runs it once per view and change): in the view now
+                    # (View._in_now), by the ACL's decision and the scope's answer, both shared with the views
+                    # alike; exits through the view
                     acl = view.shared_acl
-                    inside = acl is None or (
-                        acl.last_result if subjects is acl.last_subjects else acl.allows(subjects))
+                    if acl is None:
+                        inside = True
+                    else:
+                        if subjects is None:
+                            subjects = change.subjects
+                        inside = acl.last_result if subjects is acl.last_subjects else acl.allows(subjects)
                     if inside:
                         scope = view.shared_scope
                         inside = scope.holds(change, doc) if scope.views > 1 else scope.predicate(doc)

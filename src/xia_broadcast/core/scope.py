@@ -49,6 +49,8 @@ _ORDERING = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operat
 _NEGATIVE = frozenset({"!=", "not in"})
 #: (in)equality of two values of one kind, for the compiled conditions' shortcut (``bool`` results)
 _EQUALITY = {"==": operator.eq, "!=": operator.ne}
+#: the exact value types of a kind the shortcut compares at once (``bool`` is not a number here)
+_SAME_KIND: dict[str, tuple[type, ...]] = {"num": (int, float), "str": (str,)}
 _SCALARS = (str, int, float, bool, type(None))
 _TEMPORAL_KINDS = frozenset({"datetime", "date"})
 
@@ -333,27 +335,21 @@ def _compile_condition(fn: str, op: str, val: Any) -> Predicate:
 
     k = kind(val)
     cmp: Callable[[Any, Any], bool] | None = _ORDERING.get(op) or _EQUALITY.get(op)
-    if cmp is not None and k == "num":
-        # a number compared with a number (what scopes mostly ask) at once: what ``test`` answers for it
-        def simple_num(data: Mapping[str, Any]) -> bool:
+    same = _SAME_KIND.get(k)
+    if cmp is not None and same is not None:
+        # a number compared with a number, or a string with a string (what scopes mostly ask), at once: what
+        # ``test`` answers for a value of exactly those types
+        compare, types = cmp, same
+
+        def simple_same(data: Mapping[str, Any]) -> bool:
             v = data.get(key)
             t = type(v)
-            if t is float or t is int:
-                return cmp(v, val)
+            if t in types:
+                return compare(v, val)
             if t is list:
                 return general(data)
             return test(v) is True
-        return simple_num
-    if cmp is not None and k == "str":
-        def simple_str(data: Mapping[str, Any]) -> bool:
-            v = data.get(key)
-            t = type(v)
-            if t is str:
-                return cmp(v, val)
-            if t is list:
-                return general(data)
-            return test(v) is True
-        return simple_str
+        return simple_same
 
     def simple(data: Mapping[str, Any]) -> bool:
         v = data.get(key)
