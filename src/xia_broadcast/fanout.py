@@ -263,20 +263,15 @@ class Body(dict[str, Any]):
 
 class Cut(dict[str, bytes]):
     """One document's top-level fields, each encoded once as ``"name":value`` (this dict, in the document's
-    order), and as ``,"name":value`` (:attr:`after`: a field after another; a name the document lacks is
-    ``b""`` there, so that one ``itemgetter`` takes a catalog's fields in its order)."""
+    order), and its :attr:`shape`: its field names in that order, one tuple for every document of that shape
+    (:attr:`Sharing.shapes`), so that a catalog finds its getter of them by identity (:meth:`Flat.picker`)."""
 
-    __slots__ = ("after",)
-    after: _Absent
+    __slots__ = ("shape",)
+    shape: tuple[str, ...]
 
 
-class _Absent(dict[str, bytes]):
-    """``,"name":value`` by name; ``b""`` for a name the document lacks (nothing to write)."""
-
-    __slots__ = ()
-
-    def __missing__(self, key: str) -> bytes:
-        return b""
+#: document shapes :class:`Sharing` keeps one tuple of (past it, it starts again: getters are made anew)
+MAX_SHAPES = 1024
 
 
 class FieldCodes:
@@ -288,14 +283,16 @@ class FieldCodes:
     One instance at a time (the change fanned out last): it holds that change's fields.
     """
 
-    __slots__ = ("change", "cuts", "heads")
+    __slots__ = ("change", "cuts", "heads", "shapes")
 
     #: a document that cannot be cut up (a key that is not a string, a value orjson refuses): its messages
     #: are made whole by :func:`envelope`, which falls back to ``json`` as before
     UNCUT = Cut()
 
-    def __init__(self, change: Change) -> None:
+    def __init__(self, change: Change, shapes: dict[tuple[str, ...], tuple[str, ...]] | None = None) -> None:
         self.change = change
+        #: one tuple per document shape (:attr:`Cut.shape`), shared with the other changes of the Hub
+        self.shapes: dict[tuple[str, ...], tuple[str, ...]] = {} if shapes is None else shapes
         #: the change's data and previous data cut up (None: no catalog asked yet; ``_ASKED``: one did)
         self.cuts: list[Cut | None] = [None, None]
         self.heads: dict[str, bytes] = {}
@@ -314,7 +311,7 @@ class FieldCodes:
             self.cuts[which] = _ASKED
             return FieldCodes.UNCUT
         if codes is _ASKED:
-            codes = self.cuts[which] = _cut(data)
+            codes = self.cuts[which] = _cut(data, self.shapes)
         return codes
 
     def head(self, op: str) -> bytes:
@@ -331,18 +328,23 @@ class FieldCodes:
 _ASKED = Cut()
 
 
-def _cut(data: Mapping[str, Any]) -> Cut:
+def _cut(data: Mapping[str, Any], shapes: dict[tuple[str, ...], tuple[str, ...]]) -> Cut:
     codes = Cut()
-    after = codes.after = _Absent()
     dumps_ = orjson.dumps
     try:
         for k, v in data.items():
             if type(k) is not str:
                 return FieldCodes.UNCUT
-            code = codes[k] = dumps_({k: v}, default=_json_default)[1:-1]  # ``"k":v``, as inside the whole
-            after[k] = b"," + code
+            codes[k] = dumps_({k: v}, default=_json_default)[1:-1]  # ``"k":v``, as inside the whole
     except TypeError:  # orjson refuses it (e.g. an integer beyond 64 bits): encoded whole, by json
         return FieldCodes.UNCUT
+    shape = tuple(codes)
+    known = shapes.get(shape)
+    if known is None:
+        if len(shapes) >= MAX_SHAPES:
+            shapes.clear()
+        known = shapes[shape] = shape
+    codes.shape = known
     return codes
 
 
@@ -414,21 +416,9 @@ class SharedCatalog:
             if fields is None or fields is _ASKED:
                 fields = codes.fields(data)
             if fields is not FieldCodes.UNCUT:
-                head = codes.heads.get(op) or codes.head(op)
-                rest = plan.rest
-                if rest is not None and (first := fields.get(plan.first)) is not None:  # type: ignore[arg-type]
-                    # the first name (``_id``) found: the others, each after a comma, taken in one call
-                    out = Outgoing(b"".join((head, first, b"".join(rest(fields.after)), b"}}")))
-                else:
-                    names = plan.names
-                    if names is not None:  # what ``get`` finds (codes are never empty), in the catalog's order
-                        body = b",".join(filter(None, map(fields.get, names)))
-                    elif plan.hidden:
-                        hidden = plan.hidden
-                        body = b",".join([c for n, c in fields.items() if n not in hidden])
-                    else:
-                        body = b",".join(fields.values())
-                    out = Outgoing(b"".join((head, body, b"}}")))
+                shape = fields.shape
+                pick = plan.pick if shape is plan.shape else plan.picker(shape)
+                out = Outgoing(b"".join((codes.heads.get(op) or codes.head(op), b",".join(pick(fields)), b"}}")))
         if out is None:
             out = envelope(change.class_name, op, change.seq, self.project(change, data))
         self.sharing.made += 1
@@ -508,6 +498,8 @@ class Sharing:
             weakref.WeakValueDictionary()
         #: the change whose fields were cut up last (one at a time: the loop fans out one change at a time)
         self.codes: FieldCodes | None = None
+        #: one tuple per document shape seen (field names in order): at most :data:`MAX_SHAPES`
+        self.shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
         #: messages made for its views (:meth:`SharedCatalog.message`, exits, hooks), a count the Hub reads around
         #: each fan-out
         self.made = 0
@@ -541,7 +533,7 @@ class Sharing:
         """The :class:`FieldCodes` of ``change`` (made anew when it is not the last one's)."""
         codes = self.codes
         if codes is None or codes.change is not change:
-            codes = self.codes = FieldCodes(change)
+            codes = self.codes = FieldCodes(change, self.shapes)
         return codes
 
 
@@ -552,7 +544,7 @@ class View:
     views that differ only by scope or ACL project and encode each change once between them.
     """
 
-    __slots__ = ("acl", "acl_param", "catalog", "class_name", "key", "members", "predicate",
+    __slots__ = ("acl", "acl_param", "catalog", "class_name", "exact", "key", "members", "predicate",
                  "replay_cache", "replay_cache_bytes", "replaying", "scope", "shared", "shared_acl", "shared_scope",
                  "show_hidden", "snapshot_pass")
 
@@ -569,6 +561,9 @@ class View:
         self.shared_scope = predicate if isinstance(predicate, SharedScope) else SharedScope(predicate)
         self.shared_scope.views += 1
         self.predicate = self.shared_scope.predicate
+        #: the view index finds this view (its candidates) exactly when the scope holds for a change without a
+        #: previous state, so the fan-out does not test it again (set by the Hub when it files the view)
+        self.exact = False
         self.catalog = catalog
         self.show_hidden = show_hidden
         self.acl = acl

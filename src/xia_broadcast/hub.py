@@ -250,7 +250,9 @@ class Hub(Generic[W]):
         if view is None:
             view = View(key, class_name, scope, self.sharing.scope(key[0], lambda: compile_conditions(scope)),
                         catalog, show_hidden, acl, params.get("acl"), self.sharing)
-            views.add(key, view, index_key(scope))
+            filed = index_key(scope)
+            view.exact = filed is not None and len(scope) == 1  # the index's candidates are the scan's
+            views.add(key, view, filed)
         conn = self.connection(websocket)
         if control or snapshot:  # a snapshot client keeps a collection: snapshot_done, reset, exits
             conn.control = True
@@ -445,10 +447,13 @@ class Hub(Generic[W]):
         added = 0
         doc: Mapping[str, Any] = {}
         fast = slow is None and data is not None  # published as data, read by the compiled views
+        exact = False  # the view index found the views of one indexed condition exactly where they hold
         if fast:
             assert data is not None
             doc = data
-            candidates = views.candidates(doc, change.prev)
+            prev = change.prev
+            candidates = views.candidates(doc, prev)
+            exact = prev is None
         else:
             candidates = views.values()
         subjects: tuple[str, ...] | None = None  # the change's, made at the first view with an ACL
@@ -466,7 +471,7 @@ class Hub(Generic[W]):
                         if subjects is None:
                             subjects = change.subjects
                         inside = acl.last_result if subjects is acl.last_subjects else acl.allows(subjects)
-                    if inside:
+                    if inside and not (exact and view.exact):
                         scope = view.shared_scope
                         inside = scope.holds(change, doc) if scope.views > 1 else scope.predicate(doc)
                     if inside:

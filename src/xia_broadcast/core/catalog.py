@@ -94,22 +94,61 @@ def _apply_each(project: Projector, value: Any) -> Any:
     return value
 
 
+#: field-name tuples (document shapes) a :class:`Flat` plan keeps a getter for; past it they are made anew
+MAX_SHAPES_PER_PLAN = 64
+
+
+def _no_fields(codes: Mapping[str, Any]) -> tuple[Any, ...]:
+    return ()
+
+
 class Flat:
     """What a catalog keeps of a document when it keeps whole top-level values and nothing at a deeper level:
     ``names`` in that order (those present in the document), or with ``names`` None every field in the
     document's order less ``hidden``. A projector that is one of these (:func:`flat_plan`) lets a message be
-    assembled from each field's JSON encoded once per change, whatever the catalogs (see :mod:`..fanout`)."""
+    assembled from each field's JSON encoded once per change, whatever the catalogs (see :mod:`..fanout`).
 
-    __slots__ = ("first", "hidden", "names", "rest")
+    Memory: a getter per document shape seen (:meth:`picker`), at most :data:`MAX_SHAPES_PER_PLAN`.
+    """
+
+    __slots__ = ("_pickers", "hidden", "names", "pick", "shape")
 
     def __init__(self, names: tuple[str, ...] | None, hidden: frozenset[str]) -> None:
         self.names = names
         self.hidden = hidden
-        #: with three names or more: the first, and a getter of the others (a tuple, in the catalog's order)
-        self.first: str | None = None
-        self.rest: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = None
-        if names is not None and len(names) >= 3:
-            self.first, self.rest = names[0], itemgetter(*names[1:])
+        #: the document shape (its field names in order, as :meth:`picker` got them last) and its getter
+        self.shape: tuple[str, ...] | None = None
+        self.pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] = _no_fields
+        self._pickers: dict[tuple[str, ...], Callable[[Mapping[str, Any]], tuple[Any, ...]]] = {}
+
+    def picker(self, shape: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+        """A getter of the values of the fields kept of a document whose field names are ``shape`` (in
+        order): from a mapping with those keys, a tuple in the order of the projection. Made once per shape;
+        the last is also :attr:`pick` (for :attr:`shape`)."""
+        pick = self._pickers.get(shape)
+        if pick is None:
+            if self.names is not None:
+                present = set(shape)
+                kept = [n for n in self.names if n in present]
+            else:
+                kept = [n for n in shape if n not in self.hidden]
+            if not kept:
+                pick = _no_fields
+            elif len(kept) == 1:
+                pick = _single(kept[0])
+            else:
+                pick = itemgetter(*kept)
+            if len(self._pickers) >= MAX_SHAPES_PER_PLAN:
+                self._pickers.clear()
+            self._pickers[shape] = pick
+        self.shape, self.pick = shape, pick
+        return pick
+
+
+def _single(name: str) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    def pick(codes: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (codes[name],)
+    return pick
 
 
 def _plan(catalog: Mapping[str, Any], schema: DocSchema | None, show_hidden: bool,
