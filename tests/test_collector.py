@@ -195,3 +195,27 @@ async def test_the_interval_shortens_while_young_collections_are_long_and_comes_
         policy.freeze()
         assert policy.current == expected
     gc.unfreeze()  # no server runs this policy: leave the process's collector as it was
+
+
+async def test_young_collections_start_later_while_a_server_runs_and_as_before_after(
+        make_server: ServerFactory) -> None:
+    """While a server's policy runs, CPython's first threshold is ``YOUNG_THRESHOLD`` (a fan-out's messages,
+    alive until the next write, are not walked several times per change); when the last server stops, the
+    thresholds it found are set again. A larger threshold the application set is kept."""
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 11, 12)
+        server = await make_server(gc_freeze_interval=0.05)
+        assert gc.get_threshold() == (collector.YOUNG_THRESHOLD, 11, 12)
+        await server.shutdown()
+        assert gc.get_threshold() == (700, 11, 12)
+        gc.set_threshold(10 * collector.YOUNG_THRESHOLD, 11, 12)
+        server = await make_server(gc_freeze_interval=0.05)
+        assert gc.get_threshold() == (10 * collector.YOUNG_THRESHOLD, 11, 12)
+        await server.shutdown()
+        gc.set_threshold(700, 11, 12)
+        server = await make_server(gc_freeze_interval=0)  # no policy: the collector as the process set it
+        assert gc.get_threshold() == (700, 11, 12)
+        await server.shutdown()
+    finally:
+        gc.set_threshold(*before)

@@ -324,6 +324,14 @@ class FieldCodes:
         return head
 
 
+#: a :class:`SharedCatalog` before its first message: no schema is current
+_UNSET: Any = object()
+
+
+def _no_pick(fields: Mapping[str, Any]) -> tuple[Any, ...]:
+    raise AssertionError("no document shape yet")
+
+
 #: ``FieldCodes.cuts`` of a document one catalog asked for (and encoded whole): not cut up yet
 _ASKED = Cut()
 
@@ -356,8 +364,8 @@ class SharedCatalog:
     in use.
     """
 
-    __slots__ = ("__weakref__", "catalog", "last", "last_message", "plans", "projectors", "sharing", "show_hidden",
-                 "views")
+    __slots__ = ("__weakref__", "catalog", "last", "last_message", "pick", "pick_shape", "plan", "plan_schema",
+                 "plans", "projectors", "sharing", "show_hidden", "views")
 
     def __init__(self, catalog: dict[str, Any], show_hidden: bool, sharing: Sharing | None = None) -> None:
         self.catalog = catalog
@@ -374,6 +382,13 @@ class SharedCatalog:
         self.last_message: tuple[Change, Mapping[str, Any], str, Outgoing] | None = None
         #: views using it now
         self.views = 0
+        #: the schema of the message made last and its plan (``plans[plan_schema]``), and the getter of the
+        #: fields kept (:meth:`Flat.picker`) of the document shape made last from cut-up fields: the next
+        #: message of the same schema and shape finds them here
+        self.plan_schema: object = _UNSET
+        self.plan: Flat | None = None
+        self.pick_shape: tuple[str, ...] | None = None
+        self.pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] = _no_pick
 
     def projector(self, schema: DocSchema | None) -> Projector:
         """The catalog compiled against ``schema`` (cached: one per schema the class is published with)."""
@@ -402,13 +417,10 @@ class SharedCatalog:
         last = self.last_message
         if last is not None and last[0] is change and last[1] is data and last[2] == op:
             return last[3]
-        schema = change.schema
-        try:
-            plan = self.plans[schema]
-        except KeyError:
-            plan = self.plans[schema] = flat_plan(self.catalog, schema, self.show_hidden)
         out = None
-        if plan is not None:
+        if change.schema is not self.plan_schema:
+            self._use(change.schema)
+        if self.plan is not None:
             codes = self.sharing.codes
             if codes is None or codes.change is not change:
                 codes = self.sharing.field_codes(change)
@@ -416,14 +428,22 @@ class SharedCatalog:
             if fields is None or fields is _ASKED:
                 fields = codes.fields(data)
             if fields is not FieldCodes.UNCUT:
-                shape = fields.shape
-                pick = plan.pick if shape is plan.shape else plan.picker(shape)
-                out = Outgoing(b"".join((codes.heads.get(op) or codes.head(op), b",".join(pick(fields)), b"}}")))
+                if fields.shape is not self.pick_shape:
+                    self.pick_shape, self.pick = fields.shape, self.plan.picker(fields.shape)
+                out = Outgoing(b"".join((codes.heads.get(op) or codes.head(op), b",".join(self.pick(fields)), b"}}")))
         if out is None:
             out = envelope(change.class_name, op, change.seq, self.project(change, data))
         self.sharing.made += 1
         self.last_message = (change, data, op, out) if self.views > 1 else None
         return out
+
+    def _use(self, schema: DocSchema | None) -> None:
+        """Make the plan of ``schema`` the current one (:attr:`plan`: None when the catalog projects embedded
+        values further, which only the projector does)."""
+        plan = self.plans.get(schema, _UNSET)
+        if plan is _UNSET:
+            plan = self.plans[schema] = flat_plan(self.catalog, schema, self.show_hidden)
+        self.plan_schema, self.plan, self.pick_shape, self.pick = schema, plan, None, _no_pick
 
 
 class SharedScope:

@@ -14,6 +14,13 @@ survived into the collector's permanent generation (``gc.freeze()``, a constant-
 objects are still freed by reference counting; the collector just never visits them again. The full passes
 that remain visit only what became long-lived within one interval.
 
+While the policy runs, CPython's own young collections start at :data:`YOUNG_THRESHOLD` tracked allocations
+in excess of deallocations, not 700: a fan-out makes one tracked message per distinct view and change,
+held until the next write (thousands at a time, all still alive), so at 700 the collector walked them
+several times per change and moved them to older generations only for them to die there. At 20,000 it
+rarely starts between two freezes, and one such collection walks at most about that many objects (20,000
+queued messages: 0.8 ms on the 2-core machine of docs/benchmarks.md).
+
 The price: an object frozen and later dropped *in a reference cycle* is never reclaimed. The server's own
 long-lived objects break their cycles when they go (tests/test_collector.py churns connections, views,
 snapshots and refusals with freezing on and fails on any leaked cycle of them); a cycle made by an
@@ -21,8 +28,9 @@ application's hooks (an ACL callback, a document object) could leak. ``xia_gc_fr
 ``/metrics`` shows the frozen count: it follows the connections and the journal, and grows without bound
 only when something leaks. ``gc_freeze_interval = 0`` leaves the collector as Python sets it.
 
-Freezing is process-wide. When the last server of a process stops, its objects are unfrozen, so that a
-process that goes on (a test suite, an application that embeds the server) gets its collector back whole.
+Freezing and the threshold are process-wide. When the last server of a process stops, its objects are
+unfrozen and the thresholds it found are set again, so that a process that goes on (a test suite, an
+application that embeds the server) gets its collector back as it was.
 """
 
 from __future__ import annotations
@@ -39,15 +47,21 @@ FREEZE_AFTER_SUBSCRIPTIONS = 256
 
 #: a freeze's young collection should take at most this long: past it the interval is halved (down to
 #: :data:`MIN_INTERVAL`), under a fifth of it doubled again (up to ``gc_freeze_interval``). CPython starts a
-#: young collection when tracked allocations outnumber deallocations by 700, and a server that frees old
+#: young collection when tracked allocations outnumber deallocations by its threshold, and a server that frees old
 #: objects (changes leaving the journal) as fast as it makes new ones never gets there: everything made since
 #: the last freeze is young (80,000 objects, 19 ms to collect, after a second at 19,000 changes/s)
 YOUNG_COLLECTION_BUDGET = 0.005
 #: the shortest interval the policy adapts down to, in seconds
 MIN_INTERVAL = 0.05
 
+#: CPython's first collection threshold while a policy runs (its own default is 700; a larger one set by the
+#: application is kept): see the module's docstring
+YOUNG_THRESHOLD = 20_000
+
 #: servers of this process whose policy is running (freezing is process-wide: unfreeze when none is left)
 _running = 0
+#: the collector's thresholds when the first of them started (set again when the last stops)
+_thresholds: tuple[int, int, int] | None = None
 
 
 class CollectorPolicy:
@@ -65,9 +79,12 @@ class CollectorPolicy:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        global _running
+        global _running, _thresholds
         if self.interval <= 0 or self._task is not None:
             return
+        if _running == 0:
+            _thresholds = gc.get_threshold()
+            gc.set_threshold(max(_thresholds[0], YOUNG_THRESHOLD), *_thresholds[1:])
         _running += 1
         self.freeze()  # what the process built to start (modules, settings, schemas) is never visited again
         self._task = asyncio.get_running_loop().create_task(self._run(), name="xia-gc-freeze")
@@ -99,7 +116,7 @@ class CollectorPolicy:
             self.freeze()
 
     async def stop(self) -> None:
-        global _running
+        global _running, _thresholds
         if self._task is None:
             return
         self._task.cancel()
@@ -109,3 +126,6 @@ class CollectorPolicy:
         _running -= 1
         if _running == 0:
             gc.unfreeze()
+            if _thresholds is not None:
+                gc.set_threshold(*_thresholds)
+                _thresholds = None
