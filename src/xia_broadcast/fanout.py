@@ -566,7 +566,7 @@ class View:
 
     __slots__ = ("acl", "acl_param", "catalog", "class_name", "exact", "key", "members", "predicate",
                  "replay_cache", "replay_cache_bytes", "replaying", "scope", "shared", "shared_acl", "shared_scope",
-                 "show_hidden", "snapshot_pass")
+                 "show_hidden", "snapshot_pass", "sole")
 
     def __init__(self, key: ViewKey, class_name: str, scope: list[dict[str, Any]], predicate: Predicate | SharedScope,
                  catalog: dict[str, Any], show_hidden: bool, acl: Acl | None, acl_param: Any,
@@ -592,6 +592,8 @@ class View:
         #: the ACL object as the first subscriber gave it, for documents that check ACLs themselves
         self.acl_param = acl_param
         self.members: dict[Connection[Any], Member[Any]] = {}
+        #: ``(member,)`` while it has one member, else ``()`` (the fan-out reads it before ``members``)
+        self.sole: tuple[Member[Any], ...] = ()
         self.shared = sharing.catalog(key[1], catalog, show_hidden)
         self.shared.views += 1
         self.catalog = self.shared.catalog  # one equal dict for all the views sharing it
@@ -606,6 +608,16 @@ class View:
     def projector(self, schema: DocSchema | None) -> Projector:
         """The catalog compiled against ``schema`` (cached: one per schema the class is published with)."""
         return self.shared.projector(schema)
+
+    def join(self, member: Member[Any]) -> None:
+        """``member`` (of a connection not in the view yet) joins the view."""
+        self.members[member.connection] = member
+        self.sole = (member,) if len(self.members) == 1 else ()
+
+    def leave(self, conn: Connection[Any]) -> None:
+        """The member of ``conn`` (if any) leaves the view."""
+        self.members.pop(conn, None)
+        self.sole = tuple(self.members.values()) if len(self.members) == 1 else ()
 
     def release(self) -> None:
         """The view is dropped (its last member left): it no longer counts among its scope's users."""

@@ -261,7 +261,7 @@ class Hub(Generic[W]):
             self._leave(old, keep=view)
         member = conn.members[class_name] = Member(conn, view, start_seq, exits=exits or control or snapshot,
                                                    epoch=epoch or None, snapshot=snapshot)
-        view.members[conn] = member
+        view.join(member)
         if after_seq or from_seq:
             self.replays.ask(member, after_seq or from_seq, inclusive=bool(from_seq))
         elif snapshot:
@@ -286,7 +286,7 @@ class Hub(Generic[W]):
         last), unless it is ``keep``: the one its connection is joining instead."""
         self.replays.stop(member)
         view = member.view
-        view.members.pop(member.connection, None)
+        view.leave(member.connection)
         if not view.members and view is not keep:
             view.release()
             views = self.channels.get(view.class_name)
@@ -493,7 +493,7 @@ class Hub(Generic[W]):
                               class_name, change.op, seq, class_name)
                 continue
             size = len(out.data)
-            for member in view.members.values():  # the hot loop; an empty queue takes any one message
+            for member in view.sole or view.members.values():  # the hot loop; an empty queue takes any one message
                 if member.replay is not None or seq < member.start_seq or (is_exit and not member.exits):
                     continue
                 conn = member.connection
