@@ -264,7 +264,7 @@ class Body(dict[str, Any]):
 class Cut(dict[str, bytes]):
     """One document's top-level fields, each encoded once as ``"name":value`` (this dict, in the document's
     order), and its :attr:`shape`: its field names in that order, one tuple for every document of that shape
-    (:attr:`Sharing.shapes`), so that a catalog finds its getter of them by identity (:meth:`Flat.picker`)."""
+    (:attr:`Sharing.shapes`), so that a catalog finds its getter of them (:meth:`Flat.picker`) by identity."""
 
     __slots__ = ("shape",)
     shape: tuple[str, ...]
@@ -570,7 +570,7 @@ class View:
 
     def __init__(self, key: ViewKey, class_name: str, scope: list[dict[str, Any]], predicate: Predicate | SharedScope,
                  catalog: dict[str, Any], show_hidden: bool, acl: Acl | None, acl_param: Any,
-                 sharing: Sharing | None = None) -> None:
+                 sharing: Sharing | None = None, exact: bool = False) -> None:
         if sharing is None:  # a view of its own, sharing nothing
             sharing = Sharing()
         self.key = key
@@ -581,9 +581,10 @@ class View:
         self.shared_scope = predicate if isinstance(predicate, SharedScope) else SharedScope(predicate)
         self.shared_scope.views += 1
         self.predicate = self.shared_scope.predicate
-        #: the view index finds this view (its candidates) exactly when the scope holds for a change without a
-        #: previous state, so the fan-out does not test it again (set by the Hub when it files the view)
-        self.exact = False
+        #: the view index files this view by its scope's only condition: it finds it (among its candidates)
+        #: exactly when the scope holds for a change without a previous state, which the fan-out then does not
+        #: test again
+        self.exact = exact
         self.catalog = catalog
         self.show_hidden = show_hidden
         self.acl = acl

@@ -248,10 +248,10 @@ class Hub(Generic[W]):
             views = self.channels[class_name] = ViewIndex()
         view = views.get(key)
         if view is None:
-            view = View(key, class_name, scope, self.sharing.scope(key[0], lambda: compile_conditions(scope)),
-                        catalog, show_hidden, acl, params.get("acl"), self.sharing)
             filed = index_key(scope)
-            view.exact = filed is not None and len(scope) == 1  # the index's candidates are the scan's
+            view = View(key, class_name, scope, self.sharing.scope(key[0], lambda: compile_conditions(scope)),
+                        catalog, show_hidden, acl, params.get("acl"), self.sharing,
+                        exact=filed is not None and len(scope) == 1)  # the index's candidates are the scan's
             views.add(key, view, filed)
         conn = self.connection(websocket)
         if control or snapshot:  # a snapshot client keeps a collection: snapshot_done, reset, exits

@@ -111,20 +111,16 @@ class Flat:
     Memory: a getter per document shape seen (:meth:`picker`), at most :data:`MAX_SHAPES_PER_PLAN`.
     """
 
-    __slots__ = ("_pickers", "hidden", "names", "pick", "shape")
+    __slots__ = ("_pickers", "hidden", "names")
 
     def __init__(self, names: tuple[str, ...] | None, hidden: frozenset[str]) -> None:
         self.names = names
         self.hidden = hidden
-        #: the document shape (its field names in order, as :meth:`picker` got them last) and its getter
-        self.shape: tuple[str, ...] | None = None
-        self.pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] = _no_fields
         self._pickers: dict[tuple[str, ...], Callable[[Mapping[str, Any]], tuple[Any, ...]]] = {}
 
     def picker(self, shape: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
         """A getter of the values of the fields kept of a document whose field names are ``shape`` (in
-        order): from a mapping with those keys, a tuple in the order of the projection. Made once per shape;
-        the last is also :attr:`pick` (for :attr:`shape`)."""
+        order): from a mapping with those keys, a tuple in the order of the projection. Made once per shape."""
         pick = self._pickers.get(shape)
         if pick is None:
             if self.names is not None:
@@ -141,7 +137,6 @@ class Flat:
             if len(self._pickers) >= MAX_SHAPES_PER_PLAN:
                 self._pickers.clear()
             self._pickers[shape] = pick
-        self.shape, self.pick = shape, pick
         return pick
 
 
