@@ -84,6 +84,8 @@ def test_a_message_from_cut_up_fields_is_the_whole_encoding_byte_for_byte(
         expected = whole(change, state, op, normal, show_hidden)
         assert first.message(change, state, op).data == expected, (normal, state)
         assert second.message(change, state, op).data == expected, (normal, state)
+        other = "U" if op != "U" else "X"  # an op other than the change's (whose head the cut-up fields hold)
+        assert second.message(change, state, other).data == whole(change, state, other, normal, show_hidden)
     plan = flat_plan(normal, schema, show_hidden)
     cuttable = all(type(k) is str for k in data) and all(_orjson_takes(v) for v in data.values())
     if plan is not None and cuttable:  # the second catalog cut the fields up, not encoded them whole

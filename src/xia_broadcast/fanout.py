@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 import orjson
 
 from .core.acl import Acl
-from .core.catalog import Flat, Projector, compile_normalised, flat_plan
+from .core.catalog import HEAD, TAIL, Flat, Projector, compile_normalised, flat_plan
 from .core.change import Change
 from .core.encoding import dumps
 from .core.schema import DocSchema
@@ -261,10 +261,12 @@ class Body(dict[str, Any]):
     message: tuple[str, str, str, Outgoing]
 
 
-class Cut(dict[str, bytes]):
-    """One document's top-level fields, each encoded once as ``"name":value`` (this dict, in the document's
-    order), and its :attr:`shape`: its field names in that order, one tuple for every document of that shape
-    (:attr:`Sharing.shapes`), so that a catalog finds its getter of them (:meth:`Flat.picker`) by identity."""
+class Cut(dict[str | int, bytes]):
+    """One document's top-level fields, each encoded once: ``"name":value`` by name (in the document's
+    order), ``,"name":value`` by its position in the document (a field after another); under :data:`HEAD` the
+    message's head for the change's op, under :data:`TAIL` its end. Its :attr:`shape` is its field names in
+    order, one tuple for every document of that shape (:attr:`Sharing.shapes`), so that a catalog finds its
+    getter (:meth:`Flat.picker`) by identity: one call takes a whole message's pieces, in order."""
 
     __slots__ = ("shape",)
     shape: tuple[str, ...]
@@ -276,14 +278,14 @@ MAX_SHAPES = 1024
 
 class FieldCodes:
     """The JSON of one change's documents, cut up for :class:`SharedCatalog`: each top-level field encoded
-    once per change and document (:class:`Cut`), whatever the catalogs, and the message head per op. A
-    message is then the head, the fields its catalog keeps, and ``}}``: the bytes :func:`encode_json` would
-    make of the whole message, without projecting or encoding per catalog.
+    once per change and document (:class:`Cut`), whatever the catalogs, with the message head for the change's
+    op. A message is then the head, the fields its catalog keeps, and ``}}``: the bytes :func:`encode_json`
+    would make of the whole message, without projecting or encoding per catalog.
 
     One instance at a time (the change fanned out last): it holds that change's fields.
     """
 
-    __slots__ = ("change", "cuts", "heads", "shapes")
+    __slots__ = ("change", "cuts", "shapes")
 
     #: a document that cannot be cut up (a key that is not a string, a value orjson refuses): its messages
     #: are made whole by :func:`envelope`, which falls back to ``json`` as before
@@ -295,7 +297,6 @@ class FieldCodes:
         self.shapes: dict[tuple[str, ...], tuple[str, ...]] = {} if shapes is None else shapes
         #: the change's data and previous data cut up (None: no catalog asked yet; ``_ASKED``: one did)
         self.cuts: list[Cut | None] = [None, None]
-        self.heads: dict[str, bytes] = {}
 
     def fields(self, data: Mapping[str, Any]) -> Cut:
         """The encoded fields of ``data`` (the change's data or previous data); :attr:`UNCUT` when it cannot
@@ -311,24 +312,16 @@ class FieldCodes:
             self.cuts[which] = _ASKED
             return FieldCodes.UNCUT
         if codes is _ASKED:
-            codes = self.cuts[which] = _cut(data, self.shapes)
+            whole = orjson.dumps({"doc_class": change.class_name, "op": change.op, "seq": change.seq, "message": 0})
+            codes = self.cuts[which] = _cut(data, self.shapes, whole[:-2] + b"{")  # the head: less the ``0}``
         return codes
-
-    def head(self, op: str) -> bytes:
-        """``{"doc_class":...,"op":...,"seq":...,"message":{`` for this change and ``op``."""
-        head = self.heads.get(op)
-        if head is None:
-            change = self.change
-            whole = orjson.dumps({"doc_class": change.class_name, "op": op, "seq": change.seq, "message": 0})
-            head = self.heads[op] = whole[:-2] + b"{"  # less the ``0}``
-        return head
 
 
 #: a :class:`SharedCatalog` before its first message: no schema is current
 _UNSET: Any = object()
 
 
-def _no_pick(fields: Mapping[str, Any]) -> tuple[Any, ...]:
+def _no_pick(fields: Mapping[Any, Any]) -> tuple[Any, ...]:
     raise AssertionError("no document shape yet")
 
 
@@ -336,23 +329,26 @@ def _no_pick(fields: Mapping[str, Any]) -> tuple[Any, ...]:
 _ASKED = Cut()
 
 
-def _cut(data: Mapping[str, Any], shapes: dict[tuple[str, ...], tuple[str, ...]]) -> Cut:
+def _cut(data: Mapping[str, Any], shapes: dict[tuple[str, ...], tuple[str, ...]], head: bytes) -> Cut:
     codes = Cut()
     dumps_ = orjson.dumps
     try:
-        for k, v in data.items():
+        for i, (k, v) in enumerate(data.items()):
             if type(k) is not str:
                 return FieldCodes.UNCUT
-            codes[k] = dumps_({k: v}, default=_json_default)[1:-1]  # ``"k":v``, as inside the whole
+            code = codes[k] = dumps_({k: v}, default=_json_default)[1:-1]  # ``"k":v``, as inside the whole
+            codes[i] = b"," + code
     except TypeError:  # orjson refuses it (e.g. an integer beyond 64 bits): encoded whole, by json
         return FieldCodes.UNCUT
-    shape = tuple(codes)
+    shape = tuple(data)
     known = shapes.get(shape)
     if known is None:
         if len(shapes) >= MAX_SHAPES:
             shapes.clear()
         known = shapes[shape] = shape
     codes.shape = known
+    codes[HEAD] = head
+    codes[TAIL] = b"}}"
     return codes
 
 
@@ -388,7 +384,7 @@ class SharedCatalog:
         self.plan_schema: object = _UNSET
         self.plan: Flat | None = None
         self.pick_shape: tuple[str, ...] | None = None
-        self.pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] = _no_pick
+        self.pick: Callable[[Mapping[Any, Any]], tuple[Any, ...]] = _no_pick
 
     def projector(self, schema: DocSchema | None) -> Projector:
         """The catalog compiled against ``schema`` (cached: one per schema the class is published with)."""
@@ -427,10 +423,10 @@ class SharedCatalog:
             fields = codes.cuts[0] if data is change.data else None
             if fields is None or fields is _ASKED:
                 fields = codes.fields(data)
-            if fields is not FieldCodes.UNCUT:
+            if fields is not FieldCodes.UNCUT and op == change.op:  # (the head is the change's op's)
                 if fields.shape is not self.pick_shape:
                     self.pick_shape, self.pick = fields.shape, self.plan.picker(fields.shape)
-                out = Outgoing(b"".join((codes.heads.get(op) or codes.head(op), b",".join(self.pick(fields)), b"}}")))
+                out = Outgoing(b"".join(self.pick(fields)))
         if out is None:
             out = envelope(change.class_name, op, change.seq, self.project(change, data))
         self.sharing.made += 1

@@ -96,10 +96,8 @@ def _apply_each(project: Projector, value: Any) -> Any:
 
 #: field-name tuples (document shapes) a :class:`Flat` plan keeps a getter for; past it they are made anew
 MAX_SHAPES_PER_PLAN = 64
-
-
-def _no_fields(codes: Mapping[str, Any]) -> tuple[Any, ...]:
-    return ()
+#: the keys of a document's cut-up fields (``fanout.Cut``) holding the message's head and its end
+HEAD, TAIL = -1, -2
 
 
 class Flat:
@@ -116,11 +114,13 @@ class Flat:
     def __init__(self, names: tuple[str, ...] | None, hidden: frozenset[str]) -> None:
         self.names = names
         self.hidden = hidden
-        self._pickers: dict[tuple[str, ...], Callable[[Mapping[str, Any]], tuple[Any, ...]]] = {}
+        self._pickers: dict[tuple[str, ...], Callable[[Mapping[Any, Any]], tuple[Any, ...]]] = {}
 
-    def picker(self, shape: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
-        """A getter of the values of the fields kept of a document whose field names are ``shape`` (in
-        order): from a mapping with those keys, a tuple in the order of the projection. Made once per shape."""
+    def picker(self, shape: tuple[str, ...]) -> Callable[[Mapping[Any, Any]], tuple[Any, ...]]:
+        """A getter of a message's pieces from a document's cut-up fields (``fanout.Cut``) when its field names
+        are ``shape`` (in order): the head (:data:`HEAD`), the first field kept by its name (``"name":value``),
+        every other by its position in the document (``,"name":value``), in the order of the projection, and
+        the end (:data:`TAIL`). Made once per shape."""
         pick = self._pickers.get(shape)
         if pick is None:
             if self.names is not None:
@@ -128,22 +128,15 @@ class Flat:
                 kept = [n for n in self.names if n in present]
             else:
                 kept = [n for n in shape if n not in self.hidden]
-            if not kept:
-                pick = _no_fields
-            elif len(kept) == 1:
-                pick = _single(kept[0])
-            else:
-                pick = itemgetter(*kept)
+            position = {n: i for i, n in enumerate(shape)}
+            keys: list[str | int] = [HEAD, *kept[:1]]
+            keys += [position[n] for n in kept[1:]]
+            keys.append(TAIL)
+            pick = itemgetter(*keys)
             if len(self._pickers) >= MAX_SHAPES_PER_PLAN:
                 self._pickers.clear()
             self._pickers[shape] = pick
         return pick
-
-
-def _single(name: str) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
-    def pick(codes: Mapping[str, Any]) -> tuple[Any, ...]:
-        return (codes[name],)
-    return pick
 
 
 def _plan(catalog: Mapping[str, Any], schema: DocSchema | None, show_hidden: bool,
