@@ -201,7 +201,8 @@ async def test_young_collections_start_later_while_a_server_runs_and_as_before_a
         make_server: ServerFactory) -> None:
     """While a server's policy runs, CPython's first threshold is ``YOUNG_THRESHOLD`` (a fan-out's messages,
     alive until the next write, are not walked several times per change); when the last server stops, the
-    thresholds it found are set again. A larger threshold the application set is kept."""
+    thresholds it found are set again. A larger threshold the application set is kept, and so is 0 (automatic
+    collection off)."""
     before = gc.get_threshold()
     try:
         gc.set_threshold(700, 11, 12)
@@ -212,6 +213,10 @@ async def test_young_collections_start_later_while_a_server_runs_and_as_before_a
         gc.set_threshold(10 * collector.YOUNG_THRESHOLD, 11, 12)
         server = await make_server(gc_freeze_interval=0.05)
         assert gc.get_threshold() == (10 * collector.YOUNG_THRESHOLD, 11, 12)
+        await server.shutdown()
+        gc.set_threshold(0, 11, 12)  # automatic collection off: it stays off
+        server = await make_server(gc_freeze_interval=0.05)
+        assert gc.get_threshold() == (0, 11, 12)
         await server.shutdown()
         gc.set_threshold(700, 11, 12)
         server = await make_server(gc_freeze_interval=0)  # no policy: the collector as the process set it

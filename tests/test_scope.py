@@ -232,6 +232,16 @@ def test_mismatched_list_elements_never_satisfy_a_condition() -> None:
     assert not in_scope({"tags": [1, 2]}, ("tags", "!=", "a"))
 
 
+def test_a_list_of_another_class_is_read_as_a_list_at_the_top_and_below() -> None:
+    class Tags(list):  # type: ignore[type-arg]
+        pass
+    for fn, doc in (("tags", {"tags": Tags(["y", "x"])}), ("a.tags", {"a": {"tags": Tags(["y", "x"])}})):
+        assert compile_scope([{"fn": fn, "op": "==", "val": "x"}])(doc)
+        assert compile_scope([{"fn": fn, "op": ">", "val": "w"}])(doc)
+        assert not compile_scope([{"fn": fn, "op": "==", "val": "z"}])(doc)
+        assert compile_scope([{"fn": fn, "op": "!=", "val": "z"}])(doc)
+
+
 def test_list_in_a_list() -> None:
     doc = {"a": [{"b": [{"c": 1}, {"c": 2}]}, {"b": [{"c": 3}]}]}
     assert in_scope(doc, ("a.b.c", "==", 3))

@@ -12,7 +12,13 @@ from xia_broadcast.core.viewindex import ViewIndex, index_key
 
 VALUES = [1, 1.0, 2, -1, 2.5, True, False, "1", "a", "b", "", None, 0, float("nan"), float("inf")]
 values = st.sampled_from(VALUES)
-field_values = values | st.lists(values, max_size=3)
+
+
+class Tags(list):  # type: ignore[type-arg]
+    """A list of another class (an application's): read as a list, by the scope and by the index alike."""
+
+
+field_values = values | st.lists(values, max_size=3) | st.lists(values, max_size=3).map(Tags)
 ORDERING = (">", ">=", "<", "<=")
 conditions = st.fixed_dictionaries({"fn": st.sampled_from(["a", "b", "c.d"]),
                                     "op": st.sampled_from(["==", "!=", "in", "not in", *ORDERING]),

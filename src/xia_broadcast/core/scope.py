@@ -346,14 +346,14 @@ def _compile_condition(fn: str, op: str, val: Any) -> Predicate:
             t = type(v)
             if t in types:
                 return compare(v, val)
-            if t is list:
+            if isinstance(v, list):  # its elements, as ``general`` (and the view index) read a list
                 return general(data)
             return test(v) is True
         return simple_same
 
     def simple(data: Mapping[str, Any]) -> bool:
         v = data.get(key)
-        if type(v) is list:
+        if isinstance(v, list):
             return general(data)
         return test(v) is True
     return simple

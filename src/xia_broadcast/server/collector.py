@@ -55,7 +55,7 @@ YOUNG_COLLECTION_BUDGET = 0.005
 MIN_INTERVAL = 0.05
 
 #: CPython's first collection threshold while a policy runs (its own default is 700; a larger one set by the
-#: application is kept): see the module's docstring
+#: application is kept, and 0, automatic collection off): see the module's docstring
 YOUNG_THRESHOLD = 20_000
 
 #: servers of this process whose policy is running (freezing is process-wide: unfreeze when none is left)
@@ -84,7 +84,8 @@ class CollectorPolicy:
             return
         if _running == 0:
             _thresholds = gc.get_threshold()
-            gc.set_threshold(max(_thresholds[0], YOUNG_THRESHOLD), *_thresholds[1:])
+            if _thresholds[0]:  # 0: the application turned automatic collection off; it stays off
+                gc.set_threshold(max(_thresholds[0], YOUNG_THRESHOLD), *_thresholds[1:])
         _running += 1
         self.freeze()  # what the process built to start (modules, settings, schemas) is never visited again
         self._task = asyncio.get_running_loop().create_task(self._run(), name="xia-gc-freeze")
