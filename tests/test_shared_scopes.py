@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -88,3 +89,20 @@ def test_views_sharing_a_compiled_scope_get_what_each_would_get_with_its_own(
                 want_op, body, _exit = expected
                 assert got == [envelope("Order", want_op, change.seq, dict(body)).data], (ws, drawn, change)
         hub.queued.queued = 0
+
+
+def test_scopes_that_differ_only_by_nan_or_an_infinity_share_nothing() -> None:
+    """JSON writes NaN, infinities and None alike (``null``): their views and compiled scopes must still be
+    apart. ``amount < inf`` holds for every finite amount, ``amount < -inf`` for none, ``amount == NaN`` for
+    none, ``amount == None`` where it is missing."""
+    hub: Hub[str] = Hub(transport=NoTransport())
+    scopes = {"below-inf": ("<", float("inf")), "below-minus-inf": ("<", float("-inf")),
+              "nan": ("==", float("nan")), "none": ("==", None)}
+    for ws, (op, val) in scopes.items():
+        hub.subscribe(ws, "Order", {"data_scope": [{"fn": "amount", "op": op, "val": val}]})
+    assert len(hub.channels["Order"]) == 4
+    assert len({id(v.shared_scope) for v in hub.channels["Order"].values()}) == 4
+    for op, data in (("I", {"_id": "a", "amount": 5.0}), ("I", {"_id": "b"})):
+        hub.publish_nowait(Change("Order", op, "", data=data))
+    got = {ws: [orjson.loads(m.data)["message"]["_id"] for m in hub.connections[ws].queue] for ws in scopes}
+    assert got == {"below-inf": ["a"], "below-minus-inf": [], "nan": [], "none": ["b"]}

@@ -7,6 +7,7 @@ catalog or the item order of an ACL.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,6 +21,33 @@ ViewKey = tuple[bytes, bytes, bool, tuple[tuple[str, str], ...] | None, Any]
 
 def _canon(value: Any) -> bytes:
     return dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def _nulls(value: Any, out: list[str]) -> None:
+    """What each ``null`` of ``value``'s canonical JSON stands for, in its order: ``n`` None, ``N`` NaN, ``I``
+    infinity, ``i`` minus infinity (JSON writes the three of them as ``null``)."""
+    if value is None:
+        out.append("n")
+    elif isinstance(value, float) and not math.isfinite(value):
+        out.append("N" if value != value else "I" if value > 0 else "i")
+    elif isinstance(value, Mapping):
+        for k in sorted(value):
+            _nulls(value[k], out)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _nulls(v, out)
+
+
+def _canon_condition(condition: Mapping[str, Any]) -> bytes:
+    """A scope condition's canonical JSON; when it holds NaN or an infinity, followed by what each of its
+    ``null`` stands for (outside the JSON, so that no other condition writes the same bytes): ``v == NaN``
+    (which holds for nothing), ``v == None`` and ``v < inf`` must not share a view."""
+    canonical = _canon(condition)
+    nulls: list[str] = []
+    _nulls(condition, nulls)
+    if any(n != "n" for n in nulls):
+        canonical += b"#" + "".join(nulls).encode()
+    return canonical
 
 
 def raw_acl_key(raw: Any) -> Any:
@@ -56,6 +84,6 @@ def view_key(
 ) -> ViewKey:
     """The key of the view a subscription belongs to (inputs already validated); ``raw_acl`` is the ACL
     as the subscriber gave it."""
-    conditions = sorted(_canon(c) for c in scope)
+    conditions = sorted(_canon_condition(c) for c in scope)
     return (b"[" + b",".join(conditions) + b"]", _canon(catalog), bool(show_hidden),
             None if acl is None else acl.key, raw_acl_key(raw_acl))
