@@ -291,10 +291,10 @@ class FieldCodes:
     #: are made whole by :func:`envelope`, which falls back to ``json`` as before
     UNCUT = Cut()
 
-    def __init__(self, change: Change, shapes: dict[tuple[str, ...], tuple[str, ...]] | None = None) -> None:
+    def __init__(self, change: Change, shapes: dict[tuple[str, ...], tuple[str, ...]]) -> None:
         self.change = change
         #: one tuple per document shape (:attr:`Cut.shape`), shared with the other changes of the Hub
-        self.shapes: dict[tuple[str, ...], tuple[str, ...]] = {} if shapes is None else shapes
+        self.shapes = shapes
         #: the change's data and previous data cut up (None: no catalog asked yet; ``_ASKED``: one did)
         self.cuts: list[Cut | None] = [None, None]
 
@@ -363,10 +363,10 @@ class SharedCatalog:
     __slots__ = ("__weakref__", "catalog", "last", "last_message", "pick", "pick_shape", "plan", "plan_schema",
                  "plans", "projectors", "sharing", "show_hidden", "views")
 
-    def __init__(self, catalog: dict[str, Any], show_hidden: bool, sharing: Sharing | None = None) -> None:
+    def __init__(self, catalog: dict[str, Any], show_hidden: bool, sharing: Sharing) -> None:
         self.catalog = catalog
         #: the registry it belongs to (whose :class:`FieldCodes` it reads)
-        self.sharing = sharing if sharing is not None else Sharing()
+        self.sharing = sharing
         self.show_hidden = show_hidden
         self.projectors: dict[DocSchema | None, Projector] = {}
         #: per schema: the fields the catalog keeps (None: it projects embedded values, only the projector can)
@@ -677,19 +677,18 @@ class View:
     def _in_now(self, change: Change, data: Mapping[str, Any]) -> bool:
         """Whether a change published as data is in the view now: the ACL reads it and the scope holds (both
         decided once per change with the views alike). ``Hub.fanout`` runs a copy of this inline."""
-        acl, scope = self.shared_acl, self.shared_scope
-        return (acl is None or acl.allows(change.subjects)) and (
-            scope.holds(change, data) if scope.views > 1 else bool(scope.predicate(data)))
+        return self._holds(change, data, False)
 
     def _was_in(self, change: Change) -> bool:
-        """Whether the previous state of a change published as data was in the view (the ACL read it and the
-        scope held)."""
+        """Whether the previous state of a change published as data was in the view."""
         prev = change.prev
-        if prev is None:
-            return False
+        return prev is not None and self._holds(change, prev, True)
+
+    def _holds(self, change: Change, state: Mapping[str, Any], previous: bool) -> bool:
+        """Whether the ACL reads ``state`` (the change's data, or its ``previous`` state) and the scope holds."""
         acl, scope = self.shared_acl, self.shared_scope
-        return (acl is None or acl.allows(change.prev_subjects)) and (
-            scope.holds(change, prev) if scope.views > 1 else bool(scope.predicate(prev)))
+        return (acl is None or acl.allows(change.prev_subjects if previous else change.subjects)) and (
+            scope.holds(change, state) if scope.views > 1 else bool(scope.predicate(state)))
 
     def _evaluate_slow(self, change: Change, slow: DocumentHooks | None) -> Evaluation | None:
         """The same rules through the document hooks (``check_subscriber_acl``, ``get_message_body``): for

@@ -19,12 +19,7 @@ from ..fanout import Outgoing
 
 def text_frame(data: bytes) -> bytes:
     """An unmasked, unfragmented WebSocket text frame carrying ``data`` (RFC 6455 section 5.2)."""
-    n = len(data)
-    if n < 126:
-        return bytes((0x81, n)) + data
-    if n < 65536:
-        return struct.pack("!BBH", 0x81, 126, n) + data
-    return struct.pack("!BBQ", 0x81, 127, n) + data
+    return header(len(data)) + data
 
 
 def frame_of(out: Outgoing) -> bytes:
@@ -42,10 +37,15 @@ _MEDIUM: dict[int, bytes] = {}
 _ONCE = b""
 
 
-def _header(n: int) -> bytes:
+def header(n: int) -> bytes:
+    """The header of a text frame carrying ``n`` bytes (kept once made, up to 65,535 bytes)."""
+    if n < 126:
+        return _SHORT[n]
     if n < 65536:
-        header = _MEDIUM[n] = struct.pack("!BBH", 0x81, 126, n)
-        return header
+        made = _MEDIUM.get(n)
+        if made is None:
+            made = _MEDIUM[n] = struct.pack("!BBH", 0x81, 126, n)
+        return made
     return struct.pack("!BBQ", 0x81, 127, n)
 
 
@@ -58,15 +58,13 @@ def frames_of(batch: list[Outgoing]) -> bytes:
         return frame_of(batch[0])
     parts: list[bytes] = []
     append = parts.append
-    short, medium = _SHORT, _MEDIUM
     for out in batch:
         frame = out.frame
         if frame:
             append(frame)
         elif frame is None:
             data = out.data
-            n = len(data)
-            append(short[n] if n < 126 else medium.get(n) or _header(n))
+            append(header(len(data)))
             append(data)
             out.frame = _ONCE
         else:
